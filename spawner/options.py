@@ -82,7 +82,7 @@ def _show(value) -> str:
     text = repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
-    return html.escape(text)
+    return html.escape(text, quote=False)
 
 
 def _choices(field: str, value, valid: Iterable[str]) -> OptionError:
@@ -94,9 +94,9 @@ def _choices(field: str, value, valid: Iterable[str]) -> OptionError:
         close = difflib.get_close_matches(str(value).casefold(), list(low), n=1, cutoff=0.5)
         close = [low[c] for c in close]
     if close:
-        msg += f"; did you mean {html.escape(close[0])!r}?"
+        msg += f"; did you mean {html.escape(close[0], quote=False)!r}?"
     if valid:
-        shown = ", ".join(html.escape(v) for v in valid[:20])
+        shown = ", ".join(html.escape(v, quote=False) for v in valid[:20])
         more = f" (and {len(valid) - 20} more)" if len(valid) > 20 else ""
         msg += f" Valid choices: {shown}{more}."
     else:

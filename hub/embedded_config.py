@@ -1,0 +1,64 @@
+"""The embedded JupyterHub defaults of ``cloudhop up`` (a JupyterHub config file).
+
+``cloudhop up`` sets CLOUDHOP_DATA_DIR, CLOUDHOP_IP, CLOUDHOP_PORT and
+CLOUDHOP_EXTRA_CONFIG, then starts JupyterHub with this file. The extra config file, if
+any, is loaded last, so it overrides anything here.
+"""
+
+import getpass
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from cloudhop.hub.up import secret_file
+
+c = get_config()  # noqa: F821 - provided by traitlets when loading a config file
+
+data_dir = Path(os.environ["CLOUDHOP_DATA_DIR"])
+
+c.JupyterHub.ip = os.environ.get("CLOUDHOP_IP", "127.0.0.1")
+c.JupyterHub.port = int(os.environ.get("CLOUDHOP_PORT", "8000"))
+c.JupyterHub.db_url = f"sqlite:///{data_dir / 'jupyterhub.sqlite'}"
+c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
+c.ConfigurableHTTPProxy.pid_file = str(data_dir / "jupyterhub-proxy.pid")
+
+# the npm proxy when it is on PATH, else the Python port shipped as a dependency
+_node_proxy = shutil.which("configurable-http-proxy")
+_py_proxy = Path(sys.executable).with_name("configurable-http-proxy")
+if _node_proxy and Path(_node_proxy).resolve() != _py_proxy.resolve() and b"node" in Path(_node_proxy).read_bytes()[:200]:
+    c.ConfigurableHTTPProxy.command = [_node_proxy]
+elif _py_proxy.exists():
+    c.ConfigurableHTTPProxy.command = [str(_py_proxy)]
+
+# user servers survive a hub restart; the hub re-attaches from its database
+c.JupyterHub.cleanup_servers = False
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.spawner_class = "cloudhop"
+c.Spawner.default_url = "/lab"
+c.Spawner.start_timeout = 900  # cloud GPU VMs can take minutes to boot
+c.Spawner.http_timeout = 300
+c.CloudhopSpawner.providers = ["local"]
+c.CloudhopSpawner.hub_id = "hub-" + secret_file(data_dir / "hub_id", 6).lower().replace("_", "-")
+c.LocalProvider.default_root = str(data_dir / "workspaces")
+
+# a first run and a workshop: one shared password for users, another for the admin
+c.JupyterHub.authenticator_class = "shared-password"
+c.SharedPasswordAuthenticator.user_password = secret_file(data_dir / "user_password")
+c.SharedPasswordAuthenticator.admin_password = secret_file(data_dir / "admin_password", 32)
+c.Authenticator.admin_users = {getpass.getuser()}
+c.Authenticator.allow_all = True
+
+print(
+    "\n  Cloudhop: log in at http://{ip}:{port}/ with any user name and the password {pw}\n"
+    "  (admin: {admin}, password in {adminfile})\n".format(
+        ip=c.JupyterHub.ip, port=c.JupyterHub.port,
+        pw=c.SharedPasswordAuthenticator.user_password, admin=getpass.getuser(),
+        adminfile=data_dir / "admin_password",
+    ),
+    flush=True,
+)
+
+_extra = os.environ.get("CLOUDHOP_EXTRA_CONFIG")
+if _extra:
+    load_subconfig(_extra)  # noqa: F821 - provided by traitlets

@@ -1,0 +1,89 @@
+"""``cloudhop up``: JupyterHub in the foreground with the embedded defaults.
+
+The defaults (:mod:`cloudhop.hub.embedded_config`) put every piece of state under one
+data folder (SQLite, cookie secret, the hub id, the shared password, local workspaces),
+keep user servers running across hub restarts, allow named servers, and use the
+Cloudhop spawner on the local provider with JupyterHub's shared-password authenticator
+(a generated password, printed at start-up; the OS user is the admin). ``--config FILE``
+is loaded after the defaults, so an operator can override any of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import platformdirs
+
+EMBEDDED_CONFIG = Path(__file__).with_name("embedded_config.py")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "up",
+        help="run JupyterHub with the embedded defaults (local provider, no cloud account needed)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--ip", default="127.0.0.1", help="address the hub's public proxy listens on (default: %(default)s)")
+    p.add_argument("--port", type=_port, default=8000, help="port of the public proxy (default: %(default)s)")
+    p.add_argument(
+        "--data-dir", default=None,
+        help=f"folder for all state: database, secrets, workspaces (default: {default_data_dir()})",
+    )
+    p.add_argument("--config", default=None, metavar="FILE", help="an extra JupyterHub config file loaded after the defaults")
+    p.add_argument("--debug", action="store_true", help="verbose logs")
+    p.set_defaults(func=run)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--port must be a number from 1 to 65535, not {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"--port must be from 1 to 65535, not {value}")
+    return value
+
+
+def default_data_dir() -> str:
+    return platformdirs.user_data_dir("cloudhop")
+
+
+def secret_file(path: Path, nbytes: int = 12) -> str:
+    """Read a generated secret, creating it (mode 0600) on first use."""
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(nbytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
+
+
+def run(args) -> int:
+    data_dir = Path(args.data_dir or default_data_dir()).expanduser().resolve()
+    if data_dir.exists() and not data_dir.is_dir():
+        print(f"cloudhop up: --data-dir {data_dir} is not a folder", file=sys.stderr)
+        return 2
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if args.config and not Path(args.config).is_file():
+        print(f"cloudhop up: --config {args.config} does not exist", file=sys.stderr)
+        return 2
+    os.environ.update({
+        "CLOUDHOP_DATA_DIR": str(data_dir),
+        "CLOUDHOP_IP": args.ip,
+        "CLOUDHOP_PORT": str(args.port),
+        "CLOUDHOP_EXTRA_CONFIG": str(Path(args.config).resolve()) if args.config else "",
+    })
+    from jupyterhub.app import JupyterHub
+
+    argv = ["-f", str(EMBEDDED_CONFIG)]
+    if args.debug:
+        argv.append("--debug")
+    os.chdir(data_dir)  # nothing of the caller's folder (a stray jupyterhub_config.py) leaks in
+    JupyterHub.launch_instance(argv)
+    return 0

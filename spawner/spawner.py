@@ -1,0 +1,336 @@
+"""``CloudhopSpawner``: one JupyterHub spawner for every provider.
+
+The spine of a launch (DESIGN.md): the options (form or REST JSON) are validated in one
+step against the offers the user may launch; the optimizer ranks the matching offers
+into a failover list; :func:`.failover.launch_first` walks it; the spawner waits for the
+node to serve and returns its URL. ``poll`` asks the provider (which answers from a
+cache), ``stop`` terminates every node the server owns, and the state written by
+``get_state`` (versioned) lets a restarted hub re-attach instead of launching anew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import sys
+import time
+import uuid
+
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader
+from jupyterhub.spawner import SpawnException, Spawner
+from jupyterhub.utils import random_port
+from traitlets import Float, List, Unicode, default
+
+from .failover import launch_first
+from .offers import Offer
+from .options import LaunchRequest, OptionError, options_from_form, parse_options
+from .providers import provider_class
+from .providers.base import (
+    FAILED, RUNNING, TAG_HUB, TAG_ROLE, TAG_SERVER, TAG_USER, TERMINATED, LaunchSpec, Node,
+    Provider,
+)
+
+STATE_VERSION = 1
+
+# One provider instance per (name, config) per hub process: they hold the status caches
+# and SDK clients that every server shares.
+_PROVIDERS: dict[tuple[str, int], Provider] = {}
+
+
+class CloudhopSpawner(Spawner):
+    """Spawns a user's server on the provider, region and GPU they pick (or the
+    cheapest that fits), with failover down a ranked list of offers."""
+
+    providers = List(
+        Unicode(), ["local"],
+        help="""Providers users may launch on, in the order the form lists them:
+        any of "local", "aws", "gcp", "oci", "kubernetes" (or "module:Class" for a
+        custom provider).""",
+    ).tag(config=True)
+
+    hub_id = Unicode(
+        help="""Id of this hub, written into every node's tags so a restarted hub and
+        the reaper find the nodes it owns. `cloudhop up` keeps one in its data dir.""",
+    ).tag(config=True)
+
+    form_template = Unicode(
+        "form.html", help="Name of the spawn form's Jinja template (looked up in template_paths first).",
+    ).tag(config=True)
+
+    template_paths = List(
+        Unicode(),
+        help="Folders searched for the form template before Cloudhop's own, so an "
+        "operator can override it without forking.",
+    ).tag(config=True)
+
+    node_poll_interval = Float(
+        2.0, help="Seconds between status checks while waiting for a node to serve.",
+    ).tag(config=True)
+
+    @default("hub_id")
+    def _default_hub_id(self):
+        return "hub-" + hashlib.sha1(os.getcwd().encode()).hexdigest()[:10]
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return lambda formdata: options_from_form(formdata)
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.request: LaunchRequest | None = None
+        self.offer: Offer | None = None
+        self.node: Node | None = None
+        #: every node the server owns: {"provider", "id", "role", "region"}
+        self.nodes: list[dict] = []
+        self.attempts: list[dict] = []
+        self._events: list[dict] = []
+        self._event_added = asyncio.Event()
+
+    # -- providers and offers ---------------------------------------------------
+
+    def provider(self, name: str) -> Provider:
+        key = (name, id(self.config))
+        if key not in _PROVIDERS:
+            _PROVIDERS[key] = provider_class(name)(config=self.config, log=self.log)
+        return _PROVIDERS[key]
+
+    async def provider_status(self) -> list[dict]:
+        """Each enabled provider with whether it can launch and, if not, why."""
+        out = []
+        for name in self.providers:
+            try:
+                prov = self.provider(name)
+                reason = await prov.check_available()
+                display = prov.display_name or name
+            except Exception as err:  # a missing SDK or bad config must not break the hub
+                reason, display = f"{type(err).__name__}: {err}", name
+            out.append({"name": name, "display_name": display, "available": reason is None, "reason": reason})
+        return out
+
+    async def user_offers(self) -> list[Offer]:
+        """The offers this user may launch: every available provider's offers."""
+        offers: list[Offer] = []
+        for status in await self.provider_status():
+            if status["available"]:
+                offers.extend(self.provider(status["name"]).offers())
+        return offers
+
+    # -- options ----------------------------------------------------------------
+
+    async def get_options_form(self):
+        offers = await self.user_offers()
+        env = Environment(
+            loader=ChoiceLoader([FileSystemLoader(self.template_paths),
+                                 PackageLoader("cloudhop.spawner", "templates")]),
+            autoescape=True,
+        )
+        template = env.get_template(self.form_template)
+        last = dict(self.orm_spawner.user_options or {}) if self.orm_spawner else {}
+        auto = self.plan(LaunchRequest(), offers)
+        dicts = [o.to_dict() for o in offers]
+        return template.render(
+            offers=dicts, offers_json=json.dumps(dicts), providers=await self.provider_status(),
+            last=last, auto=auto[0].to_dict() if auto else None,
+        )
+
+    async def parse_request(self) -> LaunchRequest:
+        """Validate ``self.user_options`` in one step; a bad option is a 400 naming the field."""
+        offers = await self.user_offers()
+        try:
+            return parse_options(self.user_options, offers, providers=self.providers)
+        except OptionError as err:
+            raise SpawnException(str(err), reason="bad-option", status_code=400) from None
+
+    def plan(self, request: LaunchRequest, offers: list[Offer]) -> list[Offer]:
+        """The failover list for a request, best first."""
+        from .optimizer import rank
+
+        return rank(request, offers)
+
+    # -- progress ---------------------------------------------------------------
+
+    def _progress(self, message: str, progress: int | None = None) -> None:
+        event = {"message": message}
+        if progress is not None:
+            event["progress"] = progress
+        self._events.append(event)
+        self._event_added.set()
+        self.log.info("%s: %s", self._log_name, message)
+
+    async def progress(self):
+        sent = 0
+        while True:
+            while sent < len(self._events):
+                yield self._events[sent]
+                sent += 1
+            if not self._spawn_pending and sent >= len(self._events):
+                return
+            self._event_added.clear()
+            try:
+                await asyncio.wait_for(self._event_added.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def tags(self, role: str = "notebook") -> dict:
+        return {TAG_HUB: self.hub_id, TAG_USER: self.user.name, TAG_SERVER: self.name or "", TAG_ROLE: role}
+
+    def launch_spec(self, offer: Offer, request: LaunchRequest, request_id: str) -> LaunchSpec:
+        """The spec for the notebook node on ``offer``: command, env and tags."""
+        provider = self.provider(offer.provider)
+        port = getattr(provider, "node_port", 8888)
+        self.port = port or random_port()
+        self.ip = "127.0.0.1" if offer.provider == "local" else "0.0.0.0"
+        env = self.get_env()
+        env.update({
+            "CLOUDHOP_PROVIDER": offer.provider,
+            "CLOUDHOP_REGION": offer.region,
+            "CLOUDHOP_INSTANCE_TYPE": offer.instance_type,
+            "CLOUDHOP_GPU": offer.gpu,
+            "CLOUDHOP_GPU_COUNT": str(offer.gpu_count),
+            "CLOUDHOP_HUB_ID": self.hub_id,
+        })
+        if request.restore:
+            env["CLOUDHOP_RESTORE"] = request.restore
+        cmd = list(self.cmd)
+        if offer.provider == "local" and cmd == ["jupyterhub-singleuser"]:
+            # the hub's own interpreter, so a venv need not be on PATH
+            cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
+        return LaunchSpec(
+            request_id=request_id, offer=offer, cmd=cmd + self.get_args(), env=env,
+            tags=self.tags("notebook"), role="notebook", port=self.port,
+            image=request.image, zone=request.zone, spot=request.spot,
+        )
+
+    async def _record_attempt(self, record: dict) -> None:
+        if record["state"] == "launching":
+            self._progress(f"Launching on {record['offer']}")
+        elif record["state"] == "failed":
+            self._progress(f"{record['offer']}: {record['reason']} ({record['error']}); trying the next offer")
+        else:
+            self._progress(f"{record['offer']}: node {record['node']} launched", 40)
+
+    async def start(self):
+        self._events.clear()
+        self.attempts = []
+        request = await self.parse_request()
+        self.request = request
+        offers = await self.user_offers()
+        ranked = self.plan(request, offers)
+        if not ranked:
+            raise SpawnException("No offer matches the request", reason="no-offer", status_code=400)
+        self._progress(
+            f"Plan: {len(ranked)} offer(s), first {ranked[0].key}"
+            + (f" at ${ranked[0].price(request.spot):.2f}/h" if ranked[0].price(request.spot) is not None else ""),
+            10,
+        )
+        request_id = uuid.uuid4().hex
+        offer, node, attempts = await launch_first(
+            ranked, lambda o: self.launch_spec(o, request, f"{request_id}-{o.provider}"),
+            self.provider, self._record_attempt,
+        )
+        self.attempts = attempts
+        self.offer, self.node = offer, node
+        self.nodes = [{"provider": offer.provider, "id": node.id, "role": "notebook", "region": offer.region}]
+        self._save_state()
+        node = await self._wait_serving(node)
+        self._progress(f"Node {node.id} is up at {node.ip}:{node.port}; waiting for Jupyter to answer", 80)
+        return f"http://{node.ip}:{node.port or self.port}"
+
+    def _save_state(self) -> None:
+        """Write state to the hub's database now, so a hub killed mid-start still knows
+        which nodes this server owns."""
+        orm = getattr(self, "orm_spawner", None)
+        db = getattr(self, "db", None)
+        if orm is None or db is None:
+            return
+        try:
+            orm.state = self.get_state()
+            db.commit()
+        except Exception as err:  # never fail a spawn over bookkeeping
+            self.log.warning("Could not save state of %s early: %s", self._log_name, err)
+
+    async def _wait_serving(self, node: Node) -> Node:
+        provider = self.provider(node.provider)
+        last = None
+        while True:
+            if node.state == RUNNING and node.ip:
+                self.node = node
+                return node
+            if node.state in (FAILED, TERMINATED):
+                raise SpawnException(
+                    f"Node {node.id} on {node.provider} stopped while starting: {node.detail or node.state}",
+                    reason="node-failed", status_code=500,
+                )
+            if node.detail and node.detail != last:
+                self._progress(f"{node.id}: {node.detail}")
+                last = node.detail
+            await asyncio.sleep(self.node_poll_interval)
+            node = await provider.status(node.id)
+
+    async def poll(self):
+        if not self.node:
+            return 0
+        node = await self.provider(self.node.provider).status(self.node.id)
+        if node.state in (TERMINATED, FAILED):
+            return 1
+        return None
+
+    async def stop(self, now: bool = False):
+        # workers first, the notebook node last: nothing is left reachable half-stopped
+        for entry in sorted(self.nodes, key=lambda n: n.get("role") == "notebook"):
+            try:
+                await self.provider(entry["provider"]).terminate(entry["id"])
+            except Exception as err:
+                self.log.error("Failed to terminate %s on %s: %s", entry["id"], entry["provider"], err)
+                raise
+        self.nodes = []
+        self.node = None
+
+    # -- state ------------------------------------------------------------------
+
+    def get_state(self):
+        state = super().get_state()
+        if self.node or self.nodes:
+            state.update({
+                "version": STATE_VERSION,
+                "request": self.request.to_dict() if self.request else None,
+                "offer": self.offer.to_dict() if self.offer else None,
+                "node": self.node.to_dict() if self.node else None,
+                "nodes": list(self.nodes),
+                "attempts": list(self.attempts),
+            })
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        version = state.get("version")
+        if version is None:
+            return
+        if version > STATE_VERSION:
+            self.log.warning("State of %s is from a newer Cloudhop (v%s); reading what I know", self._log_name, version)
+        if state.get("offer"):
+            self.offer = Offer.from_dict(state["offer"])
+        if state.get("node"):
+            self.node = Node.from_dict(state["node"])
+            self.ip, self.port = self.node.ip or self.ip, self.node.port or self.port
+        self.nodes = list(state.get("nodes") or [])
+        self.attempts = list(state.get("attempts") or [])
+        if state.get("request"):
+            try:
+                req = dict(state["request"])
+                ray = req.pop("ray", None)
+                from .options import RayRequest
+
+                self.request = LaunchRequest(**req, ray=RayRequest(**ray) if ray else None)
+            except TypeError:
+                self.request = None
+
+    def clear_state(self):
+        super().clear_state()
+        self.request = self.offer = self.node = None
+        self.nodes = []
+        self.attempts = []
