@@ -1,0 +1,227 @@
+"""HTTP client of the hub's snapshot store (``cloudhop.hub.snapshot_store``).
+
+Synchronous (``requests``); async callers run it in a thread. The hub token goes only
+to the store's own URL: presigned bucket URLs handed out by the store are used bare.
+
+Wire format of a chunk *pack* (uploads to and downloads from the local backend): a
+sequence of ``32-byte raw BLAKE3 id | 8-byte big-endian length | data``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator
+from urllib.parse import quote, urljoin
+
+import requests
+
+from .chunking import hash_bytes
+
+PACK_HEADER = struct.Struct(">32sQ")
+#: chunk ids per has/missing query, bytes per uploaded pack
+QUERY_BATCH = 2000
+PACK_BYTES = 16 << 20
+
+
+class StoreError(RuntimeError):
+    """The store refused a request or sent something that does not check out."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+def encode_pack(items: Iterable[tuple[str, bytes]]) -> bytes:
+    out = bytearray()
+    for cid, data in items:
+        out += PACK_HEADER.pack(bytes.fromhex(cid), len(data))
+        out += data
+    return bytes(out)
+
+
+def iter_pack(body) -> Iterator[tuple[str, memoryview]]:
+    """Split a pack into ``(id, data)``; raises ValueError when truncated."""
+    view = memoryview(body)
+    pos = 0
+    while pos < len(view):
+        if pos + PACK_HEADER.size > len(view):
+            raise ValueError("truncated chunk pack header")
+        raw_id, length = PACK_HEADER.unpack_from(view, pos)
+        pos += PACK_HEADER.size
+        if pos + length > len(view):
+            raise ValueError("truncated chunk pack")
+        yield raw_id.hex(), view[pos:pos + length]
+        pos += length
+
+
+class StoreClient:
+    """One user's view of the snapshot store.
+
+    ``base_url`` is the store service's URL (``.../services/cloudhop-store/``), ``user``
+    the JupyterHub user name, ``token`` a token the hub issued to that user (a server's
+    ``JUPYTERHUB_API_TOKEN``) with access to the store service.
+    """
+
+    def __init__(self, base_url: str, user: str, token: str, *, timeout: float = 120, workers: int = 4):
+        self.base_url = base_url.rstrip("/") + "/"
+        self.user = user
+        self.timeout = timeout
+        self.workers = workers
+        self._token = token
+        self._session = requests.Session()
+
+    # -- plumbing ---------------------------------------------------------------------
+    def _url(self, path: str) -> str:
+        return urljoin(self.base_url, f"api/users/{quote(self.user, safe='')}/{path}")
+
+    def _request(self, method: str, url: str, **kw) -> requests.Response:
+        headers = kw.pop("headers", {}) or {}
+        if url.startswith(self.base_url):
+            headers["Authorization"] = f"token {self._token}"
+        try:
+            resp = self._session.request(method, url, headers=headers, timeout=self.timeout, **kw)
+        except requests.RequestException as err:
+            raise StoreError(f"snapshot store unreachable: {type(err).__name__}") from err
+        if resp.status_code >= 400:
+            reason = resp.reason
+            try:
+                reason = resp.json().get("message") or reason
+            except ValueError:
+                pass
+            raise StoreError(f"snapshot store: {resp.status_code} {reason}", resp.status_code)
+        return resp
+
+    def _json(self, method: str, path: str, body=None) -> dict:
+        resp = self._request(method, self._url(path), data=None if body is None else json.dumps(body),
+                             headers={"Content-Type": "application/json"})
+        return resp.json() if resp.content else {}
+
+    # -- chunks -----------------------------------------------------------------------
+    def missing(self, ids: list[str]) -> tuple[list[str], dict]:
+        """Which of ``ids`` the store lacks, and where to send them.
+
+        Returns ``(missing, upload)``; ``upload`` is ``{"kind": "pack", "url": ...}`` or
+        ``{"kind": "presigned", "urls": {id: url}}``."""
+        missing: list[str] = []
+        upload: dict = {}
+        for i in range(0, len(ids), QUERY_BATCH):
+            reply = self._json("POST", "chunks/missing", {"ids": ids[i:i + QUERY_BATCH]})
+            missing += reply["missing"]
+            up = reply.get("upload") or {}
+            if up.get("kind") == "presigned":
+                upload.setdefault("kind", "presigned")
+                upload.setdefault("urls", {}).update(up.get("urls") or {})
+            else:
+                upload = up
+        return missing, upload
+
+    def upload(self, ids: list[str], read: Callable[[str], bytes], upload: dict,
+               on_sent: Callable[[int], None] | None = None) -> int:
+        """Send the chunks ``ids`` (``read(id)`` returns the bytes) to ``upload``'s targets;
+        returns the bytes sent."""
+        if not ids:
+            return 0
+        sent = 0
+        if upload.get("kind") == "presigned":
+            urls = upload["urls"]
+
+            def put(cid):
+                data = read(cid)
+                self._request("PUT", urls[cid], data=data)
+                return len(data)
+
+            with ThreadPoolExecutor(self.workers) as pool:
+                for n in pool.map(put, ids):
+                    sent += n
+                    if on_sent:
+                        on_sent(n)
+            return sent
+        url = urljoin(self.base_url, upload["url"])
+
+        def packs():
+            batch, size = [], 0
+            for cid in ids:
+                data = read(cid)
+                batch.append((cid, data))
+                size += len(data)
+                if size >= PACK_BYTES:
+                    yield batch, size
+                    batch, size = [], 0
+            if batch:
+                yield batch, size
+
+        def post(item):
+            batch, size = item
+            self._request("POST", url, data=encode_pack(batch),
+                          headers={"Content-Type": "application/octet-stream"})
+            return size
+
+        with ThreadPoolExecutor(min(self.workers, 2)) as pool:
+            for n in pool.map(post, packs()):
+                sent += n
+                if on_sent:
+                    on_sent(n)
+        return sent
+
+    def download(self, ids: list[str], on_chunk: Callable[[str, memoryview], None]) -> None:
+        """Fetch ``ids``; calls ``on_chunk(id, data)`` for each after checking its hash
+        (in this thread, so the callback need not be thread-safe)."""
+        for i in range(0, len(ids), QUERY_BATCH):
+            batch = ids[i:i + QUERY_BATCH]
+            target = self._json("POST", "chunks/download", {"ids": batch})
+            if target.get("kind") == "presigned":
+                urls = target["urls"]
+                with ThreadPoolExecutor(self.workers) as pool:
+                    for cid, data in zip(batch, pool.map(lambda c: self._request("GET", urls[c]).content, batch)):
+                        self._check(cid, data)
+                        on_chunk(cid, memoryview(data))
+                continue
+            url = urljoin(self.base_url, target["url"])
+            # pack downloads in slices so one response stays bounded
+            step = max(1, PACK_BYTES // (256 << 10))
+            for j in range(0, len(batch), step):
+                part = batch[j:j + step]
+                body = self._request("POST", url, data=json.dumps({"ids": part}),
+                                     headers={"Content-Type": "application/json"}).content
+                got = set()
+                for cid, data in iter_pack(body):
+                    self._check(cid, data)
+                    got.add(cid)
+                    on_chunk(cid, data)
+                if got != set(part):
+                    raise StoreError(f"snapshot store did not return {len(set(part) - got)} chunk(s)")
+
+    @staticmethod
+    def _check(cid: str, data) -> None:
+        if hash_bytes(data) != cid:
+            raise StoreError(f"chunk {cid[:12]}... failed its checksum")
+
+    # -- snapshots --------------------------------------------------------------------
+    def put_manifest(self, manifest_json: bytes) -> str:
+        """Store a manifest whose chunks are all uploaded; returns the new snapshot id."""
+        resp = self._request("POST", self._url("snapshots"), data=manifest_json,
+                             headers={"Content-Type": "application/json"})
+        return resp.json()["id"]
+
+    def get_manifest(self, snapshot_id: str) -> bytes:
+        return self._request("GET", self._url(f"snapshots/{quote(snapshot_id, safe='')}")).content
+
+    def list_snapshots(self) -> list[dict]:
+        return self._json("GET", "snapshots")["snapshots"]
+
+    def put_report(self, snapshot_id: str, report: dict) -> None:
+        """Keep a restore report beside a snapshot (the target writes it, the source reads it)."""
+        self._json("PUT", f"snapshots/{quote(snapshot_id, safe='')}/report", report)
+
+    def get_report(self, snapshot_id: str) -> dict | None:
+        try:
+            return self._json("GET", f"snapshots/{quote(snapshot_id, safe='')}/report")
+        except StoreError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def close(self) -> None:
+        self._session.close()

@@ -1,0 +1,343 @@
+"""The snapshot store: a hub-managed JupyterHub service holding users' snapshots.
+
+API (under the service prefix, ``/services/cloudhop-store/``), token-authenticated
+through the hub (``Authorization: token <user or server token>``); the token must carry
+``access:services!service=cloudhop-store`` and belong to the user named in the path -
+a user reads and writes only their own snapshots::
+
+    POST api/users/{user}/chunks/missing    {"ids": [...]} -> {"missing": [...], "upload": target}
+    POST api/users/{user}/chunks            chunk pack (local backend) -> {"stored": n}
+    POST api/users/{user}/chunks/download   {"ids": [...]} -> target
+    POST api/users/{user}/chunks/pack       {"ids": [...]} -> chunk pack (local backend)
+    GET  api/users/{user}/snapshots         -> {"snapshots": [{"id", "created", "files", "bytes"}]}
+    POST api/users/{user}/snapshots         manifest (all chunks present) -> 201 {"id"}
+    GET  api/users/{user}/snapshots/{id}    -> manifest
+    PUT|GET api/users/{user}/snapshots/{id}/report   restore report (small JSON)
+
+A *target* is ``{"kind": "pack", "url": <relative url>}`` (send or fetch through the
+service) or ``{"kind": "presigned", "urls": {id: url}}`` (straight to the bucket).
+
+Run by the hub (see :func:`add_store_service`) as ``python -m cloudhop.hub.snapshot_store``;
+configured by environment: ``CLOUDHOP_STORE_BACKEND`` (``local`` or ``s3``),
+``CLOUDHOP_STORE_DIR`` (local), ``CLOUDHOP_STORE_S3_BUCKET`` / ``_ENDPOINT`` /
+``_REGION`` / ``_PREFIX`` plus the usual AWS credential variables (s3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import struct
+import sys
+from urllib.parse import unquote, urlparse
+
+import blake3
+from jupyterhub.services.auth import HubAuth
+from tornado import httpserver, ioloop, web
+
+from .store_backends import (
+    Backend, BackendError, LocalBackend, S3Backend, check_chunk_id, check_snapshot_id,
+    manifest_chunk_ids, new_snapshot_id,
+)
+
+SERVICE_NAME = "cloudhop-store"
+log = logging.getLogger("cloudhop.store")
+PACK_HEADER = struct.Struct(">32sQ")
+#: the largest request body the service accepts (a chunk pack is at most ~17 MiB)
+MAX_BODY = 64 << 20
+MAX_IDS = 5000
+REPORT_MAX = 4 << 20
+
+
+class StoreHandler(web.RequestHandler):
+    """Base: authenticates the token with the hub, checks the path's user is its owner."""
+
+    def initialize(self, backend: Backend, hub_auth: HubAuth):
+        self.backend = backend
+        self.hub_auth = hub_auth
+
+    def check_xsrf_cookie(self):
+        # token-only API (no cookies are read), so there is no cross-site form to forge
+        return
+
+    async def prepare(self):
+        token = self.hub_auth.get_token(self, in_cookie=False)
+        model = await self.hub_auth.user_for_token(token, sync=False) if token else None
+        if not model:
+            raise web.HTTPError(403, "a JupyterHub token is required")
+        if model.get("kind", "user") != "user":
+            raise web.HTTPError(403, "only users keep snapshots")
+        if not self.hub_auth.check_scopes(self.hub_auth.access_scopes, model):
+            raise web.HTTPError(403, f"the token lacks access to the {SERVICE_NAME} service")
+        self.current_user = model
+        user = unquote(self.path_kwargs.get("user", ""))
+        if user != model["name"]:
+            raise web.HTTPError(403, "a user can only use their own snapshots")
+        self.user = user
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = getattr(exc, "log_message", None) or self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+    def json_body(self) -> dict:
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the body is not JSON") from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "the body must be a JSON object")
+        return data
+
+    def ids(self) -> list[str]:
+        ids = self.json_body().get("ids")
+        if not isinstance(ids, list) or len(ids) > MAX_IDS:
+            raise web.HTTPError(400, f"ids must be a list of at most {MAX_IDS} chunk ids")
+        try:
+            return [check_chunk_id(c) for c in ids]
+        except BackendError as err:
+            raise web.HTTPError(400, str(err)) from None
+
+    async def call(self, fn, *args):
+        """Run a (blocking) backend call in a thread, mapping its errors to HTTP."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except BackendError as err:
+            raise web.HTTPError(err.status, str(err)) from None
+
+    def finish_json(self, data, status: int = 200):
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data))
+
+
+class MissingHandler(StoreHandler):
+    async def post(self, user):
+        ids = self.ids()
+        missing = await self.call(self.backend.missing, self.user, ids)
+        upload = await self.call(self.backend.upload_target, self.user, missing, "")
+        self.finish_json({"missing": missing, "upload": upload})
+
+
+class ChunksHandler(StoreHandler):
+    """Chunk pack upload, local backend only: every chunk is checked against its id."""
+
+    async def post(self, user):
+        if not self.backend.through_service:
+            raise web.HTTPError(405, "this store takes chunks at presigned URLs")
+        body = memoryview(self.request.body)
+        items, pos = [], 0
+        while pos < len(body):
+            if pos + PACK_HEADER.size > len(body):
+                raise web.HTTPError(400, "truncated chunk pack")
+            raw, length = PACK_HEADER.unpack_from(body, pos)
+            pos += PACK_HEADER.size
+            data = body[pos:pos + length]
+            pos += length
+            if len(data) != length:
+                raise web.HTTPError(400, "truncated chunk pack")
+            items.append((raw.hex(), data))
+
+        def store():
+            for cid, data in items:
+                if blake3.blake3(data).hexdigest() != cid:
+                    raise BackendError(f"chunk {cid[:12]}... does not match its id")
+                self.backend.put_chunk(self.user, cid, data)
+
+        await self.call(store)
+        self.finish_json({"stored": len(items)})
+
+
+class DownloadHandler(StoreHandler):
+    async def post(self, user):
+        ids = self.ids()
+        self.finish_json(await self.call(self.backend.download_target, self.user, ids, ""))
+
+
+class PackHandler(StoreHandler):
+    async def post(self, user):
+        if not self.backend.through_service:
+            raise web.HTTPError(405, "this store serves chunks at presigned URLs")
+        ids = self.ids()
+
+        def read():
+            out = bytearray()
+            for cid in ids:
+                data = self.backend.get_chunk(self.user, cid)
+                out += PACK_HEADER.pack(bytes.fromhex(cid), len(data)) + data
+            return bytes(out)
+
+        body = await self.call(read)
+        self.set_header("Content-Type", "application/octet-stream")
+        self.finish(body)
+
+
+class SnapshotsHandler(StoreHandler):
+    async def get(self, user):
+        def listing():
+            out = []
+            for name in self.backend.list_objects(self.user, ".json"):
+                if name.endswith(".report.json"):
+                    continue
+                data = json.loads(self.backend.get_object(self.user, name))
+                out.append({"id": name[:-5], "created": data.get("created"),
+                            "files": len(data.get("files", [])),
+                            "bytes": sum(f.get("size", 0) for f in data.get("files", []))})
+            return out
+
+        self.finish_json({"snapshots": await self.call(listing)})
+
+    async def post(self, user):
+        body = self.request.body
+        _, ids = await self.call(manifest_chunk_ids, body)
+        missing = await self.call(self.backend.missing, self.user, sorted(ids))
+        if missing:
+            raise web.HTTPError(409, f"{len(missing)} chunk(s) of this snapshot are not in the store")
+        sid = new_snapshot_id()
+        await self.call(self.backend.put_object, self.user, f"{sid}.json", body)
+        log.info("snapshot %s stored for %s (%d chunks)", sid, self.user, len(ids))
+        self.finish_json({"id": sid}, 201)
+
+
+class SnapshotHandler(StoreHandler):
+    async def get(self, user, sid):
+        body = await self.call(self.backend.get_object, self.user, f"{self.sid(sid)}.json")
+        self.set_header("Content-Type", "application/json")
+        self.finish(body)
+
+    @staticmethod
+    def sid(sid: str) -> str:
+        try:
+            return check_snapshot_id(unquote(sid))
+        except BackendError as err:
+            raise web.HTTPError(400, str(err)) from None
+
+
+class ReportHandler(SnapshotHandler):
+    async def get(self, user, sid):
+        body = await self.call(self.backend.get_object, self.user, f"{self.sid(sid)}.report.json")
+        self.set_header("Content-Type", "application/json")
+        self.finish(body)
+
+    async def put(self, user, sid):
+        sid = self.sid(sid)
+        if len(self.request.body) > REPORT_MAX:
+            raise web.HTTPError(413, "report too large")
+        self.json_body()
+        await self.call(self.backend.get_object, self.user, f"{sid}.json")
+        await self.call(self.backend.put_object, self.user, f"{sid}.report.json", self.request.body)
+        self.finish_json({"id": sid})
+
+
+class HealthHandler(web.RequestHandler):
+    def get(self):
+        self.finish({"ok": True})
+
+
+def make_app(backend: Backend, hub_auth: HubAuth, prefix: str) -> web.Application:
+    """The store's tornado application; ``prefix`` ends with ``/``."""
+    u = r"(?P<user>[^/]+)"
+    kw = {"backend": backend, "hub_auth": hub_auth}
+    routes = [
+        (rf"{prefix}api/users/{u}/chunks/missing", MissingHandler, kw),
+        (rf"{prefix}api/users/{u}/chunks/download", DownloadHandler, kw),
+        (rf"{prefix}api/users/{u}/chunks/pack", PackHandler, kw),
+        (rf"{prefix}api/users/{u}/chunks", ChunksHandler, kw),
+        (rf"{prefix}api/users/{u}/snapshots", SnapshotsHandler, kw),
+        (rf"{prefix}api/users/{u}/snapshots/(?P<sid>[^/]+)/report", ReportHandler, kw),
+        (rf"{prefix}api/users/{u}/snapshots/(?P<sid>[^/]+)", SnapshotHandler, kw),
+        (rf"{prefix}api/health", HealthHandler),
+    ]
+    return web.Application(routes)
+
+
+def backend_from_env(env=os.environ) -> Backend:
+    kind = env.get("CLOUDHOP_STORE_BACKEND", "local")
+    if kind == "s3":
+        return S3Backend.from_env(env)
+    if kind == "local":
+        return LocalBackend(env.get("CLOUDHOP_STORE_DIR") or os.path.join(os.getcwd(), "cloudhop-store"))
+    raise SystemExit(f"CLOUDHOP_STORE_BACKEND must be 'local' or 's3', not {kind!r}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s cloudhop-store] %(message)s")
+    url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE_NAME}/")
+    backend = backend_from_env()
+    app = make_app(backend, HubAuth(), prefix)
+    server = httpserver.HTTPServer(app, max_body_size=MAX_BODY)
+    server.listen(url.port or 80, url.hostname or "127.0.0.1")
+    log.info("snapshot store (%s backend) on %s%s", type(backend).__name__, url.geturl(), prefix)
+    ioloop.IOLoop.current().start()
+
+
+#: environment variables forwarded from the hub to the store service (never to users)
+CREDENTIAL_ENV = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_DEFAULT_REGION",
+)
+#: what a single-user server's own token may do beyond the default ``server`` role:
+#: start/stop its user's (named) servers, and use the store
+SERVER_TOKEN_SCOPES = [
+    "users:activity!user",
+    "access:servers!server",
+    "servers!user",
+    f"access:services!service={SERVICE_NAME}",
+]
+
+
+def add_store_service(c, *, data_dir: str, port: int, public_url: str | None = None,
+                      s3: dict | None = None, env=os.environ) -> None:
+    """Add the snapshot store to a JupyterHub config ``c``.
+
+    ``port``: where the service listens on the hub's loopback; ``public_url``: the
+    proxy's URL as single-user servers reach it (given to them as ``CLOUDHOP_STORE_URL``);
+    ``s3``: ``{"bucket", "endpoint_url"?, "region"?, "prefix"?}`` for a bucket (default:
+    a directory under ``data_dir``). Credentials are forwarded from ``env`` to the
+    service's environment only. Also lets every user (and their servers' tokens) use the
+    service, and gives servers' tokens the scopes a migration needs
+    (:data:`SERVER_TOKEN_SCOPES`).
+    """
+    environment = {"CLOUDHOP_STORE_BACKEND": "local",
+                   "CLOUDHOP_STORE_DIR": os.path.join(os.path.abspath(data_dir), "snapshots")}
+    if s3:
+        environment = {"CLOUDHOP_STORE_BACKEND": "s3", "CLOUDHOP_STORE_S3_BUCKET": s3["bucket"]}
+        for key, var in (("endpoint_url", "ENDPOINT"), ("region", "REGION"), ("prefix", "PREFIX")):
+            if s3.get(key):
+                environment[f"CLOUDHOP_STORE_S3_{var}"] = s3[key]
+        environment.update({k: env[k] for k in CREDENTIAL_ENV if env.get(k)})
+    services = list(c.JupyterHub.services or []) if "services" in c.JupyterHub else []
+    services = [s for s in services if s.get("name") != SERVICE_NAME]
+    services.append({
+        "name": SERVICE_NAME,
+        "url": f"http://127.0.0.1:{port}",
+        "command": [sys.executable, "-m", "cloudhop.hub.snapshot_store"],
+        "environment": environment,
+        "display": False,
+    })
+    c.JupyterHub.services = services
+
+    roles = list(c.JupyterHub.load_roles or []) if "load_roles" in c.JupyterHub else []
+    access = f"access:services!service={SERVICE_NAME}"
+    for role in roles:
+        if role.get("name") == "user":
+            role["scopes"] = sorted(set(role.get("scopes") or ["self"]) | {access})
+            break
+    else:
+        roles.append({"name": "user", "scopes": ["self", access]})
+    c.JupyterHub.load_roles = roles
+
+    current = c.Spawner.server_token_scopes if "server_token_scopes" in c.Spawner else []
+    c.Spawner.server_token_scopes = sorted(set(current or []) | set(SERVER_TOKEN_SCOPES))
+    if public_url:
+        c.Spawner.environment.update(
+            {"CLOUDHOP_STORE_URL": public_url.rstrip("/") + f"/services/{SERVICE_NAME}/"}
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""Where the snapshot store keeps chunks and manifests.
+
+Each user has a namespace of their own (``users/u-<quoted name>/``): chunks are never
+shared between users, so one user cannot learn whether another holds some content.
+
+A backend is synchronous (the service calls it in a thread). Two kinds:
+
+* :class:`LocalBackend` - a directory on the hub; chunks flow through the service.
+* :class:`S3Backend` - any S3-compatible bucket through boto3; chunks go straight
+  between the user's server and the bucket through presigned URLs for keys under that
+  user's prefix. The credentials stay in the service's environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
+
+_CHUNK = re.compile(r"^[0-9a-f]{64}$")
+_SNAPSHOT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+class BackendError(ValueError):
+    """A request names something malformed (status 400) or missing (404)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def user_dir(user: str) -> str:
+    """A user's namespace: the quoted name never contains ``/`` and never is ``..``."""
+    return "u-" + quote(user, safe="")
+
+
+def check_chunk_id(cid) -> str:
+    if not isinstance(cid, str) or not _CHUNK.match(cid):
+        raise BackendError(f"chunk id {str(cid)[:80]!r} is not 64 hex digits")
+    return cid
+
+
+def check_snapshot_id(sid) -> str:
+    if not isinstance(sid, str) or not _SNAPSHOT.match(sid):
+        raise BackendError(f"snapshot id {str(sid)[:80]!r} is not valid")
+    return sid
+
+
+def new_snapshot_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(4)
+
+
+def manifest_chunk_ids(body: bytes) -> tuple[dict, set[str]]:
+    """Parse a manifest just enough to know which chunks it needs."""
+    try:
+        data = json.loads(body)
+        files = data["files"]
+        ids = {check_chunk_id(c) for f in files for c, _ in f["chunks"]}
+    except (ValueError, KeyError, TypeError) as err:
+        raise BackendError(f"not a snapshot manifest: {err}") from err
+    if data.get("version") != 1:
+        raise BackendError("not a version 1 snapshot manifest")
+    return data, ids
+
+
+class Backend:
+    """Interface (see the module docstring). ``user`` is an authenticated hub user name."""
+
+    #: True when chunks are uploaded and downloaded through the service itself
+    through_service = True
+
+    def missing(self, user: str, ids: list[str]) -> list[str]:
+        raise NotImplementedError
+
+    def upload_target(self, user: str, ids: list[str], service_url: str) -> dict:
+        return {"kind": "pack", "url": f"{service_url}api/users/{quote(user, safe='')}/chunks"}
+
+    def download_target(self, user: str, ids: list[str], service_url: str) -> dict:
+        return {"kind": "pack", "url": f"{service_url}api/users/{quote(user, safe='')}/chunks/pack"}
+
+    def put_chunk(self, user: str, cid: str, data) -> None:
+        raise NotImplementedError
+
+    def get_chunk(self, user: str, cid: str) -> bytes:
+        raise NotImplementedError
+
+    def put_object(self, user: str, name: str, body: bytes) -> None:
+        raise NotImplementedError
+
+    def get_object(self, user: str, name: str) -> bytes:
+        """Raises BackendError(404) when missing."""
+        raise NotImplementedError
+
+    def list_objects(self, user: str, suffix: str) -> list[str]:
+        raise NotImplementedError
+
+
+class LocalBackend(Backend):
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+
+    def _chunk_path(self, user: str, cid: str) -> str:
+        return os.path.join(self.root, "users", user_dir(user), "chunks", cid[:2], check_chunk_id(cid))
+
+    def _object_path(self, user: str, name: str) -> str:
+        return os.path.join(self.root, "users", user_dir(user), "snapshots", name)
+
+    def missing(self, user, ids):
+        return [c for c in ids if not os.path.exists(self._chunk_path(user, c))]
+
+    @staticmethod
+    def _write(path: str, data) -> None:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        temp = f"{path}.{secrets.token_hex(4)}.tmp"
+        with open(temp, "wb") as f:
+            f.write(data)
+        os.replace(temp, path)
+
+    def put_chunk(self, user, cid, data):
+        path = self._chunk_path(user, cid)
+        if not os.path.exists(path):
+            self._write(path, data)
+
+    def get_chunk(self, user, cid):
+        try:
+            with open(self._chunk_path(user, cid), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise BackendError(f"chunk {cid[:12]}... not found", 404) from None
+
+    def put_object(self, user, name, body):
+        self._write(self._object_path(user, name), body)
+
+    def get_object(self, user, name):
+        try:
+            with open(self._object_path(user, name), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise BackendError(f"{name} not found", 404) from None
+
+    def list_objects(self, user, suffix):
+        try:
+            names = os.listdir(os.path.join(self.root, "users", user_dir(user), "snapshots"))
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if n.endswith(suffix))
+
+
+class S3Backend(Backend):
+    """Chunks at ``{prefix}users/u-<user>/chunks/<id>``; manifests beside them.
+
+    ``client`` is a boto3 S3 client made from the service's own credentials."""
+
+    through_service = False
+
+    def __init__(self, client, bucket: str, prefix: str = "", expires: int = 3600, workers: int = 16):
+        self.s3 = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.expires = expires
+        self.workers = workers
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> "S3Backend":
+        import boto3
+        from botocore.config import Config
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=env.get("CLOUDHOP_STORE_S3_ENDPOINT") or None,
+            region_name=env.get("CLOUDHOP_STORE_S3_REGION") or None,
+            config=Config(signature_version="s3v4", retries={"mode": "standard"}),
+        )
+        return cls(client, env["CLOUDHOP_STORE_S3_BUCKET"], env.get("CLOUDHOP_STORE_S3_PREFIX", ""))
+
+    def _key(self, user: str, kind: str, name: str) -> str:
+        return f"{self.prefix}users/{user_dir(user)}/{kind}/{name}"
+
+    def missing(self, user, ids):
+        from botocore.exceptions import ClientError
+
+        def absent(cid):
+            try:
+                self.s3.head_object(Bucket=self.bucket, Key=self._key(user, "chunks", check_chunk_id(cid)))
+                return False
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return True
+                raise
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            return [c for c, gone in zip(ids, pool.map(absent, ids)) if gone]
+
+    def _presign(self, method: str, user: str, ids: list[str]) -> dict:
+        return {
+            "kind": "presigned",
+            "urls": {
+                c: self.s3.generate_presigned_url(
+                    method, Params={"Bucket": self.bucket, "Key": self._key(user, "chunks", check_chunk_id(c))},
+                    ExpiresIn=self.expires,
+                )
+                for c in ids
+            },
+        }
+
+    def upload_target(self, user, ids, service_url):
+        return self._presign("put_object", user, ids)
+
+    def download_target(self, user, ids, service_url):
+        return self._presign("get_object", user, ids)
+
+    def put_object(self, user, name, body):
+        self.s3.put_object(Bucket=self.bucket, Key=self._key(user, "snapshots", name), Body=body)
+
+    def get_object(self, user, name):
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.s3.get_object(Bucket=self.bucket, Key=self._key(user, "snapshots", name))["Body"].read()
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise BackendError(f"{name} not found", 404) from None
+            raise
+
+    def list_objects(self, user, suffix):
+        prefix = self._key(user, "snapshots", "")
+        names = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            names += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
+        return sorted(n for n in names if n.endswith(suffix))
