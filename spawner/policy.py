@@ -1,0 +1,338 @@
+"""Per-group policy: what a user may launch, enforced on the hub for form and API alike.
+
+Configured as traitlets, a dict keyed by JupyterHub group name with a ``"default"``
+entry for users in none of the listed groups::
+
+    c.Policy.groups = {
+        "default":  {"providers": ["local"], "max_gpus": 1},
+        "students": {"providers": ["gcp"], "gpus": ["L4", "T4"], "max_gpus": 1,
+                     "max_price_hour": 1.5, "budget": {"usd": 50, "period": "month"}},
+        "research": {"providers": ["aws", "gcp", "oci"], "regions": ["us-*", "europe-*"],
+                     "max_gpus": 16},
+    }
+
+Rules (each optional; a missing rule allows everything): ``providers``, ``regions``
+(shell-style patterns such as ``us-*``), ``gpus`` (catalog names, any case; ``"none"``
+for CPU-only), ``max_gpus`` (per server, Ray workers included), ``max_ray_workers``,
+``max_price_hour`` (USD/hour of the server's nodes, spot price when spot), ``budget``
+(``{"usd": amount, "period": "day" | "week" | "month"}``).
+
+**A user in several groups gets the union**: a request (or an offer) is allowed when at
+least one of the user's groups allows it as a whole. Rules are not mixed across groups:
+a group allowing AWS H100s and another allowing GCP T4s do not make GCP H100s allowed.
+The ``default`` entry applies only to users in none of the configured groups, so a
+group can be stricter than the default.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import html
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from traitlets import Any, Dict, TraitError, validate
+from traitlets.config import Configurable
+
+from .offers import NO_GPU, Offer
+from .optimizer import effective_price
+from .options import PROVIDERS, LaunchRequest, OptionError, parse_options
+
+RULES = ("providers", "regions", "gpus", "max_gpus", "max_ray_workers", "max_price_hour", "budget")
+PERIODS = ("day", "week", "month")
+DEFAULT_GROUP = "default"
+
+
+class PolicyError(OptionError):
+    """A request the user's policy forbids. ``field`` is the option, ``rule`` the policy
+    rule and ``group`` the group whose rule it is; the message says what is allowed."""
+
+    status_code = 403
+
+    def __init__(self, field: str, rule: str, group: str, message: str):
+        self.rule = rule
+        self.group = group
+        super().__init__(field, message)
+
+
+@dataclass(frozen=True)
+class GroupPolicy:
+    """One group's rules, validated. ``None`` means the rule does not restrict."""
+
+    group: str
+    providers: tuple | None = None
+    regions: tuple | None = None
+    gpus: tuple | None = None
+    max_gpus: int | None = None
+    max_ray_workers: int | None = None
+    max_price_hour: float | None = None
+    budget_usd: float | None = None
+    budget_period: str = "month"
+    _gpus_fold: frozenset = field(default=frozenset(), repr=False, compare=False)
+
+    # -- single offers --------------------------------------------------------
+
+    def allows_provider(self, name: str) -> bool:
+        return self.providers is None or name in self.providers
+
+    def allows_region(self, region: str) -> bool:
+        return self.regions is None or any(fnmatch.fnmatchcase(region, p) for p in self.regions)
+
+    def allows_gpu(self, gpu: str) -> bool:
+        return self.gpus is None or gpu.casefold() in self._gpus_fold
+
+    def allows_count(self, count: int) -> bool:
+        return self.max_gpus is None or count <= self.max_gpus
+
+    def allows_offer(self, offer: Offer, spot: bool | None = None) -> bool:
+        """The offer may be launched under this policy: in the given price mode, or in
+        some mode when ``spot`` is None."""
+        if not (self.allows_provider(offer.provider) and self.allows_region(offer.region)
+                and self.allows_gpu(offer.gpu) and self.allows_count(offer.gpu_count)):
+            return False
+        if self.max_price_hour is None:
+            return True
+        modes = (False, True) if spot is None else (spot,)
+        prices = [p for p in (effective_price(offer, m) for m in modes) if p is not None]
+        return any(p <= self.max_price_hour for p in prices)
+
+    # -- whole requests -------------------------------------------------------
+
+    def violation(self, request: LaunchRequest, price_hour: float | None = None) -> PolicyError | None:
+        """The first rule ``request`` breaks (checked in :data:`RULES` order), or None.
+        ``price_hour`` is what the chosen offers cost per hour, when known."""
+        g = html.escape(self.group, quote=False)
+        if request.provider != "auto" and not self.allows_provider(request.provider):
+            return PolicyError("provider", "providers", self.group,
+                               f"{_q(request.provider)} is not allowed for group {g!r}; allowed providers: {_list(self.providers)}")
+        if request.region and not self.allows_region(request.region):
+            return PolicyError("region", "regions", self.group,
+                               f"{_q(request.region)} is not allowed for group {g!r}; allowed regions: {_list(self.regions)}")
+        gpus = [(request.gpu, "gpu")]
+        if request.ray and request.ray.workers:
+            gpus.append((request.ray.gpu, "ray.gpu"))
+        for gpu, name in gpus:
+            if not self.allows_gpu(gpu):
+                return PolicyError(name, "gpus", self.group,
+                                   f"{_q(gpu)} is not allowed for group {g!r}; allowed GPUs: {_list(self.gpus)}")
+        total = request.gpu_count + (request.ray.workers * request.ray.gpu_count if request.ray else 0)
+        if not self.allows_count(total):
+            where = "gpu_count" if request.gpu_count > (self.max_gpus or 0) or not request.ray else "ray.gpu_count"
+            return PolicyError(where, "max_gpus", self.group,
+                               f"{total} GPU(s) for this server is more than group {g!r} allows: at most {self.max_gpus}"
+                               + (" (Ray workers included)" if request.ray and request.ray.workers else ""))
+        if request.ray and self.max_ray_workers is not None and request.ray.workers > self.max_ray_workers:
+            return PolicyError("ray.workers", "max_ray_workers", self.group,
+                               f"{request.ray.workers} Ray workers is more than group {g!r} allows: at most {self.max_ray_workers}")
+        if price_hour is not None and self.max_price_hour is not None and price_hour > self.max_price_hour:
+            return PolicyError("instance_type", "max_price_hour", self.group,
+                               f"${price_hour:.2f}/h is more than group {g!r} allows: at most ${self.max_price_hour:.2f}/h")
+        return None
+
+    def budget_violation(self, spent_usd: float, price_hour: float | None) -> PolicyError | None:
+        """Refuse when this period's spend has reached the budget, or one more hour of
+        the chosen offer would pass it. None when there is no budget."""
+        if self.budget_usd is None:
+            return None
+        g = html.escape(self.group, quote=False)
+        left = self.budget_usd - spent_usd
+        if left <= 0:
+            return PolicyError("budget", "budget", self.group,
+                               f"group {g!r} has spent ${spent_usd:.2f} of its ${self.budget_usd:.2f} budget this {self.budget_period}; "
+                               "no new servers until the next period")
+        if price_hour is not None and price_hour > left:
+            return PolicyError("budget", "budget", self.group,
+                               f"one hour at ${price_hour:.2f}/h is more than the ${left:.2f} left of group {g!r}'s "
+                               f"${self.budget_usd:.2f} budget this {self.budget_period}; pick a cheaper offer")
+        return None
+
+
+def _q(value) -> str:
+    # markup is escaped; quotes are kept so API clients read 'H100', not &#x27;H100&#x27;
+    return html.escape(repr(value), quote=False)
+
+
+def _list(values) -> str:
+    return ", ".join(html.escape(str(v)) for v in values) if values else "none"
+
+
+def period_start(period: str, now: datetime.datetime | None = None) -> datetime.datetime:
+    """Start (UTC) of the budget period containing ``now``: midnight, Monday, the 1st."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return day
+    if period == "week":
+        return day - datetime.timedelta(days=day.weekday())
+    return day.replace(day=1)
+
+
+def parse_group_policy(group: str, raw) -> GroupPolicy:
+    """Validate one group's rules; raises ``TraitError`` naming the group and key."""
+    where = f"Policy.groups[{group!r}]"
+    if not isinstance(raw, dict):
+        raise TraitError(f"{where} must be a dict of rules ({', '.join(RULES)}), not {raw!r}")
+    for key in raw:
+        if key not in RULES:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), RULES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TraitError(f"{where}: unknown rule {key!r}{hint} Rules: {', '.join(RULES)}")
+
+    def names(key, valid=None):
+        value = raw.get(key)
+        if value is None or value == "*":
+            return None
+        if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+            raise TraitError(f"{where}[{key!r}] must be a list of names (or '*'), not {value!r}")
+        if valid is not None:
+            for v in value:
+                # a "module:Class" custom provider is named as in CloudhopSpawner.providers
+                if v not in valid and ":" not in v:
+                    raise TraitError(f"{where}[{key!r}]: unknown provider {v!r}; known: {', '.join(valid)}")
+        return tuple(value)
+
+    def number(key, kind):
+        value = raw.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (kind is int and value != int(value)):
+            what = "a whole number >= 0" if kind is int else "a number >= 0"
+            raise TraitError(f"{where}[{key!r}] must be {what}, not {value!r}")
+        return kind(value)
+
+    budget_usd, budget_period = None, "month"
+    budget = raw.get("budget")
+    if budget is not None:
+        if not isinstance(budget, dict) or set(budget) - {"usd", "period"} or "usd" not in budget:
+            raise TraitError(f"{where}['budget'] must be {{'usd': amount, 'period': 'day'|'week'|'month'}}, not {budget!r}")
+        usd = budget["usd"]
+        if isinstance(usd, bool) or not isinstance(usd, (int, float)) or usd < 0:
+            raise TraitError(f"{where}['budget']['usd'] must be a number of USD >= 0, not {usd!r}")
+        budget_period = budget.get("period", "month")
+        if budget_period not in PERIODS:
+            raise TraitError(f"{where}['budget']['period'] must be one of {', '.join(PERIODS)}, not {budget_period!r}")
+        budget_usd = float(usd)
+    gpus = names("gpus")
+    return GroupPolicy(
+        group=group,
+        providers=names("providers", PROVIDERS),
+        regions=names("regions"),
+        gpus=gpus,
+        max_gpus=number("max_gpus", int),
+        max_ray_workers=number("max_ray_workers", int),
+        max_price_hour=number("max_price_hour", float),
+        budget_usd=budget_usd,
+        budget_period=budget_period,
+        _gpus_fold=frozenset(g.casefold() for g in gpus or ()),
+    )
+
+
+class Policy(Configurable):
+    """Who may launch what (``c.Policy.*``); see the module docstring for the rules."""
+
+    groups = Dict(
+        help="""Rules per JupyterHub group name, plus a "default" entry for users in none
+        of them. Rules: providers, regions (patterns like "us-*"), gpus, max_gpus (per
+        server, Ray workers included), max_ray_workers, max_price_hour (USD/hour),
+        budget ({"usd": amount, "period": "day"|"week"|"month"}). A missing rule (or a
+        missing "default") allows everything. A user in several groups may do what any
+        one of them allows.""",
+    ).tag(config=True)
+
+    spend = Any(
+        None,
+        help="""Callable ``spend(user_name, group, since) -> float`` giving the USD spent
+        since ``since`` (a UTC datetime) by the group's servers, for budget checks.
+        None: 0 (no accounting yet), so only a budget smaller than one hour is refused.""",
+    ).tag(config=True)
+
+    @validate("groups")
+    def _validate_groups(self, proposal):
+        parsed = {}
+        for group, rules in proposal["value"].items():
+            if not isinstance(group, str) or not group:
+                raise TraitError(f"Policy.groups: keys must be group names, not {group!r}")
+            parsed[group] = parse_group_policy(group, rules)
+        self._parsed = parsed
+        return proposal["value"]
+
+    _parsed: dict = {}
+
+    def for_groups(self, groups: Iterable[str]) -> list[GroupPolicy]:
+        """The policies that apply to a member of ``groups`` (see the union rule)."""
+        parsed = self._parsed if self.groups else {}
+        mine = [parsed[g] for g in sorted(set(groups)) if g in parsed and g != DEFAULT_GROUP]
+        if mine:
+            return mine
+        return [parsed.get(DEFAULT_GROUP) or GroupPolicy(group=DEFAULT_GROUP)]
+
+    def filter_offers(self, offers: Iterable[Offer], groups: Iterable[str],
+                      spot: bool | None = None) -> list[Offer]:
+        """The offers at least one applicable policy allows: for the form and validation
+        (``spot`` None: in either price mode), or for a failover list (the request's mode)."""
+        policies = self.for_groups(groups)
+        if len(policies) == 1 and policies[0] == GroupPolicy(group=policies[0].group):
+            return list(offers)  # nothing restricts: skip the per-offer checks
+        return [o for o in offers if any(p.allows_offer(o, spot) for p in policies)]
+
+    def allowed_providers(self, providers: Iterable[str], groups: Iterable[str]) -> list[str]:
+        policies = self.for_groups(groups)
+        return [p for p in providers if any(g.allows_provider(p) for g in policies)]
+
+    def check_request(self, request: LaunchRequest, groups: Iterable[str],
+                      price_hour: float | None = None) -> GroupPolicy:
+        """The policy that allows ``request``; raises the most telling :class:`PolicyError`
+        (from the group whose rules the request got furthest through) when none does."""
+        errors = []
+        for policy in self.for_groups(groups):
+            err = policy.violation(request, price_hour)
+            if err is None:
+                return policy
+            errors.append(err)
+        raise max(errors, key=lambda e: RULES.index(e.rule))
+
+    def check_budget(self, groups: Iterable[str], user_name: str, price_hour: float | None,
+                     now: datetime.datetime | None = None) -> None:
+        """Refuse (:class:`PolicyError`, field ``budget``) when no applicable policy has
+        budget left for one more hour at ``price_hour``."""
+        errors = []
+        for policy in self.for_groups(groups):
+            spent = 0.0
+            if policy.budget_usd is not None and self.spend is not None:
+                spent = float(self.spend(user_name, policy.group, period_start(policy.budget_period, now)))
+            err = policy.budget_violation(spent, price_hour)
+            if err is None:
+                return
+            errors.append(err)
+        raise errors[0]
+
+
+def validate_request(raw, offers: list[Offer], policy: Policy, groups: Iterable[str], *,
+                     providers: Iterable[str] = PROVIDERS,
+                     price_of: Callable[[LaunchRequest, list[Offer]], float | None] | None = None) -> LaunchRequest:
+    """Parse user options and enforce the policy, naming the rule when it refuses.
+
+    ``offers`` are every offer of the enabled providers (not yet policy-filtered). The
+    options are parsed against the allowed offers; when that fails but the options are
+    valid for all offers, the policy rule that forbids them is named ("'H100' is not
+    allowed for group 'students'; allowed GPUs: L4, T4") instead of "unknown GPU".
+    Then the rules are checked on the whole request (GPU totals with Ray workers, price).
+    ``price_of`` gives the hourly price of the cheapest allowed match, for the price rule.
+    """
+    groups = list(groups)
+    providers = list(providers)
+    allowed = policy.filter_offers(offers, groups)
+    try:
+        request = parse_options(raw, allowed, providers=policy.allowed_providers(providers, groups))
+    except OptionError as err:
+        try:
+            full = parse_options(raw, offers, providers=providers)
+        except OptionError:
+            raise err from None  # wrong whatever the policy: list the allowed choices
+        policy.check_request(full, groups)  # names the rule that forbids it
+        raise err from None  # each rule passes, but no allowed offer combines them
+    policy.check_request(request, groups, price_of(request, allowed) if price_of else None)
+    return request

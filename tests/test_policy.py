@@ -1,0 +1,158 @@
+"""Group policy: refused requests name the rule and what is allowed; offers are filtered."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from traitlets import TraitError
+from traitlets.config import Config
+
+from cloudhop.spawner.catalog import all_catalog_offers
+from cloudhop.spawner.options import OptionError
+from cloudhop.spawner.policy import Policy, PolicyError, period_start, validate_request
+
+CLOUDS = ["aws", "gcp", "oci"]
+
+GROUPS = {
+    "default": {"providers": ["oci"], "max_gpus": 1},
+    "students": {"providers": ["gcp"], "gpus": ["L4", "T4"], "max_gpus": 1, "max_price_hour": 1.5,
+                 "budget": {"usd": 20, "period": "week"}},
+    "research": {"providers": ["aws"], "regions": ["us-*"], "max_gpus": 8, "max_ray_workers": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def offers():
+    return all_catalog_offers()
+
+
+@pytest.fixture
+def policy():
+    return Policy(groups=GROUPS)
+
+
+def check(raw, offers, policy, groups):
+    return validate_request(raw, offers, policy, groups, providers=CLOUDS)
+
+
+def test_students_cannot_get_an_h100_and_are_told_which_rule(offers, policy):
+    with pytest.raises(PolicyError) as err:
+        check({"provider": "gcp", "gpu": "H100", "gpu_count": 1}, offers, policy, ["students"])
+    assert isinstance(err.value, OptionError)  # becomes a 4xx naming the field
+    assert err.value.field == "gpu" and err.value.rule == "gpus"
+    assert str(err.value) == "gpu: 'H100' is not allowed for group 'students'; allowed GPUs: L4, T4"
+
+
+def test_students_get_their_l4_on_gcp(offers, policy):
+    req = check({"gpu": "l4", "gpu_count": 1}, offers, policy, ["students"])
+    assert (req.gpu, req.gpu_count) == ("L4", 1)
+
+
+@pytest.mark.parametrize("raw,field,rule,says", [
+    ({"provider": "aws", "gpu": "T4", "gpu_count": 1}, "provider", "providers", "allowed providers: gcp"),
+    ({"gpu": "L4", "gpu_count": 2}, "gpu_count", "max_gpus", "at most 1"),
+    ({"gpu": "L4", "gpu_count": 1, "ray": {"workers": 1, "gpu": "L4", "gpu_count": 1}}, "ray.gpu_count", "max_gpus", "Ray workers included"),
+    ({"gpu": "L4", "gpu_count": 1, "ray": {"workers": 1, "gpu": "A100", "gpu_count": 1}}, "ray.gpu", "gpus", "allowed GPUs: L4, T4"),
+])
+def test_each_rule_names_itself(offers, policy, raw, field, rule, says):
+    with pytest.raises(PolicyError) as err:
+        check(raw, offers, policy, ["students"])
+    assert (err.value.field, err.value.rule) == (field, rule)
+    assert says in str(err.value) and "'students'" in str(err.value)
+
+
+def test_regions_are_patterns(offers, policy):
+    with pytest.raises(PolicyError, match=r"region: 'eu-west-1' is not allowed for group 'research'; allowed regions: us-\*"):
+        check({"provider": "aws", "region": "eu-west-1", "gpu": "T4", "gpu_count": 1}, offers, policy, ["research"])
+    assert check({"provider": "aws", "region": "us-east-1", "gpu": "H100", "gpu_count": 8}, offers, policy, ["research"]).region == "us-east-1"
+
+
+def test_max_ray_workers(offers, policy):
+    with pytest.raises(PolicyError, match="3 Ray workers is more than group 'research' allows: at most 2") as err:
+        check({"gpu": "L4", "gpu_count": 1, "ray": {"workers": 3}}, offers, policy, ["research"])
+    assert err.value.field == "ray.workers"
+
+
+def test_price_rule_filters_offers_and_refuses_by_price(offers, policy):
+    allowed = policy.filter_offers(offers, ["students"])
+    assert allowed and all(o.provider == "gcp" and o.gpu in ("L4", "T4") and o.gpu_count == 1 for o in allowed)
+    assert all(min(p for p in (o.price_hour, o.spot_price_hour) if p is not None) <= 1.5 for o in allowed)
+    with pytest.raises(PolicyError, match=r"\$2.00/h is more than group 'students' allows: at most \$1.50/h") as err:
+        validate_request({"gpu": "L4", "gpu_count": 1}, offers, policy, ["students"], providers=CLOUDS,
+                         price_of=lambda req, offers: 2.0)
+    assert err.value.field == "instance_type" and err.value.rule == "max_price_hour"
+
+
+def test_several_groups_get_the_union_without_mixing_rules(offers, policy):
+    both = ["students", "research"]
+    assert check({"provider": "aws", "region": "us-east-1", "gpu": "H100", "gpu_count": 8}, offers, policy, both)
+    assert check({"provider": "gcp", "gpu": "T4", "gpu_count": 1}, offers, policy, both)
+    # gcp from students and H100 from research do not combine into a GCP H100
+    with pytest.raises(PolicyError):
+        check({"provider": "gcp", "gpu": "H100", "gpu_count": 8}, offers, policy, both)
+    providers = {o.provider for o in policy.filter_offers(offers, both)}
+    assert providers == {"aws", "gcp"}
+
+
+def test_default_applies_only_to_users_in_no_listed_group(offers, policy):
+    assert {o.provider for o in policy.filter_offers(offers, ["someone-else"])} == {"oci"}
+    assert {o.provider for o in policy.filter_offers(offers, [])} == {"oci"}
+    assert {o.provider for o in Policy().filter_offers(offers, [])} == {"aws", "gcp", "oci"}
+
+
+def test_budget_really_compares_spend(policy):
+    spent = {}
+    policy.spend = lambda user, group, since: spent.get(group, 0.0)
+    policy.check_budget(["students"], "ana", 0.7)  # nothing spent
+    spent["students"] = 19.5
+    with pytest.raises(PolicyError, match=r"one hour at \$0.70/h is more than the \$0.50 left") as err:
+        policy.check_budget(["students"], "ana", 0.7)
+    assert err.value.field == "budget"
+    spent["students"] = 20.0
+    with pytest.raises(PolicyError, match=r"has spent \$20.00 of its \$20.00 budget this week"):
+        policy.check_budget(["students"], "ana", 0.1)
+    # a group without a budget is not limited
+    policy.check_budget(["research"], "ana", 50.0)
+
+
+def test_budget_without_accounting_still_refuses_an_hour_over_budget():
+    policy = Policy(groups={"default": {"budget": {"usd": 1, "period": "day"}}})
+    policy.check_budget([], "ana", 0.5)
+    with pytest.raises(PolicyError, match="budget"):
+        policy.check_budget([], "ana", 2.0)
+
+
+def test_budget_periods_start_on_utc_boundaries():
+    now = datetime.datetime(2026, 11, 19, 15, 30, tzinfo=datetime.timezone.utc)  # a Thursday
+    assert period_start("day", now) == now.replace(hour=0, minute=0)
+    assert period_start("week", now).day == 16
+    assert period_start("month", now).day == 1
+
+
+@pytest.mark.parametrize("groups,says", [
+    ({"students": ["gcp"]}, r"Policy.groups\['students'\] must be a dict"),
+    ({"students": {"gpu": ["L4"]}}, r"unknown rule 'gpu'; did you mean 'gpus'\?"),
+    ({"students": {"providers": "gcp"}}, r"\['providers'\] must be a list of names"),
+    ({"students": {"providers": ["azure"]}}, r"unknown provider 'azure'"),
+    ({"students": {"regions": [""]}}, r"\['regions'\] must be a list of names"),
+    ({"students": {"gpus": [1]}}, r"\['gpus'\] must be a list of names"),
+    ({"students": {"max_gpus": -1}}, r"\['max_gpus'\] must be a whole number"),
+    ({"students": {"max_gpus": 1.5}}, r"\['max_gpus'\] must be a whole number"),
+    ({"students": {"max_ray_workers": "two"}}, r"\['max_ray_workers'\] must be a whole number"),
+    ({"students": {"max_price_hour": "cheap"}}, r"\['max_price_hour'\] must be a number"),
+    ({"students": {"budget": 50}}, r"\['budget'\] must be \{'usd'"),
+    ({"students": {"budget": {"usd": -5}}}, r"\['budget'\]\['usd'\] must be a number"),
+    ({"students": {"budget": {"usd": 5, "period": "year"}}}, r"\['budget'\]\['period'\] must be one of day, week, month"),
+    ({"": {}}, r"keys must be group names"),
+])
+def test_bad_policy_config_names_the_key(groups, says):
+    with pytest.raises(TraitError, match=says):
+        Policy(groups=groups)
+
+
+def test_policy_comes_from_traitlets_config(offers):
+    c = Config()
+    c.Policy.groups = {"default": {"providers": ["gcp"], "gpus": ["T4"]}}
+    policy = Policy(config=c)
+    assert {(o.provider, o.gpu) for o in policy.filter_offers(offers, [])} == {("gcp", "T4")}
