@@ -1,0 +1,127 @@
+"""Node bootstrap: the cloud-init user-data that turns a fresh GPU VM into a user's server.
+
+:func:`render_user_data` is a pure function (no environment, no network): the same spec
+renders the same text, so tests read it back. The VM it describes
+
+1. writes the server's environment to a root-only file (``/etc/cloudhop/env``),
+2. makes sure Docker is there and, when the offer has GPUs, that Docker's NVIDIA
+   runtime is configured (the default cloud images ship both; the script only fills in
+   what is missing and logs what it did to the console),
+3. runs the single-user image with ``--gpus all`` (GPU offers only), the environment
+   file and ``spec.cmd``, listening on ``spec.port``.
+
+What it carries: the ``JUPYTERHUB_*``/``CLOUDHOP_*``/``RAY_*`` variables from
+``spec.env`` — the server's own API token among them — and nothing else. Any other
+variable is dropped here, and names that look like cloud credentials are refused even
+with an allowed prefix, so a credential can never reach a node's user-data (which any
+process on the VM can read from the metadata service).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from importlib import resources
+from string import Template
+from urllib.parse import urlsplit, urlunsplit
+
+#: prefixes of the variables a node receives; anything else in ``spec.env`` is dropped
+ALLOWED_ENV_PREFIXES = ("JUPYTERHUB_", "JPY_", "CLOUDHOP_", "RAY_")
+#: names that are never written, whatever their prefix
+_SECRET_NAME = re.compile(
+    r"(AWS_|AZURE_|GOOGLE_|GCLOUD|OCI_|SECRET|PASSWORD|PRIVATE_KEY|CREDENTIAL|SESSION_TOKEN)",
+    re.IGNORECASE,
+)
+# the server's own token is the one secret the node needs
+_TOKEN_NAMES = {"JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN"}
+# the URLs by which the node reaches the hub; rewritten to the hub's connect URL
+_HUB_URL_VARS = ("JUPYTERHUB_API_URL", "JUPYTERHUB_ACTIVITY_URL")
+
+TEMPLATE = "templates/user-data.yaml"
+
+
+def node_env(spec, *, hub_connect_url: str | None = None) -> dict:
+    """The environment the node's container gets: the allowed subset of ``spec.env``,
+    with the hub's URLs pointed at ``hub_connect_url`` (the address nodes reach the hub
+    by; the hub's own ``JUPYTERHUB_API_URL`` is often ``127.0.0.1``) and the server
+    listening on every interface at ``spec.port``."""
+    env = {}
+    for key, value in (spec.env or {}).items():
+        if not key.startswith(ALLOWED_ENV_PREFIXES):
+            continue
+        if key not in _TOKEN_NAMES and _SECRET_NAME.search(key):
+            continue
+        env[key] = str(value)
+    if hub_connect_url:
+        for key in _HUB_URL_VARS:
+            if key in env:
+                env[key] = _rebase(env[key], hub_connect_url)
+    # the single-user server reads where to listen from JUPYTERHUB_SERVICE_URL
+    service = env.get("JUPYTERHUB_SERVICE_URL")
+    path = urlsplit(service).path if service else env.get("JUPYTERHUB_SERVICE_PREFIX", "/")
+    env["JUPYTERHUB_SERVICE_URL"] = f"http://0.0.0.0:{int(spec.port)}{path or '/'}"
+    return env
+
+
+def _rebase(url: str, base: str) -> str:
+    """``url`` with scheme and host taken from ``base`` (path kept)."""
+    u, b = urlsplit(url), urlsplit(base.rstrip("/"))
+    path = u.path
+    if b.path and not path.startswith(b.path + "/"):
+        path = b.path + path
+    return urlunsplit((b.scheme, b.netloc, path, u.query, u.fragment))
+
+
+def container_command(spec, *, image: str, gpus: bool) -> list[str]:
+    """The ``docker run`` argv the node executes. Host networking publishes the
+    server's port (``spec.port``, set in ``JUPYTERHUB_SERVICE_URL``) and, for Ray, the
+    head's and workers' ports without a port list; the firewall decides who reaches them."""
+    argv = [
+        "docker", "run", "--detach", "--restart", "on-failure:5",
+        "--name", f"cloudhop-{spec.role}",
+        "--network", "host",
+        "--shm-size", "8g",
+        "--env-file", "/etc/cloudhop/env",
+        "--label", f"cloudhop-request={spec.request_id}",
+    ]
+    if gpus:
+        argv += ["--gpus", "all"]
+    argv.append(image)
+    argv += [str(a) for a in spec.cmd]
+    return argv
+
+
+def _env_file(env: dict) -> str:
+    # docker's --env-file takes KEY=VALUE literally, one per line: refuse newlines
+    lines = []
+    for key in sorted(env):
+        value = env[key].replace("\n", " ")
+        lines.append(f"{key}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def _indent(text: str, n: int) -> str:
+    pad = " " * n
+    return "\n".join(pad + line if line else line for line in text.splitlines())
+
+
+def render_user_data(spec, *, image: str, hub_connect_url: str | None = None) -> str:
+    """Cloud-init (``#cloud-config``) text that starts ``spec``'s server on a VM.
+
+    ``image`` is the single-user container image; ``hub_connect_url`` is the hub's
+    address as nodes see it (``http://hub.example.org:8081``), used for the hub API
+    and activity URLs. The result holds the server's own API token and no other secret.
+    """
+    gpus = bool(getattr(spec.offer, "gpu_count", 0))
+    env = node_env(spec, hub_connect_url=hub_connect_url)
+    run = " ".join(shlex.quote(a) for a in container_command(spec, image=image, gpus=gpus))
+    template = Template(resources.files(__package__).joinpath(TEMPLATE).read_text())
+    return template.substitute(
+        env_file=_indent(_env_file(env), 6),
+        gpus="1" if gpus else "0",
+        image=shlex.quote(image),
+        docker_run=run,
+        port=int(spec.port),
+        role=spec.role,
+        request_id=shlex.quote(spec.request_id),
+    )

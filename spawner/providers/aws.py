@@ -1,0 +1,317 @@
+"""AWS: GPU VMs on EC2 through boto3 (the only module that imports it).
+
+Credentials come from boto3's standard chain (environment, ``~/.aws`` profile, instance
+role). Two clients per region: one in botocore's ``standard`` retry mode for describe
+and terminate calls, and one with retries off for ``RunInstances`` — EC2 answers
+``InsufficientInstanceCapacity`` as a server error, which standard mode would retry
+for seconds; with retries off the error reaches failover at once, and throttling and
+other server errors are retried by :meth:`CloudProvider.launch` instead. ``RunInstances``
+also carries the request id as its ``ClientToken``, so EC2 itself refuses to double a
+launch.
+"""
+
+from __future__ import annotations
+
+from traitlets import Bool, Integer, List, Unicode
+
+from .base import (
+    FAILED,
+    PENDING,
+    RUNNING,
+    STOPPING,
+    TAG_REQUEST,
+    TERMINATED,
+    CapacityError,
+    CredentialsError,
+    LaunchSpec,
+    Node,
+    ProviderError,
+    QuotaError,
+)
+from .cloud import TAG_PORT, CloudProvider, Retry, split_id
+
+INSTALL_HINT = "the AWS provider needs boto3: pip install 'cloudhop[aws]'"
+
+
+def _sdk():
+    try:
+        import boto3
+        import botocore.config
+        import botocore.exceptions
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise CredentialsError(INSTALL_HINT) from err
+    return boto3, botocore
+
+
+_STATES = {
+    "pending": PENDING,
+    "running": RUNNING,
+    "shutting-down": STOPPING,
+    "stopping": STOPPING,
+    "stopped": STOPPING,
+    "terminated": TERMINATED,
+}
+_LIVE = ["pending", "running", "shutting-down", "stopping", "stopped"]
+
+CAPACITY_CODES = {
+    "InsufficientInstanceCapacity",
+    "InsufficientHostCapacity",
+    "InsufficientReservedInstanceCapacity",
+    "InsufficientCapacity",
+    "InsufficientFreeAddressesInSubnet",
+    "SpotMaxPriceTooLow",
+    "Unsupported",  # the type is not offered in that zone
+}
+QUOTA_CODES = {
+    "InstanceLimitExceeded",
+    "VcpuLimitExceeded",
+    "MaxSpotInstanceCountExceeded",
+    "PendingVerification",
+}
+CREDENTIAL_CODES = {
+    "AuthFailure",
+    "UnauthorizedOperation",
+    "InvalidClientTokenId",
+    "ExpiredToken",
+    "RequestExpired",
+    "SignatureDoesNotMatch",
+    "OptInRequired",
+}
+RETRY_CODES = {
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "InternalError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "Unavailable",
+    "RequestTimeout",
+}
+NOT_FOUND_CODES = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
+
+
+class AWSProvider(CloudProvider):
+    """GPU VMs on EC2. See :class:`~.base.Provider` for the contract."""
+
+    name = "aws"
+    display_name = "AWS"
+
+    image_id = Unicode(
+        "",
+        help="""AMI every node boots. Empty: read per region from the public SSM parameter
+        ``image_ssm_parameter`` (an Ubuntu GPU image with the NVIDIA driver, Docker and the
+        NVIDIA container toolkit).""",
+    ).tag(config=True)
+
+    image_ssm_parameter = Unicode(
+        "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id",
+        help="Public SSM parameter naming the default AMI (used when image_id is empty).",
+    ).tag(config=True)
+
+    subnet_id = Unicode(
+        "",
+        help="Subnet nodes start in. Empty: the region's default VPC and a default subnet "
+        "of the zone EC2 picks.",
+    ).tag(config=True)
+
+    security_group_ids = List(
+        Unicode(),
+        help="Security groups of the nodes; they must admit the hub on the server port "
+        "(and Ray's ports between nodes). Empty: the VPC's default group.",
+    ).tag(config=True)
+
+    key_name = Unicode("", help="EC2 key pair for SSH to nodes (optional).").tag(config=True)
+
+    associate_public_ip = Bool(
+        True,
+        help="Give nodes a public address (needed when the hub connects by public IP or "
+        "the subnet has no NAT for pulling the image).",
+    ).tag(config=True)
+
+    endpoint_url = Unicode(
+        "",
+        help="EC2/SSM endpoint override (a VPC endpoint, or a local test server). "
+        "Empty: the public regional endpoint.",
+    ).tag(config=True)
+
+    api_attempts = Integer(
+        5, help="Attempts (botocore standard retry mode) for describe/terminate calls."
+    ).tag(config=True)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._clients: dict[tuple[str, bool], object] = {}
+        self._images: dict[str, str] = {}
+        self._session = None
+
+    # -- clients -------------------------------------------------------------------------
+    def session(self):
+        if self._session is None:
+            boto3, _ = _sdk()
+            self._session = boto3.session.Session()
+        return self._session
+
+    def client(self, region: str, *, retries: bool = True, service: str = "ec2"):
+        """The region's client: ``retries=False`` is the launch client (no retries)."""
+        key = (f"{service}:{region}", retries)
+        if key not in self._clients:
+            _, botocore = _sdk()
+            config = botocore.config.Config(
+                retries={"mode": "standard", "total_max_attempts": self.api_attempts if retries else 1},
+                connect_timeout=5,
+                read_timeout=30,
+                user_agent_extra="cloudhop",
+            )
+            self._clients[key] = self.session().client(
+                service,
+                region_name=region,
+                config=config,
+                endpoint_url=self.endpoint_url or None,
+            )
+        return self._clients[key]
+
+    # -- errors --------------------------------------------------------------------------
+    def _classify(self, err):
+        _, botocore = _sdk()
+        exc = botocore.exceptions
+        if isinstance(err, (exc.NoCredentialsError, exc.PartialCredentialsError)):
+            return CredentialsError("no AWS credentials found (environment, ~/.aws or an instance role)")
+        if isinstance(err, (exc.EndpointConnectionError, exc.ConnectTimeoutError, exc.ReadTimeoutError)):
+            return Retry(err)
+        if not isinstance(err, exc.ClientError):
+            return err
+        error = err.response.get("Error", {})
+        code = error.get("Code", "")
+        message = f"AWS {code}: {error.get('Message', '')}".strip()
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in CAPACITY_CODES:
+            return CapacityError(message)
+        if code in QUOTA_CODES:
+            return QuotaError(message)
+        if code in CREDENTIAL_CODES:
+            return CredentialsError(f"AWS {code}: the hub's credentials were refused")
+        if code in RETRY_CODES or status in (500, 502, 503, 504):
+            return Retry(err)
+        return ProviderError(message)
+
+    # -- images --------------------------------------------------------------------------
+    def _image(self, region: str) -> str:
+        if self.image_id:
+            return self.image_id
+        if region not in self._images:
+            ssm = self.client(region, service="ssm")
+            value = ssm.get_parameter(Name=self.image_ssm_parameter)["Parameter"]["Value"]
+            self._images[region] = value
+        return self._images[region]
+
+    # -- blocking calls ------------------------------------------------------------------
+    def _node(self, region: str, inst: dict) -> Node:
+        tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+        state = _STATES.get(inst["State"]["Name"], FAILED)
+        ip = inst.get("PublicIpAddress") if self.connect_ip == "public" else inst.get("PrivateIpAddress")
+        port = int(tags[TAG_PORT]) if tags.get(TAG_PORT, "").isdigit() else None
+        reason = (inst.get("StateReason") or {}).get("Message", "")
+        info = {
+            "instance_type": inst.get("InstanceType"),
+            "zone": (inst.get("Placement") or {}).get("AvailabilityZone"),
+            "spot": inst.get("InstanceLifecycle") == "spot",
+            "private_ip": inst.get("PrivateIpAddress"),
+            "public_ip": inst.get("PublicIpAddress"),
+        }
+        detail = {
+            PENDING: "EC2 is starting the instance",
+            RUNNING: "the instance is up; the server starts from cloud-init",
+        }.get(state, reason)
+        return Node(
+            id=f"{region}/{inst['InstanceId']}",
+            provider=self.name,
+            region=region,
+            state=state,
+            ip=ip if state == RUNNING else None,
+            port=port,
+            tags=tags,
+            info=info,
+            detail=detail,
+        )
+
+    def _describe(self, region: str, filters: list) -> list[Node]:
+        paginator = self.client(region).get_paginator("describe_instances")
+        out = []
+        for page in paginator.paginate(Filters=filters):
+            for reservation in page.get("Reservations", []):
+                out += [self._node(region, inst) for inst in reservation.get("Instances", [])]
+        return out
+
+    def _blocking_find(self, where, tags):
+        filters = [{"Name": f"tag:{k}", "Values": [str(v)]} for k, v in tags.items()]
+        filters.append({"Name": "instance-state-name", "Values": _LIVE})
+        return self._describe(where, filters)
+
+    def _blocking_describe(self, where):
+        nodes = self._describe(where, [{"Name": "tag-key", "Values": [TAG_REQUEST]}])
+        return {n.id: n for n in nodes}
+
+    def run_instances_params(self, spec: LaunchSpec, tags: dict, user_data: str) -> dict:
+        """The ``RunInstances`` request for a spec (pure apart from the image lookup)."""
+        tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
+        params = {
+            "ImageId": self._image(spec.offer.region),
+            "InstanceType": spec.offer.instance_type,
+            "MinCount": 1,
+            "MaxCount": 1,
+            "UserData": user_data,
+            # EC2's own idempotency: a retried RunInstances returns the same instance
+            "ClientToken": spec.request_id[:64],
+            "TagSpecifications": [
+                {"ResourceType": "instance", "Tags": tag_list},
+                {"ResourceType": "volume", "Tags": tag_list},
+            ],
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        }
+        network = {"DeviceIndex": 0, "AssociatePublicIpAddress": self.associate_public_ip}
+        if self.subnet_id:
+            network["SubnetId"] = self.subnet_id
+        if self.security_group_ids:
+            network["Groups"] = list(self.security_group_ids)
+        params["NetworkInterfaces"] = [network]
+        if spec.zone and not self.subnet_id:
+            params["Placement"] = {"AvailabilityZone": spec.zone}
+        if self.key_name:
+            params["KeyName"] = self.key_name
+        if spec.spot:
+            params["InstanceMarketOptions"] = {
+                "MarketType": "spot",
+                "SpotOptions": {
+                    "SpotInstanceType": "one-time",
+                    "InstanceInterruptionBehavior": "terminate",
+                },
+            }
+        return params
+
+    def _blocking_create(self, spec, tags, user_data):
+        region = spec.offer.region
+        params = self.run_instances_params(spec, tags, user_data)
+        reply = self.client(region, retries=False).run_instances(**params)
+        return self._node(region, reply["Instances"][0])
+
+    def _blocking_terminate(self, node_id):
+        region, instance = split_id(node_id)
+        _, botocore = _sdk()
+        try:
+            reply = self.client(region).terminate_instances(InstanceIds=[instance])
+        except botocore.exceptions.ClientError as err:
+            if err.response.get("Error", {}).get("Code") in NOT_FOUND_CODES:
+                return None
+            raise
+        changes = reply.get("TerminatingInstances") or []
+        if not changes:
+            return None
+        state = _STATES.get(changes[0]["CurrentState"]["Name"], FAILED)
+        return Node(node_id, self.name, region, state)
+
+    def _blocking_check(self):
+        creds = self.session().get_credentials()
+        if creds is None:
+            return "no AWS credentials found (environment, ~/.aws profile or an instance role)"
+        return None

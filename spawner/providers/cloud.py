@@ -1,0 +1,295 @@
+"""What the three cloud providers (AWS, GCP, OCI) share: config common to VMs, the
+status cache, the launch retry loop and node tags. Each cloud's module subclasses
+:class:`CloudProvider` and supplies the blocking SDK calls; this module imports no SDK.
+
+Node ids are ``"<region or zone>/<cloud id>"`` so that ``status(node_id)`` knows where
+to look without a table, and the reaper can compare them with the server state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Callable
+
+from traitlets import Float, Integer, Unicode, Enum, List
+
+from ..bootstrap import render_user_data
+from .base import (
+    PENDING,
+    STOPPING,
+    TAG_HUB,
+    TAG_REQUEST,
+    TAG_ROLE,
+    TAG_SERVER,
+    TAG_USER,
+    TERMINATED,
+    LaunchSpec,
+    Node,
+    Provider,
+    ProviderError,
+    TransientError,
+)
+
+#: extra tag every cloud node carries: the port its server listens on
+TAG_PORT = "cloudhop-port"
+#: tags a node is created with, from the spec (TAG_REQUEST and TAG_ROLE are added)
+SPEC_TAGS = (TAG_HUB, TAG_USER, TAG_SERVER)
+
+VERSION = "0.1.0"
+
+
+class Retry(Exception):
+    """Raised by a cloud's error classifier: the failure is throttling or a server
+    error worth another attempt. ``cause`` is the SDK error."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def split_id(node_id: str) -> tuple[str, str]:
+    """``"us-east-1/i-0abc"`` -> ``("us-east-1", "i-0abc")``."""
+    where, sep, native = node_id.partition("/")
+    if not sep or not where or not native:
+        raise ValueError(f"not a cloud node id: {node_id!r} (expected 'region/id')")
+    return where, native
+
+
+class CloudProvider(Provider):
+    """Base of the VM providers. Subclasses implement the ``_blocking_*`` methods
+    (called through :func:`asyncio.to_thread`) and :meth:`_classify`."""
+
+    hub_connect_url = Unicode(
+        "",
+        help="""The hub's URL as the cloud nodes reach it, e.g. ``https://hub.example.org``
+        (its API is at ``<url>/hub/api``). Empty: the hub's own JUPYTERHUB_API_URL, which
+        only works when the nodes can reach that address.""",
+    ).tag(config=True)
+
+    singleuser_image = Unicode(
+        f"cloudhop/singleuser:{VERSION}",
+        help="Container image a VM runs the single-user server from (built from "
+        "images/singleuser); a request's ``image`` option overrides it.",
+    ).tag(config=True)
+
+    connect_ip = Enum(
+        ["private", "public"],
+        default_value="private",
+        help="""Which address of a node the hub connects to: ``private`` (the hub runs
+        in the same network, the default) or ``public`` (the hub is elsewhere; the node's
+        firewall must then admit the hub on the server port).""",
+    ).tag(config=True)
+
+    regions = List(
+        Unicode(),
+        help="""Regions (or, for OCI, regions of the tenancy) the reaper and re-attach
+        look for nodes in. Empty: every region of this provider's catalog offers.""",
+    ).tag(config=True)
+
+    status_cache_seconds = Float(
+        5.0,
+        help="Seconds a region's node list is reused: every server's status poll in "
+        "that window shares one describe call.",
+    ).tag(config=True)
+
+    launch_attempts = Integer(
+        5,
+        help="Attempts a launch makes on throttling or a server error (capacity and "
+        "quota errors are never retried: failover moves on).",
+    ).tag(config=True)
+
+    retry_base_delay = Float(
+        1.0,
+        help="Seconds before the first launch retry; doubles each attempt, with jitter.",
+    ).tag(config=True)
+
+    terminate_timeout = Float(
+        120.0,
+        help="Seconds terminate waits to see the node stopping before it gives up.",
+    ).tag(config=True)
+
+    fresh_node_seconds = Float(
+        120.0,
+        help="A node launched this recently that a describe call does not show yet is "
+        "reported pending, not terminated (cloud APIs are eventually consistent).",
+    ).tag(config=True)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._cache: dict[str, tuple[float, dict[str, Node]]] = {}
+        self._cache_locks: dict[str, asyncio.Lock] = {}
+        self._launched: dict[str, float] = {}
+
+    # -- to be supplied by each cloud ---------------------------------------------------
+    def _classify(self, err: BaseException) -> BaseException:
+        """Map an SDK error to a :class:`ProviderError` (to raise), a :class:`Retry`
+        (to try again) or the error itself (unknown: raised as is)."""
+        raise NotImplementedError
+
+    def _blocking_create(self, spec: LaunchSpec, tags: dict, user_data: str) -> Node:
+        raise NotImplementedError
+
+    def _blocking_find(self, where: str, tags: dict) -> list[Node]:
+        """Live nodes in region/zone ``where`` (all places when ``where`` is None)
+        carrying all ``tags``."""
+        raise NotImplementedError
+
+    def _blocking_describe(self, where: str) -> dict[str, Node]:
+        """Every Cloudhop node in ``where`` (terminated ones too, while the cloud still
+        lists them), by node id: the one call the status cache makes."""
+        raise NotImplementedError
+
+    def _blocking_terminate(self, node_id: str) -> Node | None:
+        """Ask the cloud to delete the node; return what it says the node is now, or
+        None when it is already gone."""
+        raise NotImplementedError
+
+    def _where(self, spec: LaunchSpec) -> str:
+        """The region/zone a spec launches in (the first part of its node id)."""
+        return spec.offer.region
+
+    def _places(self) -> list[str]:
+        """The places ``list_nodes`` looks in."""
+        if self.regions:
+            return list(self.regions)
+        return sorted({o.region for o in self.offers()})
+
+    # -- shared behaviour ------------------------------------------------------------------
+    def offers(self):
+        """Catalog rows for this cloud (no network call)."""
+        from cloudhop.spawner.catalog import catalog_offers
+
+        return catalog_offers(self.name)
+
+    def node_tags(self, spec: LaunchSpec) -> dict:
+        """Tags a node is created with: the hub, user and server from the spec, the
+        request id (idempotency), the role and the server port."""
+        tags = {k: str(v) for k, v in (spec.tags or {}).items()}
+        tags[TAG_REQUEST] = spec.request_id
+        tags[TAG_ROLE] = spec.role
+        tags[TAG_PORT] = str(int(spec.port))
+        return tags
+
+    def user_data(self, spec: LaunchSpec) -> str:
+        return render_user_data(
+            spec,
+            image=spec.image or self.singleuser_image,
+            hub_connect_url=self.hub_connect_url or None,
+        )
+
+    async def _call(self, fn: Callable, *args, **kwargs):
+        """Run a blocking SDK call off the event loop, translating its errors once."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except ProviderError:
+            raise
+        except Exception as err:  # noqa: BLE001 - classified right here
+            mapped = self._classify(err)
+            if isinstance(mapped, Retry):
+                raise TransientError(f"{self.display_name}: {mapped}") from err
+            if mapped is err:
+                raise
+            raise mapped from err
+
+    async def launch(self, spec: LaunchSpec) -> Node:
+        tags = self.node_tags(spec)
+        where = self._where(spec)
+        found = await self._call(self._blocking_find, where, {TAG_REQUEST: spec.request_id})
+        if found:
+            self.log.info("%s: request %s already has node %s", self.name, spec.request_id, found[0].id)
+            return found[0]
+        user_data = self.user_data(spec)
+        delay = self.retry_base_delay
+        for attempt in range(1, self.launch_attempts + 1):
+            try:
+                node = await asyncio.to_thread(self._blocking_create, spec, tags, user_data)
+            except ProviderError:
+                raise
+            except Exception as err:  # noqa: BLE001 - classified right here
+                mapped = self._classify(err)
+                if not isinstance(mapped, Retry):
+                    if isinstance(mapped, ProviderError) and mapped.offer is None:
+                        mapped.offer = spec.offer
+                    raise mapped from err
+                if attempt == self.launch_attempts:
+                    raise TransientError(
+                        f"{self.display_name} kept failing after {attempt} attempts: {mapped}",
+                        offer=spec.offer,
+                    ) from err
+                self.log.warning(
+                    "%s: launch attempt %d for %s failed (%s); retrying in %.1fs",
+                    self.name, attempt, spec.offer.key, mapped, delay,
+                )
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                delay *= 2
+                continue
+            self._launched[node.id] = time.monotonic()
+            self._forget(node.id)
+            return node
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _forget(self, node_id: str) -> None:
+        where = node_id.partition("/")[0]
+        self._cache.pop(where, None)
+
+    async def _region_nodes(self, where: str) -> dict[str, Node]:
+        """The cached node list of one region/zone: one describe call per
+        ``status_cache_seconds`` however many servers poll."""
+        lock = self._cache_locks.setdefault(where, asyncio.Lock())
+        async with lock:
+            hit = self._cache.get(where)
+            if hit and time.monotonic() - hit[0] < self.status_cache_seconds:
+                return hit[1]
+            nodes = await self._call(self._blocking_describe, where)
+            self._cache[where] = (time.monotonic(), nodes)
+            return nodes
+
+    async def status(self, node_id: str) -> Node:
+        where, _ = split_id(node_id)
+        nodes = await self._region_nodes(where)
+        node = nodes.get(node_id)
+        if node is not None:
+            return node
+        started = self._launched.get(node_id)
+        if started is not None and time.monotonic() - started < self.fresh_node_seconds:
+            return Node(node_id, self.name, self._region_of(where), PENDING, detail="the cloud is creating the VM")
+        return Node(node_id, self.name, self._region_of(where), TERMINATED, detail="the VM is gone")
+
+    def _region_of(self, where: str) -> str:
+        return where
+
+    async def terminate(self, node_id: str) -> None:
+        split_id(node_id)
+        node = await self._call(self._blocking_terminate, node_id)
+        self._forget(node_id)
+        deadline = time.monotonic() + self.terminate_timeout
+        delay = 0.5
+        while node is not None and node.state not in (STOPPING, TERMINATED):
+            if time.monotonic() > deadline:
+                raise TransientError(
+                    f"{self.display_name} did not confirm that {node_id} is stopping "
+                    f"within {self.terminate_timeout:.0f}s (state {node.state})"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5)
+            self._forget(node_id)
+            node = (await self._region_nodes(node_id.partition("/")[0])).get(node_id)
+        self._launched.pop(node_id, None)
+        self.log.info("%s: terminated %s", self.name, node_id)
+
+    async def list_nodes(self, tags: dict) -> list[Node]:
+        out: list[Node] = []
+        for where in self._places():
+            out += await self._call(self._blocking_find, where, dict(tags))
+        return out
+
+    async def check_available(self) -> str | None:
+        try:
+            return await asyncio.to_thread(self._blocking_check)
+        except Exception as err:  # noqa: BLE001 - a reason, never a crash
+            return f"{self.display_name} is not usable: {type(err).__name__}"
+
+    def _blocking_check(self) -> str | None:
+        return None

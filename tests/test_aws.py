@@ -1,0 +1,264 @@
+"""The AWS provider against moto: real boto3 calls, in-process EC2/SSM."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import boto3
+import pytest
+import traitlets
+from moto import mock_aws
+
+from cloudhop.spawner.providers.aws import AWSProvider
+from cloudhop.spawner.providers.base import (
+    RUNNING,
+    TAG_HUB,
+    TAG_REQUEST,
+    TAG_ROLE,
+    TAG_SERVER,
+    TAG_USER,
+    TERMINATED,
+    CapacityError,
+    QuotaError,
+    TransientError,
+)
+from tests.cloudkit import HUB_ID, cheapest, spec_for
+
+# a public parameter moto serves, standing in for the GPU image's parameter
+SSM_IMAGE = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-x86_64"
+FAKE_KEY = "AKIAFAKEHUBKEY000001"
+FAKE_SECRET = "fake/hub/secret/key/that/must/not/leak+0001"
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    # the hub's own credentials: present in its environment, never on a node
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "fake-session-token-0001")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def provider(aws):
+    p = AWSProvider(image_ssm_parameter=SSM_IMAGE, retry_base_delay=0.01, regions=["us-east-1"])
+    yield p
+
+
+def ec2():
+    return boto3.client("ec2", region_name="us-east-1")
+
+
+def instances(**filters):
+    f = [{"Name": k, "Values": v} for k, v in filters.items()]
+    out = []
+    for r in ec2().describe_instances(Filters=f)["Reservations"]:
+        out += r["Instances"]
+    return out
+
+
+class _Raw:
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def stream(self, **_):
+        yield self.body
+
+
+def _status(code):
+    return 503 if code == "RequestLimitExceeded" else (400 if "Limit" in code else 500)
+
+
+def inject(provider, operation, codes, *, retries=False):
+    """Answer the next ``len(codes)`` calls of ``operation`` on the provider's client
+    with EC2 errors (None: let the call through). Returns the list of calls seen.
+
+    The launch client (``retries=False``) is hooked at ``before-call``, which answers
+    before moto sees the request (so a refused launch makes nothing); the describe
+    client at ``before-send``, below botocore's retry loop, so its retries show."""
+    from botocore.awsrequest import AWSResponse
+
+    calls = []
+    queue = list(codes)
+
+    def before_call(**kw):
+        calls.append(kw)
+        code = queue.pop(0) if queue else None
+        if code is None:
+            return None
+        error = {"Code": code, "Message": f"injected {code}"}
+        http = AWSResponse("https://ec2.invalid/", _status(code), {}, _Raw(b""))
+        return http, {"Error": error, "ResponseMetadata": {"HTTPStatusCode": _status(code)}}
+
+    def before_send(request, **_):
+        calls.append(request)
+        code = queue.pop(0) if queue else None
+        if code is None:
+            return None
+        body = (
+            f"<Response><Errors><Error><Code>{code}</Code><Message>injected {code}</Message>"
+            "</Error></Errors><RequestID>r-1</RequestID></Response>"
+        ).encode()
+        return AWSResponse(request.url, _status(code), {}, _Raw(body))
+
+    client = provider.client("us-east-1", retries=retries)
+    if retries:
+        client.meta.events.register_first(f"before-send.ec2.{operation}", before_send)
+    else:
+        client.meta.events.register_first(f"before-call.ec2.{operation}", before_call)
+    return calls
+
+
+async def test_launch_cheapest_t4_in_us_east_1(provider):
+    offer = cheapest("aws", "us-east-1", "T4", 1)
+    assert offer.instance_type == "g4dn.xlarge"
+    spec = spec_for(offer, user="alice", server="gpu")
+    node = await provider.launch(spec)
+
+    [inst] = instances()
+    assert inst["InstanceType"] == "g4dn.xlarge"
+    assert node.id == f"us-east-1/{inst['InstanceId']}"
+    tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
+    assert tags[TAG_USER] == "alice" and tags[TAG_SERVER] == "gpu"
+    assert tags[TAG_HUB] == HUB_ID and tags[TAG_REQUEST] == spec.request_id
+    assert tags[TAG_ROLE] == "notebook"
+    image = boto3.client("ssm", region_name="us-east-1").get_parameter(Name=SSM_IMAGE)
+    assert inst["ImageId"] == image["Parameter"]["Value"]
+    assert inst.get("InstanceLifecycle") != "spot"
+
+    attr = ec2().describe_instance_attribute(InstanceId=inst["InstanceId"], Attribute="userData")
+    user_data = base64.b64decode(attr["UserData"]["Value"]).decode()
+    assert user_data.startswith("#cloud-config")
+    assert "jupyterhub-singleuser" in user_data and "--gpus all" in user_data
+    assert "JUPYTERHUB_API_TOKEN=server-own-token-123" in user_data
+    for secret in (FAKE_KEY, FAKE_SECRET, "fake-session-token-0001", "AWS_"):
+        assert secret not in user_data
+
+
+async def test_spot_request_uses_the_spot_market(provider):
+    node = await provider.launch(spec_for(cheapest("aws", "us-east-1", "T4", 1, spot=True), spot=True))
+    [inst] = instances()
+    assert inst["InstanceLifecycle"] == "spot"
+    assert node.info["spot"] is True
+
+
+async def test_launch_is_idempotent_on_the_request_id(provider):
+    spec = spec_for(cheapest("aws", "us-east-1", "T4", 1))
+    first = await provider.launch(spec)
+    again = await provider.launch(spec)
+    assert again.id == first.id
+    assert len(instances()) == 1
+
+
+async def test_status_polls_share_one_describe_call(provider):
+    nodes = [await provider.launch(spec_for(cheapest("aws", "us-east-1", "T4", 1), user=u))
+             for u in ("a", "b", "c")]
+    calls = []
+    provider.client("us-east-1").meta.events.register(
+        "after-call.ec2.DescribeInstances", lambda **kw: calls.append(1)
+    )
+    seen = await asyncio.gather(*[provider.status(n.id) for n in nodes for _ in range(5)])
+    assert len(calls) == 1
+    assert {n.state for n in seen} == {RUNNING}
+    assert all(n.ip and n.port == 8888 for n in seen)
+    assert seen[0].ip == instances()[0]["PrivateIpAddress"] or seen[0].ip in {
+        i["PrivateIpAddress"] for i in instances()
+    }
+
+
+async def test_public_ip_when_configured(aws):
+    p = AWSProvider(image_ssm_parameter=SSM_IMAGE, connect_ip="public")
+    node = await p.launch(spec_for(cheapest("aws", "us-east-1", "T4", 1)))
+    status = await p.status(node.id)
+    assert status.ip == instances()[0]["PublicIpAddress"]
+
+
+async def test_terminate_is_confirmed_and_idempotent(provider):
+    spec = spec_for(cheapest("aws", "us-east-1", "T4", 1))
+    node = await provider.launch(spec)
+    await provider.terminate(node.id)
+    [inst] = instances()
+    assert inst["State"]["Name"] in ("shutting-down", "terminated")
+    await provider.terminate(node.id)  # again: no error
+    assert (await provider.status(node.id)).state in ("stopping", TERMINATED)
+    assert await provider.list_nodes({TAG_REQUEST: spec.request_id}) == []
+
+
+async def test_status_of_an_unknown_node_is_terminated(provider):
+    node = await provider.status("us-east-1/i-0123456789abcdef0")
+    assert node.state == TERMINATED
+
+
+async def test_list_nodes_by_tags(provider):
+    offer = cheapest("aws", "us-east-1", "T4", 1)
+    a = await provider.launch(spec_for(offer, user="alice"))
+    await provider.launch(spec_for(offer, user="bob"))
+    mine = await provider.list_nodes({TAG_HUB: HUB_ID, TAG_USER: "alice"})
+    assert [n.id for n in mine] == [a.id]
+    assert len(await provider.list_nodes({TAG_HUB: HUB_ID})) == 2
+    assert await provider.list_nodes({TAG_HUB: "another-hub"}) == []
+
+
+async def test_capacity_error_fails_fast_without_retries(provider):
+    offer = cheapest("aws", "us-east-1", "T4", 1)
+    calls = inject(provider, "RunInstances", ["InsufficientInstanceCapacity"])
+    with pytest.raises(CapacityError) as info:
+        await provider.launch(spec_for(offer))
+    assert len(calls) == 1  # not retried: failover moves on
+    assert info.value.failover and info.value.offer == offer
+    assert type(info.value.__cause__).__name__ == "ClientError"
+    assert "InsufficientInstanceCapacity" in str(info.value)
+    assert instances() == []
+
+
+async def test_quota_error_fails_fast(provider):
+    calls = inject(provider, "RunInstances", ["VcpuLimitExceeded"])
+    with pytest.raises(QuotaError):
+        await provider.launch(spec_for(cheapest("aws", "us-east-1", "T4", 1)))
+    assert len(calls) == 1
+
+
+async def test_throttling_is_retried_then_succeeds(provider):
+    calls = inject(provider, "RunInstances", ["RequestLimitExceeded", "InternalError", None])
+    node = await provider.launch(spec_for(cheapest("aws", "us-east-1", "T4", 1)))
+    assert len(calls) == 3
+    assert [i["InstanceId"] for i in instances()] == [node.id.split("/")[1]]
+
+
+async def test_throttling_that_never_stops_is_a_transient_error(provider):
+    provider.launch_attempts = 3
+    calls = inject(provider, "RunInstances", ["RequestLimitExceeded"] * 10)
+    with pytest.raises(TransientError) as info:
+        await provider.launch(spec_for(cheapest("aws", "us-east-1", "T4", 1)))
+    assert len(calls) == 3
+    assert info.value.__cause__ is not None
+
+
+async def test_describe_throttling_is_retried_by_standard_mode(provider):
+    node = await provider.launch(spec_for(cheapest("aws", "us-east-1", "T4", 1)))
+    provider._cache.clear()
+    calls = inject(provider, "DescribeInstances", ["RequestLimitExceeded", None], retries=True)
+    assert (await provider.status(node.id)).state == RUNNING
+    assert len(calls) == 2
+
+
+async def test_no_credentials_is_a_reason_not_a_crash(monkeypatch, tmp_path):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    reason = await AWSProvider().check_available()
+    assert reason and "credentials" in reason
+
+
+async def test_available_with_credentials(provider):
+    assert await provider.check_available() is None
+
+
+def test_bad_connect_ip_names_the_option():
+    with pytest.raises(traitlets.TraitError, match="connect_ip"):
+        AWSProvider(connect_ip="elastic")
