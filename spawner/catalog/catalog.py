@@ -31,9 +31,14 @@ LIVE_PROVIDERS = ("local", "kubernetes")
 
 
 def default_data_dir() -> str:
-    """Where hub-side state such as check results lives: ``$CLOUDHOP_DATA_DIR``, else
-    the current directory (where JupyterHub keeps its database by default)."""
-    return os.environ.get("CLOUDHOP_DATA_DIR") or os.getcwd()
+    """Where hub-side state such as check results lives: ``$CLOUDHOP_DATA_DIR`` (which
+    ``cloudhop up`` sets to its data folder), else ``cloudhop up``'s default data folder."""
+    env = os.environ.get("CLOUDHOP_DATA_DIR")
+    if env:
+        return env
+    import platformdirs
+
+    return platformdirs.user_data_dir("cloudhop")
 
 
 class Catalog(Configurable):
@@ -52,8 +57,8 @@ class Catalog(Configurable):
     check_dir = Unicode(
         "",
         help="""Folder holding ``cloudhop catalog check`` results
-        (``catalog-check-<provider>.json``). Empty: ``$CLOUDHOP_DATA_DIR`` or the hub's
-        working directory.""",
+        (``catalog-check-<provider>.json``). Empty: ``$CLOUDHOP_DATA_DIR`` (set by ``cloudhop up``) or
+        ``cloudhop up``'s default data folder.""",
     ).tag(config=True)
 
     use_check = Bool(

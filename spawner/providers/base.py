@@ -198,3 +198,17 @@ class Provider(LoggingConfigurable):
     async def close(self) -> None:
         """Release clients and background tasks; the hub calls it on shutdown."""
         return None
+
+    async def check_catalog(self, offers: list["Offer"]) -> list[tuple]:
+        """Which of ``offers`` (this provider's catalog rows) these credentials can
+        launch, asked of the provider's own API (EC2 ``describe_instance_type_offerings``,
+        Compute ``machineTypes``/``acceleratorTypes``, OCI ``list_shapes``).
+
+        Returns ``(instance_type, region, zones)`` for each launchable offer, ``zones``
+        in the catalog's spelling (AWS zone ids, GCP zones, OCI availability domains;
+        an empty tuple keeps the catalog's zones). An offer missing from the answer, or
+        in a region that cannot be queried (not enabled for the account), is taken as
+        not launchable. Raises :class:`CredentialsError` when there are no usable
+        credentials at all. ``cloudhop catalog check`` calls it and records the answer.
+        """
+        raise NotImplementedError(f"the {self.name or type(self).__name__} provider cannot check the catalog")
