@@ -37,6 +37,7 @@ from traitlets.config import LoggingConfigurable
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..offers import Offer
+    from ..options import RayRequest
 
 TAG_HUB = "cloudhop-hub"
 TAG_USER = "cloudhop-user"
@@ -155,6 +156,9 @@ class LaunchSpec:
     image: str | None = None
     zone: str | None = None
     spot: bool = False
+    #: the server's Ray request, read only by providers with ``handles_ray`` (they
+    #: build the whole Ray cluster themselves); every other provider ignores it
+    ray: "RayRequest | None" = None
 
 
 class Provider(LoggingConfigurable):
@@ -164,6 +168,11 @@ class Provider(LoggingConfigurable):
     name: ClassVar[str] = ""
     #: what the form shows for this provider
     display_name: ClassVar[str] = ""
+    #: True when ``launch`` builds the server's Ray cluster itself from ``spec.ray``
+    #: (Kubernetes: a KubeRay ``RayCluster``, ``RAY_ADDRESS`` set in the notebook's
+    #: env, removed by ``terminate``); the spawner then launches no worker nodes and
+    #: starts no Ray head beside the notebook for that server.
+    handles_ray: ClassVar[bool] = False
 
     async def check_available(self) -> str | None:
         """``None`` when the provider can launch, else the reason it cannot (shown in
