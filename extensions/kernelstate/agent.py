@@ -1,0 +1,373 @@
+"""Checkpoint and restore a kernel's user variables.  THIS MODULE RUNS INSIDE THE KERNEL.
+
+The server extension sends this file's source over the kernel's execute channel (see
+:mod:`.runner`), so it must import nothing but the standard library at module level;
+NumPy, PyTorch and dill are used only when the kernel already has them.
+
+A checkpoint is a directory:
+
+* ``state.json`` - one entry per variable, in restore order, plus what was skipped;
+* ``objects.bin`` - the pickle streams, back to back;
+* ``buffers.bin`` - raw data buffers (NumPy arrays, pandas columns, tensors), back to
+  back, written with large sequential writes straight from the objects' memory
+  (pickle protocol 5 out-of-band buffers) and read back with ``readinto`` into
+  freshly allocated buffers that the restored objects then own (no extra copy).
+
+Entry kinds: ``module`` (re-imported; aliases keep their name), ``pickle`` / ``dill``
+(one stream each, with out-of-band buffers), ``tensor`` (PyTorch: raw bytes, dtype,
+shape, device; a CUDA tensor goes back to a GPU when the kernel has one), ``alias``
+(another name for an object saved earlier) and ``replay`` (a history cell re-run to
+rebuild what could not be saved).
+"""
+
+import ast
+import builtins
+import json
+import os
+import pickle
+import sys
+import time
+import types
+
+FORMAT = 1
+#: names that belong to IPython, never to the user
+_IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
+
+
+def _shell():
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return get_ipython()
+
+
+def user_names(ns, hidden=()):
+    """The user's variables in ``ns``: not private, not IPython's own."""
+    return sorted(
+        n for n in ns
+        if not n.startswith("_") and n not in hidden and n not in _IPYTHON_NAMES
+    )
+
+
+class _Writer:
+    """Appends to a file with unbuffered, large sequential writes."""
+
+    def __init__(self, path):
+        self.f = open(path, "wb", buffering=0)
+        self.pos = 0
+
+    def write(self, data):
+        view = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else memoryview(data)
+        start, n = self.pos, len(view)
+        done = 0
+        while done < n:
+            done += self.f.write(view[done:])
+        self.pos += n
+        return start, n
+
+    def close(self):
+        self.f.close()
+
+
+class _Reader:
+    def __init__(self, path):
+        self.f = open(path, "rb", buffering=0) if os.path.exists(path) else None
+
+    def read_into_new(self, offset, length):
+        """A new writable buffer of ``length`` bytes filled from ``offset``."""
+        buf = bytearray(length)
+        view = memoryview(buf)
+        self.f.seek(offset)
+        done = 0
+        while done < length:
+            n = self.f.readinto(view[done:])
+            if not n:
+                raise EOFError("checkpoint file is truncated")
+            done += n
+        return buf
+
+    def close(self):
+        if self.f:
+            self.f.close()
+
+
+def _torch_tensor(obj):
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor) and type(obj).__name__ in ("Tensor", "Parameter")
+
+
+def _defined_in_main(obj):
+    return isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) == "__main__"
+
+
+def _save_tensor(obj, buffers):
+    torch = sys.modules["torch"]
+    t = obj.detach()
+    device = str(t.device)
+    if t.device.type != "cpu":
+        t = t.to("cpu")
+    t = t.contiguous()
+    raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
+    offset, length = buffers.write(raw)
+    return {"kind": "tensor", "dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape),
+            "device": device, "requires_grad": bool(obj.requires_grad),
+            "parameter": type(obj).__name__ == "Parameter", "buffer": [offset, length]}
+
+
+def _pickle(obj, objects, buffers, use_dill):
+    """Pickle ``obj`` with protocol 5; contiguous buffers go out of band to ``buffers``."""
+    oob = []
+
+    def keep(pb):
+        try:
+            pb.raw()
+        except BufferError:
+            return True  # non-contiguous: leave in band
+        oob.append(pb)
+        return False
+
+    if use_dill:
+        import dill
+
+        data = dill.dumps(obj, protocol=5, buffer_callback=keep, recurse=True)
+    else:
+        data = pickle.dumps(obj, protocol=5, buffer_callback=keep)
+    refs = [list(buffers.write(pb.raw())) for pb in oob]
+    for pb in oob:
+        pb.release()
+    return {"kind": "dill" if use_dill else "pickle", "data": list(objects.write(data)), "buffers": refs}, data
+
+
+def _assigned(tree):
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for a in node.names:
+                names.add((a.asname or a.name).split(".")[0])
+    return names
+
+
+def _scoped(stmt):
+    """Names bound inside nested scopes of ``stmt`` (arguments, comprehension targets,
+    function bodies): reading them does not read the user's namespace."""
+    names = set()
+    for node in ast.walk(stmt):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            a = node.args
+            names |= {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs}
+            names |= {x.arg for x in (a.vararg, a.kwarg) if x}
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Name) and isinstance(inner.ctx, ast.Store):
+                    names.add(inner.id)
+        elif isinstance(node, ast.comprehension):
+            names |= {n.id for n in ast.walk(node.target) if isinstance(n, ast.Name)}
+    return names
+
+
+def _loaded(tree):
+    """Names a cell reads from the namespace before binding them itself."""
+    bound, needs = set(), set()
+    for stmt in tree.body:
+        loads = {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        needs |= loads - bound - _scoped(stmt)
+        bound |= _assigned(stmt)
+    return needs
+
+
+def _plan_replays(failed, history, restorable):
+    """For each name in ``failed``, the last history cell that binds it, if that cell
+    reads only restorable names (or names an earlier replay rebuilds)."""
+    cells = {}
+    for name in failed:
+        for index in range(len(history) - 1, 0, -1):
+            source = history[index]
+            try:
+                tree = ast.parse(source)
+            except SyntaxError:
+                continue
+            if name in _assigned(tree):
+                cells.setdefault(index, (source, tree, []))[2].append(name)
+                break
+    plans, rebuilt = [], set()
+    for index in sorted(cells):
+        source, tree, names = cells[index]
+        needs = {n for n in _loaded(tree) if not hasattr(builtins, n) and n not in ("get_ipython",)}
+        bad = sorted(needs - restorable - rebuilt)
+        if bad:
+            plans.append((index, source, names, bad))
+            continue
+        rebuilt |= _assigned(tree)
+        plans.append((index, source, names, None))
+    return plans
+
+
+def checkpoint(directory, ns=None, history=None, hidden=None):
+    """Save the user's variables into ``directory``; returns a JSON-able summary
+    ``{"variables": [...], "skipped": [{"name", "reason", "rebuilt"}], "bytes", "seconds"}``."""
+    started = time.perf_counter()
+    shell = _shell()
+    if ns is None:
+        ns = shell.user_ns
+    if hidden is None:
+        hidden = set(getattr(shell, "user_ns_hidden", {}) or {}) if shell else set()
+    if history is None:
+        history = list(ns.get("In") or [])
+    os.makedirs(directory, exist_ok=True)
+    objects = _Writer(os.path.join(directory, "objects.bin"))
+    buffers = _Writer(os.path.join(directory, "buffers.bin"))
+    first, later, failed = [], [], {}
+    seen = {}
+    try:
+        for name in user_names(ns, hidden):
+            obj = ns[name]
+            if isinstance(obj, types.ModuleType):
+                first.append({"name": name, "kind": "module", "module": obj.__name__})
+                continue
+            if id(obj) in seen and not isinstance(obj, (int, float, str, bytes, bool, type(None))):
+                later.append({"name": name, "kind": "alias", "of": seen[id(obj)]})
+                continue
+            try:
+                if _torch_tensor(obj):
+                    entry = _save_tensor(obj, buffers)
+                    later.append(dict(entry, name=name))
+                    seen[id(obj)] = name
+                    continue
+                main_def = _defined_in_main(obj)
+                try:
+                    entry, data = _pickle(obj, objects, buffers, use_dill=main_def)
+                    if (not main_def and b"__main__" in data
+                            and type(obj).__name__ not in ns and type(obj).__module__ == "__main__"):
+                        raise pickle.PicklingError("its class is no longer defined")
+                except Exception as err:  # noqa: BLE001 - any pickling failure falls back to dill
+                    try:
+                        entry, _ = _pickle(obj, objects, buffers, use_dill=True)
+                    except ImportError:
+                        raise err from None
+                (first if main_def else later).append(dict(entry, name=name))
+                seen[id(obj)] = name
+            except Exception as err:  # noqa: BLE001 - reported per variable
+                failed[name] = f"{type(err).__name__}: {err}"[:300]
+    finally:
+        objects.close()
+        buffers.close()
+
+    saved = {e["name"] for e in first + later}
+    entries = first + later
+    skipped = []
+    for index, source, names, bad in _plan_replays(failed, history, saved):
+        if bad is None:
+            entries.append({"kind": "replay", "cell": index, "source": source, "names": names})
+            for n in names:
+                skipped.append({"name": n, "reason": failed[n], "rebuilt": f"by re-running In[{index}]"})
+                failed.pop(n)
+        else:
+            for n in names:
+                failed[n] += f" (In[{index}] made it but also reads {', '.join(bad)})"
+    for n, reason in sorted(failed.items()):
+        skipped.append({"name": n, "reason": reason, "rebuilt": None})
+    state = {"format": FORMAT, "python": list(sys.version_info[:3]), "entries": entries, "skipped": skipped}
+    with open(os.path.join(directory, "state.json"), "w") as f:
+        json.dump(state, f)
+    variables = sorted({e["name"] for e in entries if e["kind"] != "replay"}
+                       | {n for e in entries if e["kind"] == "replay" for n in e["names"]})
+    return {"variables": variables, "skipped": skipped, "bytes": objects.pos + buffers.pos,
+            "seconds": time.perf_counter() - started}
+
+
+def _load_tensor(entry, reader, skipped):
+    import torch
+
+    offset, length = entry["buffer"]
+    dtype = getattr(torch, entry["dtype"])
+    if length:
+        raw = reader.read_into_new(offset, length)
+        t = torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(entry["shape"])
+    else:
+        t = torch.empty(entry["shape"], dtype=dtype)
+    device = entry["device"]
+    if device.startswith("cuda"):
+        if torch.cuda.is_available():
+            index = int(device.split(":")[1]) if ":" in device else 0
+            t = t.to(f"cuda:{index if index < torch.cuda.device_count() else 0}")
+        else:
+            skipped.append({"name": entry["name"], "reason": f"was on {device}; no GPU here, restored on the CPU",
+                            "rebuilt": "on the CPU"})
+    if entry.get("parameter"):
+        return torch.nn.Parameter(t, requires_grad=entry["requires_grad"])
+    return t.requires_grad_(entry["requires_grad"]) if t.is_floating_point() else t
+
+
+def restore(directory, ns=None):
+    """Load a checkpoint into ``ns`` (the kernel's user namespace by default); returns
+    ``{"variables": [...], "skipped": [...], "seconds"}`` - ``skipped`` carries the
+    checkpoint's own skips plus anything that failed to load here."""
+    started = time.perf_counter()
+    if ns is None:
+        ns = _shell().user_ns
+    with open(os.path.join(directory, "state.json")) as f:
+        state = json.load(f)
+    if state.get("format") != FORMAT:
+        raise ValueError(f"checkpoint format {state.get('format')} is not {FORMAT}")
+    skipped = list(state["skipped"])
+    objects = _Reader(os.path.join(directory, "objects.bin"))
+    buffers = _Reader(os.path.join(directory, "buffers.bin"))
+    loaded = set()
+    try:
+        for entry in state["entries"]:
+            kind = entry["kind"]
+            name = entry.get("name")
+            try:
+                if kind == "module":
+                    import importlib
+
+                    ns[name] = importlib.import_module(entry["module"])
+                elif kind == "alias":
+                    if entry["of"] in ns:
+                        ns[name] = ns[entry["of"]]
+                elif kind == "tensor":
+                    ns[name] = _load_tensor(entry, buffers, skipped)
+                elif kind in ("pickle", "dill"):
+                    offset, length = entry["data"]
+                    data = objects.read_into_new(offset, length)
+                    bufs = [buffers.read_into_new(o, n) for o, n in entry["buffers"]]
+                    loads = pickle.loads
+                    if kind == "dill":
+                        import dill
+
+                        loads = dill.loads
+                    ns[name] = loads(data, buffers=bufs)
+                elif kind == "replay":
+                    keep = {n: ns[n] for n in loaded if n not in entry["names"]}
+                    exec(compile(entry["source"], f"<cloudhop replay In[{entry['cell']}]>", "exec"), ns)
+                    ns.update(keep)  # the cell may re-bind names restored with newer values
+                    loaded.update(n for n in entry["names"] if n in ns)
+                    continue
+                loaded.add(name)
+            except Exception as err:  # noqa: BLE001 - reported per variable
+                what = ", ".join(entry.get("names") or [name])
+                skipped.append({"name": what, "reason": f"could not be restored: {type(err).__name__}: {err}"[:300],
+                                "rebuilt": None})
+    finally:
+        objects.close()
+        buffers.close()
+    return {"variables": sorted(loaded), "skipped": skipped, "seconds": time.perf_counter() - started}
+
+
+def call(fn_name, *args):
+    """Run ``checkpoint``/``restore`` and keep the JSON result for the caller to read
+    back (``last_result``), so nothing is printed into the user's notebook."""
+    global last_result
+    try:
+        result = {"ok": True, "result": globals()[fn_name](*args)}
+    except Exception as err:  # noqa: BLE001 - sent back to the server
+        result = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+    last_result = json.dumps(result)
+    return None
+
+
+last_result = "null"
