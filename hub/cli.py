@@ -10,6 +10,8 @@ import sys
 #: modules that add a subcommand, in the order ``--help`` lists them
 SUBCOMMANDS = [
     "cloudhop.hub.up",
+    "cloudhop.hub.offers_cli",
+    "cloudhop.hub.catalog_cli",
 ]
 
 

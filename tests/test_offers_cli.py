@@ -1,0 +1,191 @@
+"""``cloudhop offers`` and ``cloudhop catalog check`` as a user and an operator run them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cloudhop.hub.cli import main
+from cloudhop.spawner.catalog.loader import DATA_DIR
+
+TESTS = Path(__file__).parent
+
+
+def csv_prices(*names):
+    out = {}
+    for name in names:
+        with open(DATA_DIR / f"{name}.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                out[(r["cloud"], r["region"], r["instance_type"])] = (
+                    float(r["price_hour"]), float(r["spot_price_hour"]) if r["spot_price_hour"] else None)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def own_data_dir(tmp_path, monkeypatch):
+    """No check result of another run may leak in; local workspaces stay in tmp."""
+    monkeypatch.setenv("CLOUDHOP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_h100x8_json_lists_clouds_cheapest_first_at_catalog_prices(capsys):
+    code, out, _ = run(capsys, "offers", "--gpu", "H100", "--count", "8", "--json")
+    assert code == 0
+    offers = json.loads(out)
+    assert {o["provider"] for o in offers} == {"aws", "gcp"}  # the data has no OCI H100 shape
+    prices = [o["price_hour"] for o in offers]
+    assert prices == sorted(prices)
+    truth = csv_prices("aws", "gcp", "oci")
+    for o in offers:
+        for field in ("provider", "region", "instance_type", "gpu", "gpu_count", "gpu_memory_gib",
+                      "vcpus", "memory_gib", "price_hour", "spot_price_hour"):
+            assert field in o
+        assert (o["gpu"], o["gpu_count"]) == ("H100", 8)
+        assert (o["price_hour"], o["spot_price_hour"]) == truth[(o["provider"], o["region"], o["instance_type"])]
+
+
+def test_a100x8_spans_aws_gcp_and_oci(capsys):
+    code, out, _ = run(capsys, "offers", "--gpu", "a100", "--count", "8", "--json")
+    offers = json.loads(out)
+    assert code == 0 and {o["provider"] for o in offers} == {"aws", "gcp", "oci"}
+    assert offers[0]["price_hour"] == min(o["price_hour"] for o in offers)
+
+
+def test_spot_sorts_by_spot_price_and_drops_offers_without_one(capsys):
+    code, out, _ = run(capsys, "offers", "--gpu", "L4", "--spot", "--max-price", "0.3", "--json")
+    offers = json.loads(out)
+    assert code == 0 and offers
+    spots = [o["spot_price_hour"] for o in offers]
+    assert None not in spots and spots == sorted(spots) and max(spots) <= 0.3
+
+
+def test_provider_region_and_max_price_filter(capsys):
+    code, out, _ = run(capsys, "offers", "--provider", "gcp", "--region", "us-central1", "--max-price", "1", "--json")
+    offers = json.loads(out)
+    assert code == 0 and offers
+    assert all(o["provider"] == "gcp" and o["region"] == "us-central1" and o["price_hour"] <= 1 for o in offers)
+    # N1 GPUs come with their host named and the price marked partial
+    t4 = next(o for o in offers if o["instance_type"] == "n1-standard-8+T4x1")
+    assert t4["price_partial"] is True and "host is extra" in t4["note"]
+
+
+def test_table_is_readable_and_marks_partial_prices(capsys):
+    code, out, _ = run(capsys, "offers", "--gpu", "T4", "--count", "1", "--region", "us-central1")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["PROVIDER", "REGION", "INSTANCE"]
+    row = next(line for line in lines[1:] if "n1-standard-8+T4x1" in line)
+    assert "0.3500+" in row and "host is extra" in row  # the CSV's T4 price, marked partial
+    assert "partial price" in out and "sorted by on-demand price" in out
+
+
+def test_local_offers_are_listed(capsys):
+    code, out, _ = run(capsys, "offers", "--gpu", "none", "--json")
+    offers = json.loads(out)
+    assert code == 0 and any(o["provider"] == "local" for o in offers)
+
+
+def test_config_sets_providers_and_overrides(tmp_path, capsys):
+    extra = tmp_path / "ours.csv"
+    extra.write_text(
+        "cloud,instance_type,accelerator,accelerator_count,accelerator_memory_gib,vcpus,memory_gib,price_hour,spot_price_hour,region,zones\n"
+        "oci,BM.GPU.H100.8,H100,8,80.0,112,2048,80.0,,us-ashburn-1,AD-1\n"
+    )
+    cfg = tmp_path / "hub_config.py"
+    cfg.write_text(f"c.CloudhopSpawner.providers = ['oci']\nc.Catalog.override_paths = [{str(extra)!r}]\n")
+    code, out, _ = run(capsys, "offers", "--gpu", "H100", "--config", str(cfg), "--json")
+    assert code == 0 and [(o["provider"], o["price_hour"]) for o in json.loads(out)] == [("oci", 80.0)]
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--gpu", "H1OO"], "--gpu: unknown value 'H1OO'; did you mean 'H100'?"),
+    (["--count", "eight"], "--count: must be a whole number from 0 to 16, not 'eight'"),
+    (["--count", "-1"], "--count: must be from 0 to 16, not -1"),
+    (["--count", "99"], "--count: must be from 0 to 16, not 99"),
+    (["--provider", "gpc"], "--provider: unknown value 'gpc'; did you mean 'gcp'?"),
+    (["--provider", "lambda"], "--provider: unknown value 'lambda'"),
+    (["--region", "asia-southeast-1"], "--region: unknown value 'asia-southeast-1'; did you mean 'asia-southeast1'?"),
+    (["--max-price", "cheap"], "--max-price: must be a number of USD per hour, not 'cheap'"),
+    (["--max-price", "-2"], "--max-price: must be a number of USD per hour >= 0"),
+    (["--max-price", "nan"], "--max-price: must be a number of USD per hour >= 0"),
+    (["--config", "/nonexistent/hub.py"], "--config: '/nonexistent/hub.py' is not a file"),
+])
+def test_bad_flags_exit_2_naming_the_flag(capsys, argv, says):
+    code, out, err = run(capsys, "offers", *argv)
+    assert code == 2 and out == ""
+    assert says in err
+
+
+def test_bad_override_file_exits_2_naming_the_column(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("cloud,instance_type\naws,x\n")
+    cfg = tmp_path / "hub_config.py"
+    cfg.write_text(f"c.Catalog.override_paths = [{str(bad)!r}]\n")
+    code, _, err = run(capsys, "offers", "--config", str(cfg))
+    assert code == 2 and "bad.csv: accelerator: column missing" in err
+
+
+# -- cloudhop catalog check ---------------------------------------------------------
+
+
+def test_catalog_check_records_and_the_loader_drops_the_rest(tmp_path, capsys):
+    data = tmp_path / "data"
+    code, out, err = run(capsys, "catalog", "check", "--provider", "catalog_double:ScriptedAWS", "--data-dir", str(data))
+    assert code == 0, err
+    assert "can be launched with these credentials" in out
+    record = json.loads((data / "catalog-check-aws.json").read_text())
+    assert record["provider"] == "aws" and "us-east-1" in record["regions"]
+    assert not any(o["instance_type"] == "made-up.large" for o in record["offers"])
+
+    code, out, _ = run(capsys, "offers", "--provider", "aws", "--json")
+    offers = json.loads(out)
+    assert offers and {o["instance_type"].split(".")[0] for o in offers} == {"g6", "p5"}
+    p5 = [o for o in offers if o["instance_type"] == "p5.48xlarge"]
+    assert [(o["region"], o["zones"]) for o in p5] == [("us-east-1", ["use1-az6"])]
+
+
+def test_catalog_check_of_one_region_keeps_the_others(tmp_path, capsys):
+    data = tmp_path / "data"
+    from catalog_double import ScriptedAWS
+
+    code, _, err = run(capsys, "catalog", "check", "--provider", "catalog_double:ScriptedAWS",
+                       "--region", "eu-west-1", "--data-dir", str(data))
+    assert code == 0, err
+    assert {o.region for o in ScriptedAWS.asked} == {"eu-west-1"}
+    code, out, _ = run(capsys, "offers", "--provider", "aws", "--json")
+    offers = json.loads(out)
+    assert {o["instance_type"].split(".")[0] for o in offers if o["region"] == "eu-west-1"} <= {"g6"}
+    assert any(o["instance_type"] == "p5.48xlarge" and o["region"] == "us-west-2" for o in offers)
+
+
+@pytest.mark.parametrize("argv,code,says", [
+    (["--provider", "awss"], 2, "--provider: unknown value 'awss'; did you mean 'aws'?"),
+    (["--provider", "catalog_double:Nope"], 2, "--provider: cannot load 'catalog_double:Nope'"),
+    (["--provider", "catalog_double:ScriptedLambda"], 2, "which has no catalog rows"),
+    (["--provider", "aws", "--region", "mars-1"], 2, "--region: unknown value 'mars-1'"),
+    (["--provider", "catalog_double:NoCredentialsAWS"], 1, "aws: credentials: no AWS credentials found"),
+])
+def test_catalog_check_errors(tmp_path, capsys, argv, code, says):
+    got, _, err = run(capsys, "catalog", "check", *argv, "--data-dir", str(tmp_path / "data"))
+    assert got == code and says in err
+    assert not (tmp_path / "data" / "catalog-check-aws.json").exists()
+
+
+def test_the_installed_command_runs(tmp_path):
+    env = {**os.environ, "CLOUDHOP_DATA_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "cloudhop.hub.cli", "offers", "--gpu", "H100", "--count", "8", "--json"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["provider"] == "gcp"
