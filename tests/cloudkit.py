@@ -24,6 +24,8 @@ OFFERS = [
           ("us-central1-a", "us-central1-b")),
     Offer("gcp", "us-central1", "g2-standard-8", "L4", 1, 24.0, 8, 32.0, 0.85, 0.27,
           ("us-central1-a",)),
+    Offer("gcp", "us-central1", "n1-standard-8+T4x1", "T4", 1, 16.0, 8, 30.0, 0.73, 0.25,
+          ("us-central1-b",)),
     Offer("gcp", "us-central1", "a2-highgpu-1g", "A100", 1, 40.0, 12, 85.0, 3.67, 1.1,
           ("us-central1-a", "us-central1-b")),
     Offer("oci", "eu-amsterdam-1", "VM.GPU.A10.1", "A10", 1, 24.0, 30, 240, 2.0, None,

@@ -150,6 +150,14 @@ class CloudProvider(Provider):
         """The region/zone a spec launches in (the first part of its node id)."""
         return spec.offer.region
 
+    def _find_where(self, spec: LaunchSpec) -> str:
+        """Where launch looks for a node this request already made."""
+        return self._where(spec)
+
+    def _cache_key(self, where: str) -> str:
+        """The status cache entry (and describe call) a node's place belongs to."""
+        return where
+
     def _places(self) -> list[str]:
         """The places ``list_nodes`` looks in."""
         if self.regions:
@@ -161,7 +169,7 @@ class CloudProvider(Provider):
         """Catalog rows for this cloud (no network call)."""
         from cloudhop.spawner.catalog import catalog_offers
 
-        return catalog_offers(self.name)
+        return catalog_offers(self.name, self.config)
 
     def node_tags(self, spec: LaunchSpec) -> dict:
         """Tags a node is created with: the hub, user and server from the spec, the
@@ -196,7 +204,7 @@ class CloudProvider(Provider):
     async def launch(self, spec: LaunchSpec) -> Node:
         tags = self.node_tags(spec)
         where = self._where(spec)
-        found = await self._call(self._blocking_find, where, {TAG_REQUEST: spec.request_id})
+        found = await self._call(self._blocking_find, self._find_where(spec), {TAG_REQUEST: spec.request_id})
         if found:
             self.log.info("%s: request %s already has node %s", self.name, spec.request_id, found[0].id)
             return found[0]
@@ -231,12 +239,12 @@ class CloudProvider(Provider):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _forget(self, node_id: str) -> None:
-        where = node_id.partition("/")[0]
-        self._cache.pop(where, None)
+        self._cache.pop(self._cache_key(node_id.partition("/")[0]), None)
 
     async def _region_nodes(self, where: str) -> dict[str, Node]:
         """The cached node list of one region/zone: one describe call per
         ``status_cache_seconds`` however many servers poll."""
+        where = self._cache_key(where)
         lock = self._cache_locks.setdefault(where, asyncio.Lock())
         async with lock:
             hit = self._cache.get(where)
