@@ -64,6 +64,7 @@ def test_spawn_kernel_restart_and_stop(hub):
 
     hub.stop_server("alice")
     assert hub.server_model("alice") is None
+    assert SECRET not in hub.log(), "a hub-side secret must never reach a log line"
     assert not _pids_of(state), "stopping the server must end its whole process tree"
 
 
