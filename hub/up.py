@@ -11,7 +11,9 @@ is loaded after the defaults, so an operator can override any of them.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -28,7 +30,7 @@ def add_parser(sub) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--ip", default="127.0.0.1", help="address the hub's public proxy listens on (default: %(default)s)")
+    p.add_argument("--ip", type=_ip, default="127.0.0.1", help="address the hub's public proxy listens on (default: %(default)s)")
     p.add_argument("--port", type=_port, default=8000, help="port of the public proxy (default: %(default)s)")
     p.add_argument(
         "--data-dir", default=None,
@@ -47,6 +49,16 @@ def _port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"--port must be from 1 to 65535, not {value}")
     return value
+
+
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if text == "" or re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", text):
+        return text
+    raise argparse.ArgumentTypeError(f"--ip must be an IP address or host name, not {text!r}")
 
 
 def default_data_dir() -> str:
