@@ -1,0 +1,391 @@
+"""OCI: GPU shape VMs on Oracle Cloud Infrastructure through the ``oci`` SDK (the only
+module that imports it).
+
+Credentials: the SDK's config file (``~/.oci/config``, profile ``DEFAULT``) or, on an
+OCI VM, instance principals (``c.OCIProvider.auth = "instance_principal"``). Node ids
+are ``"<region>/<instance OCID>"``; tags are freeform tags. OCI reports missing capacity
+as a server error (500 "Out of host capacity."), which the SDK's retry strategy would
+retry for minutes, so ``LaunchInstance`` goes out without it (with an
+``opc-retry-token``, so OCI drops duplicates) and :meth:`CloudProvider.launch` retries
+only throttling and other server errors; every other call uses an OCI retry strategy
+(429 and any 5xx, exponential backoff with jitter).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+
+from traitlets import Bool, Enum, Integer, Unicode
+
+from .base import (
+    FAILED,
+    PENDING,
+    RUNNING,
+    STOPPING,
+    TAG_REQUEST,
+    TERMINATED,
+    CapacityError,
+    CredentialsError,
+    LaunchSpec,
+    Node,
+    ProviderError,
+    QuotaError,
+)
+from .cloud import TAG_PORT, CloudProvider, Retry, split_id
+
+INSTALL_HINT = "the OCI provider needs the oci SDK: pip install 'cloudhop[oci]'"
+
+_STATES = {
+    "PROVISIONING": PENDING,
+    "STARTING": PENDING,
+    "MOVING": PENDING,
+    "CREATING_IMAGE": PENDING,
+    "RUNNING": RUNNING,
+    "STOPPING": STOPPING,
+    "STOPPED": STOPPING,
+    "TERMINATING": STOPPING,
+    "TERMINATED": TERMINATED,
+}
+QUOTA_CODES = {"LimitExceeded", "QuotaExceeded"}
+CREDENTIAL_STATUS = {401}
+_AD = re.compile(r"^(?:[^:]+:)?(?P<region>.+)-(?P<ad>AD-\d+)$", re.IGNORECASE)
+
+
+def _sdk():
+    """The SDK, imported on first use (a missing SDK is a reason, not a crash)."""
+    try:
+        import oci
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise CredentialsError(INSTALL_HINT) from err
+    return oci
+
+
+def catalog_ad(name: str) -> str:
+    """An availability domain as the catalog spells it: ``"Uocm:EU-AMSTERDAM-1-AD-1"``
+    -> ``"eu-amsterdam-1-AD-1"``."""
+    m = _AD.match(name)
+    if not m:
+        return name
+    return f"{m['region'].lower()}-{m['ad'].upper()}"
+
+
+class OCIProvider(CloudProvider):
+    """GPU VMs on OCI. See :class:`~.base.Provider` for the contract."""
+
+    name = "oci"
+    display_name = "OCI"
+
+    auth = Enum(
+        ["config_file", "instance_principal"], default_value="config_file",
+        help="How the hub authenticates: the SDK config file (config_file, profile) or "
+        "the instance principal of the OCI VM the hub runs on.",
+    ).tag(config=True)
+
+    config_file = Unicode(
+        "~/.oci/config", help="OCI SDK config file (used when auth is config_file)."
+    ).tag(config=True)
+
+    profile = Unicode("DEFAULT", help="Profile in config_file.").tag(config=True)
+
+    compartment_id = Unicode(
+        "", help="Compartment OCID nodes are created in. Empty: the tenancy (root compartment)."
+    ).tag(config=True)
+
+    subnet_id = Unicode(
+        "", help="Subnet OCID of the nodes (required: OCI has no default network). Its "
+        "security list must admit the hub on the server port."
+    ).tag(config=True)
+
+    image_id = Unicode(
+        "", help="Image OCID every node boots. Empty: the newest platform GPU image "
+        "(display name with 'GPU') of image_operating_system compatible with the shape."
+    ).tag(config=True)
+
+    image_operating_system = Unicode(
+        "Oracle Linux", help="Operating system the default image is chosen from."
+    ).tag(config=True)
+
+    assign_public_ip = Bool(
+        True, help="Give nodes a public IP (the subnet must be public)."
+    ).tag(config=True)
+
+    boot_volume_gb = Integer(100, help="Boot volume size (GB) of every node.").tag(config=True)
+
+    service_endpoint = Unicode(
+        "", help="Endpoint override for the Core and Identity APIs (a local test server). "
+        "Empty: the region's public endpoints."
+    ).tag(config=True)
+
+    api_attempts = Integer(
+        6, help="Attempts (OCI retry strategy) for read and terminate calls."
+    ).tag(config=True)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._clients: dict[tuple[str, str], object] = {}
+        self._base_config = None
+        self._ips: dict[str, tuple[str | None, str | None]] = {}
+        self._ads: dict[str, list[str]] = {}
+        self._images: dict[tuple[str, str], str] = {}
+
+    # -- clients -------------------------------------------------------------------------
+    def _config(self, region: str) -> tuple[dict, dict]:
+        """(config, extra client kwargs) for ``region``; never logged."""
+        oci = _sdk()
+        if self.auth == "instance_principal":
+            signer = oci.auth.signers.InstancePrincipalsSecurityTokenSigner()
+            return {"region": region, "tenancy": signer.tenancy_id}, {"signer": signer}
+        if self._base_config is None:
+            cfg = oci.config.from_file(os.path.expanduser(self.config_file), self.profile)
+            oci.config.validate_config(cfg)
+            self._base_config = cfg
+        return dict(self._base_config, region=region), {}
+
+    def tenancy(self) -> str:
+        cfg, _ = self._config(self.regions[0] if self.regions else "us-ashburn-1")
+        return cfg["tenancy"]
+
+    def compartment(self) -> str:
+        return self.compartment_id or self.tenancy()
+
+    def retry_strategy(self):
+        oci = _sdk()
+        return oci.retry.RetryStrategyBuilder(
+            max_attempts_check=True,
+            max_attempts=self.api_attempts,
+            total_elapsed_time_check=True,
+            total_elapsed_time_seconds=120,
+            retry_max_wait_between_calls_seconds=10,
+            retry_base_sleep_time_seconds=self.retry_base_delay,
+            service_error_check=True,
+            service_error_retry_on_any_5xx=True,
+            service_error_retry_config={429: []},
+            backoff_type=oci.retry.BACKOFF_FULL_JITTER_EQUAL_ON_THROTTLE_VALUE,
+        ).get_retry_strategy()
+
+    def client(self, region: str, kind: str = "compute"):
+        """The region's ``compute``, ``network`` or ``identity`` client."""
+        key = (kind, region)
+        if key not in self._clients:
+            oci = _sdk()
+            cls = {
+                "compute": oci.core.ComputeClient,
+                "network": oci.core.VirtualNetworkClient,
+                "identity": oci.identity.IdentityClient,
+            }[kind]
+            config, extra = self._config(region)
+            kwargs = dict(extra, retry_strategy=self.retry_strategy(), timeout=(10, 60))
+            if self.service_endpoint:
+                kwargs["service_endpoint"] = self.service_endpoint
+            self._clients[key] = cls(config, **kwargs)
+        return self._clients[key]
+
+    # -- errors --------------------------------------------------------------------------
+    def _classify(self, err):
+        oci = _sdk()
+        exc = oci.exceptions
+        if isinstance(err, (exc.ConfigFileNotFound, exc.InvalidConfig, exc.InvalidPrivateKey,
+                            exc.MissingPrivateKeyPassphrase, exc.ProfileNotFound)):
+            return CredentialsError(f"no usable OCI credentials ({type(err).__name__}; "
+                                    f"see c.OCIProvider.config_file / auth)")
+        if isinstance(err, (exc.RequestException, exc.ConnectTimeout)):
+            return Retry(err)
+        if not isinstance(err, exc.ServiceError):
+            return err
+        text = f"OCI {err.code}: {err.message}"
+        if "out of host capacity" in (err.message or "").lower() or err.code == "OutOfHostCapacity":
+            return CapacityError(text)
+        if err.code in QUOTA_CODES or "service limits were exceeded" in (err.message or ""):
+            return QuotaError(text)
+        if err.status in CREDENTIAL_STATUS:
+            return CredentialsError(f"OCI {err.code}: the hub's credentials were refused")
+        if err.status == 429 or err.status >= 500:
+            return Retry(err)
+        return ProviderError(text)
+
+    # -- lookups -------------------------------------------------------------------------
+    def availability_domains(self, region: str) -> list[str]:
+        if region not in self._ads:
+            reply = self.client(region, "identity").list_availability_domains(self.tenancy())
+            self._ads[region] = [ad.name for ad in reply.data]
+        return self._ads[region]
+
+    def _ad_for(self, spec: LaunchSpec) -> str:
+        ads = self.availability_domains(spec.offer.region)
+        wanted = [spec.zone] if spec.zone else list(spec.offer.zones)
+        for want in wanted:
+            for ad in ads:
+                if catalog_ad(ad).lower() == catalog_ad(want).lower():
+                    return ad
+        if not ads:
+            raise ProviderError(f"OCI region {spec.offer.region} lists no availability domain")
+        return ads[0]
+
+    def _image(self, region: str, shape: str) -> str:
+        if self.image_id:
+            return self.image_id
+        key = (region, shape)
+        if key not in self._images:
+            oci = _sdk()
+            images = oci.pagination.list_call_get_all_results(
+                self.client(region).list_images, self.compartment(),
+                operating_system=self.image_operating_system, shape=shape,
+                sort_by="TIMECREATED", sort_order="DESC",
+            ).data
+            gpu = [i for i in images if "GPU" in (i.display_name or "")]
+            if not gpu:
+                raise ProviderError(f"OCI: no {self.image_operating_system} GPU image for {shape} "
+                                    f"in {region}; set c.OCIProvider.image_id")
+            self._images[key] = gpu[0].id
+        return self._images[key]
+
+    def _addresses(self, region: str, instance_id: str) -> tuple[str | None, str | None]:
+        """(private, public) IP of a running instance: two calls once, then remembered."""
+        if instance_id not in self._ips:
+            oci = _sdk()
+            attachments = oci.pagination.list_call_get_all_results(
+                self.client(region).list_vnic_attachments, self.compartment(), instance_id=instance_id
+            ).data
+            attached = [a for a in attachments if a.lifecycle_state == "ATTACHED"]
+            if not attached:
+                return None, None
+            vnic = self.client(region, "network").get_vnic(attached[0].vnic_id).data
+            self._ips[instance_id] = (vnic.private_ip, vnic.public_ip)
+        return self._ips[instance_id]
+
+    # -- payloads ------------------------------------------------------------------------
+    def launch_details(self, spec: LaunchSpec, tags: dict, user_data: str, ad: str, image: str):
+        """The ``LaunchInstanceDetails`` for a spec (pure)."""
+        models = _sdk().core.models
+        details = models.LaunchInstanceDetails(
+            availability_domain=ad,
+            compartment_id=self.compartment(),
+            shape=spec.offer.instance_type,
+            display_name=f"cloudhop-{spec.role}-{hashlib.sha256(spec.request_id.encode()).hexdigest()[:12]}",
+            freeform_tags=dict(tags),
+            metadata={"user_data": base64.b64encode(user_data.encode()).decode()},
+            source_details=models.InstanceSourceViaImageDetails(
+                image_id=image, boot_volume_size_in_gbs=self.boot_volume_gb
+            ),
+            create_vnic_details=models.CreateVnicDetails(
+                subnet_id=self.subnet_id, assign_public_ip=self.assign_public_ip
+            ),
+        )
+        if spec.spot:
+            details.preemptible_instance_config = models.PreemptibleInstanceConfigDetails(
+                preemption_action=models.TerminatePreemptionAction(preserve_boot_volume=False)
+            )
+        return details
+
+    # -- blocking calls ------------------------------------------------------------------
+    def _node(self, region: str, inst) -> Node:
+        state = _STATES.get(inst.lifecycle_state, FAILED)
+        tags = dict(inst.freeform_tags or {})
+        private = public = None
+        if state == RUNNING:
+            private, public = self._addresses(region, inst.id)
+        ip = public if self.connect_ip == "public" else private
+        port = str(tags.get(TAG_PORT, ""))
+        return Node(
+            id=f"{region}/{inst.id}",
+            provider=self.name,
+            region=region,
+            state=state,
+            ip=ip if state == RUNNING else None,
+            port=int(port) if port.isdigit() else None,
+            tags=tags,
+            info={
+                "instance_type": inst.shape,
+                "zone": catalog_ad(inst.availability_domain or ""),
+                "spot": inst.preemptible_instance_config is not None,
+                "private_ip": private,
+                "public_ip": public,
+            },
+            detail={PENDING: "OCI is provisioning the instance",
+                    RUNNING: "the VM is up; the server starts from cloud-init"}.get(state, inst.lifecycle_state),
+        )
+
+    def _instances(self, region: str) -> list:
+        oci = _sdk()
+        return oci.pagination.list_call_get_all_results(
+            self.client(region).list_instances, self.compartment()
+        ).data
+
+    def _blocking_find(self, where, tags):
+        out = []
+        for inst in self._instances(where):
+            ff = inst.freeform_tags or {}
+            if inst.lifecycle_state != "TERMINATED" and all(ff.get(k) == str(v) for k, v in tags.items()):
+                out.append(self._node(where, inst))
+        return out
+
+    def _blocking_describe(self, where):
+        nodes = [self._node(where, i) for i in self._instances(where) if TAG_REQUEST in (i.freeform_tags or {})]
+        return {n.id: n for n in nodes}
+
+    def _blocking_create(self, spec, tags, user_data):
+        oci = _sdk()
+        region = spec.offer.region
+        details = self.launch_details(
+            spec, tags, user_data, self._ad_for(spec), self._image(region, spec.offer.instance_type)
+        )
+        reply = self.client(region).launch_instance(
+            details,
+            opc_retry_token=hashlib.sha256(spec.request_id.encode()).hexdigest()[:64],
+            retry_strategy=oci.retry.NoneRetryStrategy(),
+        )
+        return self._node(region, reply.data)
+
+    def _blocking_terminate(self, node_id):
+        oci = _sdk()
+        region, instance_id = split_id(node_id)
+        compute = self.client(region)
+        try:
+            compute.terminate_instance(instance_id, preserve_boot_volume=False)
+            inst = compute.get_instance(instance_id).data
+        except oci.exceptions.ServiceError as err:
+            if err.status == 404:
+                return None
+            raise
+        self._ips.pop(instance_id, None)
+        return self._node(region, inst)
+
+    def _blocking_check(self):
+        try:
+            self._config(self.regions[0] if self.regions else "us-ashburn-1")
+        except Exception as err:  # noqa: BLE001 - reported as a reason
+            mapped = self._classify(err)
+            return mapped.message if isinstance(mapped, CredentialsError) else f"OCI: {type(err).__name__}"
+        if not self.subnet_id:
+            return "OCI needs a subnet: set c.OCIProvider.subnet_id"
+        return None
+
+    async def check_catalog(self, offers):
+        return await self._call(self._blocking_check_catalog, list(offers))
+
+    def _blocking_check_catalog(self, offers):
+        """Which shapes each availability domain offers (ListShapes per AD)."""
+        oci = _sdk()
+        out = []
+        for region in sorted({o.region for o in offers}):
+            try:
+                ads = self.availability_domains(region)
+            except oci.exceptions.ServiceError:
+                continue  # region not subscribed: nothing there is launchable
+            shapes = {}
+            for ad in ads:
+                listed = oci.pagination.list_call_get_all_results(
+                    self.client(region).list_shapes, self.compartment(), availability_domain=ad
+                ).data
+                shapes[catalog_ad(ad)] = {s.shape for s in listed}
+            for offer in (o for o in offers if o.region == region):
+                zones = sorted(z for z, names in shapes.items() if offer.instance_type in names)
+                if zones:
+                    out.append((offer.instance_type, region, tuple(zones)))
+        return out
+
+
+__all__ = ["OCIProvider", "catalog_ad"]

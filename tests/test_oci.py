@@ -1,0 +1,205 @@
+"""The OCI provider: the real oci SDK clients against a local fake of the Core and
+Identity APIs (tests/fakes/oci_api.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import pytest
+import traitlets
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from cloudhop.spawner.providers.base import (
+    RUNNING,
+    TAG_HUB,
+    TAG_REQUEST,
+    TAG_USER,
+    TERMINATED,
+    CapacityError,
+    QuotaError,
+    TransientError,
+)
+from cloudhop.spawner.providers.oci import OCIProvider, catalog_ad
+from tests.cloudkit import HUB_ID, cheapest, spec_for
+from tests.fakes.oci_api import FakeOCI
+
+TENANCY = "ocid1.tenancy.oc1..aaaatest"
+SUBNET = "ocid1.subnet.oc1.eu-amsterdam-1.aaaatest"
+
+
+@pytest.fixture(scope="module")
+def oci_config(tmp_path_factory):
+    """An SDK config file with a real (throwaway) signing key, as ~/.oci/config has."""
+    d = tmp_path_factory.mktemp("oci")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (d / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (d / "config").write_text(
+        "[DEFAULT]\n"
+        "user=ocid1.user.oc1..aaaatest\n"
+        "fingerprint=11:22:33:44:55:66:77:88:99:00:aa:bb:cc:dd:ee:ff\n"
+        f"tenancy={TENANCY}\n"
+        "region=eu-amsterdam-1\n"
+        f"key_file={d / 'key.pem'}\n"
+    )
+    return d
+
+
+@pytest.fixture
+def api():
+    fake = FakeOCI()
+    fake.url = fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def provider(api, oci_config):
+    return OCIProvider(config_file=str(oci_config / "config"), service_endpoint=api.url,
+                       subnet_id=SUBNET, regions=["eu-amsterdam-1"], retry_base_delay=0.01,
+                       status_cache_seconds=0)
+
+
+async def until_running(provider, node_id):
+    """Poll as the spawner does: the fake's instances boot on the next read."""
+    for _ in range(5):
+        node = await provider.status(node_id)
+        if node.state == RUNNING:
+            return node
+    return node
+
+
+def only(api):
+    [inst] = api.instances.values()
+    return inst
+
+
+async def test_launch_cheapest_a10_in_amsterdam(provider, api):
+    offer = cheapest("oci", "eu-amsterdam-1", "A10", 1)
+    assert offer.instance_type == "VM.GPU.A10.1"
+    spec = spec_for(offer, user="alice", server="gpu")
+    node = await provider.launch(spec)
+    inst = only(api)
+    assert inst["shape"] == "VM.GPU.A10.1"
+    assert inst["availabilityDomain"] == "Uocm:EU-AMSTERDAM-1-AD-1"
+    assert inst["compartmentId"] == TENANCY
+    assert inst["freeformTags"][TAG_USER] == "alice" and inst["freeformTags"][TAG_HUB] == HUB_ID
+    assert inst["freeformTags"][TAG_REQUEST] == spec.request_id
+    assert inst["sourceDetails"]["imageId"].endswith("gpuimage2")  # the GPU image, not the newer plain one
+    assert inst["preemptibleInstanceConfig"] is None
+    user_data = base64.b64decode(inst["metadata"]["user_data"]).decode()
+    assert "--gpus all" in user_data and "JUPYTERHUB_API_TOKEN=server-own-token-123" in user_data
+    assert "key.pem" not in user_data and "fingerprint" not in user_data and TENANCY not in user_data
+    assert node.id == f"eu-amsterdam-1/{inst['id']}"
+    status = await until_running(provider, node.id)
+    assert status.state == RUNNING and status.ip.startswith("10.0.0.")
+    assert status.port == 8888
+
+
+async def test_preemptible_when_spot(provider, api):
+    offer = cheapest("oci", "eu-amsterdam-1", "A10", 1)
+    node = await provider.launch(spec_for(offer, spot=True))
+    cfg = only(api)["preemptibleInstanceConfig"]
+    assert cfg["preemptionAction"] == {"type": "TERMINATE", "preserveBootVolume": False}
+    assert node.info["spot"] is True
+
+
+async def test_launch_is_idempotent(provider, api):
+    spec = spec_for(cheapest("oci", "eu-amsterdam-1", "A10", 1))
+    a = await provider.launch(spec)
+    b = await provider.launch(spec)
+    assert a.id == b.id and len(api.instances) == 1
+
+
+async def test_status_polls_share_one_list_call(provider, api):
+    offer = cheapest("oci", "eu-amsterdam-1", "A10", 1)
+    nodes = [await provider.launch(spec_for(offer, user=u)) for u in "abc"]
+    for n in nodes:
+        await until_running(provider, n.id)  # learns the IPs once
+    provider.status_cache_seconds = 60
+    provider._cache.clear()
+    before = api.count("GET", r"/instances$")
+    vnics = api.count("GET", r"/vnics/")
+    seen = await asyncio.gather(*[provider.status(n.id) for n in nodes for _ in range(5)])
+    # one ListInstances (two pages of the fake), no more VNIC lookups
+    assert api.count("GET", r"/instances$") - before == 2
+    assert api.count("GET", r"/vnics/") == vnics
+    assert {n.state for n in seen} == {RUNNING}
+
+
+async def test_terminate_is_confirmed_and_idempotent(provider, api):
+    spec = spec_for(cheapest("oci", "eu-amsterdam-1", "A10", 1))
+    node = await provider.launch(spec)
+    await provider.terminate(node.id)
+    assert only(api)["lifecycleState"] in ("TERMINATING", "TERMINATED")
+    await provider.terminate(node.id)
+    assert (await provider.status(node.id)).state in ("stopping", TERMINATED)
+    assert await provider.list_nodes({TAG_REQUEST: spec.request_id}) == []
+
+
+async def test_list_nodes_by_tags(provider):
+    offer = cheapest("oci", "eu-amsterdam-1", "A10", 1)
+    a = await provider.launch(spec_for(offer, user="alice"))
+    for u in ("bob", "carol"):
+        await provider.launch(spec_for(offer, user=u))
+    assert [n.id for n in await provider.list_nodes({TAG_HUB: HUB_ID, TAG_USER: "alice"})] == [a.id]
+    assert len(await provider.list_nodes({TAG_HUB: HUB_ID})) == 3
+
+
+async def test_out_of_host_capacity_fails_fast(provider, api):
+    offer = cheapest("oci", "eu-amsterdam-1", "A10", 1)
+    api.script("launch", "capacity")
+    with pytest.raises(CapacityError) as info:
+        await provider.launch(spec_for(offer))
+    assert "Out of host capacity" in str(info.value)
+    assert api.count("POST", r"/instances$") == 1  # the SDK's retry strategy is off for it
+    assert info.value.offer == offer and info.value.__cause__ is not None
+    assert api.instances == {}
+
+
+async def test_limit_exceeded_is_quota(provider, api):
+    api.script("launch", "quota")
+    with pytest.raises(QuotaError):
+        await provider.launch(spec_for(cheapest("oci", "eu-amsterdam-1", "A10", 1)))
+    assert api.count("POST", r"/instances$") == 1
+
+
+async def test_throttling_and_5xx_are_retried(provider, api):
+    api.script("launch", 429, 503)
+    await provider.launch(spec_for(cheapest("oci", "eu-amsterdam-1", "A10", 1)))
+    assert api.count("POST", r"/instances$") == 3 and len(api.instances) == 1
+
+
+async def test_throttling_forever_is_transient(provider, api):
+    provider.launch_attempts = 2
+    api.script("launch", 429, 429, 429)
+    with pytest.raises(TransientError):
+        await provider.launch(spec_for(cheapest("oci", "eu-amsterdam-1", "A10", 1)))
+
+
+async def test_catalog_check_lists_shapes_per_ad(provider, api):
+    api.shapes = {"Uocm:EU-AMSTERDAM-1-AD-1": ["VM.GPU.A10.1", "VM.Standard.E4.Flex"]}
+    offers = [cheapest("oci", "eu-amsterdam-1", "A10", 1), cheapest("oci", "eu-amsterdam-1", "A10", 2)]
+    assert await provider.check_catalog(offers) == [
+        ("VM.GPU.A10.1", "eu-amsterdam-1", ("eu-amsterdam-1-AD-1",))]
+
+
+async def test_missing_config_is_a_reason(tmp_path):
+    reason = await OCIProvider(config_file=str(tmp_path / "nope"), subnet_id=SUBNET).check_available()
+    assert reason and "OCI" in reason and "config_file" in reason
+
+
+async def test_missing_subnet_is_a_reason(oci_config):
+    reason = await OCIProvider(config_file=str(oci_config / "config")).check_available()
+    assert "subnet_id" in reason
+
+
+def test_catalog_ad_spelling():
+    assert catalog_ad("Uocm:EU-AMSTERDAM-1-AD-1") == "eu-amsterdam-1-AD-1"
+
+
+def test_bad_auth_names_the_option():
+    with pytest.raises(traitlets.TraitError, match="auth"):
+        OCIProvider(auth="password")
