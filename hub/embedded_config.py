@@ -41,6 +41,10 @@ c.Spawner.http_timeout = 300
 c.CloudhopSpawner.providers = ["local"]
 c.CloudhopSpawner.hub_id = "hub-" + secret_file(data_dir / "hub_id", 6).lower().replace("_", "-")
 c.LocalProvider.default_root = str(data_dir / "workspaces")
+# the Ray API (resize a server's Ray cluster) - docs/ray.md
+from cloudhop.hub.ray_api import handlers as _ray_handlers  # noqa: E402
+
+c.JupyterHub.extra_handlers = [*_ray_handlers()]
 
 # a first run and a workshop: one shared password for users, another for the admin
 c.JupyterHub.authenticator_class = "shared-password"

@@ -27,6 +27,7 @@ from .failover import launch_first
 from .offers import Offer
 from .options import LaunchRequest, OptionError, options_from_form, parse_options
 from .providers import provider_class
+from .ray import hooks as ray_hooks
 from .providers.base import (
     FAILED, RUNNING, TAG_HUB, TAG_ROLE, TAG_SERVER, TAG_USER, TERMINATED, LaunchSpec, Node,
     Provider,
@@ -87,6 +88,8 @@ class CloudhopSpawner(Spawner):
         self.attempts: list[dict] = []
         self._events: list[dict] = []
         self._event_added = asyncio.Event()
+        #: the server's Ray workers (:mod:`.ray`), None without a Ray cluster
+        self.ray_cluster = None
 
     # -- providers and offers ---------------------------------------------------
 
@@ -199,11 +202,12 @@ class CloudhopSpawner(Spawner):
         if offer.provider == "local" and cmd == ["jupyterhub-singleuser"]:
             # the hub's own interpreter, so a venv need not be on PATH
             cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
-        return LaunchSpec(
+        spec = LaunchSpec(
             request_id=request_id, offer=offer, cmd=cmd + self.get_args(), env=env,
             tags=self.tags("notebook"), role="notebook", port=self.port,
             image=request.image, zone=request.zone, spot=request.spot,
         )
+        return ray_hooks.wrap_notebook_spec(self, spec, request)
 
     async def _record_attempt(self, record: dict) -> None:
         if record["state"] == "launching":
@@ -237,6 +241,7 @@ class CloudhopSpawner(Spawner):
         self.nodes = [{"provider": offer.provider, "id": node.id, "role": "notebook", "region": offer.region}]
         self._save_state()
         node = await self._wait_serving(node)
+        await ray_hooks.start_workers(self, request, offer, node, offers, request_id)
         self._progress(f"Node {node.id} is up at {node.ip}:{node.port}; waiting for Jupyter to answer", 80)
         return f"http://{node.ip}:{node.port or self.port}"
 
@@ -277,9 +282,11 @@ class CloudhopSpawner(Spawner):
         node = await self.provider(self.node.provider).status(self.node.id)
         if node.state in (TERMINATED, FAILED):
             return 1
+        await ray_hooks.poll_workers(self)  # a dead worker is reported, the server stays
         return None
 
     async def stop(self, now: bool = False):
+        await ray_hooks.stop_workers(self)
         # workers first, the notebook node last: nothing is left reachable half-stopped
         for entry in sorted(self.nodes, key=lambda n: n.get("role") == "notebook"):
             try:
@@ -303,6 +310,7 @@ class CloudhopSpawner(Spawner):
                 "nodes": list(self.nodes),
                 "attempts": list(self.attempts),
             })
+            ray_hooks.save_state(self, state)
         return state
 
     def load_state(self, state):
@@ -319,6 +327,7 @@ class CloudhopSpawner(Spawner):
             self.ip, self.port = self.node.ip or self.ip, self.node.port or self.port
         self.nodes = list(state.get("nodes") or [])
         self.attempts = list(state.get("attempts") or [])
+        ray_hooks.load_state(self, state)
         if state.get("request"):
             try:
                 req = dict(state["request"])
@@ -334,3 +343,4 @@ class CloudhopSpawner(Spawner):
         self.request = self.offer = self.node = None
         self.nodes = []
         self.attempts = []
+        self.ray_cluster = None

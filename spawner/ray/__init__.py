@@ -1,0 +1,22 @@
+"""Ray clusters on demand: a head beside the notebook, workers as extra nodes.
+
+The pieces, each one idea:
+
+* :mod:`.ports` - a block of TCP ports per Ray node, so two servers on one machine
+  never clash (a lock file per block on the local provider, a fixed block on a VM);
+* :mod:`.commands` - pure builders for the ``ray start`` argv, the worker
+  :class:`~cloudhop.spawner.providers.base.LaunchSpec` and the notebook wrapper;
+* :mod:`.node`, :mod:`.head`, :mod:`.worker` - the small launchers that run on a node:
+  they start ``ray start --block`` and, on SIGTERM, stop exactly that Ray node (never
+  ``ray stop``, which would stop every user's Ray on the machine);
+* :mod:`.cluster` - :class:`RayCluster`, the worker lifecycle the spawner drives
+  (launch through the same failover list as the notebook, poll, scale, stop, state).
+
+A provider knows nothing about Ray: a worker is a node with role ``ray-worker`` whose
+command happens to be the worker launcher.
+"""
+
+WORKER_ROLE = "ray-worker"
+#: custom Ray resource every Cloudhop worker carries (1 per node), so tasks can be
+#: pinned to workers with ``resources={"cloudhop_worker": 0.01}``
+WORKER_RESOURCE = "cloudhop_worker"

@@ -1,0 +1,107 @@
+"""The Ray head launcher: ``python -m cloudhop.spawner.ray.head --port-base=N -- CMD...``.
+
+The notebook node's command when the server asks for a Ray cluster. It claims the
+port block the hub chose (refusing one another Ray node holds), starts
+``ray start --head --block`` with every port pinned to that block and the dashboard on
+loopback, and runs ``CMD`` (``jupyterhub-singleuser ...``) beside it with:
+
+* ``RAY_ADDRESS`` - the head's GCS on loopback, so ``ray.init()`` in a kernel is a
+  driver on this cluster (no Ray Client);
+* ``CLOUDHOP_RAY_DASHBOARD_PORT`` - for the server extension's dashboard proxy;
+* ``CLOUDHOP_RAY_HEAD`` - the GCS address.
+
+Both start at once (the notebook does not wait for Ray). When the notebook exits, or
+the launcher gets SIGTERM (server stop), the head is stopped - only this head - and
+the launcher exits with the notebook's code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from .commands import ENV_ADDRESS, ENV_DASHBOARD_PORT, ENV_HEAD, head_start_args, temp_dir_for
+from .node import RayNode, Signals, log
+from .ports import PortBlock, PortsBusy, claim_block
+
+
+def enable_ray_extension(config_dir: str) -> str:
+    """A Jupyter config folder enabling the server extension's Ray routes (status,
+    resize, dashboard proxy), added to the notebook's JUPYTER_CONFIG_PATH; extension
+    configs from every folder on the path are merged, so nothing else is switched off."""
+    conf_d = os.path.join(config_dir, "jupyter_server_config.d")
+    os.makedirs(conf_d, exist_ok=True)
+    with open(os.path.join(conf_d, "cloudhop-ray.json"), "w") as f:
+        json.dump({"ServerApp": {"jpserver_extensions": {"cloudhop.extensions.ray_api": True}}}, f)
+    return config_dir
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m cloudhop.spawner.ray.head")
+    p.add_argument("--port-base", type=int, required=True, help="first port of the head's block")
+    p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the notebook command")
+    args = p.parse_args(argv)
+    if args.cmd and args.cmd[0] == "--":
+        args.cmd = args.cmd[1:]
+    if not args.cmd:
+        p.error("give the notebook command after --")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signals = Signals()
+    try:
+        lock = claim_block(args.port_base)
+    except PortsBusy as err:
+        log(f"cannot start the Ray head: {err}")
+        return 3
+    block = PortBlock(args.port_base)
+    temp_dir = temp_dir_for(block.base, tempfile.gettempdir())
+    head = RayNode(head_start_args(block, temp_dir=temp_dir, num_cpus=args.num_cpus), temp_dir)
+    head.start()
+    env = dict(os.environ)
+    env[ENV_ADDRESS] = env[ENV_HEAD] = f"127.0.0.1:{block.port}"
+    env[ENV_DASHBOARD_PORT] = str(block.dashboard_port)
+    env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
+        p for p in (enable_ray_extension(temp_dir + "-jupyter"), env.get("JUPYTER_CONFIG_PATH")) if p)
+    notebook = subprocess.Popen(args.cmd, env=env)
+    code = None
+    head_reported = False
+    try:
+        while signals.received is None:
+            code = notebook.poll()
+            if code is not None:
+                break
+            if not head_reported and head.poll() is not None:
+                # keep the notebook: the user's work matters more than the cluster
+                log(f"the Ray head exited with code {head.poll()}; the notebook keeps running")
+                head_reported = True
+            time.sleep(0.5)
+    finally:
+        if code is None:
+            notebook.send_signal(signal.SIGTERM)
+        head.stop()
+        if code is None:
+            try:
+                code = notebook.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                notebook.kill()
+                code = notebook.wait()
+        shutil.rmtree(temp_dir + "-jupyter", ignore_errors=True)
+        lock.release()
+    if signals.received or not code:
+        return 0
+    return 128 - code if code < 0 else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

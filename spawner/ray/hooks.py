@@ -1,0 +1,122 @@
+"""The few calls ``CloudhopSpawner`` makes into Ray, so the spawner stays about nodes.
+
+Each takes the spawner and does nothing when the server asked for no Ray cluster:
+
+* :func:`wrap_notebook_spec` - puts the head launcher in front of the notebook's
+  command, on a port block chosen here (a free one on this machine; the fixed one on
+  a VM);
+* :func:`start_workers` - once the notebook node runs: builds the workers' failover
+  list (same provider and region as the notebook, the request's GPU) and launches them;
+* :func:`poll_workers`, :func:`stop_workers` - from ``poll`` and ``stop``;
+* :func:`save_state`, :func:`load_state` - the ``"ray"`` entry of the server's state.
+
+The spawner keeps the cluster as ``spawner.ray_cluster`` (``None`` without Ray); the
+hub's Ray API finds it there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from ..offers import matching
+from ..options import LaunchRequest
+from ..providers.base import LaunchSpec, Node
+from . import WORKER_ROLE
+from .cluster import RayCluster
+from .commands import head_address, head_command, head_port_base, python_for
+from .ports import find_free_block
+
+
+def wants_ray(spawner, request, provider: str) -> bool:
+    """True when this server needs a head beside the notebook and worker nodes: it asked
+    for Ray and its provider does not build Ray clusters itself (``handles_ray``)."""
+    if request is None or request.ray is None:
+        return False
+    return not getattr(spawner.provider(provider), "handles_ray", False)
+
+
+def wrap_notebook_spec(spawner, spec: LaunchSpec, request: LaunchRequest) -> LaunchSpec:
+    """``spec`` with the Ray head launcher wrapped around its command (or ``spec``)."""
+    provider = spec.offer.provider
+    if not wants_ray(spawner, request, provider):
+        return spec
+    base = head_port_base(provider)
+    if base is None:
+        base = find_free_block().base
+    spawner.ray_port_base = base
+    cmd = head_command(spec.cmd, python=python_for(provider, sys.executable), port_base=base)
+    return dataclasses.replace(spec, cmd=cmd)
+
+
+def worker_offers(spawner, offers, notebook_offer, request: LaunchRequest):
+    """The workers' failover list: offers with the requested GPU in the notebook's
+    provider and region (workers join the head over the private network), ranked by
+    the same optimizer as the notebook's."""
+    from ..optimizer import rank
+
+    ray = request.ray
+    pool = matching(offers, provider=notebook_offer.provider, region=notebook_offer.region)
+    wreq = LaunchRequest(provider=notebook_offer.provider, region=notebook_offer.region,
+                         gpu=ray.gpu, gpu_count=ray.gpu_count, spot=request.spot)
+    return [o for o in rank(wreq, pool)
+            if o.provider == notebook_offer.provider and o.region == notebook_offer.region]
+
+
+def _sync_nodes(spawner) -> None:
+    cluster = spawner.ray_cluster
+    spawner.nodes = [n for n in spawner.nodes if n.get("role") != WORKER_ROLE] + (
+        cluster.node_entries() if cluster else [])
+    spawner._save_state()
+
+
+async def start_workers(spawner, request: LaunchRequest, offer, node: Node, offers, request_id: str) -> None:
+    """Create ``spawner.ray_cluster`` for the running notebook node and launch its workers."""
+    spawner.ray_cluster = None
+    if not wants_ray(spawner, request, offer.provider):
+        return
+    base = getattr(spawner, "ray_port_base", None) or head_port_base(offer.provider)
+    address = head_address(offer.provider, base, node.ip, (node.info or {}).get("private_ip"))
+    spawner.ray_cluster = RayCluster(
+        request=request.ray, address=address, port_base=base, provider_for=spawner.provider,
+        tags={k: v for k, v in spawner.tags(WORKER_ROLE).items()},
+        python=python_for(offer.provider, sys.executable),
+        offers=worker_offers(spawner, offers, offer, request), request_id=f"{request_id}-ray",
+        image=request.image, spot=request.spot, zone=request.zone,
+        on_event=spawner._progress, on_change=lambda: _sync_nodes(spawner), log=spawner.log,
+    )
+    spawner._progress(f"Ray head at {address} (dashboard: ray-dashboard/ in your server)")
+    await spawner.ray_cluster.launch(request.ray.workers)
+
+
+async def poll_workers(spawner) -> None:
+    cluster = getattr(spawner, "ray_cluster", None)
+    if cluster is not None:
+        try:
+            await cluster.refresh()
+        except Exception as err:  # reporting a worker must never stop the server
+            spawner.log.warning("Ray: could not check workers of %s: %s", spawner._log_name, err)
+
+
+async def stop_workers(spawner) -> None:
+    cluster = getattr(spawner, "ray_cluster", None)
+    if cluster is not None:
+        await cluster.stop()
+        spawner.ray_cluster = None
+
+
+def save_state(spawner, state: dict) -> None:
+    cluster = getattr(spawner, "ray_cluster", None)
+    if cluster is not None:
+        state["ray"] = cluster.to_state()
+
+
+def load_state(spawner, state: dict) -> None:
+    spawner.ray_cluster = None
+    if state.get("ray"):
+        spawner.ray_cluster = RayCluster.from_state(
+            state["ray"], provider_for=spawner.provider, tags=spawner.tags(WORKER_ROLE),
+            python=state["ray"].get("python") or sys.executable, on_event=spawner._progress,
+            on_change=lambda: _sync_nodes(spawner), log=spawner.log,
+        )
+        spawner.ray_port_base = state["ray"].get("port_base")

@@ -1,0 +1,122 @@
+"""Running one Ray node on a node: start ``ray start --block``, stop exactly it.
+
+Shared by the head launcher (:mod:`.head`) and the worker launcher (:mod:`.worker`).
+``ray stop`` is never used: it stops every Ray process of the machine, other users'
+included. A node is stopped by signalling the processes that belong to it - the
+``ray start`` process's descendants and anything whose command line names its own
+``--temp-dir`` - SIGTERM first (the raylet then leaves the cluster cleanly), SIGKILL
+after a grace period.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+
+from .commands import ray_cli
+
+
+def log(msg: str) -> None:
+    print(f"[cloudhop-ray] {msg}", file=sys.stderr, flush=True)
+
+
+def wait_for_port(address: str, timeout: float) -> bool:
+    """True once ``host:port`` accepts a TCP connection, False after ``timeout`` s."""
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.25)
+    return False
+
+
+class RayNode:
+    """One ``ray start --block`` process and everything it starts."""
+
+    def __init__(self, args: list[str], temp_dir: str, python: str = sys.executable):
+        self.argv = ray_cli(python) + list(args)
+        self.temp_dir = temp_dir
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, env: dict | None = None) -> None:
+        log("starting: " + " ".join(self.argv[2:]))
+        # same session as the launcher: a provider that kills the node's session (local)
+        # or container (VM) takes the Ray processes with it even if this launcher dies
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, env=env)
+
+    def poll(self) -> int | None:
+        return self.proc.poll() if self.proc else 0
+
+    def processes(self) -> list[psutil.Process]:
+        """Every live process of this Ray node."""
+        found: dict[int, psutil.Process] = {}
+        if self.proc is not None:
+            try:
+                root = psutil.Process(self.proc.pid)
+                found[root.pid] = root
+                for child in root.children(recursive=True):
+                    found[child.pid] = child
+            except psutil.NoSuchProcess:
+                pass
+        marker = self.temp_dir.rstrip("/") + "/"
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if any(marker in a or a.endswith(self.temp_dir) for a in p.info["cmdline"] or ()):
+                    found[p.pid] = p
+            except psutil.Error:
+                continue
+        found.pop(os.getpid(), None)
+        return list(found.values())
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop this node's processes (raylet first, so it leaves the cluster cleanly)
+        and remove its temp dir."""
+        procs = self.processes()
+        for p in sorted(procs, key=lambda p: "raylet" not in _name(p)):
+            try:
+                p.send_signal(signal.SIGTERM)
+            except psutil.Error:
+                pass
+        _gone, alive = psutil.wait_procs(procs, timeout=grace)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        log(f"stopped ({len(procs)} process(es))")
+
+
+def _name(p: psutil.Process) -> str:
+    try:
+        return p.name()
+    except psutil.Error:
+        return ""
+
+
+class Signals:
+    """Turns SIGTERM/SIGINT/SIGHUP into a flag the launcher's loop checks."""
+
+    def __init__(self):
+        self.received: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame):
+        self.received = signum

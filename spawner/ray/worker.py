@@ -1,0 +1,79 @@
+"""The Ray worker launcher: ``python -m cloudhop.spawner.ray.worker --address=HEAD ...``.
+
+A worker node's command. It claims a port block (``--ports=auto``, on a machine shared
+with other Ray nodes) or uses the fixed block (``--ports=6379``, a VM), waits for the
+head's GCS to accept connections (the notebook node and its workers boot together),
+runs ``ray start --address=HEAD --block`` with the GPU count and resources it was
+given, and exits when Ray does. SIGTERM stops this Ray node only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+
+from .commands import temp_dir_for, worker_start_args
+from .node import RayNode, Signals, log, wait_for_port
+from .ports import PortBlock, PortsBusy, claim_block, claim_free_block
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m cloudhop.spawner.ray.worker")
+    p.add_argument("--address", required=True, help="the head's GCS address, host:port")
+    p.add_argument("--num-gpus", type=int, default=0)
+    p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--resources", default="{}", help="JSON of custom resources")
+    p.add_argument("--ports", default="auto", help="'auto' (claim a free block) or a block base")
+    p.add_argument("--head-timeout", type=float, default=600.0,
+                   help="seconds to wait for the head before giving up")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signals = Signals()
+    try:
+        lock = claim_free_block() if args.ports == "auto" else None
+    except PortsBusy as err:
+        log(f"cannot start: {err}")
+        return 3
+    block = lock.block if lock else PortBlock(int(args.ports))
+    if lock is None and args.ports != "auto":
+        try:  # on a VM nothing else holds it; on a shared machine this refuses a clash
+            lock = claim_block(block.base)
+        except PortsBusy as err:
+            log(f"cannot start: {err}")
+            return 3
+    log(f"waiting for the head at {args.address}")
+    deadline = time.monotonic() + args.head_timeout
+    while not wait_for_port(args.address, 5):
+        if signals.received or time.monotonic() > deadline:
+            log("the head never answered" if not signals.received else "stopped before the head answered")
+            return 4 if not signals.received else 0
+    node = RayNode(
+        worker_start_args(args.address, block, temp_dir=temp_dir_for(block.base, tempfile.gettempdir()),
+                          num_gpus=args.num_gpus, num_cpus=args.num_cpus,
+                          resources=json.loads(args.resources)),
+        temp_dir=temp_dir_for(block.base, tempfile.gettempdir()),
+    )
+    node.start()
+    code = 0
+    try:
+        while signals.received is None:
+            code = node.poll()
+            if code is not None:
+                log(f"ray exited with code {code}")
+                break
+            time.sleep(0.5)
+    finally:
+        node.stop()
+        lock.release()
+    # Ray ending on its own means this worker is gone: say so with a non-zero code
+    return 0 if signals.received else (code or 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
