@@ -1,0 +1,628 @@
+"""The ``kubernetes`` provider: user servers as pods on GPU node pools, Ray as KubeRay.
+
+**Why KubeSpawner's pod builders and not a KubeSpawner per server.** The provider
+interface is node-oriented (``launch(spec) -> Node``, ``status``, ``terminate``,
+``list_nodes(tags)``) and one provider instance serves every server of the hub.
+A KubeSpawner is a whole JupyterHub ``Spawner`` bound to one user and server, with
+its own options form, profile handling, pod reflectors (watch threads per namespace)
+and state; wrapping one per launch would run a second spawner inside ours and
+duplicate the form, the options and the failover that Cloudhop already owns. What we
+do want from KubeSpawner is its knowledge of what a notebook pod looks like, so the
+pod and PVC come from ``kubespawner.objects.make_pod``/``make_pvc`` (same meaning for
+every z2jh ``kubespawner_override`` key) and the API calls are our own few
+``kubernetes_asyncio`` calls: create/get/delete/list pods by label, PVCs, RayCluster
+custom objects, nodes, and a pod's events.
+
+Clusters and offers (:mod:`cloudhop.spawner.kube.cluster`): each entry of
+:attr:`KubernetesProvider.clusters` is a *region* — a kube context, a kubeconfig file
+or the hub's in-cluster service account. ``offers()`` is synchronous in the provider
+contract, so the cluster view (nodes with their allocatable GPUs, and the pods holding
+GPUs) is read asynchronously by ``check_available()`` — which the spawner awaits before
+every form and launch — and by a background refresh every ``refresh_interval``
+seconds; ``offers()`` serves from that cache (declared pools and imported z2jh
+profiles are offered even before the first read).
+
+Nodes: a node is a pod; its id is ``"<cluster>/<namespace>/<pod>"``, its ``ip`` the pod
+IP and its state follows the pod phase (Pending -> pending, Running with an IP ->
+running, Succeeded -> terminated, Failed -> failed, being deleted -> stopping). A pod
+that cannot be scheduled and that the cluster autoscaler says it cannot help
+(``NotTriggerScaleUp``) is reported failed, so failover moves on. Labels carry the
+Cloudhop tags (:mod:`cloudhop.spawner.kube.labels`), which is how ``list_nodes`` and a
+restarted hub find pods. Status reads the pod each time (one GET; the hub polls every
+30 s), so there is no cache to go stale.
+
+Ray: with ``spec.ray`` a KubeRay ``RayCluster`` (``ray.io/v1``) is created after the
+pod, owned by it (it goes when the pod goes, even without the hub), with a worker group
+of the requested GPU; the notebook's ``RAY_ADDRESS`` points at its head service.
+``terminate`` deletes it explicitly as well.
+
+Credentials: the hub's kubeconfig or service account stays in the hub; user pods get
+no service-account token (``automountServiceAccountToken: false``) and error messages
+carry only the API's status line and message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import os
+from dataclasses import replace
+
+from traitlets import Bool, Dict, Float, Integer, Unicode, default
+
+from ..kube import labels as kl
+from ..kube import manifests
+from ..kube import profiles as z2jh
+from ..kube.cluster import CPU_OFFER, ClusterConfig, ClusterConfigError, cluster_offers, parse_cluster
+from ..kube.plan import PodPlan
+from ..offers import NO_GPU, Offer
+from .base import (
+    FAILED, PENDING, RUNNING, STOPPING, TAG_REQUEST, TAG_ROLE, TERMINATED, CapacityError,
+    CredentialsError, LaunchSpec, Node, NodeNotFound, Provider, ProviderError, QuotaError,
+    TransientError,
+)
+
+RAY_GROUP, RAY_VERSION, RAY_PLURAL = "ray.io", "v1", "rayclusters"
+#: pod label naming the RayCluster's owner pod, so terminate finds it without state
+LABEL_POD = "cloudhop.io/pod"
+LABEL_OFFER = "cloudhop.io/offer"
+ANNOTATION_RAY = "cloudhop.io/ray-cluster"
+SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def _ray_version() -> str:
+    try:
+        return importlib.metadata.version("ray")
+    except importlib.metadata.PackageNotFoundError:
+        return "2.40.0"
+
+
+class KubernetesProvider(Provider):
+    """GPU pods on one or more Kubernetes clusters (each a region); see the module
+    docstring for how offers, nodes and Ray map onto the cluster."""
+
+    name = "kubernetes"
+    display_name = "Kubernetes"
+    handles_ray = True
+
+    clusters = Dict(
+        help="""Clusters to launch on, name -> settings; each name is a region. Settings:
+        ``context`` (kube context) and/or ``kubeconfig`` (file), or ``in_cluster: true``
+        (the hub's service account); ``namespace`` (default: the hub's own in-cluster,
+        else "default"); ``flavour``: "gke", "eks" (Karpenter) or "nvidia" (GPU feature
+        discovery, the default) with optional ``gpu_label``/``gpu_values`` overrides;
+        ``pools``: autoscaling pools [{"name", "gpu", "gpus_per_node", "max_nodes",
+        "selector", "tolerations", "vcpus", "memory_gib", "price_per_gpu_hour",
+        "spot"}]; ``gpu_tolerations``; ``price_per_gpu_hour`` and ``cpu_price_hour``
+        (USD, default 0); ``cpu_offer`` (default true); ``node_offers`` (offer GPUs
+        found on nodes outside any pool, default true); ``profile_list``: a z2jh
+        ``singleuser.profileList`` (a list, a YAML file path, or "KubeSpawner" for the
+        hub's ``c.KubeSpawner.profile_list``); ``storage_class`` for workspaces.""",
+    ).tag(config=True)
+
+    default_image = Unicode(
+        help="""Single-user image for pods when neither the user's ``image`` option nor
+        an imported profile names one. Default: ``c.KubeSpawner.image`` when set (a
+        z2jh chart sets it from ``singleuser.image``), else the Cloudhop image.""",
+    ).tag(config=True)
+
+    workspace_size = Unicode("10Gi", help="Size of each server's workspace PVC.").tag(config=True)
+    workspace_mount_path = Unicode(
+        "/home/jovyan", help="Where the workspace PVC is mounted in the notebook pod.",
+    ).tag(config=True)
+    workspace_volume = Bool(
+        True, help="Give each server a persistent workspace volume (PVC).",
+    ).tag(config=True)
+    delete_workspace_on_stop = Bool(
+        False, help="Delete the workspace PVC when the server stops (default: keep it, like z2jh).",
+    ).tag(config=True)
+    extra_labels = Dict(
+        help="""Labels added to every pod (e.g. z2jh's network-policy labels
+        ``hub.jupyter.org/network-access-hub: "true"``).""",
+    ).tag(config=True)
+    node_port = Integer(
+        8888, help="Port the single-user server listens on inside its pod.",
+    ).tag(config=True)
+    delete_grace_period = Integer(
+        1, help="Seconds a deleted pod gets to stop before it is killed.",
+    ).tag(config=True)
+
+    ray_image = Unicode(
+        help="Image of Ray head and worker pods (default: the notebook's image, so Ray and Python versions match).",
+    ).tag(config=True)
+    ray_version = Unicode(help="``spec.rayVersion`` of RayClusters (default: the hub's Ray).").tag(config=True)
+    ray_head_resources = Dict(
+        {"cpu": "1", "memory": "4Gi"}, help="CPU and memory of the Ray head pod.",
+    ).tag(config=True)
+    ray_worker_resources = Dict(
+        {"cpu": "4", "memory": "16Gi"}, help="CPU and memory of each Ray worker pod (GPUs come from the request).",
+    ).tag(config=True)
+
+    refresh_interval = Float(
+        60.0, help="Seconds between background reads of each cluster's nodes for offers (0: only on check_available).",
+    ).tag(config=True)
+    api_retries = Integer(
+        3, help="Attempts for an API call that fails with throttling, a 5xx or a connection error.",
+    ).tag(config=True)
+    retry_delay = Float(0.5, help="Seconds before the first retry; doubles each time.").tag(config=True)
+
+    @default("default_image")
+    def _default_image(self):
+        image = self.config.get("KubeSpawner", {}).get("image") if self.config else None
+        return str(image) if image else "cloudhop/singleuser:latest"
+
+    @default("ray_version")
+    def _default_ray_version(self):
+        return _ray_version()
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._parsed: dict[str, ClusterConfig] | None = None
+        self._config_error: str | None = None
+        self._profiles: dict[str, list] = {}
+        self._apis: dict = {}
+        self._namespaces: dict[str, str] = {}
+        self._views: dict[str, tuple[list, list]] = {}
+        self._errors: dict[str, str] = {}
+        self._plans: dict[str, PodPlan] = {}
+        self._refresher: asyncio.Task | None = None
+
+    # -- configuration -----------------------------------------------------------
+
+    def _clusters(self) -> dict[str, ClusterConfig]:
+        """Parsed clusters; raises :class:`ClusterConfigError` naming the setting."""
+        if self._parsed is None:
+            parsed = {name: parse_cluster(name, raw) for name, raw in self.clusters.items()}
+            profiles = {}
+            for name, cluster in parsed.items():
+                source = cluster.profile_list
+                if source == "KubeSpawner":
+                    source = self.config.get("KubeSpawner", {}).get("profile_list") or []
+                if source:
+                    try:
+                        profiles[name] = z2jh.import_profiles(z2jh.load_profile_list(source))
+                    except z2jh.ProfileImportError as err:
+                        raise ClusterConfigError(f"clusters.{name}.profile_list: {err}") from err
+                    for p in profiles[name]:
+                        for why in p.ignored:
+                            self.log.warning("z2jh profile %s on %s: ignored %s", p.slug, name, why)
+            self._parsed, self._profiles = parsed, profiles
+        return self._parsed
+
+    def _cluster(self, name: str) -> ClusterConfig:
+        clusters = self._clusters()
+        if name not in clusters:
+            raise NodeNotFound(f"no Kubernetes cluster named {name!r}; configured: {', '.join(clusters) or 'none'}")
+        return clusters[name]
+
+    async def _api(self, cluster: ClusterConfig):
+        """The API client of a cluster (made once; kubeconfig read off the loop)."""
+        if cluster.name in self._apis:
+            return self._apis[cluster.name]
+        from kubernetes_asyncio import client, config
+
+        try:
+            if cluster.in_cluster:
+                conf = client.Configuration()
+                config.load_incluster_config(client_configuration=conf)
+                api = client.ApiClient(conf)
+            else:
+                api = await config.new_client_from_config(
+                    config_file=cluster.kubeconfig, context=cluster.context, persist_config=False,
+                )
+        except (config.ConfigException, OSError, KeyError, TypeError) as err:
+            # the loader's messages name files and contexts, never token values
+            raise CredentialsError(f"cluster {cluster.name}: cannot load its kube config ({type(err).__name__}: {err})") from err
+        namespace = cluster.namespace
+        if not namespace:
+            namespace = "default"
+            if cluster.in_cluster and os.path.exists(SA_NAMESPACE_FILE):
+                with open(SA_NAMESPACE_FILE, encoding="utf-8") as f:
+                    namespace = f.read().strip() or "default"
+        self._apis[cluster.name] = api
+        self._namespaces[cluster.name] = namespace
+        return api
+
+    def _core(self, api):
+        from kubernetes_asyncio import client
+
+        return client.CoreV1Api(api)
+
+    def _custom(self, api):
+        from kubernetes_asyncio import client
+
+        return client.CustomObjectsApi(api)
+
+    # -- errors and retries ------------------------------------------------------
+
+    def _translate(self, cluster: str, what: str, err: BaseException) -> ProviderError:
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        if isinstance(err, ApiException):
+            detail = _api_message(err)
+            msg = f"cluster {cluster}: {what} failed (HTTP {err.status}{': ' + detail if detail else ''})"
+            if err.status in (401,):
+                return CredentialsError(msg)
+            if err.status == 403:
+                if "exceeded quota" in detail or "quota" in detail.lower():
+                    return QuotaError(msg)
+                return CredentialsError(msg)
+            if err.status == 404:
+                return NodeNotFound(msg)
+            if err.status == 429 or err.status >= 500:
+                return TransientError(msg)
+            return ProviderError(msg)
+        return TransientError(f"cluster {cluster}: {what} failed ({type(err).__name__}: {err})")
+
+    async def _call(self, cluster: str, what: str, fn, *args, ok=(), **kwargs):
+        """Await ``fn(*args, **kwargs)``, retrying throttling, 5xx and connection errors
+        with backoff; HTTP statuses in ``ok`` are returned as the ApiException."""
+        import aiohttp
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        delay = self.retry_delay
+        for attempt in range(max(self.api_retries, 1)):
+            try:
+                return await fn(*args, **kwargs)
+            except ApiException as err:
+                if err.status in ok:
+                    return err
+                retry = err.status == 429 or err.status >= 500
+                if not retry or attempt == self.api_retries - 1:
+                    raise self._translate(cluster, what, err) from err
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+                if attempt == self.api_retries - 1:
+                    raise self._translate(cluster, what, err) from err
+            await asyncio.sleep(delay)
+            delay *= 2
+        raise TransientError(f"cluster {cluster}: {what} failed")  # pragma: no cover
+
+    # -- cluster view and offers -----------------------------------------------
+
+    async def refresh(self, name: str) -> None:
+        """Read one cluster's nodes and the pods holding GPUs into the offers cache."""
+        cluster = self._cluster(name)
+        try:
+            api = await self._api(cluster)
+            core = self._core(api)
+            nodes = await self._call(name, "listing nodes", core.list_node)
+            phase = "status.phase!=Succeeded,status.phase!=Failed"
+            pods = await self._call(name, "listing pods", core.list_pod_for_all_namespaces,
+                                    field_selector=phase, ok=(403,))
+            from kubernetes_asyncio.client.exceptions import ApiException
+
+            if isinstance(pods, ApiException):
+                # no cluster-wide pod read: count what this namespace's pods hold
+                pods = await self._call(name, "listing pods", core.list_namespaced_pod,
+                                        self._namespaces[name], field_selector=phase)
+            self._views[name] = (
+                [manifests.to_json(n) for n in nodes.items or []],
+                [manifests.to_json(p) for p in pods.items or []],
+            )
+            self._errors.pop(name, None)
+        except ProviderError as err:
+            self._errors[name] = err.message
+            raise
+
+    async def _refresh_all(self) -> None:
+        for name in self._clusters():
+            try:
+                await self.refresh(name)
+            except ProviderError as err:
+                self.log.warning("Kubernetes cluster %s unreachable: %s", name, err.message)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_interval)
+            await self._refresh_all()
+
+    async def check_available(self) -> str | None:
+        try:
+            clusters = self._clusters()
+        except ClusterConfigError as err:
+            return f"Kubernetes configuration: {err}"
+        if not clusters:
+            return "no Kubernetes clusters configured (c.KubernetesProvider.clusters)"
+        await self._refresh_all()
+        if self.refresh_interval > 0 and (self._refresher is None or self._refresher.done()):
+            self._refresher = asyncio.ensure_future(self._refresh_loop())
+        if all(name in self._errors for name in clusters):
+            return "no Kubernetes cluster reachable: " + "; ".join(self._errors[n] for n in clusters)
+        return None
+
+    def offers(self) -> list[Offer]:
+        try:
+            clusters = self._clusters()
+        except ClusterConfigError as err:
+            self.log.error("Kubernetes configuration: %s", err)
+            return []
+        out = []
+        for name, cluster in clusters.items():
+            if name in self._errors:
+                continue
+            nodes, pods = self._views.get(name, (None, None))
+            for offer, plan in cluster_offers(cluster, nodes, pods, provider=self.name,
+                                              profiles=self._profiles.get(name)):
+                self._plans[offer.key] = plan
+                out.append(offer)
+        return out
+
+    def _plan_for(self, cluster: ClusterConfig, offer: Offer) -> PodPlan:
+        """The pod plan of an offer: from the offers cache, else rebuilt from config
+        (a launch right after a hub restart, before the first ``offers()``)."""
+        if offer.key not in self._plans:
+            nodes, pods = self._views.get(cluster.name, (None, None))
+            for o, plan in cluster_offers(cluster, nodes, pods, provider=self.name,
+                                          profiles=self._profiles.get(cluster.name)):
+                self._plans.setdefault(o.key, plan)
+        plan = self._plans.get(offer.key)
+        if plan is None:
+            if offer.instance_type == CPU_OFFER or offer.gpu == NO_GPU:
+                return PodPlan()
+            # a GPU model the cluster view has not shown yet: the flavour's selector
+            plan = cluster.plan_for_gpu(offer.gpu, offer.gpu_count)
+        return plan
+
+    def _ray_plan(self, cluster: ClusterConfig, ray) -> PodPlan:
+        gpu = getattr(ray, "gpu", NO_GPU) or NO_GPU
+        count = int(getattr(ray, "gpu_count", 0) or 0)
+        if gpu == NO_GPU or not count:
+            return PodPlan()
+        pool = next((p for p in cluster.pools if p.gpu.casefold() == gpu.casefold()), None)
+        return cluster.plan_for_gpu(gpu, count, pool)
+
+    # -- nodes -------------------------------------------------------------------
+
+    def _node(self, cluster: str, pod: dict) -> Node:
+        meta = pod.get("metadata") or {}
+        status = pod.get("status") or {}
+        spec = pod.get("spec") or {}
+        phase = status.get("phase") or "Pending"
+        ip = status.get("podIP")
+        detail = ""
+        if meta.get("deletionTimestamp"):
+            state, detail = STOPPING, "pod is being deleted"
+        elif phase == "Running":
+            state = RUNNING if ip else PENDING
+        elif phase == "Succeeded":
+            state, detail = TERMINATED, "pod exited"
+        elif phase == "Failed":
+            state = FAILED
+            detail = status.get("message") or status.get("reason") or "pod failed"
+        else:
+            state, detail = PENDING, _pending_detail(status)
+        port = None
+        for c in spec.get("containers") or []:
+            for p in c.get("ports") or []:
+                if p.get("name") == "notebook-port":
+                    port = p.get("containerPort")
+        labels = meta.get("labels") or {}
+        info = {
+            "cluster": cluster,
+            "namespace": meta.get("namespace"),
+            "pod": meta.get("name"),
+            "node": spec.get("nodeName"),
+            "phase": phase,
+            "instance_type": labels.get(LABEL_OFFER),
+        }
+        if (meta.get("annotations") or {}).get(ANNOTATION_RAY):
+            info["ray_cluster"] = meta["annotations"][ANNOTATION_RAY]
+        return Node(
+            id=f"{cluster}/{meta.get('namespace')}/{meta.get('name')}",
+            provider=self.name,
+            region=cluster,
+            state=state,
+            ip=ip if state == RUNNING else None,
+            port=port,
+            tags=kl.tags_from_metadata(meta),
+            info={k: v for k, v in info.items() if v is not None},
+            detail=detail,
+        )
+
+    def _split(self, node_id: str) -> tuple[ClusterConfig, str, str]:
+        parts = node_id.split("/")
+        if len(parts) != 3 or not all(parts):
+            raise NodeNotFound(f"not a Kubernetes node id (cluster/namespace/pod): {node_id!r}")
+        return self._cluster(parts[0]), parts[1], parts[2]
+
+    async def _find(self, cluster: ClusterConfig, tags: dict) -> list[dict]:
+        api = await self._api(cluster)
+        selector = kl.selector(tags) + ",app.kubernetes.io/managed-by=cloudhop,!ray.io/cluster"
+        pods = await self._call(cluster.name, "listing pods", self._core(api).list_namespaced_pod,
+                                self._namespaces[cluster.name], label_selector=selector)
+        found = [manifests.to_json(p) for p in pods.items or []]
+        return [p for p in found if kl.matches(p.get("metadata") or {}, tags)]
+
+    async def launch(self, spec: LaunchSpec) -> Node:
+        cluster = self._cluster(spec.offer.region)
+        tags = {**spec.tags, TAG_REQUEST: spec.request_id}
+        tags.setdefault(TAG_ROLE, spec.role)
+        existing = await self._find(cluster, {TAG_REQUEST: spec.request_id})
+        if existing:
+            return self._node(cluster.name, existing[0])
+
+        namespace = self._namespaces[cluster.name]
+        core = self._core(await self._api(cluster))
+        plan = self._plan_for(cluster, spec.offer).with_spot(spec.spot)
+        user = str(spec.tags.get("cloudhop-user", ""))
+        server = str(spec.tags.get("cloudhop-server", ""))
+        pod_name = kl.object_name("cloudhop", user, server, spec.role if spec.role != "notebook" else "",
+                                  key=spec.request_id)
+        labels, annotations = kl.tag_labels(tags)
+        labels = {**self.extra_labels, **labels, **kl.MANAGED_BY,
+                  LABEL_OFFER: kl.label_value(spec.offer.instance_type)}
+        image = spec.image or plan.image or self.default_image
+        env = dict(spec.env)
+
+        ray = getattr(spec, "ray", None) if spec.role == "notebook" else None
+        ray_name = None
+        if ray is not None:
+            ray_name = kl.object_name("cloudhop-ray", user, server, key=spec.request_id, max_length=40)
+            env.setdefault("RAY_ADDRESS", manifests.ray_address(ray_name, namespace))
+            env.setdefault("CLOUDHOP_RAY_DASHBOARD_URL", manifests.ray_dashboard_url(ray_name, namespace))
+            annotations[ANNOTATION_RAY] = ray_name
+
+        pvc_name = None
+        if self.workspace_volume and spec.role == "notebook":
+            pvc_name = await self._ensure_workspace(cluster, core, spec.tags, user, server)
+
+        body = manifests.notebook_pod(
+            pod_name, plan=plan, image=image, cmd=spec.cmd, env=env, port=spec.port,
+            labels=labels, annotations=annotations, pvc_name=pvc_name,
+            mount_path=self.workspace_mount_path,
+        )
+        created = await self._call(cluster.name, "creating the pod", core.create_namespaced_pod,
+                                   namespace, body, ok=(409,))
+        if not hasattr(created, "metadata"):  # 409: made by an earlier try of this launch
+            created = await self._call(cluster.name, "reading the pod", core.read_namespaced_pod, pod_name, namespace)
+        pod = manifests.to_json(created)
+        self.log.info("Kubernetes: created pod %s/%s on %s for %s", namespace, pod_name, cluster.name, spec.offer.key)
+
+        if ray is not None:
+            try:
+                await self._create_ray(cluster, ray, ray_name, pod, image, tags, pod_name)
+            except ProviderError as err:
+                # no half-made server: the pod goes too
+                await self._delete_pod(cluster, namespace, pod_name)
+                if isinstance(err, NodeNotFound):
+                    raise CapacityError(
+                        f"cluster {cluster.name} cannot run Ray: the KubeRay operator "
+                        f"(RayCluster {RAY_GROUP}/{RAY_VERSION}) is not installed", offer=spec.offer,
+                    ) from err
+                raise
+        return self._node(cluster.name, pod)
+
+    async def _ensure_workspace(self, cluster: ClusterConfig, core, tags: dict, user: str, server: str) -> str:
+        namespace = self._namespaces[cluster.name]
+        hub = str(tags.get("cloudhop-hub", ""))
+        name = kl.object_name("cloudhop-ws", user, server, key=hub)
+        pvc_tags = {k: v for k, v in tags.items() if k in ("cloudhop-hub", "cloudhop-user", "cloudhop-server")}
+        labels, annotations = kl.tag_labels(pvc_tags)
+        body = manifests.workspace_pvc(
+            name, size=self.workspace_size, storage_class=cluster.storage_class,
+            labels={**labels, **kl.MANAGED_BY}, annotations=annotations,
+        )
+        await self._call(cluster.name, "creating the workspace volume", core.create_namespaced_persistent_volume_claim,
+                         namespace, body, ok=(409,))
+        return name
+
+    async def _create_ray(self, cluster, ray, ray_name, pod, image, tags, pod_name) -> None:
+        namespace = self._namespaces[cluster.name]
+        ray_tags = {**tags, TAG_ROLE: "ray-worker"}
+        labels, annotations = kl.tag_labels(ray_tags)
+        labels = {**self.extra_labels, **labels, **kl.MANAGED_BY, LABEL_POD: pod_name}
+        meta = pod.get("metadata") or {}
+        body = manifests.ray_cluster(
+            ray_name,
+            image=self.ray_image or image,
+            ray_version=self.ray_version,
+            workers=int(getattr(ray, "workers", 0) or 0),
+            worker_plan=self._ray_plan(cluster, ray),
+            labels=labels,
+            annotations=annotations,
+            owner={"name": meta.get("name"), "uid": meta.get("uid")} if meta.get("uid") else None,
+            head_cpu=self.ray_head_resources.get("cpu"),
+            head_memory=self.ray_head_resources.get("memory"),
+            worker_cpu=self.ray_worker_resources.get("cpu"),
+            worker_memory=self.ray_worker_resources.get("memory"),
+        )
+        custom = self._custom(await self._api(cluster))
+        await self._call(cluster.name, "creating the RayCluster", custom.create_namespaced_custom_object,
+                         RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL, body, ok=(409,))
+
+    async def status(self, node_id: str) -> Node:
+        cluster, namespace, pod_name = self._split(node_id)
+        core = self._core(await self._api(cluster))
+        pod = await self._call(cluster.name, "reading the pod", core.read_namespaced_pod, pod_name, namespace, ok=(404,))
+        if not hasattr(pod, "metadata"):
+            return Node(id=node_id, provider=self.name, region=cluster.name, state=TERMINATED, detail="pod is gone")
+        node = self._node(cluster.name, manifests.to_json(pod))
+        if node.state == PENDING and "Unschedulable" in node.detail:
+            hopeless = await self._no_scale_up(cluster, core, namespace, pod_name)
+            if hopeless:
+                node = replace(node, state=FAILED, detail=f"no node can take it and the autoscaler cannot add one: {hopeless}")
+        return node
+
+    async def _no_scale_up(self, cluster, core, namespace: str, pod_name: str) -> str | None:
+        """The cluster autoscaler's ``NotTriggerScaleUp`` message for the pod, if any."""
+        try:
+            events = await self._call(cluster.name, "reading events", core.list_namespaced_event, namespace,
+                                      field_selector=f"involvedObject.name={pod_name}")
+        except ProviderError:
+            return None  # events are a hint; no rights to read them is not a failure
+        for event in events.items or []:
+            if event.reason == "NotTriggerScaleUp":
+                return event.message or "pod didn't trigger scale-up"
+        return None
+
+    async def _delete_pod(self, cluster: ClusterConfig, namespace: str, pod_name: str):
+        core = self._core(await self._api(cluster))
+        return await self._call(cluster.name, "deleting the pod", core.delete_namespaced_pod, pod_name, namespace,
+                                grace_period_seconds=self.delete_grace_period, ok=(404,))
+
+    async def terminate(self, node_id: str) -> None:
+        cluster, namespace, pod_name = self._split(node_id)
+        api = await self._api(cluster)
+        custom = self._custom(api)
+        rays = await self._call(cluster.name, "listing RayClusters", custom.list_namespaced_custom_object,
+                                RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL,
+                                label_selector=f"{LABEL_POD}={pod_name}", ok=(404,))
+        for item in (rays.get("items") or []) if isinstance(rays, dict) else []:
+            await self._call(cluster.name, "deleting the RayCluster", custom.delete_namespaced_custom_object,
+                             RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL, item["metadata"]["name"], ok=(404,))
+        pod = await self._call(cluster.name, "reading the pod", self._core(api).read_namespaced_pod,
+                               pod_name, namespace, ok=(404,))
+        await self._delete_pod(cluster, namespace, pod_name)
+        if self.delete_workspace_on_stop and hasattr(pod, "metadata"):
+            for volume in pod.spec.volumes or []:
+                if volume.name == manifests.WORKSPACE_VOLUME and volume.persistent_volume_claim:
+                    await self._call(cluster.name, "deleting the workspace volume",
+                                     self._core(api).delete_namespaced_persistent_volume_claim,
+                                     volume.persistent_volume_claim.claim_name, namespace, ok=(404,))
+        self.log.info("Kubernetes: deleted pod %s/%s on %s", namespace, pod_name, cluster.name)
+
+    async def list_nodes(self, tags: dict) -> list[Node]:
+        out = []
+        for name, cluster in self._clusters().items():
+            try:
+                pods = await self._find(cluster, tags)
+            except ProviderError as err:
+                self.log.warning("Kubernetes cluster %s: %s", name, err.message)
+                continue
+            for pod in pods:
+                node = self._node(name, pod)
+                if node.state != TERMINATED:
+                    out.append(node)
+        return out
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
+        apis, self._apis = self._apis, {}
+        for api in apis.values():
+            await api.close()
+
+
+def _api_message(err) -> str:
+    """The API server's own message from an ApiException body (no headers: they are
+    not ours to log)."""
+    import json
+
+    try:
+        body = json.loads(err.body) if err.body else {}
+    except (TypeError, ValueError):
+        body = {}
+    return str(body.get("message") or err.reason or "")[:300]
+
+
+def _pending_detail(status: dict) -> str:
+    """What a pending pod waits for, in a sentence for the progress page."""
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return f"waiting for a node ({cond.get('reason', 'Unschedulable')}: {cond.get('message', '')})".strip()
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting")
+        if waiting:
+            return f"container {waiting.get('reason', 'waiting')}: {waiting.get('message', '')}".strip(": ")
+    return "pod is pending"

@@ -1,0 +1,245 @@
+"""KubernetesProvider lifecycle against a local Kubernetes API double (tests/fakes/k8s_api.py):
+the real kubernetes_asyncio client, a generated kubeconfig, the API's JSON."""
+
+from __future__ import annotations
+
+import pytest
+from traitlets.config import Config
+
+from cloudhop.spawner.options import RayRequest
+from cloudhop.spawner.providers.base import (
+    FAILED, PENDING, RUNNING, STOPPING, TAG_HUB, TAG_REQUEST, TAG_ROLE, TAG_SERVER, TAG_USER, TERMINATED,
+    CapacityError, CredentialsError, LaunchSpec, TransientError,
+)
+from cloudhop.spawner.providers.kubernetes import KubernetesProvider
+from fakes.k8s_api import TOKEN, FakeKubernetes
+
+NS = "jhub"
+TAGS = {TAG_HUB: "hub-a1", TAG_USER: "ana@example.org", TAG_SERVER: "", TAG_ROLE: "notebook"}
+
+
+@pytest.fixture
+def fake():
+    api = FakeKubernetes().start()
+    api.add_node("l4-node-1", gpus=4, labels={"cloud.google.com/gke-accelerator": "nvidia-l4",
+                                              "cloud.google.com/gke-nodepool": "l4-pool",
+                                              "topology.kubernetes.io/zone": "us-central1-a"})
+    api.add_node("t4-node-1", gpus=1, labels={"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"})
+    api.add_node("system-1")
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+async def make_provider(fake, tmp_path):
+    made = []
+
+    def make(**cluster):
+        config = Config()
+        settings = {"kubeconfig": fake.kubeconfig(tmp_path / "kubeconfig"), "namespace": NS, "flavour": "gke",
+                    "pools": [{"name": "h100-pool", "gpu": "H100", "gpus_per_node": 8, "max_nodes": 2,
+                               "price_per_gpu_hour": 3.0}]}
+        settings.update(cluster)
+        config.KubernetesProvider.clusters = {"gke-us": settings}
+        config.KubernetesProvider.refresh_interval = 0
+        config.KubernetesProvider.retry_delay = 0.01
+        config.KubernetesProvider.default_image = "example/cloudhop-singleuser:1"
+        provider = KubernetesProvider(config=config)
+        made.append(provider)
+        return provider
+
+    yield make
+    # providers hold aiohttp sessions bound to the test's loop; close them there
+    for provider in made:
+        await provider.close()
+
+
+def spec_for(offer, request_id="req-1", ray=None, tags=TAGS):
+    return LaunchSpec(request_id=request_id, offer=offer, cmd=["jupyterhub-singleuser"],
+                      env={"JUPYTERHUB_API_TOKEN": "server-token", "JUPYTERHUB_API_URL": "http://hub:8081/hub/api"},
+                      tags=dict(tags), ray=ray)
+
+
+async def offer_of(provider, gpu, count):
+    assert await provider.check_available() is None
+    return next(o for o in provider.offers() if o.gpu == gpu and o.gpu_count == count)
+
+
+async def test_offers_show_free_and_scalable_gpus(fake, make_provider):
+    provider = make_provider()
+    offers = {o.instance_type: o for o in (await offer_of(provider, "L4", 1), *provider.offers())}
+    assert offers["l4-x1"].available == 4 and offers["l4-x4"].available == 1
+    assert offers["l4-x1"].zones == ("us-central1-a",)
+    assert offers["t4-x1"].available == 1
+    assert offers["h100-pool-x8"].available == 2  # no node yet, two can scale up
+    assert "0 free now" in offers["h100-pool-x8"].note and "scales up" in offers["h100-pool-x8"].note
+    assert offers["h100-pool-x8"].price_hour == 24.0 and offers["l4-x1"].price_hour == 0.0
+    assert offers["cpu"].gpu == "none"
+    # a pod holding 3 of the L4s leaves one free
+    fake.create("pods", "other-team", {"metadata": {"name": "busy"}, "spec": {"nodeName": "l4-node-1", "containers": [
+        {"name": "c", "resources": {"limits": {"nvidia.com/gpu": "3"}}}]}})
+    fake.set_phase("other-team", "busy", "Running")
+    await provider.check_available()
+    offers = {o.instance_type: o for o in provider.offers()}
+    assert offers["l4-x1"].available == 1 and offers["l4-x2"].available == 0
+    await provider.close()
+
+
+async def test_namespace_only_rights_still_give_offers(fake, make_provider):
+    fake.forbid_cluster_pods = True
+    provider = make_provider()
+    assert (await offer_of(provider, "L4", 2)).available == 2
+    await provider.close()
+
+
+async def test_launch_poll_terminate_with_ray(fake, make_provider):
+    provider = make_provider()
+    offer = await offer_of(provider, "L4", 2)
+    node = await provider.launch(spec_for(offer, ray=RayRequest(workers=2, gpu="H100", gpu_count=8)))
+    assert node.state == PENDING and node.region == "gke-us" and node.ip is None
+
+    (pod_name,) = fake.names("pods", NS)
+    assert node.id == f"gke-us/{NS}/{pod_name}"
+    pod = fake.get("pods", NS, pod_name)
+    (c,) = pod["spec"]["containers"]
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    assert pod["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
+    assert c["image"] == "example/cloudhop-singleuser:1"
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    (ray_name,) = fake.names("rayclusters", NS)
+    assert env["RAY_ADDRESS"] == f"ray://{ray_name}-head-svc.{NS}.svc.cluster.local:10001"
+    assert env["JUPYTERHUB_API_TOKEN"] == "server-token"
+    assert TOKEN not in str(pod)  # the hub's cluster credentials never reach the pod
+    assert pod["metadata"]["labels"][TAG_REQUEST] == "req-1"
+    (pvc_name,) = fake.names("persistentvolumeclaims", NS)
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == pvc_name
+
+    rc = fake.get("rayclusters", NS, ray_name)
+    assert rc["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"]
+    (group,) = rc["spec"]["workerGroupSpecs"]
+    assert group["replicas"] == 2
+    assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert group["template"]["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+
+    # polling follows the pod's phase
+    fake.set_phase(NS, pod_name, "Pending", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                                          "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}])
+    node = await provider.status(node.id)
+    assert node.state == PENDING and "Insufficient nvidia.com/gpu" in node.detail
+    fake.set_phase(NS, pod_name, "Running", ip="10.8.0.7", node="l4-node-1", conditions=[])
+    node = await provider.status(node.id)
+    assert (node.state, node.ip, node.port) == (RUNNING, "10.8.0.7", 8888)
+    assert node.info["ray_cluster"] == ray_name and node.tags[TAG_USER] == "ana@example.org"
+
+    await provider.terminate(node.id)
+    assert fake.names("pods", NS) == [] and fake.names("rayclusters", NS) == []
+    assert fake.names("persistentvolumeclaims", NS) == [pvc_name]  # the workspace stays
+    assert (await provider.status(node.id)).state == TERMINATED
+    await provider.terminate(node.id)  # idempotent
+    await provider.close()
+
+
+async def test_failed_and_stopping_phases(fake, make_provider):
+    provider = make_provider()
+    offer = await offer_of(provider, "T4", 1)
+    node = await provider.launch(spec_for(offer))
+    (pod_name,) = fake.names("pods", NS)
+    fake.set_phase(NS, pod_name, "Failed", message="OOMKilled")
+    assert (await provider.status(node.id)).state == FAILED
+    fake.graceful_delete = True
+    await provider.terminate(node.id)
+    stopping = await provider.status(node.id)
+    assert stopping.state == STOPPING
+    fake.finish_deletions()
+    assert (await provider.status(node.id)).state == TERMINATED
+    await provider.close()
+
+
+async def test_unschedulable_with_no_scale_up_fails_so_failover_moves_on(fake, make_provider):
+    provider = make_provider()
+    node = await provider.launch(spec_for(await offer_of(provider, "T4", 1)))
+    (pod_name,) = fake.names("pods", NS)
+    fake.set_phase(NS, pod_name, "Pending", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                                          "message": "0/3 nodes are available"}])
+    assert (await provider.status(node.id)).state == PENDING
+    fake.add_event(NS, pod_name, "NotTriggerScaleUp", "pod didn't trigger scale-up: 1 max node group size reached")
+    node = await provider.status(node.id)
+    assert node.state == FAILED and "max node group size reached" in node.detail
+    await provider.close()
+
+
+async def test_a_fresh_provider_reattaches_by_label(fake, make_provider):
+    first = make_provider()
+    offer = await offer_of(first, "L4", 1)
+    node = await first.launch(spec_for(offer))
+    (pod_name,) = fake.names("pods", NS)
+    fake.set_phase(NS, pod_name, "Running", ip="10.8.0.9")
+    await first.close()
+
+    second = make_provider()  # a restarted hub: no memory of the pod
+    found = await second.list_nodes({TAG_HUB: "hub-a1", TAG_USER: "ana@example.org"})
+    assert [n.id for n in found] == [node.id] and found[0].state == RUNNING and found[0].ip == "10.8.0.9"
+    assert await second.list_nodes({TAG_HUB: "another-hub"}) == []
+    posts = sum(1 for m, p in fake.requests if m == "POST" and p.endswith("/pods"))
+    again = await second.launch(spec_for(offer))  # the same request id: no second pod
+    assert again.id == node.id and fake.names("pods", NS) == [pod_name]
+    assert sum(1 for m, p in fake.requests if m == "POST" and p.endswith("/pods")) == posts
+    await second.close()
+
+
+async def test_throttling_is_retried_then_reported_as_transient(fake, make_provider):
+    provider = make_provider()
+    offer = await offer_of(provider, "L4", 1)
+    fake.faults[("POST", "pods")] = [503]
+    node = await provider.launch(spec_for(offer))
+    assert node.state == PENDING
+    fake.faults[("POST", "pods")] = [429, 503, 500]
+    with pytest.raises(TransientError) as err:
+        await provider.launch(spec_for(offer, request_id="req-2"))
+    assert err.value.failover and "HTTP 500" in err.value.message
+    await provider.close()
+
+
+async def test_cluster_without_kuberay_fails_over_and_leaves_nothing(fake, make_provider):
+    fake.ray_crd = False
+    provider = make_provider()
+    offer = await offer_of(provider, "L4", 1)
+    with pytest.raises(CapacityError) as err:
+        await provider.launch(spec_for(offer, ray=RayRequest(workers=1)))
+    assert "KubeRay" in err.value.message and err.value.failover
+    assert fake.names("pods", NS) == []
+    await provider.close()
+
+
+async def test_wrong_credentials_are_reported_without_the_secret(fake, make_provider, tmp_path):
+    path = tmp_path / "bad-kubeconfig"
+    fake.kubeconfig(path)
+    path.write_text(path.read_text().replace(TOKEN, "wrong-token-value"))
+    provider = make_provider(kubeconfig=str(path))
+    reason = await provider.check_available()
+    assert reason and "HTTP 401" in reason and "wrong-token-value" not in reason
+    assert provider.offers() == []
+    offer = next(iter(make_provider().offers()))
+    with pytest.raises(CredentialsError) as err:
+        await provider.launch(spec_for(offer))
+    assert "wrong-token-value" not in str(err.value)
+    await provider.close()
+
+
+async def test_missing_kubeconfig_is_a_clear_reason(make_provider, tmp_path):
+    provider = make_provider(kubeconfig=str(tmp_path / "nope"))
+    reason = await provider.check_available()
+    assert "gke-us" in reason and "kube config" in reason
+
+
+@pytest.mark.parametrize("settings,field", [
+    ({"flavour": "aks"}, "clusters.gke-us.flavour"),
+    ({"pools": [{"name": "p"}]}, "clusters.gke-us.pools[0].gpu"),
+    ({"pools": [{"name": "p", "gpu": "T4", "gpus_per_node": 0}]}, "clusters.gke-us.pools[0].gpus_per_node"),
+    ({"price_per_gpu_hour": "cheap"}, "clusters.gke-us.price_per_gpu_hour"),
+    ({"gpu_valuez": {}}, "clusters.gke-us"),
+])
+async def test_bad_cluster_settings_name_the_setting(make_provider, settings, field):
+    reason = await make_provider(**settings).check_available()
+    assert field in reason
