@@ -290,6 +290,17 @@ SERVER_TOKEN_SCOPES = [
 ]
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+EXTENSION_ARG = "--ServerApp.jpserver_extensions=cloudhop.extensions=True"
+
+
 def add_store_service(c, *, data_dir: str, port: int, public_url: str | None = None,
                       s3: dict | None = None, env=os.environ) -> None:
     """Add the snapshot store to a JupyterHub config ``c``.
@@ -300,7 +311,8 @@ def add_store_service(c, *, data_dir: str, port: int, public_url: str | None = N
     a directory under ``data_dir``). Credentials are forwarded from ``env`` to the
     service's environment only. Also lets every user (and their servers' tokens) use the
     service, and gives servers' tokens the scopes a migration needs
-    (:data:`SERVER_TOKEN_SCOPES`).
+    (:data:`SERVER_TOKEN_SCOPES`), and enables the Cloudhop server extension in every
+    single-user server (:data:`EXTENSION_ARG`).
     """
     environment = {"CLOUDHOP_STORE_BACKEND": "local",
                    "CLOUDHOP_STORE_DIR": os.path.join(os.path.abspath(data_dir), "snapshots")}
@@ -333,6 +345,11 @@ def add_store_service(c, *, data_dir: str, port: int, public_url: str | None = N
 
     current = c.Spawner.server_token_scopes if "server_token_scopes" in c.Spawner else []
     c.Spawner.server_token_scopes = sorted(set(current or []) | set(SERVER_TOKEN_SCOPES))
+    # the server extension is also enabled by a jupyter_server_config.d file installed with
+    # the package; the argument covers editable installs, which do not install that file
+    args = list(c.Spawner.args) if "args" in c.Spawner else []
+    if EXTENSION_ARG not in args:
+        c.Spawner.args = args + [EXTENSION_ARG]
     if public_url:
         c.Spawner.environment.update(
             {"CLOUDHOP_STORE_URL": public_url.rstrip("/") + f"/services/{SERVICE_NAME}/"}

@@ -1,0 +1,344 @@
+"""Moving a running project to another server: the source's and the target's halves.
+
+Source (:class:`Migrator`), one migration at a time:
+
+1. ``snapshotting`` - checkpoint each session's kernel (notebook path -> kernel), then
+   snapshot the workspace plus those checkpoints into the hub's snapshot store;
+2. ``launching`` - ask the hub for a named server of the same user with the requested
+   user_options plus ``"restore": <snapshot id>``, and wait until it is ready;
+3. ``restoring`` - wait for the target's restore report (kept in the store beside the
+   snapshot);
+4. ``verifying`` - every file's BLAKE3 and every kernel's variable list must match;
+5. ``done`` - ``target_url`` is set; shortly after, the source asks the hub to stop it.
+
+Any failure or timeout stops (and removes) the target and leaves the source running
+and unchanged: state ``failed`` with ``error``.
+
+Target (:class:`Restorer`), when started with ``CLOUDHOP_RESTORE``: restores the files,
+then recreates each session with the same path and kernel name and loads its
+variables, then writes its report (also served at ``cloudhop/api/restore``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from .hubclient import HubClient, HubError
+from .kernelstate import checkpoint_kernel, restore_kernel
+from .snapshot import Excludes, Manifest, StoreClient, restore_snapshot, take_snapshot
+from .snapshot.snapshot import workspace_dest
+
+log = logging.getLogger("cloudhop.migrate")
+KERNEL_PREFIX = ".cloudhop/kernels"
+STATES = ("snapshotting", "launching", "restoring", "verifying", "done", "failed")
+
+#: user_options a migration may carry, and the type each must have
+OPTION_TYPES = {
+    "provider": str, "region": str, "zone": str, "instance_type": str, "gpu": str,
+    "gpu_count": int, "spot": bool, "image": str, "ray": dict,
+}
+
+
+class OptionError(ValueError):
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class Busy(RuntimeError):
+    """A migration of this server is already running."""
+
+
+def check_options(raw) -> dict:
+    """Shape-check migration options (the hub checks values against offers and policy)."""
+    if not isinstance(raw, dict):
+        raise OptionError("options", "the body must be a JSON object of user_options")
+    for key, value in raw.items():
+        if key == "restore":
+            raise OptionError("restore", "is set by the migration itself; leave it out")
+        if key not in OPTION_TYPES:
+            raise OptionError(str(key)[:40], f"unknown option; valid: {', '.join(sorted(OPTION_TYPES))}")
+        want = OPTION_TYPES[key]
+        if value is None:
+            continue
+        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        if not ok:
+            raise OptionError(key, f"must be {want.__name__}, not {type(value).__name__} {str(value)[:40]!r}")
+        if want is int and not 0 <= value <= 64:
+            raise OptionError(key, f"must be from 0 to 64, not {value}")
+        if want is str and (not value or len(value) > 128 or not re.fullmatch(r"[A-Za-z0-9._:/@+-]+", value)):
+            raise OptionError(key, f"{value[:40]!r} is not a valid name")
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+def target_name(options: dict, mid: str) -> str:
+    base = options.get("region") or options.get("provider") or "moved"
+    base = re.sub(r"[^a-z0-9-]+", "-", base.lower()).strip("-")[:40] or "moved"
+    return f"{base}-{mid[:6]}"
+
+
+@dataclass
+class Migration:
+    id: str
+    options: dict
+    state: str = "snapshotting"
+    target_server: str | None = None
+    target_url: str | None = None
+    bytes_total: int = 0
+    bytes_sent: int = 0
+    variables: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
+    error: str | None = None
+    snapshot_id: str | None = None
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.state not in ("done", "failed")
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id, "state": self.state, "target_server": self.target_server,
+            "target_url": self.target_url, "bytes_total": self.bytes_total,
+            "bytes_sent": self.bytes_sent, "variables": self.variables, "skipped": self.skipped,
+            "error": self.error, "snapshot": self.snapshot_id, "options": self.options,
+            "started": self.started, "finished": self.finished,
+        }
+
+
+@dataclass
+class Settings:
+    """See the traits of :class:`cloudhop.extensions.server.CloudhopExtension`."""
+
+    store_url: str
+    launch_timeout: float = 900
+    restore_timeout: float = 1800
+    kernel_timeout: float = 600
+    stop_delay: float = 10
+    poll_interval: float = 1.0
+    excludes: Excludes = field(default_factory=Excludes)
+
+
+class Migrator:
+    """The source side. ``serverapp`` gives the root dir, sessions and kernels."""
+
+    def __init__(self, serverapp, hub: HubClient, settings: Settings):
+        self.app = serverapp
+        self.hub = hub
+        self.settings = settings
+        self.migrations: dict[str, Migration] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    def store(self) -> StoreClient:
+        return StoreClient(self.settings.store_url, self.hub.user, self.hub.token)
+
+    def start(self, options: dict) -> Migration:
+        """Check, register and start a migration; raises Busy or OptionError."""
+        options = check_options(options)
+        if any(m.running for m in self.migrations.values()):
+            raise Busy("a migration of this server is already running")
+        m = Migration(id=uuid.uuid4().hex[:12], options=options)
+        self.migrations[m.id] = m
+        task = asyncio.ensure_future(self._run(m))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return m
+
+    def seen(self, m: Migration) -> None:
+        """A client has read the final state: the source may stop now."""
+        if m.state == "done" and getattr(m, "_seen", None) and not m._seen.is_set():
+            m._seen.set()
+
+    async def _run(self, m: Migration) -> None:
+        workdir = tempfile.mkdtemp(prefix="cloudhop-migrate-")
+        store = self.store()
+        try:
+            manifest, kernels = await self._snapshot(m, store, workdir)
+            m.state = "launching"
+            await self._launch(m)
+            m.state = "restoring"
+            report = await self._wait_report(m, store)
+            m.state = "verifying"
+            self._verify(m, manifest, kernels, report)
+            m._seen = asyncio.Event()
+            m.state = "done"
+            m.finished = time.time()
+            log.info("migration %s done: %s", m.id, m.target_url)
+        except Exception as err:  # noqa: BLE001 - every failure is reported in the state
+            m.error = str(err) or type(err).__name__
+            log.warning("migration %s failed while %s: %s", m.id, m.state, m.error)
+            m.error = f"{m.state}: {m.error}"
+            m.state = "failed"
+            m.finished = time.time()
+            if m.target_server:
+                try:
+                    await self.hub.stop_server(m.target_server, remove=True)
+                except HubError as stop_err:
+                    if stop_err.status != 404:
+                        m.error += f" (and stopping the target failed: {stop_err})"
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+            store.close()
+        if m.state == "done":
+            try:
+                await asyncio.wait_for(m._seen.wait(), self.settings.stop_delay)
+            except asyncio.TimeoutError:
+                pass
+            await asyncio.sleep(0.5)  # let the reply that saw "done" go out
+            try:
+                await self.hub.stop_server(self.hub.server_name)
+            except HubError as err:
+                log.warning("migration %s: could not stop this server: %s", m.id, err)
+
+    async def _snapshot(self, m: Migration, store: StoreClient, workdir: str):
+        kernels = []
+        sessions = await self.app.session_manager.list_sessions()
+        for i, s in enumerate(sorted(sessions, key=lambda s: s["path"])):
+            kernel = s.get("kernel") or {}
+            if not kernel.get("id") or kernel["id"] not in self.app.kernel_manager:
+                continue
+            info = self.app.kernel_manager.get_kernel(kernel["id"]).get_connection_info()
+            directory = os.path.join(workdir, str(i))
+            result = await checkpoint_kernel(info, directory, timeout=self.settings.kernel_timeout)
+            kernels.append({"path": s["path"], "name": s.get("name") or "", "type": s.get("type") or "notebook",
+                            "kernel_name": kernel.get("name") or "python3", "prefix": f"{KERNEL_PREFIX}/{i}",
+                            "variables": result["variables"], "skipped": result["skipped"], "dir": directory})
+            m.variables[s["path"]] = result["variables"]
+            m.skipped += [dict(sk, path=s["path"]) for sk in result["skipped"]]
+
+        def progress(sent, total):
+            m.bytes_sent, m.bytes_total = sent, total
+
+        meta = {"kind": "migration", "migration": m.id,
+                "kernels": [{k: v for k, v in kr.items() if k != "dir"} for kr in kernels],
+                "source": {k: os.environ.get(f"CLOUDHOP_{k.upper()}") for k in ("provider", "region", "gpu")}}
+        sid, manifest, stats = await asyncio.to_thread(
+            take_snapshot, self.app.root_dir, store, excludes=self.settings.excludes,
+            extra={kr["prefix"]: kr["dir"] for kr in kernels}, meta=meta, progress=progress,
+        )
+        m.snapshot_id = sid
+        m.bytes_total, m.bytes_sent = stats.bytes_total, stats.bytes_sent
+        m.skipped += [{"name": w.split(":")[0], "path": None, "reason": w, "rebuilt": None} for w in stats.warnings]
+        return manifest, kernels
+
+    async def _launch(self, m: Migration) -> None:
+        name = m.target_server = target_name(m.options, m.id)
+        try:
+            await self.hub.start_server(name, dict(m.options, restore=m.snapshot_id))
+        except HubError as err:
+            raise RuntimeError(f"the target server {name!r} failed to start ({err})") from None
+        deadline = time.monotonic() + self.settings.launch_timeout
+        while time.monotonic() < deadline:
+            model = await self.hub.server(name)
+            if model and model.get("ready"):
+                m.target_url = model.get("url")
+                return
+            if model is None or not model.get("pending"):
+                raise RuntimeError(f"the target server {name!r} failed to start")
+            await asyncio.sleep(self.settings.poll_interval)
+        raise TimeoutError(f"the target server {name!r} did not start in {self.settings.launch_timeout:.0f} s")
+
+    async def _wait_report(self, m: Migration, store: StoreClient) -> dict:
+        deadline = time.monotonic() + self.settings.restore_timeout
+        while time.monotonic() < deadline:
+            report = await asyncio.to_thread(store.get_report, m.snapshot_id)
+            if report and report.get("state") == "failed":
+                raise RuntimeError(f"the target could not restore: {report.get('error')}")
+            if report and report.get("state") == "done":
+                return report
+            model = await self.hub.server(m.target_server)
+            if not model or not (model.get("ready") or model.get("pending")):
+                raise RuntimeError(f"the target server {m.target_server!r} stopped while restoring")
+            await asyncio.sleep(self.settings.poll_interval)
+        raise TimeoutError(f"the target did not finish restoring in {self.settings.restore_timeout:.0f} s")
+
+    @staticmethod
+    def _verify(m: Migration, manifest: Manifest, kernels: list, report: dict) -> None:
+        files = report.get("files") or {}
+        for entry in manifest.files:
+            if entry.path.startswith(KERNEL_PREFIX + "/"):
+                continue
+            if files.get(entry.path) != entry.hash:
+                raise RuntimeError(f"{entry.path} differs on the target")
+        restored = {k["path"]: k for k in report.get("kernels") or []}
+        for k in kernels:
+            got = restored.get(k["path"])
+            if got is None:
+                raise RuntimeError(f"no session for {k['path']} on the target")
+            missing = set(k["variables"]) - set(got.get("variables") or [])
+            if missing:
+                raise RuntimeError(f"{k['path']}: variables missing on the target: {', '.join(sorted(missing))}")
+            m.skipped += [dict(sk, path=k["path"]) for sk in got.get("skipped", [])
+                          if sk not in k["skipped"]]
+
+
+class Restorer:
+    """The target side: restore snapshot ``snapshot_id`` into this server."""
+
+    def __init__(self, serverapp, hub: HubClient, settings: Settings, snapshot_id: str):
+        self.app = serverapp
+        self.hub = hub
+        self.settings = settings
+        self.report = {"snapshot": snapshot_id, "state": "restoring", "files": {}, "kernels": [],
+                       "error": None, "bytes_total": 0, "bytes_received": 0}
+
+    async def run(self) -> dict:
+        sid = self.report["snapshot"]
+        store = StoreClient(self.settings.store_url, self.hub.user, self.hub.token)
+        workdir = tempfile.mkdtemp(prefix="cloudhop-restore-")
+        try:
+            manifest = Manifest.loads(await asyncio.to_thread(store.get_manifest, sid))
+            self.report["bytes_total"] = manifest.total_bytes
+            kernels = manifest.meta.get("kernels") or []
+            ws = workspace_dest(self.app.root_dir, skip_prefix=KERNEL_PREFIX)
+
+            def dest(path):
+                if path.startswith(KERNEL_PREFIX + "/"):
+                    return os.path.join(workdir, path)
+                return ws(path)
+
+            def progress(got, total):
+                self.report["bytes_received"] = got
+
+            restored = await asyncio.to_thread(restore_snapshot, manifest, store, dest, progress=progress)
+            self.report["files"] = {p: h for p, h in restored.items() if not p.startswith(KERNEL_PREFIX + "/")}
+            for k in kernels:
+                self.report["kernels"].append(await self._kernel(k, os.path.join(workdir, k["prefix"])))
+            self.report["state"] = "done"
+        except Exception as err:  # noqa: BLE001 - reported to the source through the store
+            log.exception("restore of %s failed", sid)
+            self.report["state"] = "failed"
+            self.report["error"] = str(err) or type(err).__name__
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            await asyncio.to_thread(store.put_report, sid, self.report)
+        finally:
+            store.close()
+        return self.report
+
+    async def _kernel(self, k: dict, directory: str) -> dict:
+        specs = self.app.kernel_spec_manager.find_kernel_specs()
+        kernel_name = k["kernel_name"]
+        skipped = []
+        if kernel_name not in specs:
+            skipped.append({"name": "*", "reason": f"kernel {kernel_name!r} is not installed here; "
+                            f"used {self.app.kernel_manager.default_kernel_name!r}", "rebuilt": None})
+            kernel_name = self.app.kernel_manager.default_kernel_name
+        model = await self.app.session_manager.create_session(
+            path=k["path"], name=k.get("name") or k["path"], type=k.get("type") or "notebook",
+            kernel_name=kernel_name,
+        )
+        info = self.app.kernel_manager.get_kernel(model["kernel"]["id"]).get_connection_info()
+        result = await restore_kernel(info, directory, timeout=self.settings.kernel_timeout)
+        return {"path": k["path"], "kernel_name": kernel_name, "kernel_id": model["kernel"]["id"],
+                "variables": result["variables"], "skipped": skipped + result["skipped"]}

@@ -1,0 +1,125 @@
+"""End to end: move a running server between two local regions through the REST API."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+REGIONS = """
+c.LocalProvider.regions = {"site-a": {"gpus": "none"}, "site-b": {"gpus": "none"}}
+c.CloudhopMigration.stop_delay = 30
+"""
+# a hub whose site-b servers never start: the spawn hook refuses them
+FAILING_TARGET = REGIONS + """
+def _refuse_site_b(spawner):
+    if spawner.user_options.get("region") == "site-b":
+        raise RuntimeError("site-b is down for maintenance")
+c.Spawner.pre_spawn_hook = _refuse_site_b
+"""
+STATE = "import numpy as np\nx = 42\narr = np.arange(12).reshape(3, 4) * 1.5\nd = {'k': [1, 2], 'name': 'run-7'}"
+SHOW = "print(x, arr.tolist(), d)"
+
+
+class UserAPI:
+    """Calls a user's servers through the proxy with that user's own token."""
+
+    def __init__(self, hub, user):
+        hub.ensure_user(user)
+        r = hub.api("POST", f"/users/{user}/tokens", json={"note": "e2e"})
+        assert r.status_code == 201, r.text
+        self.hub, self.user, self.token = hub, user, r.json()["token"]
+
+    def __call__(self, method, path, server="", owner=None, **kw):
+        owner = owner or self.user
+        prefix = f"/user/{owner}/{server + '/' if server else ''}"
+        return requests.request(method, f"{self.hub.url}{prefix}{path}", timeout=30,
+                                headers={"Authorization": f"token {self.token}"}, **kw)
+
+
+def start_project(hub, alice):
+    hub.spawn("alice", {"provider": "local", "region": "site-a"})
+    assert alice("PUT", "api/contents/data", json={"type": "directory"}).status_code in (200, 201)
+    r = alice("PUT", "api/contents/data/results.csv", json={"type": "file", "format": "text", "content": "a,b\n1,2\n"})
+    assert r.status_code in (200, 201), r.text
+    r = alice("POST", "api/sessions", json={"path": "analysis.ipynb", "name": "analysis.ipynb", "type": "notebook",
+                                            "kernel": {"name": "python3"}})
+    assert r.status_code == 201, r.text
+    kernel = hub.kernel("alice", kernel_id=r.json()["kernel"]["id"])
+    kernel.execute(STATE)
+    shown = kernel.execute(SHOW)
+    kernel.close()
+    return shown
+
+
+def wait_migration(alice, mid, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = alice("GET", f"cloudhop/api/migrations/{mid}").json()
+        if m["state"] in ("done", "failed"):
+            return m
+        time.sleep(0.5)
+    raise TimeoutError(f"migration still {m['state']}")
+
+
+@pytest.mark.e2e
+def test_move_a_running_project_to_another_region(hub_factory):
+    hub = hub_factory(REGIONS)
+    alice = UserAPI(hub, "alice")
+    shown = start_project(hub, alice)
+    source_file = alice("GET", "api/contents/data/results.csv").json()["content"]
+
+    bob = UserAPI(hub, "bob")
+    r = bob("POST", "cloudhop/api/migrations", owner="alice", json={"region": "site-b"})
+    assert r.status_code == 403
+    r = alice("POST", "cloudhop/api/migrations", json={"provider": "local", "region": "site-b", "gpu_count": "two"})
+    assert r.status_code == 400 and "gpu_count" in r.json()["message"]
+
+    r = alice("POST", "cloudhop/api/migrations", json={"provider": "local", "region": "site-b", "gpu": "none"})
+    assert r.status_code == 202, r.text
+    mid = r.json()["id"]
+    assert bob("GET", f"cloudhop/api/migrations/{mid}", owner="alice").status_code == 403
+    m = wait_migration(alice, mid)
+    assert m["state"] == "done", (m, hub.log())
+    assert m["variables"]["analysis.ipynb"] == ["arr", "d", "np", "x"]
+    assert m["bytes_sent"] > 0 and m["target_url"].endswith(f"/{m['target_server']}/")
+    target = m["target_server"]
+
+    # the target: same file, same session path, same values in its kernel
+    assert alice("GET", "api/contents/data/results.csv", server=target).json()["content"] == source_file
+    sessions = alice("GET", "api/sessions", server=target).json()
+    assert [s["path"] for s in sessions] == ["analysis.ipynb"]
+    kernel = hub.kernel("alice", server=target, kernel_id=sessions[0]["kernel"]["id"])
+    assert kernel.execute(SHOW) == shown == "42 [[0.0, 1.5, 3.0, 4.5], [6.0, 7.5, 9.0, 10.5], [12.0, 13.5, 15.0, 16.5]] {'k': [1, 2], 'name': 'run-7'}\n"
+    kernel.close()
+    model = hub.server_model("alice", target)
+    assert model["user_options"]["region"] == "site-b"
+
+    # and the source goes away
+    deadline = time.monotonic() + 60
+    while hub.server_model("alice", "") is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert hub.server_model("alice", "") is None
+
+
+@pytest.mark.e2e
+def test_a_target_that_fails_to_start_leaves_the_source_running_and_unchanged(hub_factory):
+    hub = hub_factory(FAILING_TARGET)
+    alice = UserAPI(hub, "alice")
+    shown = start_project(hub, alice)
+    r = alice("POST", "cloudhop/api/migrations", json={"provider": "local", "region": "site-b"})
+    assert r.status_code == 202, r.text
+    m = wait_migration(alice, r.json()["id"])
+    assert m["state"] == "failed" and "launching" in m["error"], m
+    assert "failed to start" in m["error"] or "maintenance" in m["error"]
+
+    # the source still serves the same file and kernel; the target is gone
+    assert hub.server_model("alice", "")["ready"]
+    assert alice("GET", "api/contents/data/results.csv").json()["content"] == "a,b\n1,2\n"
+    sessions = alice("GET", "api/sessions").json()
+    kernel = hub.kernel("alice", kernel_id=sessions[0]["kernel"]["id"])
+    assert kernel.execute(SHOW) == shown
+    kernel.close()
+    time.sleep(1)
+    assert hub.server_model("alice", m["target_server"]) is None
