@@ -243,3 +243,24 @@ async def test_missing_kubeconfig_is_a_clear_reason(make_provider, tmp_path):
 async def test_bad_cluster_settings_name_the_setting(make_provider, settings, field):
     reason = await make_provider(**settings).check_available()
     assert field in reason
+
+
+def test_the_spawner_hands_the_ray_request_to_kubernetes():
+    """Kubernetes builds the Ray cluster itself: the notebook spec carries the request,
+    its command is not wrapped with a head launcher."""
+    from cloudhop.spawner.offers import Offer
+    from cloudhop.spawner.options import LaunchRequest
+    from cloudhop.spawner.ray import hooks
+
+    provider = KubernetesProvider(config=Config())
+
+    class Spawner:
+        def provider(self, name):
+            return provider
+
+    offer = Offer(provider="kubernetes", region="gke-us", instance_type="l4-x1", gpu="L4", gpu_count=1)
+    spec = spec_for(offer)
+    ray = RayRequest(workers=2, gpu="L4", gpu_count=1)
+    out = hooks.wrap_notebook_spec(Spawner(), spec, LaunchRequest(provider="kubernetes", ray=ray))
+    assert out.ray == ray and out.cmd == spec.cmd
+    assert not hooks.wants_ray(Spawner(), LaunchRequest(ray=ray), "kubernetes")

@@ -40,6 +40,9 @@ def wrap_notebook_spec(spawner, spec: LaunchSpec, request: LaunchRequest) -> Lau
     """``spec`` with the Ray head launcher wrapped around its command (or ``spec``)."""
     provider = spec.offer.provider
     if not wants_ray(spawner, request, provider):
+        if request is not None and request.ray is not None:
+            # a provider that builds the Ray cluster itself (handles_ray) reads it here
+            return dataclasses.replace(spec, ray=request.ray)
         return spec
     base = head_port_base(provider)
     if base is None:
