@@ -98,7 +98,7 @@ class RayCluster:
             offer, node, _attempts = await launch_first(
                 self.offers, make_spec, self.provider_for, on_attempt, what=name)
         except NoOfferLaunched as err:
-            rec.update(state=LAUNCH_FAILED, detail=str(err.args[0]) if err.args else "no offer")
+            rec.update(state=LAUNCH_FAILED, detail=getattr(err, "message", None) or str(err))
             self.on_event(f"{name} could not start: {rec['detail']}")
             return
         rec.update(state=ALIVE if node.state == RUNNING else LAUNCHING, provider=offer.provider,

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
             return 3
     log(f"waiting for the head at {args.address}")
     deadline = time.monotonic() + args.head_timeout
-    while not wait_for_port(args.address, 5):
+    while not wait_for_port(args.address, 1):  # short, so SIGTERM is noticed at once
         if signals.received or time.monotonic() > deadline:
             log("the head never answered" if not signals.received else "stopped before the head answered")
             return 4 if not signals.received else 0

@@ -1,0 +1,138 @@
+"""RayCluster (the workers of one server) on the real LocalProvider: worker processes are
+real worker launchers waiting for a head (no Ray is started here, so this stays fast).
+Covers GPU allocation and labels, capacity failover, a dead worker reported once and
+replaced, resizing, stop, and re-attaching by tag from saved state."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import psutil
+import pytest
+
+from cloudhop.spawner.options import OptionError, RayRequest
+from cloudhop.spawner.providers.base import TAG_HUB, TAG_SERVER, TAG_USER
+from cloudhop.spawner.providers.local import LocalProvider
+from cloudhop.spawner.ray.cluster import RayCluster
+from fakes.nvml import fake_gpus_env
+from failover_double import ScriptedCloud
+
+TAGS = {TAG_HUB: "hub-ray-test", TAG_USER: "ada", TAG_SERVER: ""}
+NO_HEAD = "127.0.0.1:9"  # nothing listens: the launchers wait for the head, alive
+
+
+@pytest.fixture
+def provider(tmp_path, monkeypatch):
+    for k, v in fake_gpus_env("Tesla T4", "Tesla T4").items():
+        monkeypatch.setenv(k, v)
+    p = LocalProvider(default_root=str(tmp_path / "ws"), nvml_module="fakes.nvml",
+                      regions={"a": {"gpus": "0,1"}}, stop_timeout=5)
+    yield p
+    for rec in p._records():
+        p._kill_tree(rec)
+
+
+def cluster_on(provider, offers, events, workers=1, **kw):
+    return RayCluster(request=RayRequest(workers=workers, gpu=offers[0].gpu, gpu_count=offers[0].gpu_count),
+                      address=NO_HEAD, port_base=24000, provider_for=lambda name: provider,
+                      tags=TAGS, python=sys.executable, offers=offers, on_event=events.append, **kw)
+
+
+def proc_of(provider, node_id) -> psutil.Process:
+    """The worker launcher's process, once it has exec'd (before that it shows the
+    parent's command line and environment)."""
+    proc = psutil.Process(next(r for r in provider._records() if r["id"] == node_id)["pid"])
+    deadline = time.monotonic() + 20
+    while "cloudhop.spawner.ray.worker" not in " ".join(proc.cmdline()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc
+
+
+def t4(provider):
+    return [o for o in provider.offers() if o.gpu == "T4" and o.gpu_count == 1]
+
+
+async def test_workers_get_their_own_gpus_and_labels_and_stop_leaves_nothing(provider):
+    events: list[str] = []
+    cluster = cluster_on(provider, t4(provider), events)
+    await cluster.launch(3)  # two T4s on this machine: the third finds no capacity
+    live = cluster.live()
+    assert len(live) == 2 and cluster.status()["dead"] == 1
+    assert any("could not start" in e and "capacity" in e for e in events), events
+    procs = [proc_of(provider, w["id"]) for w in live]
+    gpus = {p.environ()["CUDA_VISIBLE_DEVICES"] for p in procs}
+    assert len(gpus) == 2 and "" not in gpus, "each worker sees only its own GPU"
+    for p in procs:
+        cmd = " ".join(p.cmdline())
+        assert "cloudhop.spawner.ray.worker" in cmd and f"--address={NO_HEAD}" in cmd
+        assert "--num-gpus=1" in cmd and '"cloudhop_gpu:T4": 1' in cmd
+        assert not any(k.startswith("JUPYTERHUB_") or "TOKEN" in k for k in p.environ())
+    assert {n["role"] for n in cluster.node_entries()} == {"ray-worker"} and len(cluster.node_entries()) == 2
+
+    await cluster.stop()
+    gone, alive = psutil.wait_procs(procs, timeout=10)
+    assert not alive and cluster.workers == [] and cluster.node_entries() == []
+
+
+async def test_a_dead_worker_is_reported_once_and_scale_replaces_it(provider):
+    events: list[str] = []
+    changes: list[int] = []
+    cluster = cluster_on(provider, t4(provider), events, on_change=lambda: changes.append(1))
+    [rec] = await cluster.launch(1)
+    proc = proc_of(provider, rec["id"])
+    for p in [proc, *proc.children(recursive=True)]:
+        p.kill()
+    proc.wait(10)
+
+    died = await cluster.refresh()
+    assert [w["id"] for w in died] == [rec["id"]]
+    assert any("died" in e and rec["id"] in e for e in events)
+    assert await cluster.refresh() == [], "reported once"
+    assert cluster.status()["dead"] == 1 and cluster.status()["alive"] == 0
+    assert changes, "the spawner is told, so its state and nodes list follow"
+
+    status = await cluster.scale(1)
+    assert status["alive"] == 1 and status["dead"] == 0
+    assert cluster.live()[0]["id"] != rec["id"]
+    status = await cluster.scale(0)
+    assert status["alive"] == 0 and status["requested"] == 0 and provider._records() == []
+
+
+@pytest.mark.parametrize("bad", [-1, 33, "two", True, 1.5])
+async def test_scale_rejects_a_bad_count_naming_the_field(provider, bad):
+    cluster = cluster_on(provider, t4(provider), [])
+    with pytest.raises(OptionError) as err:
+        await cluster.scale(bad)
+    assert err.value.field == "workers" and "0 to 32" in str(err.value)
+
+
+async def test_workers_fail_over_like_the_notebook(tmp_path):
+    cloud = ScriptedCloud(default_root=str(tmp_path / "ws"), stop_timeout=5,
+                          no_capacity={"ada": ["cheap/cpu-small"]})
+    offers = sorted(cloud.offers(), key=lambda o: o.price_hour)
+    events: list[str] = []
+    cluster = cluster_on(cloud, offers, events)
+    try:
+        [rec] = await cluster.launch(1)
+        assert rec["state"] in ("running", "launching") and rec["region"] == "mid"
+        assert any("cheap" in e and "capacity" in e and "next offer" in e for e in events)
+    finally:
+        await cluster.stop()
+
+
+async def test_state_round_trip_and_reattach_by_tag(provider):
+    cluster = cluster_on(provider, t4(provider), [])
+    [rec] = await cluster.launch(1)
+    state = cluster.to_state()
+    # a hub that died between launching a worker and saving state: the worker is found by tag
+    state["workers"] = []
+    events: list[str] = []
+    again = RayCluster.from_state(state, provider_for=lambda name: provider, tags=TAGS,
+                                  python=sys.executable, on_event=events.append)
+    assert again.address == NO_HEAD and again.request.workers == 1 and again.offers == cluster.offers
+    await again.refresh()
+    assert [w["id"] for w in again.live()] == [rec["id"]]
+    assert any("re-attached" in e for e in events)
+    await again.stop()
+    assert provider._records() == []
