@@ -26,6 +26,8 @@ from traitlets import Float, List, Unicode, default
 from .failover import launch_first
 from .offers import Offer
 from .options import LaunchRequest, OptionError, options_from_form, parse_options
+from .optimizer import auto_pick, effective_price
+from .policy import Policy, PolicyError, validate_request
 from .providers import provider_class
 from .ray import hooks as ray_hooks
 from .providers.base import (
@@ -112,13 +114,28 @@ class CloudhopSpawner(Spawner):
             out.append({"name": name, "display_name": display, "available": reason is None, "reason": reason})
         return out
 
-    async def user_offers(self) -> list[Offer]:
-        """The offers this user may launch: every available provider's offers."""
+    async def all_offers(self) -> list[Offer]:
+        """Every available provider's offers, before the user's policy."""
         offers: list[Offer] = []
         for status in await self.provider_status():
             if status["available"]:
                 offers.extend(self.provider(status["name"]).offers())
         return offers
+
+    @property
+    def policy(self) -> Policy:
+        """The group policies (``c.Policy.groups``, :mod:`.policy`)."""
+        if getattr(self, "_policy", None) is None:
+            self._policy = Policy(config=self.config, parent=self)
+        return self._policy
+
+    def user_groups(self) -> list[str]:
+        return [g.name for g in (getattr(self.user, "groups", None) or [])]
+
+    async def user_offers(self) -> list[Offer]:
+        """The offers this user may launch: what the user's group policy allows of
+        every available provider's offers."""
+        return self.policy.filter_offers(await self.all_offers(), self.user_groups())
 
     # -- options ----------------------------------------------------------------
 
@@ -131,26 +148,60 @@ class CloudhopSpawner(Spawner):
         )
         template = env.get_template(self.form_template)
         last = dict(self.orm_spawner.user_options or {}) if self.orm_spawner else {}
-        auto = self.plan(LaunchRequest(), offers)
+        auto = self.auto_offer(offers, last)
         dicts = [o.to_dict() for o in offers]
+        allowed = set(self.policy.allowed_providers(self.providers, self.user_groups()))
+        providers = [p for p in await self.provider_status() if p["name"] in allowed]
         return template.render(
-            offers=dicts, offers_json=json.dumps(dicts), providers=await self.provider_status(),
-            last=last, auto=auto[0].to_dict() if auto else None,
+            offers=dicts, offers_json=json.dumps(dicts), providers=providers,
+            last=last, auto=auto.to_dict() if auto else None,
         )
 
-    async def parse_request(self) -> LaunchRequest:
-        """Validate ``self.user_options`` in one step; a bad option is a 400 naming the field."""
-        offers = await self.user_offers()
-        try:
-            return parse_options(self.user_options, offers, providers=self.providers)
-        except OptionError as err:
-            raise SpawnException(str(err), reason="bad-option", status_code=400) from None
+    def auto_offer(self, offers: list[Offer], last: dict) -> Offer | None:
+        """What "Auto (cheapest that fits)" picks: for the last-used GPU and count
+        when there are some, else the cheapest GPU offer."""
+        gpu, count = last.get("gpu"), last.get("gpu_count")
+        spot = last.get("spot") is True
+        if isinstance(gpu, str) and isinstance(count, int):
+            pick = auto_pick(offers, gpu=gpu, gpu_count=count, spot=spot)
+            if pick:
+                return pick
+        return auto_pick(offers, spot=spot) or auto_pick(offers, gpu_count=0)
 
-    def plan(self, request: LaunchRequest, offers: list[Offer]) -> list[Offer]:
-        """The failover list for a request, best first."""
+    async def parse_request(self) -> LaunchRequest:
+        """Validate ``self.user_options`` in one step; a bad option is a 400 naming the
+        field, one the user's group policy forbids a 403 naming the field and the rule."""
+        offers = await self.all_offers()
+        try:
+            return validate_request(
+                self.user_options, offers, self.policy, self.user_groups(),
+                providers=self.providers, price_of=self._first_price,
+            )
+        except OptionError as err:
+            reason = "policy" if isinstance(err, PolicyError) else "bad-option"
+            raise SpawnException(str(err), reason=reason, status_code=err.status_code) from None
+
+    def _first_price(self, request: LaunchRequest, offers: list[Offer]) -> float | None:
+        """What the cheapest match costs in the request's price mode (for the price rule)."""
         from .optimizer import rank
 
-        return rank(request, offers)
+        ranked = rank(request, offers, spread="none")
+        return effective_price(ranked[0], request.spot) if ranked else None
+
+    def check_budget(self, request: LaunchRequest, offer: Offer) -> None:
+        """Refuse the spawn when the user's groups have no budget left for an hour of
+        ``offer`` (:meth:`.policy.Policy.check_budget`)."""
+        try:
+            self.policy.check_budget(self.user_groups(), self.user.name, effective_price(offer, request.spot))
+        except PolicyError as err:
+            raise SpawnException(str(err), reason="budget", status_code=err.status_code) from None
+
+    def plan(self, request: LaunchRequest, offers: list[Offer]) -> list[Offer]:
+        """The failover list for a request, best first, within the user's policy in
+        the request's price mode (spot or on-demand)."""
+        from .optimizer import rank
+
+        return rank(request, self.policy.filter_offers(offers, self.user_groups(), spot=request.spot))
 
     # -- progress ---------------------------------------------------------------
 
@@ -226,6 +277,7 @@ class CloudhopSpawner(Spawner):
         ranked = self.plan(request, offers)
         if not ranked:
             raise SpawnException("No offer matches the request", reason="no-offer", status_code=400)
+        self.check_budget(request, ranked[0])
         self._progress(
             f"Plan: {len(ranked)} offer(s), first {ranked[0].key}"
             + (f" at ${ranked[0].price(request.spot):.2f}/h" if ranked[0].price(request.spot) is not None else ""),
