@@ -218,6 +218,7 @@ class AWSProvider(CloudProvider):
             "spot": inst.get("InstanceLifecycle") == "spot",
             "private_ip": inst.get("PrivateIpAddress"),
             "public_ip": inst.get("PublicIpAddress"),
+            "launched_at": inst["LaunchTime"].timestamp() if inst.get("LaunchTime") else None,
         }
         detail = {
             PENDING: "EC2 is starting the instance",

@@ -16,6 +16,7 @@ call uses a google-api-core ``Retry`` on 429/5xx.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import re
@@ -111,6 +112,14 @@ def label_value(value: str) -> str:
 def instance_name(request_id: str) -> str:
     """The instance name for a request: stable, so a repeated insert collides."""
     return "cloudhop-" + hashlib.sha256(request_id.encode()).hexdigest()[:20]
+
+
+def _timestamp(text: str) -> float | None:
+    """Compute's RFC 3339 creation time as epoch seconds (None when absent)."""
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp() if text else None
+    except ValueError:
+        return None
 
 
 def zone_region(zone: str) -> str:
@@ -336,6 +345,7 @@ class GCPProvider(CloudProvider):
                 "spot": inst.scheduling.provisioning_model == "SPOT" if inst.scheduling else False,
                 "private_ip": private or None,
                 "public_ip": public or None,
+                "launched_at": _timestamp(inst.creation_timestamp),
             },
             detail={PENDING: "Compute Engine is creating the VM",
                     RUNNING: "the VM is up; the server starts from cloud-init"}.get(state, inst.status),

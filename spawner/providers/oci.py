@@ -303,6 +303,7 @@ class OCIProvider(CloudProvider):
                 "spot": inst.preemptible_instance_config is not None,
                 "private_ip": private,
                 "public_ip": public,
+                "launched_at": inst.time_created.timestamp() if inst.time_created else None,
             },
             detail={PENDING: "OCI is provisioning the instance",
                     RUNNING: "the VM is up; the server starts from cloud-init"}.get(state, inst.lifecycle_state),

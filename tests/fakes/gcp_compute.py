@@ -20,6 +20,7 @@ first read after delete. ``script("insert", ...)`` queues answers for the next i
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 import re
@@ -152,7 +153,7 @@ class FakeCompute:
                     zone=f"{BASE}/projects/{project}/zones/{zone}",
                     selfLink=target,
                     networkInterfaces=[nic],
-                    creationTimestamp="2026-11-22T12:00:00.000-08:00",
+                    creationTimestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
                 )
             public = {k: v for k, v in op.items() if k != "_error"}
             if req:

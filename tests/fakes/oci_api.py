@@ -22,6 +22,7 @@ Signatures are not checked (the SDK still signs every request with a real key).
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 import re
@@ -129,7 +130,7 @@ class FakeOCI:
                 "metadata": body.get("metadata") or {},
                 "sourceDetails": body.get("sourceDetails"),
                 "preemptibleInstanceConfig": body.get("preemptibleInstanceConfig"),
-                "timeCreated": "2026-11-22T12:00:00.000Z",
+                "timeCreated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
                 "_subnet": (body.get("createVnicDetails") or {}).get("subnetId"),
                 "_n": n,
             }

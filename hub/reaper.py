@@ -1,0 +1,260 @@
+"""The reaper: a hub-managed service that terminates nodes the hub no longer knows.
+
+Every ``interval`` seconds it
+
+1. reads every *active* server's state from the hub API (``state["nodes"]`` lists every
+   node a server owns: notebook and Ray workers). A stopped server's leftover state does
+   not count: nothing will ever stop its nodes;
+2. lists the nodes tagged with this hub's id on every enabled provider;
+3. terminates each node that no active server owns and that is older than ``grace``
+   seconds (by its launch time, or by when the reaper first saw it when the provider
+   does not say), so a launch whose server has not saved its state yet is left alone.
+
+If the hub cannot be read completely, the sweep reaps nothing (never on partial
+knowledge). Each sweep is logged and written to a JSON report (``report``), the last
+sweep first::
+
+    {"hub_id": ..., "sweeps": [{"started": ..., "finished": ..., "hub_error": null,
+      "providers": {"aws": {"listed": 3, "owned": 2, "young": 0,
+                            "terminated": ["us-east-1/i-0abc"], "error": null}}}]}
+
+Run by the hub (see :func:`reaper_service_config`) as ``python -m cloudhop.hub.reaper``,
+configured by ``JUPYTERHUB_API_URL``/``JUPYTERHUB_API_TOKEN`` (set by the hub for its
+services) and ``CLOUDHOP_REAPER_SETTINGS`` (JSON: hub id, providers, interval, grace,
+report path and the providers' traitlets config sections). It holds the cloud
+credentials the hub forwards to it; they never leave this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+SERVICE_NAME = "cloudhop-reaper"
+SETTINGS_ENV = "CLOUDHOP_REAPER_SETTINGS"
+#: the hub API scopes the reaper needs: list users and read their servers' state
+SCOPES = ["list:users", "read:users", "read:servers", "admin:server_state"]
+#: config sections the providers read (forwarded from the hub's config)
+CONFIG_SECTIONS = (
+    "Provider", "CloudProvider", "AWSProvider", "GCPProvider", "OCIProvider",
+    "LocalProvider", "KubernetesProvider", "Catalog",
+)
+#: environment the providers find credentials by (forwarded to the reaper only)
+CREDENTIAL_ENV = (
+    "HOME", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_DEFAULT_REGION", "AWS_REGION",
+    "AWS_EC2_METADATA_DISABLED", "AWS_CA_BUNDLE", "GOOGLE_APPLICATION_CREDENTIALS",
+    "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CONFIG", "OCI_CONFIG_FILE", "KUBECONFIG",
+)
+HISTORY = 20
+
+log = logging.getLogger("cloudhop.reaper")
+
+
+def owned_nodes(users: list[dict]) -> set[tuple[str, str]]:
+    """``(provider, node id)`` of every node an active server's state lists."""
+    owned = set()
+    for user in users:
+        for server in (user.get("servers") or {}).values():
+            if server.get("stopped"):
+                continue
+            state = server.get("state") or {}
+            for entry in state.get("nodes") or []:
+                owned.add((entry.get("provider"), entry.get("id")))
+            node = state.get("node") or {}
+            if node.get("id"):
+                owned.add((node.get("provider"), node["id"]))
+    return owned
+
+
+class HubClient:
+    """The few hub API calls the reaper makes (tornado's client, off nothing blocking)."""
+
+    def __init__(self, api_url: str, token: str):
+        self.api_url = api_url.rstrip("/")
+        self.token = token
+
+    async def users(self) -> list[dict]:
+        """Every user with their active servers' state (paginated)."""
+        from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+        client = AsyncHTTPClient()
+        out, offset = [], 0
+        while True:
+            req = HTTPRequest(
+                f"{self.api_url}/users?offset={offset}&limit=200",
+                headers={"Authorization": f"token {self.token}",
+                         "Accept": "application/jupyterhub-pagination+json"},
+                request_timeout=30,
+            )
+            reply = json.loads((await client.fetch(req)).body)
+            items = reply["items"] if isinstance(reply, dict) else reply
+            out += items
+            nxt = (reply.get("_pagination") or {}).get("next") if isinstance(reply, dict) else None
+            if not nxt:
+                return out
+            offset = nxt["offset"]
+
+
+class Reaper:
+    """One hub's reaper: ``providers`` by name, the hub's id, the grace period."""
+
+    def __init__(self, providers: dict, hub, hub_id: str, *, grace: float = 900.0,
+                 report: str | os.PathLike | None = None, clock=time.time):
+        self.providers = providers
+        self.hub = hub
+        self.hub_id = hub_id
+        self.grace = grace
+        self.report = Path(report) if report else None
+        self.clock = clock
+        self.first_seen: dict[tuple[str, str], float] = {}
+        self.sweeps: list[dict] = []
+
+    def age(self, provider: str, node, now: float) -> float:
+        """Seconds since the node was launched (or first seen by this reaper)."""
+        launched = (node.info or {}).get("launched_at")
+        seen = self.first_seen.setdefault((provider, node.id), now)
+        if isinstance(launched, (int, float)):
+            return now - launched
+        return now - seen
+
+    async def sweep(self) -> dict:
+        from cloudhop.spawner.providers.base import TAG_HUB
+
+        now = self.clock()
+        report = {"started": now, "hub_error": None, "providers": {}}
+        try:
+            owned = owned_nodes(await self.hub.users())
+        except Exception as err:  # noqa: BLE001 - reap nothing on partial knowledge
+            report["hub_error"] = f"{type(err).__name__}: {err}"
+            log.warning("reaper: cannot read the hub's servers (%s); reaping nothing", report["hub_error"])
+            return self._record(report)
+        for name, provider in self.providers.items():
+            entry = {"listed": 0, "owned": 0, "young": 0, "terminated": [], "error": None}
+            report["providers"][name] = entry
+            try:
+                nodes = await provider.list_nodes({TAG_HUB: self.hub_id})
+            except Exception as err:  # noqa: BLE001 - one provider's outage spares the rest
+                entry["error"] = f"{type(err).__name__}: {err}"
+                log.warning("reaper: cannot list %s nodes: %s", name, entry["error"])
+                continue
+            entry["listed"] = len(nodes)
+            for node in nodes:
+                if (name, node.id) in owned:
+                    entry["owned"] += 1
+                    continue
+                age = self.age(name, node, now)
+                if age < self.grace:
+                    entry["young"] += 1
+                    continue
+                try:
+                    await provider.terminate(node.id)
+                except Exception as err:  # noqa: BLE001 - try the others, report this one
+                    entry["error"] = f"terminating {node.id}: {type(err).__name__}: {err}"
+                    log.error("reaper: %s", entry["error"])
+                    continue
+                entry["terminated"].append(node.id)
+                log.warning(
+                    "reaper: terminated %s node %s (user %r, server %r, %.0fs old): no active server owns it",
+                    name, node.id, node.tags.get("cloudhop-user"), node.tags.get("cloudhop-server"), age,
+                )
+        return self._record(report)
+
+    def _record(self, report: dict) -> dict:
+        report["finished"] = self.clock()
+        self.sweeps = [report] + self.sweeps[: HISTORY - 1]
+        if self.report:
+            self.report.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.report.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"hub_id": self.hub_id, "sweeps": self.sweeps}, indent=1))
+            os.replace(tmp, self.report)
+        return report
+
+    async def run(self, interval: float) -> None:
+        while True:
+            await self.sweep()
+            await asyncio.sleep(interval)
+
+
+def reaper_service_config(c, *, data_dir: str, interval: float = 300.0, grace: float = 900.0,
+                          env=os.environ) -> dict:
+    """Add the reaper service and its role to a JupyterHub config ``c`` (after the
+    operator's config is loaded, so the providers and their settings are final).
+    ``c.CloudhopReaper.interval``/``grace``/``enabled`` override the defaults. Returns
+    the service entry."""
+    section = c.CloudhopReaper if "CloudhopReaper" in c else {}
+    if section.get("enabled", True) is False:
+        return {}
+    providers = list(c.CloudhopSpawner.get("providers") or ["local"])
+    config = {name: _plain(c[name]) for name in CONFIG_SECTIONS if name in c}
+    settings = {
+        "hub_id": c.CloudhopSpawner.get("hub_id") or "",
+        "providers": providers,
+        "interval": float(section.get("interval", interval)),
+        "grace": float(section.get("grace", grace)),
+        "report": os.path.join(os.path.abspath(data_dir), "reaper-report.json"),
+        "config": config,
+    }
+    environment = {k: env[k] for k in CREDENTIAL_ENV if env.get(k)}
+    environment[SETTINGS_ENV] = json.dumps(settings, default=str)
+    service = {
+        "name": SERVICE_NAME,
+        "command": [sys.executable, "-m", "cloudhop.hub.reaper"],
+        "environment": environment,
+        "display": False,
+    }
+    services = list(c.JupyterHub.services or []) if "services" in c.JupyterHub else []
+    c.JupyterHub.services = [s for s in services if s.get("name") != SERVICE_NAME] + [service]
+    roles = list(c.JupyterHub.load_roles or []) if "load_roles" in c.JupyterHub else []
+    roles = [r for r in roles if r.get("name") != SERVICE_NAME]
+    roles.append({"name": SERVICE_NAME, "scopes": list(SCOPES), "services": [SERVICE_NAME]})
+    c.JupyterHub.load_roles = roles
+    return service
+
+
+def _plain(section) -> dict:
+    """A config section as plain JSON-able values."""
+    return json.loads(json.dumps({k: v for k, v in section.items()}, default=str))
+
+
+def build(settings: dict, api_url: str, token: str) -> tuple[Reaper, float]:
+    """The reaper the settings describe, with its providers built from their config."""
+    from traitlets.config import Config
+
+    from cloudhop.spawner.providers import provider_class
+
+    config = Config(settings.get("config") or {})
+    providers = {}
+    for name in settings.get("providers") or []:
+        try:
+            providers[name] = provider_class(name)(config=config, log=log)
+        except Exception as err:  # noqa: BLE001 - a missing SDK spares the rest
+            log.error("reaper: provider %s unavailable: %s", name, err)
+    reaper = Reaper(providers, HubClient(api_url, token), settings["hub_id"],
+                    grace=float(settings.get("grace", 900)), report=settings.get("report"))
+    return reaper, float(settings.get("interval", 300))
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s reaper] %(message)s")
+    settings = json.loads(os.environ.get(SETTINGS_ENV) or "{}")
+    if not settings.get("hub_id"):
+        log.error("reaper: %s has no hub_id; not reaping", SETTINGS_ENV)
+        return 2
+    reaper, interval = build(settings, os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
+    log.info("reaper: hub %s, providers %s, every %.0fs, grace %.0fs",
+             reaper.hub_id, ", ".join(reaper.providers) or "none", interval, reaper.grace)
+    try:
+        asyncio.run(reaper.run(interval))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
