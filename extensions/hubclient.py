@@ -73,5 +73,5 @@ class HubClient:
 
     async def offers(self) -> list[dict]:
         """The offers this user may launch, after policy (the hub's offers endpoint)."""
-        reply = await self.request("GET", f"/cloudhop/users/{quote(self.user, safe='')}/offers")
+        reply = await self.request("GET", f"/cloudhop/offers/{quote(self.user, safe='')}")
         return reply["offers"]

@@ -311,7 +311,7 @@ def add_store_service(c, *, data_dir: str, port: int, public_url: str | None = N
     a directory under ``data_dir``). Credentials are forwarded from ``env`` to the
     service's environment only. Also lets every user (and their servers' tokens) use the
     service, and gives servers' tokens the scopes a migration needs
-    (:data:`SERVER_TOKEN_SCOPES`), and enables the Cloudhop server extension in every
+    (:data:`SERVER_TOKEN_SCOPES`), adds the hub's offers API (:mod:`.offers_api`), and enables the Cloudhop server extension in every
     single-user server (:data:`EXTENSION_ARG`).
     """
     environment = {"CLOUDHOP_STORE_BACKEND": "local",
@@ -345,6 +345,11 @@ def add_store_service(c, *, data_dir: str, port: int, public_url: str | None = N
 
     current = c.Spawner.server_token_scopes if "server_token_scopes" in c.Spawner else []
     c.Spawner.server_token_scopes = sorted(set(current or []) | set(SERVER_TOKEN_SCOPES))
+    from .offers_api import handlers as offers_handlers
+
+    extra = list(c.JupyterHub.extra_handlers) if "extra_handlers" in c.JupyterHub else []
+    c.JupyterHub.extra_handlers = extra + [h for h in offers_handlers() if h not in extra]
+
     # the server extension is also enabled by a jupyter_server_config.d file installed with
     # the package; the argument covers editable installs, which do not install that file
     args = list(c.Spawner.args) if "args" in c.Spawner else []

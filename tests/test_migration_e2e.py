@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import requests
 
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "03-move-my-project.ipynb"
 REGIONS = """
 c.LocalProvider.regions = {"site-a": {"gpus": "none"}, "site-b": {"gpus": "none"}}
 c.CloudhopMigration.stop_delay = 30
@@ -123,3 +125,36 @@ def test_a_target_that_fails_to_start_leaves_the_source_running_and_unchanged(hu
     kernel.close()
     time.sleep(1)
     assert hub.server_model("alice", m["target_server"]) is None
+
+
+@pytest.mark.e2e
+def test_example_notebook_moves_itself_from_site_a_to_site_b(hub_factory):
+    """notebooks/03 run cell by cell in a kernel of a site-a server, as a user would."""
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    hub = hub_factory(REGIONS)
+    alice = UserAPI(hub, "alice")
+    hub.spawn("alice", {"provider": "local", "region": "site-a"})
+    r = alice("PUT", "api/contents/03-move-my-project.ipynb", json={"type": "notebook", "content": nb})
+    assert r.status_code in (200, 201), r.text
+    r = alice("POST", "api/sessions", json={"path": "03-move-my-project.ipynb", "type": "notebook",
+                                            "name": "03-move-my-project.ipynb", "kernel": {"name": "python3"}})
+    kernel = hub.kernel("alice", kernel_id=r.json()["kernel"]["id"])
+    cells = [c.source for c in nb.cells if c.cell_type == "code"]
+    first = kernel.execute(cells[0])
+    assert first.startswith("state ready: (256, 256)")
+    assert "VBox" in kernel.execute(cells[1])  # the panel: offers came from the hub
+    assert "<Migration" in kernel.execute(cells[2])
+    kernel.close()
+
+    mid = alice("GET", "cloudhop/api/info").json()["migrations"][0]["id"]
+    m = wait_migration(alice, mid)
+    assert m["state"] == "done", (m, hub.log())
+    sessions = alice("GET", "api/sessions", server=m["target_server"]).json()
+    assert [s["path"] for s in sessions] == ["03-move-my-project.ipynb"]
+    kernel = hub.kernel("alice", server=m["target_server"], kernel_id=sessions[0]["kernel"]["id"])
+    assert kernel.execute(cells[3]) == first.replace("state ready:", "state here:")
+    kernel.close()
+    csv = alice("GET", "api/contents/results/summary.csv", server=m["target_server"])
+    assert csv.status_code == 200 and csv.json()["content"].count("\n") == 4
