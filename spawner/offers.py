@@ -48,7 +48,9 @@ class Offer:
         return self.spot_price_hour if spot else self.price_hour
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        # every field is a scalar but zones: a shallow copy is ~10x faster than
+        # dataclasses.asdict, which matters for a form listing the whole catalog
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["zones"] = list(self.zones)
         d["key"] = self.key
         return d
