@@ -33,7 +33,12 @@ c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
 c.GCPProvider.project = "cloudhop-test"
 c.GCPProvider.api_endpoint = "http://127.0.0.1:9"
 c.GCPProvider.anonymous_credentials = True
-c.Policy.groups = {{"students": {{"providers": ["gcp"], "gpus": ["L4", "T4"], "max_gpus": 1}}}}
+c.Policy.groups = {{
+    "students": {{"providers": ["gcp"], "gpus": ["L4", "T4"], "max_gpus": 1}},
+    "tight": {{"budget": {{"usd": 0.15, "period": "day"}}}},
+}}
+# spend so far per group, as an accounting service would report it
+c.Policy.spend = lambda user, group, since: {{"tight": 0.1}}.get(group, 0.0)
 """
 
 
@@ -114,11 +119,11 @@ def test_when_every_offer_fails_the_error_lists_what_was_tried(hub):
     assert hub.server_model("bo") is None
 
 
-def make_student(hub: HubProcess, name: str) -> None:
+def make_student(hub: HubProcess, name: str, group: str = "students") -> None:
     hub.ensure_user(name)
-    r = hub.api("POST", "/groups/students", json={"users": [name]})
+    r = hub.api("POST", f"/groups/{group}", json={"users": [name]})
     if r.status_code == 409:  # the group exists: add the user
-        r = hub.api("POST", "/groups/students/users", json={"users": [name]})
+        r = hub.api("POST", f"/groups/{group}/users", json={"users": [name]})
     assert r.status_code in (200, 201), r.text
 
 
@@ -158,3 +163,14 @@ def test_the_form_offers_students_only_what_their_policy_allows(hub):
     assert offers and {(o["provider"], o["gpu"]) for o in offers} == {("gcp", "L4"), ("gcp", "T4")}
     assert all(o["gpu_count"] == 1 for o in offers)
     assert 'value="gcp"' in r.text and DOUBLE not in r.text
+
+
+def test_a_group_without_budget_left_for_an_hour_is_refused(hub):
+    make_student(hub, "tim", group="tight")
+    r = hub.api("POST", "/users/tim/server", json={"provider": "auto", "gpu": "none"})
+    assert r.status_code == 403, (r.status_code, r.text)
+    assert r.json()["message"] == (
+        "budget: one hour at $0.10/h is more than the $0.05 left of group 'tight''s "
+        "$0.15 budget this day; pick a cheaper offer"
+    )
+    assert hub.server_model("tim") is None

@@ -189,3 +189,26 @@ def test_the_installed_command_runs(tmp_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)[0]["provider"] == "gcp"
+
+
+def test_local_gpus_are_listed_at_the_operator_rate(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CLOUDHOP_FAKE_GPUS", json.dumps([
+        {"name": "NVIDIA A100-SXM4-80GB", "memory_gib": 80, "uuid": "GPU-a"},
+        {"name": "NVIDIA A100-SXM4-80GB", "memory_gib": 80, "uuid": "GPU-b"},
+    ]))
+    cfg = tmp_path / "hub_config.py"
+    cfg.write_text(
+        "c.CloudhopSpawner.providers = ['local', 'aws']\n"
+        "c.LocalProvider.nvml_module = 'fakes.nvml'\n"
+        f"c.LocalProvider.default_root = {str(tmp_path / 'ws')!r}\n"
+    )
+    code, out, err = run(capsys, "offers", "--config", str(cfg), "--count", "2", "--json")
+    assert code == 0, err
+    offers = json.loads(out)
+    local = [o for o in offers if o["provider"] == "local"]
+    assert local and local[0]["gpu_count"] == 2 and local[0]["price_hour"] == 0
+    assert offers[0]["provider"] == "local"  # free beats every cloud
+    gpu = local[0]["gpu"]
+    cfg.write_text(cfg.read_text() + f"c.LocalProvider.gpu_price_hour = {{{gpu!r}: 1.25}}\n")
+    code, out, _ = run(capsys, "offers", "--config", str(cfg), "--gpu", gpu, "--json")
+    assert [(o["gpu_count"], o["price_hour"]) for o in json.loads(out) if o["provider"] == "local"] == [(1, 1.25), (2, 2.5)]
