@@ -3,6 +3,8 @@ the real kubernetes_asyncio client, a generated kubeconfig, the API's JSON."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 from traitlets.config import Config
 
@@ -131,6 +133,8 @@ async def test_launch_poll_terminate_with_ray(fake, make_provider):
     node = await provider.status(node.id)
     assert (node.state, node.ip, node.port) == (RUNNING, "10.8.0.7", 8888)
     assert node.info["ray_cluster"] == ray_name and node.tags[TAG_USER] == "ana@example.org"
+    created = datetime.fromisoformat(pod["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+    assert node.info["launched_at"] == created.timestamp()  # the reaper's grace period counts from here
 
     await provider.terminate(node.id)
     assert fake.names("pods", NS) == [] and fake.names("rayclusters", NS) == []

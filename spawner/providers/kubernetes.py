@@ -44,6 +44,7 @@ carry only the API's status line and message.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import importlib.metadata
 import os
 from dataclasses import replace
@@ -404,6 +405,7 @@ class KubernetesProvider(Provider):
             "node": spec.get("nodeName"),
             "phase": phase,
             "instance_type": labels.get(LABEL_OFFER),
+            "launched_at": _timestamp(meta.get("creationTimestamp")),
         }
         if (meta.get("annotations") or {}).get(ANNOTATION_RAY):
             info["ray_cluster"] = meta["annotations"][ANNOTATION_RAY]
@@ -602,6 +604,16 @@ class KubernetesProvider(Provider):
         apis, self._apis = self._apis, {}
         for api in apis.values():
             await api.close()
+
+
+def _timestamp(text) -> float | None:
+    """Epoch seconds of an API timestamp (``2026-11-22T21:50:03Z``); None if absent."""
+    if not text:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _api_message(err) -> str:
