@@ -212,3 +212,33 @@ def test_local_gpus_are_listed_at_the_operator_rate(tmp_path, capsys, monkeypatc
     cfg.write_text(cfg.read_text() + f"c.LocalProvider.gpu_price_hour = {{{gpu!r}: 1.25}}\n")
     code, out, _ = run(capsys, "offers", "--config", str(cfg), "--gpu", gpu, "--json")
     assert [(o["gpu_count"], o["price_hour"]) for o in json.loads(out) if o["provider"] == "local"] == [(1, 1.25), (2, 2.5)]
+
+
+def test_catalog_check_against_the_compute_api_with_the_real_gcp_client(tmp_path, capsys):
+    """The GCP provider's own check (machineTypes + acceleratorTypes aggregated lists,
+    through google-cloud-compute) against a local Compute API double."""
+    from fakes.gcp_compute import FakeCompute
+
+    fake = FakeCompute()
+    url = fake.start()
+    try:
+        fake.machine_types = {"us-central1-a": ["g2-standard-4", "n1-standard-8"], "us-central1-b": ["g2-standard-4"]}
+        fake.accelerator_types = {"us-central1-a": ["nvidia-tesla-t4"], "us-central1-b": ["nvidia-tesla-t4"]}
+        cfg = tmp_path / "hub_config.py"
+        cfg.write_text(
+            "c.GCPProvider.project = 'cloudhop-test'\n"
+            f"c.GCPProvider.api_endpoint = {url!r}\n"
+            "c.GCPProvider.anonymous_credentials = True\n"
+        )
+        code, out, err = run(capsys, "catalog", "check", "--provider", "gcp", "--config", str(cfg),
+                             "--data-dir", str(tmp_path / "data"))
+        assert code == 0, err
+        assert "gcp: 2 of " in out
+    finally:
+        fake.stop()
+    code, out, _ = run(capsys, "offers", "--provider", "gcp", "--json")
+    offers = {(o["instance_type"], o["region"]): o["zones"] for o in json.loads(out)}
+    assert offers == {
+        ("g2-standard-4", "us-central1"): ["us-central1-a", "us-central1-b"],
+        ("n1-standard-8+T4x1", "us-central1"): ["us-central1-a"],
+    }
