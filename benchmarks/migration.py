@@ -1,0 +1,304 @@
+"""Migration benchmarks: each figure is a ratio against a baseline measured in this run.
+
+1. Kernel state: checkpoint + restore of array-heavy state (NumPy arrays plus a mixed
+   namespace) with Cloudhop's kernel-state agent, against pickle, dill and Kishu on the
+   same state, and against one memory copy of the same bytes.
+2. Workspace snapshots: throughput against ``tar | zstd`` on the same files, and the
+   bytes a second snapshot sends after 1% of the files changed, against the bytes changed.
+3. End to end: a migration between two local regions of a real ``cloudhop up`` hub.
+
+    python benchmarks/migration.py                       # defaults: a few minutes on 2 cores
+    python benchmarks/migration.py --state-mib 1024 --workspace-mib 1024
+
+Files go to a temporary folder (``--tmp``); the page cache is warm, as after a
+notebook has been working on its data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import pickle
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # the store harness and the hub fixture
+
+MiB = 1 << 20
+
+
+def timed(fn, *args, **kw):
+    gc.collect()
+    t = time.perf_counter()
+    out = fn(*args, **kw)
+    return time.perf_counter() - t, out
+
+
+def make_state(state_mib: int) -> dict:
+    """Array-heavy state: 8 float32 arrays adding up to ``state_mib``, plus a mixed namespace."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    per = state_mib * MiB // 8 // 4
+    ns = {f"a{i}": rng.standard_normal(per, dtype=np.float32) for i in range(8)}
+    ns["frame"] = pd.DataFrame({"x": rng.standard_normal(200_000), "y": rng.integers(0, 100, 200_000),
+                                "label": [f"row-{i % 1000}" for i in range(200_000)]})
+    ns["config"] = {"lr": 3e-4, "layers": [64, 128, 256], "name": "run-7", "tags": {"a", "b"}}
+    ns["history"] = [{"epoch": i, "loss": 1.0 / (i + 1)} for i in range(10_000)]
+    ns["text"] = "lorem ipsum " * 10_000
+    ns["np"] = np
+    ns["pd"] = pd
+    return ns
+
+
+def state_bytes(ns) -> int:
+    return sum(v.nbytes for v in ns.values() if isinstance(v, np.ndarray)) + int(
+        ns["frame"].memory_usage(deep=True).sum())
+
+
+def same(a: dict, b: dict) -> bool:
+    return all(np.array_equal(a[f"a{i}"], b[f"a{i}"]) for i in range(8)) and a["frame"].equals(b["frame"]) \
+        and a["config"] == b["config"] and a["history"] == b["history"]
+
+
+def bench_kernel_state(args, tmp: Path) -> None:
+    from cloudhop.extensions.kernelstate import agent
+
+    ns = make_state(args.state_mib)
+    nbytes = state_bytes(ns)
+    arrays = [v for v in ns.values() if isinstance(v, np.ndarray)]
+    print(f"\n== kernel state: {nbytes / MiB:.0f} MiB ({len(arrays)} arrays + DataFrame + mixed objects)")
+
+    dst = [np.empty_like(a) for a in arrays]
+    warm_t = min(timed(lambda: [np.copyto(d, a) for d, a in zip(dst, arrays)])[0] for _ in range(3))
+    del dst
+    fresh_t = min(timed(lambda: [a.copy() for a in arrays])[0] for _ in range(3))
+    array_bytes = sum(a.nbytes for a in arrays)
+    copy_bw = array_bytes / fresh_t
+    print(f"memory copy of the arrays (best of 3): into new memory {copy_bw / 1e9:.2f} GB/s "
+          f"(the baseline below), into already-touched memory {array_bytes / warm_t / 1e9:.2f} GB/s")
+
+    results = {}
+
+    def ours():
+        d = tmp / "ours"
+        shutil.rmtree(d, ignore_errors=True)
+        t1, _ = timed(agent.checkpoint, str(d), ns=ns, history=[], hidden=())
+        out = {}
+        t2, _ = timed(agent.restore, str(d), ns=out)
+        assert same(ns, out)
+        return t1, t2
+
+    def by_file(dump, load, name):
+        def run():
+            path = tmp / f"{name}.bin"
+            data = {k: v for k, v in ns.items() if k not in ("np", "pd")}
+
+            def save():
+                with open(path, "wb") as f:
+                    dump(data, f)
+
+            def read():
+                with open(path, "rb") as f:
+                    return load(f)
+
+            t1, _ = timed(save)
+            t2, out = timed(read)
+            assert same(ns, out)
+            path.unlink()
+            return t1, t2
+        return run
+
+    import dill
+
+    contenders = {
+        "cloudhop": ours,
+        "pickle": by_file(lambda o, f: pickle.dump(o, f, protocol=pickle.HIGHEST_PROTOCOL), pickle.load, "pickle"),
+        "dill": by_file(dill.dump, dill.load, "dill"),
+    }
+    try:
+        contenders["kishu"] = kishu_runner(ns, tmp)
+    except ImportError as err:
+        print(f"kishu: not installed ({err}); pip install kishu to compare")
+    for name, run in contenders.items():
+        t1, t2 = min((run() for _ in range(args.repeat)), key=lambda r: r[0] + r[1])
+        results[name] = t1 + t2
+        print(f"{name:9s} checkpoint {t1:6.2f} s  restore {t2:6.2f} s  total {t1 + t2:6.2f} s  "
+              f"{nbytes / (t1 + t2) / 1e9:5.2f} GB/s")
+    ours_t = results["cloudhop"]
+    print("ratios (time of X / time of cloudhop): " + ", ".join(
+        f"{k} {v / ours_t:.1f}x" for k, v in results.items() if k != "cloudhop"))
+    print(f"cloudhop checkpoint+restore speed / memory copy speed: {nbytes / ours_t / copy_bw:.2f} "
+          f"(checkpoint+restore is two copies; 0.50 would match two memory copies)")
+
+
+def kishu_runner(ns, tmp: Path):
+    from kishu.jupyter.namespace import Namespace
+    from kishu.planning.plan import CheckpointPlan, VarNamesToObjects
+    from kishu.storage.checkpoint import KishuCheckpoint
+
+    names = [k for k in ns if k not in ("np", "pd")]
+
+    def run():
+        db = tmp / "kishu.sqlite"
+        if db.exists():
+            db.unlink()
+        store = KishuCheckpoint(db)
+        store.init_database()
+        plan = CheckpointPlan.create(Namespace(dict(ns)), db, "c1", names)
+        t1, _ = timed(plan.run, Namespace(dict(ns)))
+        t2, out = timed(lambda: VarNamesToObjects.loads(KishuCheckpoint(db).get_checkpoint("c1")).object_dict)
+        assert same(ns, out)
+        return t1, t2
+
+    return run
+
+
+def make_workspace(root: Path, mib: int, n_files: int) -> list[Path]:
+    rng = random.Random(1)
+    size = mib * MiB // n_files
+    files = []
+    words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(5000)]
+    for i in range(n_files):
+        path = root / f"d{i % 10}" / f"file{i:05d}.{'csv' if i % 3 else 'bin'}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if i % 3:  # text-like, compressible
+            text = b" ".join(rng.choice(words) for _ in range(size // 5))[:size]
+            path.write_bytes(text.ljust(size, b"\n"))
+        else:  # binary, incompressible
+            path.write_bytes(rng.randbytes(size))
+        files.append(path)
+    return files
+
+
+def bench_workspace(args, tmp: Path) -> None:
+    from cloudhop.extensions.snapshot import StoreClient, take_snapshot
+    from cloudhop.hub.store_backends import LocalBackend
+    from store_double import ACCESS, StoreHarness
+
+    ws = tmp / "ws"
+    files = make_workspace(ws, args.workspace_mib, args.files)
+    total = sum(f.stat().st_size for f in files)
+    print(f"\n== workspace: {total / MiB:.0f} MiB in {len(files)} files (1/3 random, 2/3 text)")
+    if not shutil.which("zstd"):
+        print("tar | zstd: zstd is not installed (apt-get install zstd)")
+        tar_t = None
+    else:
+        out = tmp / "ws.tar.zst"
+        tar_t, _ = timed(subprocess.run, f"tar -cf - -C {ws} . | zstd -q -T0 -3 -o {out} -f", shell=True, check=True)
+        print(f"tar | zstd -3 -T0: {tar_t:6.2f} s  {total / tar_t / 1e6:7.1f} MB/s  -> {out.stat().st_size / MiB:.0f} MiB")
+    with StoreHarness(LocalBackend(str(tmp / "store")), {"tok": ("bench", [ACCESS])}) as h:
+        client = StoreClient(h.url, "bench", "tok")
+        t1, (_, _, s1) = timed(take_snapshot, ws, client)
+        print(f"cloudhop snapshot (first, all sent): {t1:6.2f} s  {total / t1 / 1e6:7.1f} MB/s  sent {s1.bytes_sent / MiB:.0f} MiB")
+        if tar_t:
+            print(f"ratio snapshot throughput / tar|zstd throughput: {tar_t / t1:.2f}")
+        rng = random.Random(5)
+        changed = rng.sample(files, max(1, len(files) // 100))
+        changed_bytes = 0
+        for f in changed:  # rewritten with new content, same size (a re-saved result)
+            n = f.stat().st_size
+            f.write_bytes(rng.randbytes(n))
+            changed_bytes += n
+        t2, (_, _, s2) = timed(take_snapshot, ws, client)
+        print(f"second snapshot after rewriting {len(changed)} files ({changed_bytes / MiB:.1f} MiB): {t2:6.2f} s, "
+              f"sent {s2.bytes_sent / MiB:.2f} MiB ({s2.chunks_sent} chunks + manifest)")
+        print(f"ratio bytes sent / bytes changed: {s2.bytes_sent / changed_bytes:.3f}")
+        # an in-place edit of 64 KiB in the middle of each of 1% of the files
+        edited = 0
+        for f in rng.sample(files, max(1, len(files) // 100)):
+            with open(f, "r+b") as fh:
+                fh.seek(f.stat().st_size // 2)
+                fh.write(rng.randbytes(64 << 10))
+            edited += 64 << 10
+        _, (_, _, s3) = timed(take_snapshot, ws, client)
+        print(f"third snapshot after a 64 KiB edit inside each of {len(files) // 100} files ({edited / MiB:.2f} MiB): "
+              f"sent {s3.bytes_sent / MiB:.2f} MiB, ratio {s3.bytes_sent / edited:.2f} (chunks around each edit)")
+        client.close()
+
+
+def bench_end_to_end(args, tmp: Path) -> None:
+    from hubfixture import HubProcess
+
+    print(f"\n== end to end: {args.e2e_mib} MiB workspace + {args.e2e_mib} MiB kernel state, site-a -> site-b")
+    hub = HubProcess(tmp, extra_config='c.LocalProvider.regions = {"site-a": {"gpus": "none"}, "site-b": {"gpus": "none"}}\n',
+                     name="benchhub").start()
+    try:
+        hub.spawn("bench", {"provider": "local", "region": "site-a"})
+        make_workspace(hub.data_dir / "workspaces" / "site-a" / "bench" / "default", args.e2e_mib, 64)
+        r = hub.server_api("POST", "bench", "api/sessions", json={"path": "work.ipynb", "type": "notebook",
+                                                                  "name": "work.ipynb", "kernel": {"name": "python3"}})
+        kernel = hub.kernel("bench", kernel_id=r.json()["kernel"]["id"])
+        per = args.e2e_mib * MiB // 8 // 8
+        kernel.execute(f"import numpy as np\nrng = np.random.default_rng(0)\n"
+                       f"arrays = {{i: rng.standard_normal({per}) for i in range(8)}}\nx = 42", timeout=300)
+        kernel.close()
+        token = hub.api("POST", "/users/bench/tokens", json={"note": "bench"}).json()["token"]
+        import requests
+
+        def call(method, path, **kw):
+            return requests.request(method, f"{hub.url}/user/bench/cloudhop/api/{path}",
+                                    headers={"Authorization": f"token {token}"}, timeout=60, **kw)
+
+        t0 = time.perf_counter()
+        mid = call("POST", "migrations", json={"provider": "local", "region": "site-b"}).json()["id"]
+        marks, state = {}, None
+        while True:
+            m = call("GET", f"migrations/{mid}").json()
+            if m["state"] != state:
+                state = m["state"]
+                marks[state] = time.perf_counter() - t0
+            if state in ("done", "failed"):
+                break
+            time.sleep(0.2)
+        total = marks[state]
+        print(f"state {state} after {total:.1f} s: " + ", ".join(f"{k} at {v:.1f} s" for k, v in marks.items()))
+        if state == "failed":
+            print("error:", m["error"])
+        print(f"moved {m['bytes_total'] / MiB:.0f} MiB (workspace + checkpoints): "
+              f"{m['bytes_total'] / total / 1e6:.0f} MB/s end to end")
+    finally:
+        try:
+            for name in list(hub.api("GET", "/users/bench").json().get("servers", {})):
+                hub.stop_server("bench", name)
+        except Exception:  # noqa: BLE001 - best effort cleanup
+            pass
+        hub.stop()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--state-mib", type=int, default=256, help="NumPy bytes in the kernel state (default %(default)s)")
+    p.add_argument("--workspace-mib", type=int, default=256, help="workspace size (default %(default)s)")
+    p.add_argument("--files", type=int, default=400, help="files in the workspace (default %(default)s)")
+    p.add_argument("--e2e-mib", type=int, default=128, help="workspace and kernel state of the end-to-end run (default %(default)s)")
+    p.add_argument("--repeat", type=int, default=2, help="runs per kernel-state contender; the best counts")
+    p.add_argument("--only", choices=["state", "workspace", "e2e"], action="append", help="run only these parts")
+    p.add_argument("--tmp", default=None, help="folder for the files (default: a new temporary folder)")
+    args = p.parse_args()
+    parts = args.only or ["state", "workspace", "e2e"]
+    tmp = Path(tempfile.mkdtemp(prefix="cloudhop-bench-", dir=args.tmp))
+    try:
+        print(f"cloudhop migration benchmark: {os.cpu_count()} CPUs, numpy {np.__version__}, files in {tmp}")
+        if "state" in parts:
+            bench_kernel_state(args, tmp)
+        if "workspace" in parts:
+            bench_workspace(args, tmp)
+        if "e2e" in parts:
+            bench_end_to_end(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
