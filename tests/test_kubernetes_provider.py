@@ -44,6 +44,7 @@ async def make_provider(fake, tmp_path):
         settings.update(cluster)
         config.KubernetesProvider.clusters = {"gke-us": settings}
         config.KubernetesProvider.refresh_interval = 0
+        config.KubernetesProvider.refresh_min_interval = 0
         config.KubernetesProvider.retry_delay = 0.01
         config.KubernetesProvider.default_image = "example/cloudhop-singleuser:1"
         provider = KubernetesProvider(config=config)
@@ -268,3 +269,42 @@ def test_the_spawner_hands_the_ray_request_to_kubernetes():
     out = hooks.wrap_notebook_spec(Spawner(), spec, LaunchRequest(provider="kubernetes", ray=ray))
     assert out.ray == ray and out.cmd == spec.cmd
     assert not hooks.wants_ray(Spawner(), LaunchRequest(ray=ray), "kubernetes")
+
+
+async def test_full_gpus_outside_any_pool_fail_fast_so_failover_moves_on(fake, make_provider):
+    provider = make_provider()
+    offer = await offer_of(provider, "T4", 1)
+    fake.create("pods", "other-team", {"metadata": {"name": "busy"}, "spec": {"nodeName": "t4-node-1", "containers": [
+        {"name": "c", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}})
+    fake.set_phase("other-team", "busy", "Running")
+    assert (await offer_of(provider, "T4", 1)).available == 0
+    with pytest.raises(CapacityError) as err:
+        await provider.launch(spec_for(offer))
+    assert err.value.failover and "no 1 x T4 free on cluster gke-us" in err.value.message
+    assert fake.names("pods", NS) == []
+    # a pool with no free node is left to the autoscaler
+    pool_offer = next(o for o in provider.offers() if o.instance_type == "h100-pool-x8")
+    assert (await provider.launch(spec_for(pool_offer, request_id="req-2"))).state == PENDING
+
+
+async def test_a_bad_image_name_fails_the_launch_with_the_reason(fake, make_provider):
+    provider = make_provider()
+    node = await provider.launch(spec_for(await offer_of(provider, "L4", 1)))
+    (pod_name,) = fake.names("pods", NS)
+    fake.set_phase(NS, pod_name, "Pending")
+    pod = fake.objects[("pods", NS, pod_name)]
+    pod["status"]["containerStatuses"] = [{"name": "notebook", "ready": False, "restartCount": 0, "image": "x:<tag>",
+                                           "imageID": "", "state": {"waiting": {"reason": "InvalidImageName",
+                                           "message": 'Failed to apply default image tag "x:<tag>"'}}}]
+    node = await provider.status(node.id)
+    assert node.state == FAILED and "InvalidImageName" in node.detail
+
+
+async def test_forms_reuse_a_fresh_cluster_read(fake, make_provider):
+    provider = make_provider()
+    provider.refresh_min_interval = 3600
+    await provider.check_available()
+    reads = sum(1 for m, p in fake.requests if p == "/api/v1/nodes")
+    await provider.check_available()
+    await provider.check_available()
+    assert sum(1 for m, p in fake.requests if p == "/api/v1/nodes") == reads

@@ -47,6 +47,7 @@ import asyncio
 import datetime
 import importlib.metadata
 import os
+import time
 from dataclasses import replace
 
 from traitlets import Bool, Dict, Float, Integer, Unicode, default
@@ -68,6 +69,8 @@ RAY_GROUP, RAY_VERSION, RAY_PLURAL = "ray.io", "v1", "rayclusters"
 LABEL_POD = "cloudhop.io/pod"
 LABEL_OFFER = "cloudhop.io/offer"
 ANNOTATION_RAY = "cloudhop.io/ray-cluster"
+#: container waiting reasons that no amount of waiting fixes
+_HOPELESS_WAITS = ("InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError")
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
@@ -142,6 +145,9 @@ class KubernetesProvider(Provider):
     refresh_interval = Float(
         60.0, help="Seconds between background reads of each cluster's nodes for offers (0: only on check_available).",
     ).tag(config=True)
+    refresh_min_interval = Float(
+        5.0, help="Seconds a cluster read is reused by forms and launches before reading again.",
+    ).tag(config=True)
     api_retries = Integer(
         3, help="Attempts for an API call that fails with throttling, a 5xx or a connection error.",
     ).tag(config=True)
@@ -167,6 +173,9 @@ class KubernetesProvider(Provider):
         self._errors: dict[str, str] = {}
         self._plans: dict[str, PodPlan] = {}
         self._refresher: asyncio.Task | None = None
+        self._offers: dict[str, Offer] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._read_at: dict[str, float] = {}
 
     # -- configuration -----------------------------------------------------------
 
@@ -280,8 +289,20 @@ class KubernetesProvider(Provider):
 
     # -- cluster view and offers -----------------------------------------------
 
-    async def refresh(self, name: str) -> None:
-        """Read one cluster's nodes and the pods holding GPUs into the offers cache."""
+    async def refresh(self, name: str, *, force: bool = False) -> None:
+        """Read one cluster's nodes and the pods holding GPUs into the offers cache.
+
+        Every form and launch asks (through ``check_available``), so a read younger than
+        ``refresh_min_interval`` is reused and concurrent callers share one read."""
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            fresh = time.monotonic() - self._read_at.get(name, float("-inf")) < self.refresh_min_interval
+            if fresh and not force and name not in self._errors:
+                return
+            await self._read(name)
+            self._read_at[name] = time.monotonic()
+
+    async def _read(self, name: str) -> None:
         cluster = self._cluster(name)
         try:
             api = await self._api(cluster)
@@ -304,18 +325,21 @@ class KubernetesProvider(Provider):
         except ProviderError as err:
             self._errors[name] = err.message
             raise
+        except Exception as err:  # an unexpected client failure must not break the form
+            self._errors[name] = f"cluster {name}: {type(err).__name__}: {err}"
+            raise TransientError(self._errors[name]) from err
 
-    async def _refresh_all(self) -> None:
+    async def _refresh_all(self, force: bool = False) -> None:
         for name in self._clusters():
             try:
-                await self.refresh(name)
+                await self.refresh(name, force=force)
             except ProviderError as err:
                 self.log.warning("Kubernetes cluster %s unreachable: %s", name, err.message)
 
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(self.refresh_interval)
-            await self._refresh_all()
+            await self._refresh_all(force=True)
 
     async def check_available(self) -> str | None:
         try:
@@ -345,8 +369,24 @@ class KubernetesProvider(Provider):
             for offer, plan in cluster_offers(cluster, nodes, pods, provider=self.name,
                                               profiles=self._profiles.get(name)):
                 self._plans[offer.key] = plan
+                self._offers[offer.key] = offer
                 out.append(offer)
         return out
+
+    def _full(self, offer: Offer) -> str | None:
+        """Why ``offer`` cannot start now, when the last cluster read says so: GPUs on
+        nodes outside any autoscaling pool, none free. Pools and profiles may scale up,
+        so they are left to the scheduler and the autoscaler."""
+        known = self._offers.get(offer.key)
+        if known is None or known.available != 0 or offer.region in self._errors:
+            return None
+        cluster = self._cluster(offer.region)
+        if any(offer.instance_type.startswith(f"{p.name}-x") for p in cluster.pools):
+            return None
+        if self._views.get(offer.region, (None, None))[0] is None:
+            return None
+        return (f"no {offer.gpu_count} x {offer.gpu} free on cluster {offer.region} now "
+                f"({known.note}; declare the node pool in 'pools' if it autoscales)")
 
     def _plan_for(self, cluster: ClusterConfig, offer: Offer) -> PodPlan:
         """The pod plan of an offer: from the offers cache, else rebuilt from config
@@ -392,6 +432,8 @@ class KubernetesProvider(Provider):
             detail = status.get("message") or status.get("reason") or "pod failed"
         else:
             state, detail = PENDING, _pending_detail(status)
+            if any(w in detail for w in _HOPELESS_WAITS):
+                state = FAILED  # waiting will not fix it: fail so the spawn says why now
         port = None
         for c in spec.get("containers") or []:
             for p in c.get("ports") or []:
@@ -442,6 +484,9 @@ class KubernetesProvider(Provider):
         existing = await self._find(cluster, {TAG_REQUEST: spec.request_id})
         if existing:
             return self._node(cluster.name, existing[0])
+        full = self._full(spec.offer)
+        if full:
+            raise CapacityError(full, offer=spec.offer)
 
         namespace = self._namespaces[cluster.name]
         core = self._core(await self._api(cluster))
