@@ -9,7 +9,11 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    if name in ("panel", "migrate", "ray_panel"):
+    if name == "ray_panel":
+        from .extensions.ray_panel import ray_panel
+
+        return ray_panel
+    if name in ("panel", "migrate"):
         from . import extensions
 
         try:

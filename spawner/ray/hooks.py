@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 
 from ..offers import matching
 from ..options import LaunchRequest
@@ -25,7 +26,12 @@ from ..providers.base import LaunchSpec, Node
 from . import WORKER_ROLE
 from .cluster import RayCluster
 from .commands import head_address, head_command, head_port_base, python_for
-from .ports import find_free_block
+from .ports import candidate_bases, find_free_block
+
+#: head blocks this hub chose recently (base -> monotonic time): a block is free until
+#: the head's launcher claims it, so two spawns in the same minute must not get the same
+_HANDED_OUT: dict[int, float] = {}
+HANDOUT_GRACE = 300.0
 
 
 def wants_ray(spawner, request, provider: str) -> bool:
@@ -46,7 +52,13 @@ def wrap_notebook_spec(spawner, spec: LaunchSpec, request: LaunchRequest) -> Lau
         return spec
     base = head_port_base(provider)
     if base is None:
-        base = find_free_block().base
+        # skip blocks handed out moments ago whose launcher may not have claimed them yet
+        now = time.monotonic()
+        for b, when in list(_HANDED_OUT.items()):
+            if now - when > HANDOUT_GRACE:
+                del _HANDED_OUT[b]
+        base = find_free_block(bases=[b for b in candidate_bases() if b not in _HANDED_OUT]).base
+        _HANDED_OUT[base] = now
     spawner.ray_port_base = base
     cmd = head_command(spec.cmd, python=python_for(provider, sys.executable), port_base=base)
     return dataclasses.replace(spec, cmd=cmd)

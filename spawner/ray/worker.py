@@ -17,7 +17,7 @@ import time
 
 from .commands import temp_dir_for, worker_start_args
 from .node import RayNode, Signals, log, wait_for_port
-from .ports import PortBlock, PortsBusy, claim_block, claim_free_block
+from .ports import BLOCK_SIZE, PortBlock, PortsBusy, candidate_bases, claim_block, claim_free_block
 
 
 def parse_args(argv):
@@ -36,7 +36,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     signals = Signals()
     try:
-        lock = claim_free_block() if args.ports == "auto" else None
+        # never the head's block: the head's launcher may not have claimed it yet
+        head_port = int(args.address.rpartition(":")[2])
+        bases = [b for b in candidate_bases() if not b <= head_port < b + BLOCK_SIZE]
+        lock = claim_free_block(bases=bases) if args.ports == "auto" else None
     except PortsBusy as err:
         log(f"cannot start: {err}")
         return 3
