@@ -357,6 +357,8 @@ def cluster_offers(
             groups[pool.name]["nodes"].append(view)
         elif cluster.node_offers and view.gpu:
             key = _slug(view.gpu)
+            if any(p.name == key for p in cluster.pools):  # keep pool names unambiguous
+                key += "-nodes"
             groups.setdefault(key, {"pool": None, "gpu": view.gpu, "nodes": []})["nodes"].append(view)
 
     for key, group in groups.items():
