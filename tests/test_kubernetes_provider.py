@@ -3,6 +3,7 @@ the real kubernetes_asyncio client, a generated kubeconfig, the API's JSON."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 import pytest
@@ -186,6 +187,7 @@ async def test_a_fresh_provider_reattaches_by_label(fake, make_provider):
     found = await second.list_nodes({TAG_HUB: "hub-a1", TAG_USER: "ana@example.org"})
     assert [n.id for n in found] == [node.id] and found[0].state == RUNNING and found[0].ip == "10.8.0.9"
     assert await second.list_nodes({TAG_HUB: "another-hub"}) == []
+    assert (await second.status(node.id)).ip == "10.8.0.9"  # what the spawner's poll asks after a restart
     posts = sum(1 for m, p in fake.requests if m == "POST" and p.endswith("/pods"))
     again = await second.launch(spec_for(offer))  # the same request id: no second pod
     assert again.id == node.id and fake.names("pods", NS) == [pod_name]
@@ -308,3 +310,15 @@ async def test_forms_reuse_a_fresh_cluster_read(fake, make_provider):
     await provider.check_available()
     await provider.check_available()
     assert sum(1 for m, p in fake.requests if p == "/api/v1/nodes") == reads
+
+
+async def test_the_users_image_wins_over_a_profiles_and_the_default(fake, make_provider, tmp_path):
+    profile = tmp_path / "profiles.yaml"
+    profile.write_text("- display_name: Torch\n  kubespawner_override: {image: example/torch:2}\n")
+    provider = make_provider(profile_list=str(profile))
+    await provider.check_available()
+    offer = next(o for o in provider.offers() if o.instance_type == "torch")
+    await provider.launch(spec_for(offer))
+    await provider.launch(replace(spec_for(offer, request_id="req-2"), image="example/mine:3"))
+    images = sorted(p["spec"]["containers"][0]["image"] for p in fake.pods(NS).values())
+    assert images == ["example/mine:3", "example/torch:2"]
