@@ -322,3 +322,23 @@ async def test_the_users_image_wins_over_a_profiles_and_the_default(fake, make_p
     await provider.launch(replace(spec_for(offer, request_id="req-2"), image="example/mine:3"))
     images = sorted(p["spec"]["containers"][0]["image"] for p in fake.pods(NS).values())
     assert images == ["example/mine:3", "example/torch:2"]
+
+
+async def test_a_retried_launch_finishes_the_ray_cluster(fake, make_provider):
+    provider = make_provider()
+    provider.extra_labels = {"component": "singleuser-server"}
+    offer = await offer_of(provider, "L4", 1)
+    ray = RayRequest(workers=1, gpu="L4", gpu_count=1)
+    fake.faults[("POST", "rayclusters")] = [500, 500, 500]  # the first try dies between pod and RayCluster
+    with pytest.raises(TransientError):
+        await provider.launch(spec_for(offer, ray=ray))
+    assert fake.names("pods", NS) == [] and fake.names("rayclusters", NS) == []  # nothing half-made
+    node = await provider.launch(spec_for(offer, ray=ray))
+    (ray_name,) = fake.names("rayclusters", NS)
+    labels = fake.get("rayclusters", NS, ray_name)["spec"]["workerGroupSpecs"][0]["template"]["metadata"]["labels"]
+    assert "component" not in labels and labels["cloudhop-role"] == "ray-worker"
+    assert fake.get("pods", NS, node.id.split("/")[2])["metadata"]["labels"]["component"] == "singleuser-server"
+    # a hub that died after creating the pod but before its RayCluster: the retry makes it
+    fake.delete("rayclusters", NS, ray_name)
+    again = await provider.launch(spec_for(offer, ray=ray))
+    assert again.id == node.id and fake.names("rayclusters", NS) == [ray_name]

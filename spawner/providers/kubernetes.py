@@ -59,7 +59,8 @@ from ..kube.cluster import CPU_OFFER, ClusterConfig, ClusterConfigError, cluster
 from ..kube.plan import PodPlan
 from ..offers import NO_GPU, Offer
 from .base import (
-    FAILED, PENDING, RUNNING, STOPPING, TAG_REQUEST, TAG_ROLE, TERMINATED, CapacityError,
+    FAILED, PENDING, RUNNING, STOPPING, TAG_HUB, TAG_REQUEST, TAG_ROLE, TAG_SERVER, TAG_USER,
+    TERMINATED, CapacityError,
     CredentialsError, LaunchSpec, Node, NodeNotFound, Provider, ProviderError, QuotaError,
     TransientError,
 )
@@ -483,7 +484,13 @@ class KubernetesProvider(Provider):
         tags.setdefault(TAG_ROLE, spec.role)
         existing = await self._find(cluster, {TAG_REQUEST: spec.request_id})
         if existing:
-            return self._node(cluster.name, existing[0])
+            pod = existing[0]
+            ray_name = (pod["metadata"].get("annotations") or {}).get(ANNOTATION_RAY)
+            if ray_name and getattr(spec, "ray", None) is not None:
+                # an earlier try may have stopped between the pod and its RayCluster
+                await self._create_ray(cluster, spec.ray, ray_name, pod,
+                                       pod["spec"]["containers"][0]["image"], tags, pod["metadata"]["name"])
+            return self._node(cluster.name, pod)
         full = self._full(spec.offer)
         if full:
             raise CapacityError(full, offer=spec.offer)
@@ -491,8 +498,8 @@ class KubernetesProvider(Provider):
         namespace = self._namespaces[cluster.name]
         core = self._core(await self._api(cluster))
         plan = self._plan_for(cluster, spec.offer).with_spot(spec.spot)
-        user = str(spec.tags.get("cloudhop-user", ""))
-        server = str(spec.tags.get("cloudhop-server", ""))
+        user = str(spec.tags.get(TAG_USER, ""))
+        server = str(spec.tags.get(TAG_SERVER, ""))
         pod_name = kl.object_name("cloudhop", user, server, spec.role if spec.role != "notebook" else "",
                                   key=spec.request_id)
         labels, annotations = kl.tag_labels(tags)
@@ -541,9 +548,9 @@ class KubernetesProvider(Provider):
 
     async def _ensure_workspace(self, cluster: ClusterConfig, core, tags: dict, user: str, server: str) -> str:
         namespace = self._namespaces[cluster.name]
-        hub = str(tags.get("cloudhop-hub", ""))
+        hub = str(tags.get(TAG_HUB, ""))
         name = kl.object_name("cloudhop-ws", user, server, key=hub)
-        pvc_tags = {k: v for k, v in tags.items() if k in ("cloudhop-hub", "cloudhop-user", "cloudhop-server")}
+        pvc_tags = {k: v for k, v in tags.items() if k in (TAG_HUB, TAG_USER, TAG_SERVER)}
         labels, annotations = kl.tag_labels(pvc_tags)
         body = manifests.workspace_pvc(
             name, size=self.workspace_size, storage_class=cluster.storage_class,
@@ -557,7 +564,9 @@ class KubernetesProvider(Provider):
         namespace = self._namespaces[cluster.name]
         ray_tags = {**tags, TAG_ROLE: "ray-worker"}
         labels, annotations = kl.tag_labels(ray_tags)
-        labels = {**self.extra_labels, **labels, **kl.MANAGED_BY, LABEL_POD: pod_name}
+        # no extra_labels: z2jh's singleuser network policy (selected by them) would cut
+        # the head off from its workers
+        labels = {**labels, **kl.MANAGED_BY, LABEL_POD: pod_name}
         meta = pod.get("metadata") or {}
         body = manifests.ray_cluster(
             ray_name,
