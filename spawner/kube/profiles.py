@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..offers import NO_GPU, Offer
-from .flavours import GPU_RESOURCE, GPU_TOLERATION, gpu_from_selector, model_from_product
+from .flavours import GPU_RESOURCE, GPU_TOLERATION, gpu_from_selector
 from .plan import PASSTHROUGH, PodPlan
 
 #: the GPU name of a profile that asks for ``nvidia.com/gpu`` without saying which model
@@ -324,5 +324,5 @@ def profile_offer(
 
 __all__ = [
     "ImportedProfile", "ProfileImportError", "UNKNOWN_GPU", "import_profiles",
-    "load_profile_list", "profile_offer", "model_from_product",
+    "load_profile_list", "profile_offer",
 ]
