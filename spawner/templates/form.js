@@ -112,7 +112,7 @@
     var radio = document.createElement("input");
     radio.type = "radio"; radio.name = "instance_type"; radio.value = ""; radio.checked = !keep; radio.id = "ch-any-type";
     any.appendChild(document.createElement("td")).appendChild(radio);
-    var label = cell(any, "", ""); label.colSpan = 9;
+    var label = cell(any, "", ""); label.colSpan = 7;
     var l = document.createElement("label"); l.htmlFor = "ch-any-type"; l.style.fontWeight = "normal";
     l.textContent = "Cheapest of these, with failover to the next when one has no capacity"; label.appendChild(l);
     el.rows.appendChild(any);
@@ -124,16 +124,17 @@
       r.setAttribute("data-provider", o.provider); r.setAttribute("data-region", o.region);
       r.checked = keep !== "" && o.instance_type === keep;
       tr.appendChild(document.createElement("td")).appendChild(r);
-      cell(tr, o.provider); cell(tr, o.region);
+      cell(tr, o.provider + " " + o.region, "ch-where");
       var t = cell(tr, o.instance_type);
       if (o.note) { var n = document.createElement("div"); n.className = "ch-note"; n.textContent = o.note; t.appendChild(n); }
       cell(tr, o.gpu === "none" ? "none" : o.gpu_count + " \u00d7 " + o.gpu);
-      cell(tr, num(o.gpu_memory_gib, " GiB"), "num"); cell(tr, num(o.vcpus), "num"); cell(tr, num(o.memory_gib, " GiB"), "num");
+      cell(tr, num(o.gpu_memory_gib, " GiB"), "num");
+      cell(tr, num(o.vcpus) + " / " + num(o.memory_gib, " GiB"), "num");
       cell(tr, money(o.price_hour, o.price_partial), "num");
       cell(tr, money(o.spot_price_hour, o.price_partial && o.spot_price_hour != null), "num");
       el.rows.appendChild(tr);
     });
-    if (!pool.length) { var e = document.createElement("tr"); cell(e, "No offer matches these choices.").colSpan = 10; el.rows.appendChild(e); }
+    if (!pool.length) { var e = document.createElement("tr"); cell(e, "No offer matches these choices.").colSpan = 8; el.rows.appendChild(e); }
     el.more.textContent = pool.length > shown.length ? (pool.length - shown.length) + " more offer(s), dearer; narrow the region to see them." : "";
     updateAuto(pool);
     updateZones();
