@@ -146,6 +146,14 @@ def test_spawn_on_kubernetes_with_a_ray_cluster(cluster, tmp_path):
         status = hub.server_api("GET", "ana", "api/status")
         assert status.status_code == 200, status.text
 
+        # the hub restarts: it finds the pod through the provider and keeps the server
+        hub.stop()
+        hub.start()
+        model = hub.wait_ready("ana")
+        assert model["state"]["node"]["id"] == f"fake-gke/{NS}/{pod_name}"
+        assert hub.server_api("GET", "ana", "api/status").status_code == 200
+        assert api.names("pods", NS) == [pod_name]
+
         hub.stop_server("ana")
         assert api.names("pods", NS) == [] and api.names("rayclusters", NS) == []
         assert len(api.names("persistentvolumeclaims", NS)) == 1  # the workspace stays
