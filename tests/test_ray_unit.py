@@ -133,3 +133,18 @@ def test_worker_cloud_init_runs_ray_start_against_the_head_and_carries_no_secret
     assert "--gpus" in argv and "--network" in argv  # GPUs exposed, host network for Ray's ports
     assert "CLOUDHOP_RAY_HEAD=10.0.0.5:6379" in text
     assert "JUPYTERHUB_API_TOKEN" not in text and "AWS_" not in text
+
+
+def test_sweep_removes_only_dirs_of_dead_ray_nodes(tmp_path):
+    from cloudhop.spawner.ray.node import sweep_stale_temp_dirs
+
+    free, held = candidate_bases()[:2]
+    lock = claim_block(held)
+    try:
+        for base in (free, held):
+            (tmp_path / f"cloudhop-ray-{base}" / "logs").mkdir(parents=True)
+        (tmp_path / "unrelated").mkdir()
+        assert sweep_stale_temp_dirs(str(tmp_path)) == [f"cloudhop-ray-{free}"]
+        assert (tmp_path / f"cloudhop-ray-{held}").is_dir() and (tmp_path / "unrelated").is_dir()
+    finally:
+        lock.release()

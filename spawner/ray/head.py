@@ -28,7 +28,7 @@ import tempfile
 import time
 
 from .commands import ENV_ADDRESS, ENV_DASHBOARD_PORT, ENV_HEAD, head_start_args, temp_dir_for
-from .node import RayNode, Signals, log
+from .node import RayNode, Signals, log, sweep_stale_temp_dirs
 from .ports import PortBlock, PortsBusy, claim_block
 
 
@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     except PortsBusy as err:
         log(f"cannot start the Ray head: {err}")
         return 3
+    sweep_stale_temp_dirs(tempfile.gettempdir())
     block = PortBlock(args.port_base)
     temp_dir = temp_dir_for(block.base, tempfile.gettempdir())
     head = RayNode(head_start_args(block, temp_dir=temp_dir, num_cpus=args.num_cpus), temp_dir)

@@ -103,6 +103,33 @@ class RayNode:
         log(f"stopped ({len(procs)} process(es))")
 
 
+def sweep_stale_temp_dirs(root: str) -> list[str]:
+    """Remove temp dirs of Ray nodes that died without cleaning up (a worker killed
+    with SIGKILL, a crashed node): a dir whose port block no live launcher holds."""
+    from .ports import PortsBusy, claim_block
+
+    removed = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        base = name[len("cloudhop-ray-"):]
+        if not (name.startswith("cloudhop-ray-") and base.isdigit()):
+            continue
+        try:
+            lock = claim_block(int(base))
+        except (PortsBusy, OSError):
+            continue  # held: a live Ray node's dir
+        try:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            shutil.rmtree(os.path.join(root, name + "-jupyter"), ignore_errors=True)
+            removed.append(name)
+        finally:
+            lock.release()
+    return removed
+
+
 def _name(p: psutil.Process) -> str:
     try:
         return p.name()

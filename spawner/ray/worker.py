@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from .commands import temp_dir_for, worker_start_args
-from .node import RayNode, Signals, log, wait_for_port
+from .node import RayNode, Signals, log, sweep_stale_temp_dirs, wait_for_port
 from .ports import BLOCK_SIZE, PortBlock, PortsBusy, candidate_bases, claim_block, claim_free_block
 
 
@@ -50,6 +50,7 @@ def main(argv=None) -> int:
         except PortsBusy as err:
             log(f"cannot start: {err}")
             return 3
+    sweep_stale_temp_dirs(tempfile.gettempdir())
     log(f"waiting for the head at {args.address}")
     deadline = time.monotonic() + args.head_timeout
     while not wait_for_port(args.address, 1):  # short, so SIGTERM is noticed at once
