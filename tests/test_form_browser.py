@@ -144,6 +144,20 @@ def test_form_in_chromium_narrows_choices_and_starts_a_local_server(hub_factory)
             page.screenshot(path=str(OUTPUT / "spawn-form.png"), full_page=True)
             assert "g2-standard-4" in page.inner_text("#ch-offer-rows")
 
+            # Auto, then picking a machine pins its provider and region, and offers its zones
+            page.select_option("#ch-provider", "auto")
+            page.select_option("#ch-region", "")
+            page.select_option("#ch-gpu", "L4")
+            page.select_option("#ch-count", "1")
+            first = page.locator("#ch-offer-rows tr[data-key]").first
+            key = first.get_attribute("data-key")
+            first.locator("input[type=radio]").check()
+            provider, region, itype = key.split("/")
+            assert page.eval_on_selector("#ch-provider", "e => e.value") == provider == "gcp"
+            assert page.eval_on_selector("#ch-region", "e => e.value") == region
+            assert page.eval_on_selector("input[name=instance_type]:checked", "e => e.value") == itype
+            assert len(options(page, "#ch-zone")) > 1 and all(z == "" or z.startswith(region) for z in options(page, "#ch-zone"))
+
             # local, CPU only: submit and the server starts
             page.select_option("#ch-provider", "local")
             assert options(page, "#ch-region") == ["", "local"]
