@@ -342,3 +342,13 @@ async def test_a_retried_launch_finishes_the_ray_cluster(fake, make_provider):
     fake.delete("rayclusters", NS, ray_name)
     again = await provider.launch(spec_for(offer, ray=ray))
     assert again.id == node.id and fake.names("rayclusters", NS) == [ray_name]
+
+
+async def test_an_unreachable_cluster_is_not_retried_by_every_form(fake, make_provider):
+    provider = make_provider()
+    provider.refresh_min_interval = 3600
+    fake.faults[("GET", "nodes")] = [503, 503, 503]
+    first = await provider.check_available()
+    assert "no Kubernetes cluster reachable" in first and "HTTP 503" in first
+    calls = len(fake.requests)
+    assert await provider.check_available() == first and len(fake.requests) == calls

@@ -294,14 +294,16 @@ class KubernetesProvider(Provider):
         """Read one cluster's nodes and the pods holding GPUs into the offers cache.
 
         Every form and launch asks (through ``check_available``), so a read younger than
-        ``refresh_min_interval`` is reused and concurrent callers share one read."""
+        ``refresh_min_interval`` is reused — a failed one too, so an unreachable cluster
+        does not slow every form by its retries — and concurrent callers share one read.
+        A failure is kept as the cluster's error (``check_available`` reports it)."""
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             fresh = time.monotonic() - self._read_at.get(name, float("-inf")) < self.refresh_min_interval
-            if fresh and not force and name not in self._errors:
+            if fresh and not force:
                 return
-            await self._read(name)
             self._read_at[name] = time.monotonic()
+            await self._read(name)
 
     async def _read(self, name: str) -> None:
         cluster = self._cluster(name)
