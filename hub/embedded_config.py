@@ -78,3 +78,9 @@ add_store_service(
     public_url=c.JupyterHub.get("public_url") or f"http://{_public_ip}:{c.JupyterHub.port}",
     s3=c.CloudhopStore.get("s3"),
 )
+
+# the reaper (docs/clouds.md): terminates nodes tagged with this hub that no active server
+# owns, after a grace period; c.CloudhopReaper.enabled / .interval / .grace tune it
+from cloudhop.hub.reaper import reaper_service_config  # noqa: E402
+
+reaper_service_config(c, data_dir=str(data_dir))

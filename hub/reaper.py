@@ -170,15 +170,22 @@ class Reaper:
         self.sweeps = [report] + self.sweeps[: HISTORY - 1]
         if self.report:
             self.report.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.report.with_suffix(".tmp")
+            tmp = self.report.with_suffix(f".{os.getpid()}.tmp")  # another reaper may write too
             tmp.write_text(json.dumps({"hub_id": self.hub_id, "sweeps": self.sweeps}, indent=1))
             os.replace(tmp, self.report)
         return report
 
     async def run(self, interval: float) -> None:
-        while True:
+        """Sweep every ``interval`` seconds while the hub that started us lives (a hub
+        killed outright does not stop its services; its successor starts a new one)."""
+        parent = os.getppid()
+        while os.getppid() == parent:
             await self.sweep()
-            await asyncio.sleep(interval)
+            for _ in range(max(1, int(interval))):
+                if os.getppid() != parent:
+                    break
+                await asyncio.sleep(min(1.0, interval))
+        log.info("reaper: the hub is gone; exiting")
 
 
 def reaper_service_config(c, *, data_dir: str, interval: float = 300.0, grace: float = 900.0,
