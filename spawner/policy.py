@@ -27,6 +27,7 @@ group can be stricter than the default.
 from __future__ import annotations
 
 import datetime
+import difflib
 import fnmatch
 import html
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from typing import Callable, Iterable
 from traitlets import Any, Dict, TraitError, validate
 from traitlets.config import Configurable
 
-from .offers import NO_GPU, Offer
+from .offers import Offer
 from .optimizer import effective_price
 from .options import PROVIDERS, LaunchRequest, OptionError, parse_options
 
@@ -175,8 +176,6 @@ def parse_group_policy(group: str, raw) -> GroupPolicy:
         raise TraitError(f"{where} must be a dict of rules ({', '.join(RULES)}), not {raw!r}")
     for key in raw:
         if key not in RULES:
-            import difflib
-
             close = difflib.get_close_matches(str(key), RULES, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise TraitError(f"{where}: unknown rule {key!r}{hint} Rules: {', '.join(RULES)}")
