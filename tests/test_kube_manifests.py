@@ -182,3 +182,26 @@ def test_label_values_and_names_are_valid_and_stable():
 def test_gpu_product_strings_map_to_catalog_models(product, model):
     assert model_from_product(product) == model
     assert NVIDIA.gpu_from_labels({"nvidia.com/gpu.product": product}) == model
+
+
+async def test_manifests_use_only_fields_the_kubernetes_api_knows():
+    """Round trip through the client's own models: a misspelt or misplaced field would
+    be dropped on the way in and show up as a difference."""
+    from types import SimpleNamespace
+
+    from kubernetes_asyncio.client import ApiClient
+
+    plan = gpu_plan(NVIDIA, "A100-80GB", 2)
+    pod = _pod(plan)
+    labels, annotations = kl.tag_labels(TAGS)
+    pvc = manifests.workspace_pvc("ws", size="10Gi", labels=labels, annotations=annotations, storage_class="fast")
+    async with ApiClient() as api:
+        for body, kind in ((pod, "V1Pod"), (pvc, "V1PersistentVolumeClaim")):
+            model = api.deserialize(SimpleNamespace(data=json.dumps(body)), kind)
+            assert manifests.to_json(model) == body
+        # the RayCluster's pod templates are Pod specs too
+        rc = manifests.ray_cluster("r", image="i", ray_version="2.60.0", workers=2, worker_plan=plan,
+                                   labels=labels, annotations={})
+        for template in (rc["spec"]["headGroupSpec"]["template"], rc["spec"]["workerGroupSpecs"][0]["template"]):
+            model = api.deserialize(SimpleNamespace(data=json.dumps(template)), "V1PodTemplateSpec")
+            assert manifests.to_json(model) == template
