@@ -72,7 +72,6 @@ class ClusterConfig:
     #: a profile list, a YAML path, or "KubeSpawner" (the hub's c.KubeSpawner.profile_list)
     profile_list: object = None
     storage_class: str | None = None
-    display_name: str = ""
 
     def plan_for_gpu(self, gpu: str, count: int, pool: PoolConfig | None = None) -> PodPlan:
         """The pod plan for ``count`` x ``gpu`` here (``pool``'s selector when given)."""
@@ -130,7 +129,7 @@ _POOL_KEYS = {
 _CLUSTER_KEYS = {
     "context", "kubeconfig", "in_cluster", "namespace", "flavour", "gpu_label", "gpu_values",
     "pools", "gpu_tolerations", "price_per_gpu_hour", "cpu_price_hour", "cpu_offer",
-    "node_offers", "profile_list", "storage_class", "display_name",
+    "node_offers", "profile_list", "storage_class",
 }
 
 
@@ -206,7 +205,6 @@ def parse_cluster(name: str, raw) -> ClusterConfig:
         node_offers=bool(raw.get("node_offers", True)),
         profile_list=raw.get("profile_list"),
         storage_class=raw.get("storage_class"),
-        display_name=str(raw.get("display_name") or ""),
     )
 
 
