@@ -1,0 +1,119 @@
+"""One contract, every provider: what the spawner and the reaper rely on (see
+spawner/providers/base.py), run against AWS (moto), GCP and OCI (local API fakes with
+the real SDKs) and the local provider (real processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+
+import pytest
+from moto import mock_aws
+
+from cloudhop.spawner.providers.base import RUNNING, TAG_HUB, TAG_REQUEST, TAG_USER, TERMINATED
+from hubfixture import free_port
+from tests.cloudkit import HUB_ID, cheapest, spec_for
+from tests.fakes.gcp_compute import FakeCompute
+from tests.fakes.oci_api import FakeOCI
+from tests.test_oci import SUBNET, oci_config  # noqa: F401 - the module-scoped key fixture
+
+FAST = {"status_cache_seconds": 0, "retry_base_delay": 0.01}
+
+
+@pytest.fixture(params=["aws", "gcp", "oci", "local"])
+def cloud(request, monkeypatch, tmp_path, oci_config):  # noqa: F811
+    """(provider, make_spec(user)) for one provider."""
+    if request.param == "aws":
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        from cloudhop.spawner.providers.aws import AWSProvider
+
+        with mock_aws():
+            p = AWSProvider(image_ssm_parameter="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-x86_64",
+                            regions=["us-east-1"], **FAST)
+            yield p, lambda user: spec_for(cheapest("aws", "us-east-1", "T4", 1), user=user)
+    elif request.param == "gcp":
+        from cloudhop.spawner.providers.gcp import GCPProvider
+
+        fake = FakeCompute()
+        url = fake.start()
+        yield (GCPProvider(api_endpoint=url, anonymous_credentials=True, project="p", **FAST),
+               lambda user: spec_for(cheapest("gcp", "us-central1", "L4", 1), user=user))
+        fake.stop()
+    elif request.param == "oci":
+        from cloudhop.spawner.providers.oci import OCIProvider
+
+        fake = FakeOCI()
+        url = fake.start()
+        yield (OCIProvider(config_file=str(oci_config / "config"), service_endpoint=url, subnet_id=SUBNET,
+                           regions=["eu-amsterdam-1"], **FAST),
+               lambda user: spec_for(cheapest("oci", "eu-amsterdam-1", "A10", 1), user=user))
+        fake.stop()
+    else:
+        from cloudhop.spawner.providers.local import LocalProvider
+
+        p = LocalProvider(default_root=str(tmp_path / "ws"), state_dir=str(tmp_path / "nodes"))
+        [cpu] = [o for o in p.offers() if o.gpu_count == 0][:1]
+
+        def make(user):
+            port = free_port()
+            spec = spec_for(cpu, user=user, port=port)
+            return dataclasses.replace(
+                spec, cmd=[sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"])
+
+        yield p, make
+        for node in asyncio.run(p.list_nodes({TAG_HUB: HUB_ID})):
+            asyncio.run(p.terminate(node.id))
+
+
+async def eventually(provider, node_id, states, tries=20):
+    """Poll status as the spawner does until the node is in one of ``states``."""
+    for _ in range(tries):
+        node = await provider.status(node_id)
+        if node.state in states:
+            return node
+        await asyncio.sleep(0.1)
+    return node
+
+
+async def test_launch_is_idempotent_on_the_request_id(cloud):
+    provider, make = cloud
+    spec = make("alice")
+    first = await provider.launch(spec)
+    again = await provider.launch(spec)
+    assert again.id == first.id
+    assert [n.id for n in await provider.list_nodes({TAG_REQUEST: spec.request_id})] == [first.id]
+    await provider.terminate(first.id)
+
+
+async def test_status_reaches_running_with_an_address(cloud):
+    provider, make = cloud
+    spec = make("alice")
+    node = await provider.launch(spec)
+    assert node.provider == provider.name and node.tags[TAG_USER] == "alice"
+    running = await eventually(provider, node.id, {RUNNING})
+    assert running.state == RUNNING and running.ip and running.port == spec.port
+    await provider.terminate(node.id)
+
+
+async def test_list_nodes_by_tags(cloud):
+    provider, make = cloud
+    a = await provider.launch(make("alice"))
+    b = await provider.launch(make("bob"))
+    assert [n.id for n in await provider.list_nodes({TAG_HUB: HUB_ID, TAG_USER: "alice"})] == [a.id]
+    assert {n.id for n in await provider.list_nodes({TAG_HUB: HUB_ID})} == {a.id, b.id}
+    assert await provider.list_nodes({TAG_HUB: "not-this-hub"}) == []
+    for n in (a, b):
+        await provider.terminate(n.id)
+
+
+async def test_terminate_is_idempotent_and_the_node_ends_terminated(cloud):
+    provider, make = cloud
+    spec = make("alice")
+    node = await provider.launch(spec)
+    await eventually(provider, node.id, {RUNNING})
+    await provider.terminate(node.id)
+    await provider.terminate(node.id)  # again: not an error
+    assert (await eventually(provider, node.id, {TERMINATED})).state == TERMINATED
+    assert await provider.list_nodes({TAG_REQUEST: spec.request_id}) == []
