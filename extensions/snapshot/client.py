@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator
 from urllib.parse import quote, urljoin
@@ -158,8 +159,20 @@ class StoreClient:
                           headers={"Content-Type": "application/octet-stream"})
             return size
 
-        with ThreadPoolExecutor(min(self.workers, 2)) as pool:
-            for n in pool.map(post, packs()):
+        # a bounded pipeline: reading the next pack overlaps sending the previous ones,
+        # and at most `depth` packs are in memory at once
+        depth = min(self.workers, 2)
+        with ThreadPoolExecutor(depth) as pool:
+            inflight = deque()
+            for item in packs():
+                inflight.append(pool.submit(post, item))
+                if len(inflight) >= depth:
+                    n = inflight.popleft().result()
+                    sent += n
+                    if on_sent:
+                        on_sent(n)
+            for fut in inflight:
+                n = fut.result()
                 sent += n
                 if on_sent:
                     on_sent(n)
