@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import base64
 
 import boto3
@@ -262,3 +263,13 @@ async def test_available_with_credentials(provider):
 def test_bad_connect_ip_names_the_option():
     with pytest.raises(traitlets.TraitError, match="connect_ip"):
         AWSProvider(connect_ip="elastic")
+
+
+async def test_catalog_check_asks_instance_type_offerings(provider):
+    offers = [cheapest("aws", "us-east-1", "T4", 1), cheapest("aws", "us-east-1", "A10G", 1),
+              dataclasses.replace(cheapest("aws", "us-east-1", "T4", 1), instance_type="g99.nonexistent")]
+    got = await provider.check_catalog(offers)
+    types = {t for t, region, zones in got}
+    assert {"g4dn.xlarge", "g5.xlarge"} <= types and "g99.nonexistent" not in types
+    zones = dict((t, z) for t, _, z in got)["g4dn.xlarge"]
+    assert zones and all(z.startswith("use1-az") for z in zones)  # zone ids, as the catalog has them

@@ -311,6 +311,33 @@ class AWSProvider(CloudProvider):
         state = _STATES.get(changes[0]["CurrentState"]["Name"], FAILED)
         return Node(node_id, self.name, region, state)
 
+    async def check_catalog(self, offers):
+        return await self._call(self._blocking_check_catalog, list(offers))
+
+    def _blocking_check_catalog(self, offers):
+        """Which catalog types each region offers in which zones (zone ids, as the
+        catalog spells them), from ``DescribeInstanceTypeOfferings``."""
+        _, botocore = _sdk()
+        out = []
+        for region in sorted({o.region for o in offers}):
+            wanted = sorted({o.instance_type for o in offers if o.region == region})
+            zones: dict[str, set] = {}
+            try:
+                pages = self.client(region).get_paginator("describe_instance_type_offerings")
+                for i in range(0, len(wanted), 100):  # the filter takes a bounded list
+                    for page in pages.paginate(
+                        LocationType="availability-zone-id",
+                        Filters=[{"Name": "instance-type", "Values": wanted[i:i + 100]}],
+                    ):
+                        for item in page.get("InstanceTypeOfferings", []):
+                            zones.setdefault(item["InstanceType"], set()).add(item["Location"])
+            except botocore.exceptions.ClientError as err:
+                # a region not enabled for the account: nothing there is launchable
+                self.log.info("aws: region %s not usable (%s)", region, err.response["Error"].get("Code"))
+                continue
+            out += [(t, region, tuple(sorted(z))) for t, z in sorted(zones.items())]
+        return out
+
     def _blocking_check(self):
         creds = self.session().get_credentials()
         if creds is None:
