@@ -37,6 +37,9 @@ from cloudhop.spawner.ray.node import RayNode  # noqa: E402
 from cloudhop.spawner.ray.ports import claim_free_block  # noqa: E402
 
 
+TIMEOUT = 300
+
+
 def alive_nodes(dashboard_port: int) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/api/v0/nodes?limit=1000", timeout=5) as r:
@@ -52,7 +55,11 @@ def cloudhop_round(hub: HubProcess, user: str, workers: int) -> float:
     t0 = time.perf_counter()
     r = hub.api("POST", f"/users/{user}/server", json=options)
     assert r.status_code in (201, 202), r.text
+    deadline = t0 + TIMEOUT
     while True:
+        if time.perf_counter() > deadline:
+            hub.stop_server(user, timeout=120)
+            raise TimeoutError(f"no server with {workers + 1} Ray nodes after {TIMEOUT}s")
         model = hub.server_model(user)
         if model and model.get("ready"):
             s = hub.server_api("GET", user, "cloudhop/ray")
@@ -83,6 +90,10 @@ def by_hand_round(workers: int) -> float:
     for p in procs:
         p.wait()
     while alive_nodes(head.dashboard_port) < workers + 1:
+        if time.perf_counter() - t0 > TIMEOUT:
+            for node in reversed(nodes):
+                node.stop()
+            raise TimeoutError(f"the hand-made cluster had no {workers + 1} alive nodes after {TIMEOUT}s")
         time.sleep(0.1)
     elapsed = time.perf_counter() - t0
     for node in reversed(nodes):

@@ -17,7 +17,7 @@ from cloudhop.spawner.ray.commands import (
     gpu_resource, head_address, head_command, head_start_args, worker_spec, worker_start_args,
 )
 from cloudhop.spawner.ray.ports import (
-    BLOCK_SIZE, LAYOUT, VM_BASE, WORKER_OFFSET, PortBlock, PortsBusy, candidate_bases,
+    BLOCK_SIZE, LAYOUT, VM_BASE, VM_PORT_RANGE, WORKER_OFFSET, PortBlock, PortsBusy, candidate_bases,
     claim_block, claim_free_block, find_free_block,
 )
 
@@ -46,6 +46,9 @@ def test_every_ray_port_of_a_node_is_pinned_inside_its_block():
                  f"--max-worker-port={24000 + BLOCK_SIZE - 1}"):
         assert flag in head_args
     assert max(LAYOUT.values()) < WORKER_OFFSET
+    # on a VM every Ray port is inside the one range the firewall opens between nodes
+    vm = PortBlock(VM_BASE)
+    assert all(VM_PORT_RANGE[0] <= p <= VM_PORT_RANGE[1] for p in _ports_in(vm.ray_args(head=True)))
 
 
 def test_two_claims_get_disjoint_blocks_and_a_held_block_is_refused(tmp_path):

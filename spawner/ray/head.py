@@ -32,6 +32,10 @@ from .node import RayNode, Signals, log, sweep_stale_temp_dirs
 from .ports import PortBlock, PortsBusy, claim_block
 
 
+#: times the head is started again after it exits with an error
+HEAD_RESTARTS = 2
+
+
 def enable_ray_extension(config_dir: str) -> str:
     """A Jupyter config folder enabling the server extension's Ray routes (status,
     resize, dashboard proxy), added to the notebook's JUPYTER_CONFIG_PATH; extension
@@ -76,13 +80,21 @@ def main(argv=None) -> int:
         p for p in (enable_ray_extension(temp_dir + "-jupyter"), env.get("JUPYTER_CONFIG_PATH")) if p)
     notebook = subprocess.Popen(args.cmd, env=env)
     code = None
-    head_reported = False
+    head_reported, restarts = False, 0
     try:
         while signals.received is None:
             code = notebook.poll()
             if code is not None:
                 break
             if not head_reported and head.poll() is not None:
+                if restarts < HEAD_RESTARTS:
+                    # `ray start` gives up after 30 s on an overloaded machine; retry
+                    restarts += 1
+                    log(f"the Ray head exited with code {head.poll()}; starting it again "
+                        f"({restarts}/{HEAD_RESTARTS})")
+                    head.stop()
+                    head.start()
+                    continue
                 # keep the notebook: the user's work matters more than the cluster
                 log(f"the Ray head exited with code {head.poll()}; the notebook keeps running")
                 head_reported = True

@@ -75,6 +75,12 @@ class RayNode:
                     found[p.pid] = p
             except psutil.Error:
                 continue
+        for p in list(found.values()):  # workers and dashboard modules name no temp dir
+            try:
+                for child in p.children(recursive=True):
+                    found[child.pid] = child
+            except psutil.Error:
+                continue
         found.pop(os.getpid(), None)
         return list(found.values())
 

@@ -42,6 +42,9 @@ WORKER_OFFSET = 16
 LOCAL_RANGE = (20000, 32768)
 #: the one block a VM uses (starts at Ray's usual GCS port)
 VM_BASE = 6379
+#: the TCP range a VM firewall must open between the nodes of one Ray cluster (and to
+#: nothing else): every port a Cloudhop head or worker on a VM listens on
+VM_PORT_RANGE = (VM_BASE, VM_BASE + BLOCK_SIZE - 1)
 
 
 class PortsBusy(RuntimeError):

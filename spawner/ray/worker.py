@@ -27,6 +27,8 @@ def parse_args(argv):
     p.add_argument("--num-cpus", type=int, default=None)
     p.add_argument("--resources", default="{}", help="JSON of custom resources")
     p.add_argument("--ports", default="auto", help="'auto' (claim a free block) or a block base")
+    p.add_argument("--restarts", type=int, default=2,
+                   help="times to start Ray again after it exits with an error")
     p.add_argument("--head-timeout", type=float, default=600.0,
                    help="seconds to wait for the head before giving up")
     return p.parse_args(argv)
@@ -64,13 +66,20 @@ def main(argv=None) -> int:
         temp_dir=temp_dir_for(block.base, tempfile.gettempdir()),
     )
     node.start()
-    code = 0
+    code, restarts = 0, 0
     try:
         while signals.received is None:
             code = node.poll()
             if code is not None:
-                log(f"ray exited with code {code}")
-                break
+                # `ray start` gives up after 30 s when the machine is overloaded; a retry
+                # usually joins. Past the allowance, the worker is reported dead.
+                if restarts >= args.restarts:
+                    log(f"ray exited with code {code}; not restarting it again")
+                    break
+                restarts += 1
+                log(f"ray exited with code {code}; starting it again ({restarts}/{args.restarts})")
+                node.stop()
+                node.start()
             time.sleep(0.5)
     finally:
         node.stop()
