@@ -15,6 +15,8 @@ from typing import Callable
 
 from traitlets import Float, Integer, Unicode, Enum, List
 
+from cloudhop import __version__ as VERSION  # the default image tag follows the package
+
 from ..bootstrap import render_user_data
 from .base import (
     PENDING,
@@ -37,7 +39,6 @@ TAG_PORT = "cloudhop-port"
 #: tags a node is created with, from the spec (TAG_REQUEST and TAG_ROLE are added)
 SPEC_TAGS = (TAG_HUB, TAG_USER, TAG_SERVER)
 
-VERSION = "0.1.0"
 
 
 class Retry(Exception):

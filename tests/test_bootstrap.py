@@ -1,0 +1,90 @@
+"""Node bootstrap: the cloud-init user-data every VM boots with."""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import subprocess
+
+import yaml
+
+from cloudhop.spawner.bootstrap import container_command, render_user_data
+from cloudhop.spawner.offers import Offer
+from tests.cloudkit import cheapest, spec_for
+
+IMAGE = "registry.invalid/cloudhop/singleuser:test"
+
+
+def parsed(text):
+    assert text.startswith("#cloud-config\n")
+    doc = yaml.safe_load(text)
+    files = {f["path"]: f for f in doc["write_files"]}
+    return doc, files
+
+
+def env_of(files):
+    return dict(line.split("=", 1) for line in files["/etc/cloudhop/env"]["content"].splitlines())
+
+
+def test_user_data_runs_the_server_with_gpus_env_and_port():
+    spec = spec_for(cheapest("aws", "us-east-1", "T4", 1), user="alice", port=8890)
+    doc, files = parsed(render_user_data(spec, image=IMAGE, hub_connect_url="https://hub.example.org"))
+    assert files["/etc/cloudhop/env"]["permissions"] == "0600"
+    env = env_of(files)
+    assert env["JUPYTERHUB_API_TOKEN"] == "server-own-token-123"
+    assert env["JUPYTERHUB_API_URL"] == "https://hub.example.org/hub/api"
+    assert env["JUPYTERHUB_ACTIVITY_URL"] == "https://hub.example.org/hub/api/users/alice/activity"
+    assert env["JUPYTERHUB_SERVICE_URL"] == "http://0.0.0.0:8890/user/alice/"
+    script = files["/etc/cloudhop/start.sh"]["content"]
+    run = [line for line in script.splitlines() if line.strip().startswith("docker run")][0]
+    argv = shlex.split(run)
+    assert argv[argv.index("--gpus") + 1] == "all"
+    assert argv[argv.index(IMAGE) + 1:] == ["jupyterhub-singleuser", "--debug"]
+    assert "--env-file" in argv and "/etc/cloudhop/env" in argv
+    assert doc["runcmd"] == [["bash", "/etc/cloudhop/start.sh"]]
+
+
+def test_start_script_is_valid_bash():
+    spec = spec_for(cheapest("gcp", "us-central1", "L4", 1))
+    _, files = parsed(render_user_data(spec, image=IMAGE))
+    subprocess.run(["bash", "-n"], input=files["/etc/cloudhop/start.sh"]["content"], text=True, check=True)
+
+
+def test_cpu_offer_gets_no_gpus():
+    cpu = Offer("aws", "us-east-1", "m5.large", "none", 0, price_hour=0.096)
+    _, files = parsed(render_user_data(spec_for(cpu), image=IMAGE))
+    assert "--gpus" not in files["/etc/cloudhop/start.sh"]["content"]
+
+
+def test_no_credential_reaches_the_user_data(monkeypatch):
+    # the hub holds cloud credentials in its environment, and a careless env could carry some
+    secrets = {
+        "AWS_ACCESS_KEY_ID": "AKIAHUBKEY0000000001", "AWS_SECRET_ACCESS_KEY": "hub-secret-aws",
+        "AWS_SESSION_TOKEN": "hub-session-token", "GOOGLE_APPLICATION_CREDENTIALS": "/secrets/sa.json",
+    }
+    for k, v in secrets.items():
+        monkeypatch.setenv(k, v)
+    spec = spec_for(cheapest("aws", "us-east-1", "T4", 1))
+    leaky = dict(spec.env, **secrets, CLOUDHOP_AWS_SECRET_ACCESS_KEY="prefixed-secret",
+                 JUPYTERHUB_CRYPT_KEY_PASSWORD="pw-value", OCI_CLI_KEY_CONTENT="oci-key", PATH="/hub/bin")
+    text = render_user_data(dataclasses.replace(spec, env=leaky), image=IMAGE)
+    for value in [*secrets.values(), "prefixed-secret", "pw-value", "oci-key", "/hub/bin"]:
+        assert value not in text
+    assert "server-own-token-123" in text  # the one secret a node needs
+
+
+def test_arguments_are_quoted_for_the_shell():
+    spec = dataclasses.replace(spec_for(cheapest("aws", "us-east-1", "T4", 1)),
+                               cmd=["jupyterhub-singleuser", "--notebook-dir=$(touch /tmp/pwned)"])
+    _, files = parsed(render_user_data(spec, image=IMAGE))
+    run = [line for line in files["/etc/cloudhop/start.sh"]["content"].splitlines() if "docker run" in line][0]
+    assert shlex.split(run)[-1] == "--notebook-dir=$(touch /tmp/pwned)"
+    assert "'--notebook-dir=$(touch /tmp/pwned)'" in run
+
+
+def test_ray_worker_container_is_named_by_role():
+    spec = dataclasses.replace(spec_for(cheapest("aws", "us-east-1", "T4", 1)), role="ray-worker",
+                               cmd=["ray", "start", "--address=10.0.0.1:6379", "--block"])
+    argv = container_command(spec, image=IMAGE, gpus=True)
+    assert argv[argv.index("--name") + 1] == "cloudhop-ray-worker"
+    assert argv[-4:] == ["ray", "start", "--address=10.0.0.1:6379", "--block"]
