@@ -104,6 +104,17 @@ print(json.dumps({
         "df": {"n": [0, 1, 2, 3, 4], "s": list("abcde")}, "square": 49, "p": [1, 2, True],
         "counter": 2, "db": 42, "label": "made 42", "np": "numpy", "gen": sum(range(43)),  # replayed with the x of the checkpoint
     }
+    # large arrays are mapped copy-on-write from the checkpoint: they outlive its files,
+    # and writing to them never changes the checkpoint
+    import shutil
+
+    shutil.rmtree(ckpt)
+    assert (await run(dst, "arr[0, 0] = -7.0\nprint(arr[0, 0], same is arr)")).split() == ["-7.0", "True"]
+    again, again_km = await kernels()
+    await checkpoint_kernel(dst_km.get_connection_info(), str(ckpt))
+    await restore_kernel(again_km.get_connection_info(), str(ckpt))
+    await run(dst, "arr[0, 0] = 5.0")
+    assert (await run(again, "print(arr[0, 0], arr[0, 1])")).split() == ["-7.0", "1.0"]
 
 
 async def test_what_cannot_be_saved_or_rebuilt_is_reported_with_the_reason(kernels, tmp_path):

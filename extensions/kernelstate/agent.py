@@ -8,10 +8,12 @@ A checkpoint is a directory:
 
 * ``state.json`` - one entry per variable, in restore order, plus what was skipped;
 * ``objects.bin`` - the pickle streams, back to back;
-* ``buffers.bin`` - raw data buffers (NumPy arrays, pandas columns, tensors), back to
-  back, written with large sequential writes straight from the objects' memory
-  (pickle protocol 5 out-of-band buffers) and read back with ``readinto`` into
-  freshly allocated buffers that the restored objects then own (no extra copy).
+* ``buffers.bin`` - raw data buffers (NumPy arrays, pandas columns, tensors), 64-byte
+  aligned, written with large sequential writes straight from the objects' memory
+  (pickle protocol 5 out-of-band buffers). At restore, large buffers become private
+  copy-on-write mappings of the file (no copy: pages come from the page cache on first
+  touch, and a write copies only the page written); small ones are read with
+  ``readinto`` into new buffers the restored objects own.
 
 Entry kinds: ``module`` (re-imported; aliases keep their name), ``pickle`` / ``dill``
 (one stream each, with out-of-band buffers), ``tensor`` (PyTorch: raw bytes, dtype,
@@ -30,6 +32,10 @@ import time
 import types
 
 FORMAT = 1
+#: buffers at least this large are restored from a private mapping of the checkpoint
+MAP_MIN = 1 << 20
+#: alignment of raw buffers in buffers.bin (so mapped arrays are aligned for SIMD)
+ALIGN = 64
 #: names that belong to IPython, never to the user
 _IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
 
@@ -57,8 +63,14 @@ class _Writer:
         self.f = open(path, "wb", buffering=0)
         self.pos = 0
 
-    def write(self, data):
+    def write(self, data, align=1):
+        """Append ``data`` (any buffer), starting at a multiple of ``align``; returns
+        ``(offset, length)``."""
         view = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else memoryview(data)
+        pad = -self.pos % align
+        if pad:
+            self.f.write(b"\0" * pad)
+            self.pos += pad
         start, n = self.pos, len(view)
         done = 0
         while done < n:
@@ -71,8 +83,22 @@ class _Writer:
 
 
 class _Reader:
-    def __init__(self, path):
+    def __init__(self, path, map_large=False):
         self.f = open(path, "rb", buffering=0) if os.path.exists(path) else None
+        self.map = None
+        if map_large and self.f is not None and os.fstat(self.f.fileno()).st_size:
+            import mmap
+
+            # private (copy-on-write) mapping: restored arrays are writable, their pages
+            # come from the page cache on first touch, and the file is never modified
+            self.map = mmap.mmap(self.f.fileno(), 0, access=mmap.ACCESS_COPY)
+
+    def buffer(self, offset, length):
+        """A writable buffer with the bytes at ``offset``: a slice of the private mapping
+        for large buffers when mapping, else a new buffer filled by ``readinto``."""
+        if self.map is not None and length >= MAP_MIN:
+            return memoryview(self.map)[offset:offset + length]
+        return self.read_into_new(offset, length, numpy_ok=True)
 
     def read_into_new(self, offset, length, numpy_ok=False):
         """A new writable buffer of ``length`` bytes filled from ``offset``.
@@ -95,6 +121,7 @@ class _Reader:
     def close(self):
         if self.f:
             self.f.close()
+        self.map = None  # restored objects keep the mapping alive as long as they need it
 
 
 def _torch_tensor(obj):
@@ -114,7 +141,7 @@ def _save_tensor(obj, buffers):
         t = t.to("cpu")
     t = t.contiguous()
     raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
-    offset, length = buffers.write(raw)
+    offset, length = buffers.write(raw, align=ALIGN)
     return {"kind": "tensor", "dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape),
             "device": device, "requires_grad": bool(obj.requires_grad),
             "parameter": type(obj).__name__ == "Parameter", "buffer": [offset, length]}
@@ -138,7 +165,7 @@ def _pickle(obj, objects, buffers, use_dill):
         data = dill.dumps(obj, protocol=5, buffer_callback=keep, recurse=True)
     else:
         data = pickle.dumps(obj, protocol=5, buffer_callback=keep)
-    refs = [list(buffers.write(pb.raw())) for pb in oob]
+    refs = [list(buffers.write(pb.raw(), align=ALIGN)) for pb in oob]
     for pb in oob:
         pb.release()
     return {"kind": "dill" if use_dill else "pickle", "data": list(objects.write(data)), "buffers": refs}, data
@@ -290,7 +317,7 @@ def _load_tensor(entry, reader, skipped):
     offset, length = entry["buffer"]
     dtype = getattr(torch, entry["dtype"])
     if length:
-        raw = reader.read_into_new(offset, length)
+        raw = reader.buffer(offset, length)
         t = torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(entry["shape"])
     else:
         t = torch.empty(entry["shape"], dtype=dtype)
@@ -307,10 +334,14 @@ def _load_tensor(entry, reader, skipped):
     return t.requires_grad_(entry["requires_grad"]) if t.is_floating_point() else t
 
 
-def restore(directory, ns=None):
+def restore(directory, ns=None, map_buffers=True):
     """Load a checkpoint into ``ns`` (the kernel's user namespace by default); returns
     ``{"variables": [...], "skipped": [...], "seconds"}`` - ``skipped`` carries the
-    checkpoint's own skips plus anything that failed to load here."""
+    checkpoint's own skips plus anything that failed to load here.
+
+    With ``map_buffers``, large raw buffers are private copy-on-write mappings of
+    ``buffers.bin`` (the file may be deleted afterwards); else they are read into new
+    memory."""
     started = time.perf_counter()
     if ns is None:
         ns = _shell().user_ns
@@ -320,7 +351,7 @@ def restore(directory, ns=None):
         raise ValueError(f"checkpoint format {state.get('format')} is not {FORMAT}")
     skipped = list(state["skipped"])
     objects = _Reader(os.path.join(directory, "objects.bin"))
-    buffers = _Reader(os.path.join(directory, "buffers.bin"))
+    buffers = _Reader(os.path.join(directory, "buffers.bin"), map_large=map_buffers)
     loaded = set()
     try:
         for entry in state["entries"]:
@@ -339,7 +370,7 @@ def restore(directory, ns=None):
                 elif kind in ("pickle", "dill"):
                     offset, length = entry["data"]
                     data = objects.read_into_new(offset, length)
-                    bufs = [buffers.read_into_new(o, n, numpy_ok=True) for o, n in entry["buffers"]]
+                    bufs = [buffers.buffer(o, n) for o, n in entry["buffers"]]
                     loads = pickle.loads
                     if kind == "dill":
                         import dill
