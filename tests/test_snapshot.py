@@ -218,3 +218,22 @@ def test_s3_backend_chunks_go_straight_to_the_bucket_through_presigned_urls(s3_s
     with pytest.raises(StoreError) as err:
         StoreClient(h.url, "alice", "tok-bob").get_manifest(sid)
     assert err.value.status == 403
+
+
+def test_a_file_changed_during_the_snapshot_is_reported_not_stored(local_store, tmp_path):
+    class ChangesUnderneath(Chunker):
+        """The user's code rewrites each file just after it was chunked."""
+
+        def chunk_file(self, path):
+            result = super().chunk_file(path)
+            with open(path, "r+b") as f:
+                f.write(b"changed!")
+            return result
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "model.bin").write_bytes(random.Random(3).randbytes(300_000))
+    c = client(local_store)
+    with pytest.raises(StoreError, match="changed while it was being snapshotted"):
+        take_snapshot(ws, c, chunker=ChangesUnderneath())
+    assert c.list_snapshots() == []

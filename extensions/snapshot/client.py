@@ -155,8 +155,13 @@ class StoreClient:
 
         def post(item):
             batch, size = item
-            self._request("POST", url, data=encode_pack(batch),
-                          headers={"Content-Type": "application/octet-stream"})
+            try:
+                self._request("POST", url, data=encode_pack(batch),
+                              headers={"Content-Type": "application/octet-stream"})
+            except StoreError as err:
+                if err.status == 400 and "does not match" in str(err):
+                    raise StoreError("a file changed while it was being snapshotted; try again", 409) from None
+                raise
             return size
 
         # a bounded pipeline: reading the next pack overlaps sending the previous ones,

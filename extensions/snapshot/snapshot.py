@@ -95,6 +95,9 @@ def take_snapshot(
 
     missing, upload = client.missing(ids)
     lock = threading.Lock()
+    # a store that takes chunks itself checks each one against its id; a bucket behind
+    # presigned URLs does not, so then the client checks what it re-read
+    verify = upload.get("kind") == "presigned"
 
     def read(cid: str) -> bytes:
         path, offset, length = where[cid]
@@ -103,7 +106,7 @@ def take_snapshot(
             data = os.pread(fd, length, offset)
         finally:
             os.close(fd)
-        if len(data) != length or hash_bytes(data) != cid:
+        if len(data) != length or (verify and hash_bytes(data) != cid):
             raise SnapshotError(f"{path} changed while it was being snapshotted; try again")
         return data
 
