@@ -138,3 +138,49 @@ async def test_restore_reports_a_damaged_checkpoint(kernels, tmp_path):
     dst, dst_km = await kernels()
     with pytest.raises(KernelStateError, match="state.json"):
         await restore_kernel(dst_km.get_connection_info(), str(tmp_path / "nothing-here"))
+
+
+def _has_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+@pytest.mark.skipif(not _has_torch(), reason="PyTorch is not installed")
+async def test_tensors_come_back_with_dtype_shape_grad_and_device(kernels, tmp_path):
+    src, src_km = await kernels()
+    await run(src, """
+import torch
+t = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+half = torch.linspace(0, 1, 5, dtype=torch.bfloat16)
+w = torch.nn.Parameter(torch.full((2, 2), 0.5))
+view = t[:, 1]
+layer = torch.nn.Linear(2, 3)
+gpu = torch.ones(4, device="cuda") if torch.cuda.is_available() else None
+""")
+    expected = await run(src, "print(t.sum().item(), half.tolist(), w.requires_grad, view.tolist(), "
+                              "layer(torch.ones(1, 2)).shape, gpu.device.type if gpu is not None else None)")
+    result = await checkpoint_kernel(src_km.get_connection_info(), str(tmp_path / "c"))
+    assert {"t", "half", "w", "view", "layer", "torch"} <= set(result["variables"])
+    dst, dst_km = await kernels()
+    restored = await restore_kernel(dst_km.get_connection_info(), str(tmp_path / "c"))
+    got = await run(dst, "print(t.sum().item(), half.tolist(), w.requires_grad, view.tolist(), "
+                         "layer(torch.ones(1, 2)).shape, gpu.device.type if gpu is not None else None)")
+    assert got == expected
+    assert (await run(dst, "print(type(w).__name__, half.dtype, t.is_contiguous())")).split() == \
+        ["Parameter", "torch.bfloat16", "True"]
+    # a tensor that lived on a GPU comes back on the CPU where there is none, and says so
+    state_path = tmp_path / "c" / "state.json"
+    state = json.loads(state_path.read_text())
+    for entry in state["entries"]:
+        if entry.get("name") == "t":
+            entry["device"] = "cuda:1"
+    state_path.write_text(json.dumps(state))
+    other, other_km = await kernels()
+    restored = await restore_kernel(other_km.get_connection_info(), str(tmp_path / "c"))
+    if "no GPU" in await run(other, "print('GPU' if torch.cuda.is_available() else 'no GPU')"):
+        note = {s["name"]: s for s in restored["skipped"]}["t"]
+        assert "was on cuda:1; no GPU here, restored on the CPU" == note["reason"]
+        assert (await run(other, "print(t.device.type, t.sum().item())")).split() == ["cpu", "66.0"]
+    else:
+        assert (await run(other, "print(t.device.type)")).strip() == "cuda"
