@@ -117,8 +117,15 @@ class CloudProvider(Provider):
         "reported pending, not terminated (cloud APIs are eventually consistent).",
     ).tag(config=True)
 
+    available_cache_seconds = Float(
+        60.0,
+        help="Seconds a failed credentials check is remembered (the form asks on every "
+        "render; finding no credentials can take seconds of metadata-server probing).",
+    ).tag(config=True)
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        self._available: tuple[float, str | None] | None = None
         self._cache: dict[str, tuple[float, dict[str, Node]]] = {}
         self._cache_locks: dict[str, asyncio.Lock] = {}
         self._launched: dict[str, float] = {}
@@ -295,10 +302,17 @@ class CloudProvider(Provider):
         return out
 
     async def check_available(self) -> str | None:
+        """See :meth:`Provider.check_available`. Success is remembered; a reason for
+        ``available_cache_seconds``."""
+        hit = self._available
+        if hit and (hit[1] is None or time.monotonic() - hit[0] < self.available_cache_seconds):
+            return hit[1]
         try:
-            return await asyncio.to_thread(self._blocking_check)
+            reason = await asyncio.to_thread(self._blocking_check)
         except Exception as err:  # noqa: BLE001 - a reason, never a crash
-            return f"{self.display_name} is not usable: {type(err).__name__}"
+            reason = f"{self.display_name} is not usable: {type(err).__name__}"
+        self._available = (time.monotonic(), reason)
+        return reason
 
     def _blocking_check(self) -> str | None:
         return None
