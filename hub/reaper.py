@@ -198,12 +198,23 @@ def reaper_service_config(c, *, data_dir: str, interval: float = 300.0, grace: f
     if section.get("enabled", True) is False:
         return {}
     providers = list(c.CloudhopSpawner.get("providers") or ["local"])
+    timing = {}
+    for key, default in (("interval", interval), ("grace", grace)):
+        try:
+            timing[key] = float(section.get(key, default))
+            if timing[key] < 0 or (key == "interval" and timing[key] == 0):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"c.CloudhopReaper.{key} must be a positive number of seconds, "
+                f"not {section.get(key)!r}"
+            ) from None
     config = {name: _plain(c[name]) for name in CONFIG_SECTIONS if name in c}
     settings = {
         "hub_id": c.CloudhopSpawner.get("hub_id") or "",
         "providers": providers,
-        "interval": float(section.get("interval", interval)),
-        "grace": float(section.get("grace", grace)),
+        "interval": timing["interval"],
+        "grace": timing["grace"],
         "report": os.path.join(os.path.abspath(data_dir), "reaper-report.json"),
         "config": config,
     }

@@ -88,3 +88,14 @@ def test_ray_worker_container_is_named_by_role():
     argv = container_command(spec, image=IMAGE, gpus=True)
     assert argv[argv.index("--name") + 1] == "cloudhop-ray-worker"
     assert argv[-4:] == ["ray", "start", "--address=10.0.0.1:6379", "--block"]
+
+
+def test_bad_hub_connect_url_names_the_option():
+    import pytest
+    import traitlets
+
+    from cloudhop.spawner.providers.gcp import GCPProvider
+
+    with pytest.raises(traitlets.TraitError, match="hub_connect_url"):
+        GCPProvider(hub_connect_url="hub.example.org")
+    assert GCPProvider(hub_connect_url="https://hub.example.org/").hub_connect_url == "https://hub.example.org"

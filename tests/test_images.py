@@ -63,6 +63,9 @@ def test_singleuser_entry_point_and_port_agree_with_the_spawner():
     [command] = cmd(SINGLEUSER)
     scripts = {e.name for e in metadata.entry_points(group="console_scripts")}
     assert command in scripts and command == "jupyterhub-singleuser"
+    from cloudhop.spawner.spawner import CloudhopSpawner
+
+    assert CloudhopSpawner.class_traits()["cmd"].default() == [command]  # what the spawner runs
     exposed = int(re.search(r"^EXPOSE (\d+)$", SINGLEUSER, re.M).group(1))
     port = next(f.default for f in LaunchSpec.__dataclass_fields__.values() if f.name == "port")
     assert exposed == port == 8888

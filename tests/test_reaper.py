@@ -171,3 +171,11 @@ def test_service_can_be_disabled(tmp_path):
     c.CloudhopReaper.enabled = False
     assert reaper_service_config(c, data_dir=str(tmp_path)) == {}
     assert "services" not in c.JupyterHub
+
+
+@pytest.mark.parametrize("key,value", [("interval", "soon"), ("grace", -5), ("interval", 0)])
+def test_bad_timing_names_the_setting(tmp_path, key, value):
+    c = Config()
+    c.CloudhopReaper[key] = value
+    with pytest.raises(ValueError, match=f"c.CloudhopReaper.{key}"):
+        reaper_service_config(c, data_dir=str(tmp_path))

@@ -13,7 +13,7 @@ import random
 import time
 from typing import Callable
 
-from traitlets import Float, Integer, Unicode, Enum, List
+from traitlets import Enum, Float, Integer, List, TraitError, Unicode, validate
 
 from cloudhop import __version__ as VERSION  # the default image tag follows the package
 
@@ -122,6 +122,16 @@ class CloudProvider(Provider):
         help="Seconds a failed credentials check is remembered (the form asks on every "
         "render; finding no credentials can take seconds of metadata-server probing).",
     ).tag(config=True)
+
+    @validate("hub_connect_url")
+    def _valid_connect_url(self, proposal):
+        url = proposal["value"].strip()
+        if url and not (url.startswith(("http://", "https://")) and len(url.split("/")[2]) > 0):
+            raise TraitError(
+                f"hub_connect_url {url!r} is not a URL: give the hub's address as nodes "
+                "reach it, e.g. 'https://hub.example.org'"
+            )
+        return url.rstrip("/")
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
