@@ -11,6 +11,7 @@ cache), ``stop`` terminates every node the server owns, and the state written by
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -40,6 +41,16 @@ STATE_VERSION = 1
 # One provider instance per (name, config) per hub process: they hold the status caches
 # and SDK clients that every server shares.
 _PROVIDERS: dict[tuple[str, int], Provider] = {}
+
+
+@functools.lru_cache(maxsize=8)
+def _jinja(template_paths: tuple) -> Environment:
+    """The form's template environment: the operator's folders first, then ours."""
+    return Environment(
+        loader=ChoiceLoader([FileSystemLoader(list(template_paths)),
+                             PackageLoader("cloudhop.spawner", "templates")]),
+        autoescape=True,
+    )
 
 
 class CloudhopSpawner(Spawner):
@@ -114,10 +125,11 @@ class CloudhopSpawner(Spawner):
             out.append({"name": name, "display_name": display, "available": reason is None, "reason": reason})
         return out
 
-    async def all_offers(self) -> list[Offer]:
-        """Every available provider's offers, before the user's policy."""
+    async def all_offers(self, statuses: list[dict] | None = None) -> list[Offer]:
+        """Every available provider's offers, before the user's policy. ``statuses``
+        is :meth:`provider_status`'s answer when the caller already has it."""
         offers: list[Offer] = []
-        for status in await self.provider_status():
+        for status in statuses if statuses is not None else await self.provider_status():
             if status["available"]:
                 offers.extend(self.provider(status["name"]).offers())
         return offers
@@ -132,26 +144,22 @@ class CloudhopSpawner(Spawner):
     def user_groups(self) -> list[str]:
         return [g.name for g in (getattr(self.user, "groups", None) or [])]
 
-    async def user_offers(self) -> list[Offer]:
+    async def user_offers(self, statuses: list[dict] | None = None) -> list[Offer]:
         """The offers this user may launch: what the user's group policy allows of
         every available provider's offers."""
-        return self.policy.filter_offers(await self.all_offers(), self.user_groups())
+        return self.policy.filter_offers(await self.all_offers(statuses), self.user_groups())
 
     # -- options ----------------------------------------------------------------
 
     async def get_options_form(self):
-        offers = await self.user_offers()
-        env = Environment(
-            loader=ChoiceLoader([FileSystemLoader(self.template_paths),
-                                 PackageLoader("cloudhop.spawner", "templates")]),
-            autoescape=True,
-        )
-        template = env.get_template(self.form_template)
+        statuses = await self.provider_status()
+        offers = await self.user_offers(statuses)
+        template = _jinja(tuple(self.template_paths)).get_template(self.form_template)
         last = dict(self.orm_spawner.user_options or {}) if self.orm_spawner else {}
         auto = self.auto_offer(offers, last)
         dicts = [o.to_dict() for o in offers]
         allowed = set(self.policy.allowed_providers(self.providers, self.user_groups()))
-        providers = [p for p in await self.provider_status() if p["name"] in allowed]
+        providers = [p for p in statuses if p["name"] in allowed]
         return template.render(
             offers=dicts, offers_json=json.dumps(dicts), providers=providers,
             last=last, auto=auto.to_dict() if auto else None,
