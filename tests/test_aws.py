@@ -273,3 +273,17 @@ async def test_catalog_check_asks_instance_type_offerings(provider):
     assert {"g4dn.xlarge", "g5.xlarge"} <= types and "g99.nonexistent" not in types
     zones = dict((t, z) for t, _, z in got)["g4dn.xlarge"]
     assert zones and all(z.startswith("use1-az") for z in zones)  # zone ids, as the catalog has them
+
+
+async def test_list_nodes_skips_a_region_it_cannot_read(provider):
+    node = await provider.launch(spec_for(cheapest("aws", "us-east-1", "T4", 1)))
+    provider.regions = ["us-east-1", "ap-east-1"]
+    provider.client("ap-east-1").meta.events.register_first(
+        "before-call.ec2.DescribeInstances",
+        lambda **kw: (type("R", (), {"status_code": 401})(),
+                      {"Error": {"Code": "OptInRequired", "Message": "not subscribed"},
+                       "ResponseMetadata": {"HTTPStatusCode": 401}}))
+    assert [n.id for n in await provider.list_nodes({TAG_HUB: HUB_ID})] == [node.id]
+    provider.regions = ["ap-east-1"]
+    with pytest.raises(Exception, match="credentials"):
+        await provider.list_nodes({TAG_HUB: HUB_ID})

@@ -306,9 +306,20 @@ class CloudProvider(Provider):
         self.log.info("%s: terminated %s", self.name, node_id)
 
     async def list_nodes(self, tags: dict) -> list[Node]:
+        """See :meth:`Provider.list_nodes`. A region that cannot be read (not enabled
+        for the account, an outage) is logged and skipped; only when no region can be
+        read does the error reach the caller."""
         out: list[Node] = []
-        for where in self._places():
-            out += await self._call(self._blocking_find, where, dict(tags))
+        places = self._places()
+        errors: list[ProviderError] = []
+        for where in places:
+            try:
+                out += await self._call(self._blocking_find, where, dict(tags))
+            except ProviderError as err:
+                self.log.warning("%s: cannot list nodes in %s: %s", self.name, where, err)
+                errors.append(err)
+        if places and len(errors) == len(places):
+            raise errors[0]
         return out
 
     async def check_available(self) -> str | None:
