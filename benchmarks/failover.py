@@ -7,7 +7,8 @@ Compute fake; OCI: oci on the local OCI fake; the same doubles the tests use):
 
 1. ``launch ok``       a successful launch (the baseline);
 2. ``capacity``        a launch answered with the cloud's capacity error, until
-                       :class:`CapacityError` reaches the caller (what failover waits for);
+                       :class:`CapacityError` reaches the caller (what failover waits for;
+                       on GCP after trying each of the offer's zones);
 3. ``sdk retry``       the same capacity error through the SDK's ordinary retrying path
                        (botocore standard mode, its default 3 attempts, which backs off
                        from 50 ms on server errors; an OCI retry strategy on any 5xx, 3
@@ -161,7 +162,7 @@ def gcp(runs: int) -> dict:
         for _ in range(runs):
             p = GCPProvider(api_endpoint=url, anonymous_credentials=True, project="bench")
             out["launch ok"].append(timed(lambda: p.launch(spec_for(offer))))
-            fake.script("insert", "capacity")
+            fake.script("insert", *["capacity"] * len(offer.zones))  # every zone of the offer
             out["capacity"].append(timed(lambda: p.launch(spec_for(offer))))
             fake.script("insert", 503, 429)
             out["throttled x2"].append(timed(lambda: p.launch(spec_for(offer))))

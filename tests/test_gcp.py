@@ -4,6 +4,7 @@ local fake of the Compute API (tests/fakes/gcp_compute.py)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 import traitlets
@@ -122,15 +123,34 @@ async def test_list_nodes_by_tags(provider):
     assert len(await provider.list_nodes({TAG_HUB: HUB_ID})) == 2
 
 
-async def test_zone_pool_exhausted_fails_fast(provider, compute):
+async def test_exhausted_zone_moves_to_the_offers_next_zone(provider, compute):
     offer = cheapest("gcp", "us-central1", "L4", 1)
+    assert offer.zones == ("us-central1-a", "us-central1-b")
     compute.script("insert", "capacity")
+    node = await provider.launch(spec_for(offer))
+    assert node.id.startswith("us-central1-b/")
+    assert compute.count("POST", r"/zones/us-central1-a/instances$") == 1
+    assert [k[1] for k in compute.instances] == ["us-central1-b"]
+
+
+async def test_every_zone_exhausted_fails_fast(provider, compute):
+    offer = cheapest("gcp", "us-central1", "L4", 1)
+    compute.script("insert", "capacity", "capacity")
     with pytest.raises(CapacityError) as info:
         await provider.launch(spec_for(offer))
     assert "ZONE_RESOURCE_POOL_EXHAUSTED" in str(info.value)
-    assert compute.count("POST", r"/instances$") == 1
+    assert "us-central1-a, us-central1-b" in str(info.value)
+    assert compute.count("POST", r"/instances$") == 2  # one per zone, no retries
     assert info.value.offer == offer and info.value.__cause__ is not None
     assert compute.instances == {}
+
+
+async def test_a_requested_zone_is_the_only_one_tried(provider, compute):
+    offer = cheapest("gcp", "us-central1", "L4", 1)
+    compute.script("insert", "capacity")
+    with pytest.raises(CapacityError):
+        await provider.launch(dataclasses.replace(spec_for(offer), zone="us-central1-a"))
+    assert compute.count("POST", r"/instances$") == 1
 
 
 async def test_quota_fails_fast(provider, compute):

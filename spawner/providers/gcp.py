@@ -395,9 +395,30 @@ class GCPProvider(CloudProvider):
             raise OperationError([e.code for e in errors], "; ".join(e.message for e in errors))
 
     def _blocking_create(self, spec, tags, user_data):
+        """Insert the instance in the offer's first zone with capacity: a zone whose
+        pool is exhausted moves on to the next zone of the same offer at once; when
+        every zone is exhausted the offer has no capacity."""
+        exhausted = []
+        for zone in self.zones_for(spec):
+            try:
+                return self._insert(spec, tags, user_data, zone)
+            except OperationError as err:
+                if not CAPACITY_CODES & set(err.codes):
+                    raise
+                self.log.info("gcp: %s has no capacity for %s (%s)", zone, spec.offer.instance_type, err.codes[0])
+                exhausted.append((zone, err))
+        zones = ", ".join(z for z, _ in exhausted)
+        raise OperationError(exhausted[-1][1].codes, f"no capacity in {zones}: {exhausted[-1][1]}")
+
+    def zones_for(self, spec: LaunchSpec) -> list[str]:
+        """The zones a launch tries, in order: the requested zone only, else the offer's."""
+        if spec.zone:
+            return [spec.zone]
+        return list(spec.offer.zones) or [self.zone_for(spec)]
+
+    def _insert(self, spec, tags, user_data, zone):
         sdk = _sdk()
         exceptions, compute_v1 = sdk.errors, sdk.compute
-        zone = self.zone_for(spec)
         body = self.instance_body(spec, tags, user_data, zone)
         try:
             op = self.client().insert(
@@ -405,7 +426,7 @@ class GCPProvider(CloudProvider):
                     "project": self.project_id(),
                     "zone": zone,
                     "instance_resource": compute_v1.Instance(body),
-                    "request_id": str(uuid.uuid5(uuid.NAMESPACE_URL, spec.request_id)),
+                    "request_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{spec.request_id}/{zone}")),
                 },
                 retry=None,  # capacity must reach failover at once; launch() retries the rest
                 timeout=60,
