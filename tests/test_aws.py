@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import base64
+import sys
 
 import boto3
 import pytest
@@ -287,3 +288,17 @@ async def test_list_nodes_skips_a_region_it_cannot_read(provider):
     provider.regions = ["ap-east-1"]
     with pytest.raises(Exception, match="credentials"):
         await provider.list_nodes({TAG_HUB: HUB_ID})
+
+
+async def test_missing_sdk_is_a_reason_with_the_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "boto3", None)  # as if boto3 were not installed
+    reason = await AWSProvider().check_available()
+    assert "pip install 'cloudhop[aws]'" in reason
+
+
+def test_offers_come_from_the_catalog():
+    from cloudhop.spawner.offers import matching
+
+    offers = AWSProvider().offers()
+    t4 = matching(offers, provider="aws", region="us-east-1", gpu="T4", gpu_count=1)
+    assert min(t4, key=lambda o: o.price_hour).instance_type == "g4dn.xlarge"

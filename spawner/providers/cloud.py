@@ -330,6 +330,8 @@ class CloudProvider(Provider):
             return hit[1]
         try:
             reason = await asyncio.to_thread(self._blocking_check)
+        except ProviderError as err:  # e.g. the SDK is not installed: the hint says what to do
+            reason = err.message
         except Exception as err:  # noqa: BLE001 - a reason, never a crash
             reason = f"{self.display_name} is not usable: {type(err).__name__}"
         self._available = (time.monotonic(), reason)
