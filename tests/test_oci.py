@@ -4,6 +4,7 @@ Identity APIs (tests/fakes/oci_api.py)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import base64
 
 import pytest
@@ -184,6 +185,9 @@ async def test_catalog_check_lists_shapes_per_ad(provider, api):
     offers = [cheapest("oci", "eu-amsterdam-1", "A10", 1), cheapest("oci", "eu-amsterdam-1", "A10", 2)]
     assert await provider.check_catalog(offers) == [
         ("VM.GPU.A10.1", "eu-amsterdam-1", ("eu-amsterdam-1-AD-1",))]
+    # the catalog spells some regions' domains in capitals: the answer keeps its spelling
+    upper = [dataclasses.replace(offers[0], zones=("EU-AMSTERDAM-1-AD-1",))]
+    assert (await provider.check_catalog(upper))[0][2] == ("EU-AMSTERDAM-1-AD-1",)
 
 
 async def test_missing_config_is_a_reason(tmp_path):

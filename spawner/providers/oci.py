@@ -383,7 +383,9 @@ class OCIProvider(CloudProvider):
                 ).data
                 shapes[catalog_ad(ad)] = {s.shape for s in listed}
             for offer in (o for o in offers if o.region == region):
-                zones = sorted(z for z, names in shapes.items() if offer.instance_type in names)
+                spelled = {z.lower(): z for z in offer.zones}  # keep the catalog's spelling
+                zones = sorted(spelled.get(z.lower(), z) for z, names in shapes.items()
+                               if offer.instance_type in names)
                 if zones:
                     out.append((offer.instance_type, region, tuple(zones)))
         return out
