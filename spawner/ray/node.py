@@ -40,6 +40,26 @@ def wait_for_port(address: str, timeout: float) -> bool:
     return False
 
 
+def head_registered(address: str, timeout: float = 5) -> bool:
+    """True once the cluster at ``address`` has an alive node (the head's raylet).
+
+    A worker that joins while the head is still starting competes with it for the CPU
+    and can hit ``ray start``'s fixed 30 s registration timeout, so workers wait for this.
+    Uses Ray's own GCS client; if that moves in a future Ray, the GCS port answering is
+    taken as enough."""
+    try:
+        from ray._raylet import GcsClient
+        from ray.core.generated.gcs_pb2 import GcsNodeInfo
+    except ImportError:
+        return True
+    try:
+        infos = GcsClient(address=address).get_all_node_info(
+            timeout=timeout, state_filter=GcsNodeInfo.GcsNodeState.ALIVE)
+    except Exception:  # GCS not answering yet, or an API change: keep waiting
+        return False
+    return len(infos) > 0
+
+
 class RayNode:
     """One ``ray start --block`` process and everything it starts."""
 
