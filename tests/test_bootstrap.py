@@ -99,3 +99,17 @@ def test_bad_hub_connect_url_names_the_option():
     with pytest.raises(traitlets.TraitError, match="hub_connect_url"):
         GCPProvider(hub_connect_url="hub.example.org")
     assert GCPProvider(hub_connect_url="https://hub.example.org/").hub_connect_url == "https://hub.example.org"
+
+
+def test_hub_public_url_is_the_default_connect_url():
+    from traitlets.config import Config
+
+    from cloudhop.spawner.providers.gcp import GCPProvider
+
+    c = Config()
+    c.JupyterHub.public_url = "https://jupyter.example.edu/"
+    spec = spec_for(cheapest("gcp", "us-central1", "L4", 1))
+    text = GCPProvider(config=c).user_data(spec)
+    assert "JUPYTERHUB_API_URL=https://jupyter.example.edu/hub/api" in text
+    c.CloudProvider.hub_connect_url = "http://10.0.0.5:8000"  # the connect URL wins
+    assert "JUPYTERHUB_API_URL=http://10.0.0.5:8000/hub/api" in GCPProvider(config=c).user_data(spec)

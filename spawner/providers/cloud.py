@@ -198,12 +198,23 @@ class CloudProvider(Provider):
         tags[TAG_PORT] = str(int(spec.port))
         return tags
 
+    def connect_url(self) -> str | None:
+        """The hub's URL as nodes reach it: ``hub_connect_url``, else the hub's
+        ``c.JupyterHub.public_url``, else None (the hub's own API URL is kept)."""
+        if self.hub_connect_url:
+            return self.hub_connect_url
+        public = self.config.JupyterHub.get("public_url") if "JupyterHub" in self.config else None
+        return str(public).rstrip("/") if public else None
+
     def user_data(self, spec: LaunchSpec) -> str:
-        return render_user_data(
-            spec,
-            image=spec.image or self.singleuser_image,
-            hub_connect_url=self.hub_connect_url or None,
-        )
+        connect = self.connect_url()
+        api = (spec.env or {}).get("JUPYTERHUB_API_URL", "")
+        if connect is None and any(h in api for h in ("//127.", "//localhost", "//[::1]")):
+            self.log.warning(
+                "%s: nodes are told to reach the hub at %s, a loopback address they cannot "
+                "reach; set c.CloudProvider.hub_connect_url (docs/clouds.md)", self.name, api,
+            )
+        return render_user_data(spec, image=spec.image or self.singleuser_image, hub_connect_url=connect)
 
     async def _call(self, fn: Callable, *args, **kwargs):
         """Run a blocking SDK call off the event loop, translating its errors once."""
