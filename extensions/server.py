@@ -24,6 +24,7 @@ from tornado import web
 from traitlets import Float, List, Unicode
 from traitlets.config import Configurable
 
+from . import ray_api
 from .hubclient import HubClient, HubError
 from .migrate import Busy, Migrator, OptionError, Restorer, Settings
 from .snapshot import Excludes
@@ -167,4 +168,5 @@ def _load_jupyter_server_extension(serverapp):
         (url_path_join(base, "info"), InfoHandler, kw),
         (url_path_join(base, "offers"), OffersHandler, kw),
     ])
+    ray_api.load(serverapp)  # Ray status, resize and dashboard routes (docs/ray.md)
     serverapp.log.info("Cloudhop server extension loaded")

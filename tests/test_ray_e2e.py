@@ -146,6 +146,16 @@ def test_ray_cluster_lifecycle(hub_factory):
     assert status["hub"]["workers"][0]["state"] == "dead" and status["hub"]["workers"][0]["detail"]
     assert hub.server_model("ada")["ready"], "a dead worker does not stop the server"
 
+    # the hub's Ray API: bad values name the field; other users see nothing
+    for body, field in (({"workers": -1}, "workers"), ({"workers": 1, "gpu": "A100"}, "gpu"), ({}, "workers")):
+        r = hub.api("POST", "/cloudhop/ray/ada", json=body)
+        assert r.status_code == 400 and r.json()["message"].startswith(field), r.text
+    hub.ensure_user("eve")
+    eve = hub.api("POST", "/users/eve/tokens", json={}).json()["token"]
+    assert hub.api("GET", "/cloudhop/ray/ada", token=eve).status_code == 404
+    assert hub.api("POST", "/cloudhop/ray/ada", token=eve, json={"workers": 0}).status_code == 404
+    assert hub.api("GET", "/cloudhop/ray/ada", token="not-a-token").status_code == 403
+
     bad = hub.server_api("POST", "ada", "cloudhop/ray/workers", json={"workers": "many"})
     assert bad.status_code == 400 and "workers" in bad.json()["message"]
     r = hub.server_api("POST", "ada", "cloudhop/ray/workers", json={"workers": 1}, timeout=120)

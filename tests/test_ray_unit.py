@@ -151,3 +151,36 @@ def test_sweep_removes_only_dirs_of_dead_ray_nodes(tmp_path):
         assert (tmp_path / f"cloudhop-ray-{held}").is_dir() and (tmp_path / "unrelated").is_dir()
     finally:
         lock.release()
+
+
+# -- the notebook panel ----------------------------------------------------------------
+
+
+def test_panel_without_a_ray_head_says_how_to_get_one():
+    from cloudhop.extensions.ray_panel import RayPanelError, cluster_summary
+
+    with pytest.raises(RayPanelError, match='"ray"'):
+        cluster_summary(env={})
+
+
+def test_panel_renders_nodes_workers_and_escapes_what_it_shows():
+    from cloudhop.extensions.ray_panel import dashboard_link, hub_ray_url, render
+
+    env = {"JUPYTERHUB_API_URL": "http://127.0.0.1:8081/hub/api", "JUPYTERHUB_USER": "ada b",
+           "JUPYTERHUB_SERVER_NAME": "gpu", "JUPYTERHUB_SERVICE_PREFIX": "/user/ada%20b/gpu/"}
+    assert hub_ray_url(env) == "http://127.0.0.1:8081/hub/api/cloudhop/ray/ada%20b/gpu"
+    assert dashboard_link(env) == "/user/ada%20b/gpu/ray-dashboard/"
+    summary = {
+        "address": "127.0.0.1:24064", "dashboard": dashboard_link(env), "errors": ["hub 502: <down>"],
+        "nodes": [{"node_id": "a" * 56, "ip": "10.0.0.5", "role": "worker", "state": "DEAD",
+                   "cpus": 4, "gpus": 1, "gpu_model": "A10G"}],
+        "usage": {"GPU": {"used": 1.0, "total": 2.0}},
+        "hub": {"alive": 0, "dead": 1, "requested": 1, "workers": [
+            {"index": 0, "state": "dead", "id": "i-1", "offer": "aws/us-east-1/g5.xlarge",
+             "detail": "process exited with code -9"}]},
+    }
+    page = render(summary)
+    assert "0 node(s) alive" in page and "A10G" in page and "DEAD" in page
+    assert "GPU 1/2" in page and "process exited with code -9" in page
+    assert "/user/ada%20b/gpu/ray-dashboard/" in page
+    assert "<down>" not in page and "&lt;down&gt;" in page
