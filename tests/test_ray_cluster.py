@@ -136,3 +136,33 @@ async def test_state_round_trip_and_reattach_by_tag(provider):
     assert any("re-attached" in e for e in events)
     await again.stop()
     assert provider._records() == []
+
+
+async def test_spawner_state_keeps_the_cluster_and_lists_workers_in_nodes(provider):
+    from types import SimpleNamespace
+
+    from cloudhop.spawner import CloudhopSpawner
+
+    def new_spawner():
+        return CloudhopSpawner(user=SimpleNamespace(name="ada", url="/user/ada/", escaped_name="ada"))
+
+    s = new_spawner()
+    s.provider = lambda name: provider
+    s.nodes = [{"provider": "local", "id": "local-nb", "role": "notebook", "region": "a"}]
+    s.node = None
+    from cloudhop.spawner.ray import hooks
+
+    s.ray_cluster = cluster_on(provider, t4(provider), [], on_change=lambda: hooks._sync_nodes(s))
+    [rec] = await s.ray_cluster.launch(1)
+    state = s.get_state()
+    assert {(n["id"], n["role"]) for n in state["nodes"]} == {("local-nb", "notebook"), (rec["id"], "ray-worker")}
+    assert state["ray"]["address"] == NO_HEAD and state["ray"]["workers"][0]["id"] == rec["id"]
+
+    t = new_spawner()
+    t.load_state(state)
+    assert t.ray_cluster is not None and t.ray_cluster.needs_reattach
+    assert [w["id"] for w in t.ray_cluster.workers] == [rec["id"]]
+    t.clear_state()
+    assert t.ray_cluster is None
+    await s.ray_cluster.stop()
+    assert [n["role"] for n in s.nodes] == ["notebook"]
