@@ -86,6 +86,8 @@ async def test_spot_uses_the_spot_provisioning_model(provider, compute):
     _, inst = only_instance(compute)
     assert inst["scheduling"]["provisioningModel"] == "SPOT"
     assert inst["scheduling"]["instanceTerminationAction"] == "DELETE"
+    assert inst["scheduling"]["onHostMaintenance"] == "TERMINATE"
+    assert inst["scheduling"]["automaticRestart"] is False
     assert node.info["spot"] is True
 
 

@@ -290,8 +290,8 @@ class GCPProvider(CloudProvider):
         if self.external_ip:
             nic["access_configs"] = [{"name": "External NAT", "type_": "ONE_TO_ONE_NAT"}]
         scheduling = {
-            # GPU VMs cannot live-migrate
-            "on_host_maintenance": "TERMINATE" if spec.offer.gpu_count else "MIGRATE",
+            # GPU VMs cannot live-migrate, and Spot VMs must not
+            "on_host_maintenance": "TERMINATE" if spec.offer.gpu_count or spec.spot else "MIGRATE",
             "automatic_restart": not spec.spot,
         }
         if spec.spot:
