@@ -98,6 +98,14 @@ def test_move_a_running_project_to_another_region(hub_factory):
     model = hub.server_model("alice", target)
     assert model["user_options"]["region"] == "site-b"
 
+    # the snapshot is alice's alone, through the hub's real token checks
+    store = f"{hub.url}/services/cloudhop-store/api/users/alice/snapshots"
+    mine = requests.get(store, headers={"Authorization": f"token {alice.token}"}, timeout=30)
+    assert mine.status_code == 200 and [s["id"] for s in mine.json()["snapshots"]] == [m["snapshot"]]
+    assert requests.get(store, headers={"Authorization": f"token {bob.token}"}, timeout=30).status_code == 403
+    assert requests.get(f"{store}/{m['snapshot']}", headers={"Authorization": f"token {bob.token}"},
+                        timeout=30).status_code == 403
+
     # and the source goes away
     deadline = time.monotonic() + 60
     while hub.server_model("alice", "") is not None and time.monotonic() < deadline:
