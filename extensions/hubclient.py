@@ -75,3 +75,9 @@ class HubClient:
         """The offers this user may launch, after policy (the hub's offers endpoint)."""
         reply = await self.request("GET", f"/cloudhop/offers/{quote(self.user, safe='')}")
         return reply["offers"]
+
+    async def check_options(self, options: dict) -> dict:
+        """Validate user_options as a spawn would (offers and policy); raises HubError
+        with status 400/403 and a message naming the field."""
+        reply = await self.request("POST", f"/cloudhop/offers/{quote(self.user, safe='')}/check", options)
+        return reply["request"]

@@ -48,9 +48,10 @@ OPTION_TYPES = {
 
 
 class OptionError(ValueError):
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
+    def __init__(self, field: str, message: str, status: int = 400):
+        super().__init__(f"{field}: {message}" if field else message)
         self.field = field
+        self.status = status
 
 
 class Busy(RuntimeError):
@@ -140,6 +141,17 @@ class Migrator:
 
     def store(self) -> StoreClient:
         return StoreClient(self.settings.store_url, self.hub.user, self.hub.token)
+
+    async def check(self, options) -> None:
+        """Check the options' shape here, then their values with the hub (the same offers
+        and policy as a spawn), so a typo fails before the snapshot. A hub without the
+        check endpoint, or out of reach, leaves it to the spawn itself."""
+        options = check_options(options)
+        try:
+            await self.hub.check_options(options)
+        except HubError as err:
+            if err.status in (400, 403):
+                raise OptionError("", str(err).removeprefix(f"hub: {err.status} "), err.status) from None
 
     def start(self, options: dict) -> Migration:
         """Check, register and start a migration; raises Busy or OptionError."""

@@ -88,9 +88,10 @@ class MigrationsHandler(CloudhopHandler):
         if not self.migrator.settings.store_url or not self.migrator.hub.configured:
             raise web.HTTPError(503, "this server is not started by a Cloudhop hub; nothing to migrate to")
         try:
+            await self.migrator.check(options)
             m = self.migrator.start(options)
         except OptionError as err:
-            raise web.HTTPError(400, str(err), reason="bad option") from None
+            raise web.HTTPError(getattr(err, "status", 400), str(err), reason="bad option") from None
         except Busy as err:
             raise web.HTTPError(409, str(err), reason="busy") from None
         self.set_status(202)

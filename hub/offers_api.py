@@ -1,6 +1,11 @@
 """The hub's offers API: what a user may launch (or move a project to), after policy.
 
-    GET /hub/api/cloudhop/offers/{user}   -> {"offers": [Offer.to_dict(), ...]}
+    GET  /hub/api/cloudhop/offers/{user}         -> {"offers": [Offer.to_dict(), ...]}
+    POST /hub/api/cloudhop/offers/{user}/check   user_options -> {"request": {...}}, or
+                                                 400/403 {"message": "<field>: ..."}
+
+The check validates options exactly as a spawn would (same offers, same group policy),
+so a migration with a typo fails at once, before its snapshot is taken.
 
 Registered with ``c.JupyterHub.extra_handlers`` by :func:`cloudhop.hub.snapshot_store.add_store_service`.
 Allowed for a token that may read the user's servers (``read:servers``: the user, an
@@ -16,8 +21,8 @@ from jupyterhub.apihandlers.base import APIHandler
 from tornado import web
 
 
-class OffersAPIHandler(APIHandler):
-    async def get(self, user_name: str):
+class _UserSpawnerHandler(APIHandler):
+    def user_spawner(self, user_name: str):
         if self.current_user is None:
             raise web.HTTPError(403, "Missing or invalid credentials.")
         if not self.has_scope(f"read:servers!user={user_name}"):
@@ -28,11 +33,41 @@ class OffersAPIHandler(APIHandler):
         spawner = user.spawners[""]
         if not hasattr(spawner, "user_offers"):
             raise web.HTTPError(501, "the hub's spawner has no offers")
+        return spawner
+
+
+class OffersAPIHandler(_UserSpawnerHandler):
+    async def get(self, user_name: str):
+        spawner = self.user_spawner(user_name)
         offers = await spawner.user_offers()
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"offers": [o.to_dict() for o in offers]}))
 
 
+class OptionsCheckHandler(_UserSpawnerHandler):
+    async def post(self, user_name: str):
+        from cloudhop.spawner.options import OptionError
+        from cloudhop.spawner.policy import validate_request
+
+        spawner = self.user_spawner(user_name)
+        try:
+            raw = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "user_options: the body is not JSON") from None
+        try:
+            request = validate_request(
+                raw, await spawner.all_offers(), spawner.policy, spawner.user_groups(),
+                providers=spawner.providers, price_of=getattr(spawner, "_first_price", None),
+            )
+        except OptionError as err:
+            raise web.HTTPError(err.status_code, str(err)) from None
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"request": request.to_dict()}, default=str))
+
+
 def handlers() -> list[tuple]:
     """Routes for ``c.JupyterHub.extra_handlers`` (the hub prefixes them with /hub/)."""
-    return [(r"/api/cloudhop/offers/([^/]+)/?", OffersAPIHandler)]
+    return [
+        (r"/api/cloudhop/offers/([^/]+)/check", OptionsCheckHandler),
+        (r"/api/cloudhop/offers/([^/]+)/?", OffersAPIHandler),
+    ]

@@ -78,6 +78,9 @@ def test_move_a_running_project_to_another_region(hub_factory):
     r = alice("POST", "cloudhop/api/migrations", json={"provider": "local", "region": "site-b", "gpu_count": "two"})
     assert r.status_code == 400 and "gpu_count" in r.json()["message"]
 
+    # values are checked by the hub against the offers and policy before anything is sent
+    r = alice("POST", "cloudhop/api/migrations", json={"provider": "local", "region": "site-z"})
+    assert r.status_code == 400 and r.json()["message"].startswith("region:") and "site-b" in r.json()["message"]
     r = alice("POST", "cloudhop/api/migrations", json={"provider": "local", "region": "site-b", "gpu": "none"})
     assert r.status_code == 202, r.text
     mid = r.json()["id"]
