@@ -57,6 +57,18 @@ def iter_pack(body) -> Iterator[tuple[str, memoryview]]:
         pos += length
 
 
+def bounded_map(pool: ThreadPoolExecutor, fn, items, depth: int) -> Iterator:
+    """Like ``pool.map`` but lazy: at most ``depth`` items are in flight or waiting to be
+    consumed, so a large workspace never sits in memory at once. Results keep order."""
+    inflight: deque = deque()
+    for item in items:
+        inflight.append(pool.submit(fn, item))
+        if len(inflight) >= depth:
+            yield inflight.popleft().result()
+    while inflight:
+        yield inflight.popleft().result()
+
+
 class StoreClient:
     """One user's view of the snapshot store.
 
@@ -134,7 +146,7 @@ class StoreClient:
                 return len(data)
 
             with ThreadPoolExecutor(self.workers) as pool:
-                for n in pool.map(put, ids):
+                for n in bounded_map(pool, put, ids, self.workers * 2):
                     sent += n
                     if on_sent:
                         on_sent(n)
@@ -164,20 +176,9 @@ class StoreClient:
                 raise
             return size
 
-        # a bounded pipeline: reading the next pack overlaps sending the previous ones,
-        # and at most `depth` packs are in memory at once
-        depth = min(self.workers, 2)
-        with ThreadPoolExecutor(depth) as pool:
-            inflight = deque()
-            for item in packs():
-                inflight.append(pool.submit(post, item))
-                if len(inflight) >= depth:
-                    n = inflight.popleft().result()
-                    sent += n
-                    if on_sent:
-                        on_sent(n)
-            for fut in inflight:
-                n = fut.result()
+        # reading the next pack overlaps sending the previous one; at most two in memory
+        with ThreadPoolExecutor(2) as pool:
+            for n in bounded_map(pool, post, packs(), 2):
                 sent += n
                 if on_sent:
                     on_sent(n)
@@ -192,24 +193,30 @@ class StoreClient:
             if target.get("kind") == "presigned":
                 urls = target["urls"]
                 with ThreadPoolExecutor(self.workers) as pool:
-                    for cid, data in zip(batch, pool.map(lambda c: self._request("GET", urls[c]).content, batch)):
+                    fetched = bounded_map(pool, lambda c: (c, self._request("GET", urls[c]).content),
+                                          batch, self.workers * 2)
+                    for cid, data in fetched:
                         self._check(cid, data)
                         on_chunk(cid, memoryview(data))
                 continue
             url = urljoin(self.base_url, target["url"])
-            # pack downloads in slices so one response stays bounded
+            # packs of about PACK_BYTES each; the next one downloads while this one is written
             step = max(1, PACK_BYTES // (256 << 10))
-            for j in range(0, len(batch), step):
-                part = batch[j:j + step]
-                body = self._request("POST", url, data=json.dumps({"ids": part}),
-                                     headers={"Content-Type": "application/json"}).content
-                got = set()
-                for cid, data in iter_pack(body):
-                    self._check(cid, data)
-                    got.add(cid)
-                    on_chunk(cid, data)
-                if got != set(part):
-                    raise StoreError(f"snapshot store did not return {len(set(part) - got)} chunk(s)")
+            parts = [batch[j:j + step] for j in range(0, len(batch), step)]
+
+            def fetch(part):
+                return part, self._request("POST", url, data=json.dumps({"ids": part}),
+                                           headers={"Content-Type": "application/json"}).content
+
+            with ThreadPoolExecutor(2) as pool:
+                for part, body in bounded_map(pool, fetch, parts, 2):
+                    got = set()
+                    for cid, data in iter_pack(body):
+                        self._check(cid, data)
+                        got.add(cid)
+                        on_chunk(cid, data)
+                    if got != set(part):
+                        raise StoreError(f"snapshot store did not return {len(set(part) - got)} chunk(s)")
 
     @staticmethod
     def _check(cid: str, data) -> None:
