@@ -7,8 +7,8 @@ Compute fake; OCI: oci on the local OCI fake; the same doubles the tests use):
 
 1. ``launch ok``       a successful launch (the baseline);
 2. ``capacity``        a launch answered with the cloud's capacity error, until
-                       :class:`CapacityError` reaches the caller (what failover waits for;
-                       on GCP after trying each of the offer's zones);
+                       :class:`CapacityError` reaches the caller (what failover waits for,
+                       after trying each of the offer's zones on AWS and GCP);
 3. ``sdk retry``       the same capacity error through the SDK's ordinary retrying path
                        (botocore standard mode, its default 3 attempts, which backs off
                        from 50 ms on server errors; an OCI retry strategy on any 5xx, 3
@@ -90,11 +90,13 @@ def aws(runs: int) -> dict:
     with mock_aws():
         for _ in range(runs):
             p = AWSProvider(image_ssm_parameter=image, regions=["us-east-1"])
-            p._image("us-east-1")  # the SSM lookup once, outside the timings
+            p._image("us-east-1")  # the SSM and zone lookups once, outside the timings
+            p._zone_names("us-east-1")
             out["launch ok"].append(timed(lambda: p.launch(spec_for(offer))))
 
             p.client("us-east-1", retries=False).meta.events.register_first(
-                "before-call.ec2.RunInstances", answer_call([("InsufficientInstanceCapacity", 500)]))
+                "before-call.ec2.RunInstances",
+                answer_call([("InsufficientInstanceCapacity", 500)] * len(offer.zones)))  # every zone
             out["capacity"].append(timed(lambda: p.launch(spec_for(offer))))
 
             p = AWSProvider(image_ssm_parameter=image, regions=["us-east-1"])

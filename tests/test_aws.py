@@ -206,14 +206,40 @@ async def test_list_nodes_by_tags(provider):
 
 async def test_capacity_error_fails_fast_without_retries(provider):
     offer = cheapest("aws", "us-east-1", "T4", 1)
-    calls = inject(provider, "RunInstances", ["InsufficientInstanceCapacity"])
+    assert offer.zones == ("use1-az1", "use1-az2")
+    calls = inject(provider, "RunInstances", ["InsufficientInstanceCapacity"] * 2)
     with pytest.raises(CapacityError) as info:
         await provider.launch(spec_for(offer))
-    assert len(calls) == 1  # not retried: failover moves on
+    assert len(calls) == 2  # one per zone of the offer, none retried: failover moves on
     assert info.value.failover and info.value.offer == offer
     assert type(info.value.__cause__).__name__ == "ClientError"
     assert "InsufficientInstanceCapacity" in str(info.value)
     assert instances() == []
+
+
+async def test_a_zone_without_capacity_moves_to_the_offers_next_zone(provider):
+    offer = cheapest("aws", "us-east-1", "T4", 1)
+    calls = inject(provider, "RunInstances", ["InsufficientInstanceCapacity"])
+    node = await provider.launch(spec_for(offer))
+    names = {z["ZoneId"]: z["ZoneName"] for z in ec2().describe_availability_zones()["AvailabilityZones"]}
+    # the wire request (EC2's query form) names each zone in turn
+    assert [c["params"]["body"]["Placement.AvailabilityZone"] for c in calls] == [
+        names["use1-az1"], names["use1-az2"]]
+    assert node.info["zone"] == names["use1-az2"]
+    assert len(instances()) == 1
+
+
+async def test_a_subnet_fixes_the_zone(provider):
+    vpc = ec2().create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2().create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24")["Subnet"]["SubnetId"]
+    provider.subnet_id = subnet
+    calls = inject(provider, "RunInstances", ["InsufficientInstanceCapacity"])
+    with pytest.raises(CapacityError):
+        await provider.launch(spec_for(cheapest("aws", "us-east-1", "T4", 1)))
+    assert len(calls) == 1 and "Placement.AvailabilityZone" not in calls[0]["params"]["body"]
+    node = await provider.launch(spec_for(cheapest("aws", "us-east-1", "T4", 1)))
+    [inst] = instances()
+    assert inst["SubnetId"] == subnet and node.id.endswith(inst["InstanceId"])
 
 
 async def test_quota_error_fails_fast(provider):

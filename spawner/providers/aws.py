@@ -12,6 +12,8 @@ launch.
 
 from __future__ import annotations
 
+import hashlib
+
 from traitlets import Bool, Integer, List, Unicode
 
 from .base import (
@@ -143,6 +145,7 @@ class AWSProvider(CloudProvider):
         super().__init__(**kwargs)
         self._clients: dict[tuple[str, bool], object] = {}
         self._images: dict[str, str] = {}
+        self._zones: dict[str, dict[str, str]] = {}
         self._session = None
 
     # -- clients -------------------------------------------------------------------------
@@ -253,8 +256,10 @@ class AWSProvider(CloudProvider):
         nodes = self._describe(where, [{"Name": "tag-key", "Values": [TAG_REQUEST]}])
         return {n.id: n for n in nodes}
 
-    def run_instances_params(self, spec: LaunchSpec, tags: dict, user_data: str) -> dict:
-        """The ``RunInstances`` request for a spec (pure apart from the image lookup)."""
+    def run_instances_params(self, spec: LaunchSpec, tags: dict, user_data: str,
+                             zone: str | None = None) -> dict:
+        """The ``RunInstances`` request for a spec in availability zone ``zone`` (a zone
+        name; None lets EC2 or the subnet decide). Pure apart from the image lookup."""
         tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
         params = {
             "ImageId": self._image(spec.offer.region),
@@ -263,7 +268,7 @@ class AWSProvider(CloudProvider):
             "MaxCount": 1,
             "UserData": user_data,
             # EC2's own idempotency: a retried RunInstances returns the same instance
-            "ClientToken": spec.request_id[:64],
+            "ClientToken": hashlib.sha256(f"{spec.request_id}/{zone}".encode()).hexdigest()[:64],
             "TagSpecifications": [
                 {"ResourceType": "instance", "Tags": tag_list},
                 {"ResourceType": "volume", "Tags": tag_list},
@@ -276,8 +281,8 @@ class AWSProvider(CloudProvider):
         if self.security_group_ids:
             network["Groups"] = list(self.security_group_ids)
         params["NetworkInterfaces"] = [network]
-        if spec.zone and not self.subnet_id:
-            params["Placement"] = {"AvailabilityZone": spec.zone}
+        if zone and not self.subnet_id:
+            params["Placement"] = {"AvailabilityZone": zone}
         if self.key_name:
             params["KeyName"] = self.key_name
         if spec.spot:
@@ -290,11 +295,45 @@ class AWSProvider(CloudProvider):
             }
         return params
 
-    def _blocking_create(self, spec, tags, user_data):
+    def zones_for(self, spec: LaunchSpec) -> list[str | None]:
+        """Zone names a launch tries in turn: the requested zone, else the offer's zones
+        (the catalog's zone ids, named for this account), else EC2's choice. A subnet
+        fixes the zone."""
+        if self.subnet_id:
+            return [None]
         region = spec.offer.region
-        params = self.run_instances_params(spec, tags, user_data)
-        reply = self.client(region, retries=False).run_instances(**params)
-        return self._node(region, reply["Instances"][0])
+        if spec.zone:
+            return [self._zone_names(region).get(spec.zone, spec.zone)]
+        names = self._zone_names(region)
+        return [names[z] for z in spec.offer.zones if z in names] or [None]
+
+    def _zone_names(self, region: str) -> dict[str, str]:
+        """Zone id -> zone name for a region (names differ per account; ids do not)."""
+        if region not in self._zones:
+            zones = self.client(region).describe_availability_zones()["AvailabilityZones"]
+            self._zones[region] = {z["ZoneId"]: z["ZoneName"] for z in zones}
+        return self._zones[region]
+
+    def _blocking_create(self, spec, tags, user_data):
+        """Run the instance in the first of the offer's zones with capacity: a zone
+        without capacity moves on to the next at once; when none has any, the last
+        zone's error stands for the offer."""
+        _, botocore = _sdk()
+        region = spec.offer.region
+        last = None
+        for zone in self.zones_for(spec):
+            params = self.run_instances_params(spec, tags, user_data, zone)
+            try:
+                reply = self.client(region, retries=False).run_instances(**params)
+            except botocore.exceptions.ClientError as err:
+                if err.response.get("Error", {}).get("Code") not in CAPACITY_CODES:
+                    raise
+                self.log.info("aws: no %s capacity in %s (%s)", spec.offer.instance_type, zone or region,
+                              err.response["Error"]["Code"])
+                last = err
+                continue
+            return self._node(region, reply["Instances"][0])
+        raise last
 
     def _blocking_terminate(self, node_id):
         region, instance = split_id(node_id)
