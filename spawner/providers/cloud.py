@@ -21,11 +21,8 @@ from ..bootstrap import render_user_data
 from .base import (
     PENDING,
     STOPPING,
-    TAG_HUB,
     TAG_REQUEST,
     TAG_ROLE,
-    TAG_SERVER,
-    TAG_USER,
     TERMINATED,
     LaunchSpec,
     Node,
@@ -36,8 +33,6 @@ from .base import (
 
 #: extra tag every cloud node carries: the port its server listens on
 TAG_PORT = "cloudhop-port"
-#: tags a node is created with, from the spec (TAG_REQUEST and TAG_ROLE are added)
-SPEC_TAGS = (TAG_HUB, TAG_USER, TAG_SERVER)
 
 
 
@@ -232,7 +227,6 @@ class CloudProvider(Provider):
 
     async def launch(self, spec: LaunchSpec) -> Node:
         tags = self.node_tags(spec)
-        where = self._where(spec)
         found = await self._call(self._blocking_find, self._find_where(spec), {TAG_REQUEST: spec.request_id})
         if found:
             self.log.info("%s: request %s already has node %s", self.name, spec.request_id, found[0].id)
