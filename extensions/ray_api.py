@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-from urllib.parse import quote
 
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from .ray_panel import hub_ray_url
 
 DASHBOARD_NAME = "ray-dashboard"
 
@@ -43,14 +44,6 @@ async def _fetch_json(url: str, *, method: str = "GET", body=None, token: str | 
                       body=None if body is None else json.dumps(body))
     resp = await AsyncHTTPClient().fetch(req)
     return json.loads(resp.body or b"null")
-
-
-def hub_ray_url(env=os.environ) -> str:
-    """The hub's Ray API URL for this server (from JupyterHub's own variables)."""
-    api = env.get("JUPYTERHUB_API_URL", "").rstrip("/")
-    user = quote(env.get("JUPYTERHUB_USER", ""), safe="")
-    server = env.get("JUPYTERHUB_SERVER_NAME", "")
-    return f"{api}/cloudhop/ray/{user}" + (f"/{quote(server, safe='')}" if server else "")
 
 
 async def ray_nodes(port: int) -> list[dict]:

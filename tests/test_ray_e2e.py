@@ -110,6 +110,13 @@ def test_ray_cluster_lifecycle(hub_factory):
         "ids = set(ray.get([where.remote() for _ in range(4)]))\n"
         "print(len(ids), here in ids)", timeout=180)
     assert out.strip() == "1 False", "remote tasks run on the worker node, not the notebook's"
+    # the panel's data, read in the kernel with the server's own token (hub) and Ray's API
+    out = k.execute(
+        "import cloudhop\nfrom cloudhop.extensions.ray_panel import cluster_summary\n"
+        "s = cluster_summary()\npanel = cloudhop.ray_panel()\n"
+        "print(sum(n['state'] == 'ALIVE' for n in s['nodes']), s['hub']['alive'], s['errors'], "
+        "'Ray dashboard' in panel.children[0].value)", timeout=60)
+    assert out.strip() == "2 1 [] True", out
     k.close()
 
     # the dashboard, through the server's URL, for the server's users only

@@ -10,7 +10,10 @@ loopback, and runs ``CMD`` (``jupyterhub-singleuser ...``) beside it with:
 * ``CLOUDHOP_RAY_DASHBOARD_PORT`` - for the server extension's dashboard proxy;
 * ``CLOUDHOP_RAY_HEAD`` - the GCS address.
 
-Both start at once (the notebook does not wait for Ray). When the notebook exits, or
+The notebook starts once the head has registered (at most :data:`HEAD_WAIT` seconds
+later, so a slow head never holds the server past the hub's HTTP timeout): when the
+server is ready, ``ray.init()`` in a first cell works, and the notebook's start-up does
+not compete with the head's for the CPU. When the notebook exits, or
 the launcher gets SIGTERM (server stop), the head is stopped - only this head - and
 the launcher exits with the notebook's code.
 """
@@ -28,12 +31,15 @@ import tempfile
 import time
 
 from .commands import ENV_ADDRESS, ENV_DASHBOARD_PORT, ENV_HEAD, head_start_args, temp_dir_for
-from .node import RayNode, Signals, log, sweep_stale_temp_dirs
+from .node import RayNode, Signals, head_registered, log, sweep_stale_temp_dirs, wait_for_port
 from .ports import PortBlock, PortsBusy, claim_block
 
 
 #: times the head is started again after it exits with an error
 HEAD_RESTARTS = 2
+#: seconds the notebook waits for the head before starting without it (well under the
+#: hub's http_timeout, which counts from the node's start)
+HEAD_WAIT = 30.0
 
 
 def enable_ray_extension(config_dir: str) -> str:
@@ -78,12 +84,19 @@ def main(argv=None) -> int:
     env[ENV_DASHBOARD_PORT] = str(block.dashboard_port)
     env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
         p for p in (enable_ray_extension(temp_dir + "-jupyter"), env.get("JUPYTER_CONFIG_PATH")) if p)
-    notebook = subprocess.Popen(args.cmd, env=env)
+    address = env[ENV_ADDRESS]
+    notebook: subprocess.Popen | None = None
+    wait_until = time.monotonic() + HEAD_WAIT
     code = None
     head_reported, restarts = False, 0
     try:
         while signals.received is None:
-            code = notebook.poll()
+            if notebook is None and (head_reported or time.monotonic() > wait_until or (
+                    wait_for_port(address, 0.2) and head_registered(address, 2))):
+                # the server is ready only with its head: ray.init() in a first cell works
+                log("starting the notebook server" + ("" if head_reported else " (the Ray head is up)"))
+                notebook = subprocess.Popen(args.cmd, env=env)
+            code = notebook.poll() if notebook else None
             if code is not None:
                 break
             if not head_reported and head.poll() is not None:
@@ -100,10 +113,10 @@ def main(argv=None) -> int:
                 head_reported = True
             time.sleep(0.5)
     finally:
-        if code is None:
+        if code is None and notebook is not None:
             notebook.send_signal(signal.SIGTERM)
         head.stop()
-        if code is None:
+        if code is None and notebook is not None:
             try:
                 code = notebook.wait(timeout=10)
             except subprocess.TimeoutExpired:
