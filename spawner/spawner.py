@@ -32,7 +32,7 @@ from .policy import Policy, PolicyError, validate_request
 from .providers import provider_class
 from .ray import hooks as ray_hooks
 from .providers.base import (
-    FAILED, RUNNING, TAG_HUB, TAG_ROLE, TAG_SERVER, TAG_USER, TERMINATED, LaunchSpec, Node,
+    FAILED, RUNNING, STOPPING, TAG_HUB, TAG_ROLE, TAG_SERVER, TAG_USER, TERMINATED, LaunchSpec, Node,
     Provider,
 )
 
@@ -340,7 +340,7 @@ class CloudhopSpawner(Spawner):
         if not self.node:
             return 0
         node = await self.provider(self.node.provider).status(self.node.id)
-        if node.state in (TERMINATED, FAILED):
+        if node.state in (STOPPING, TERMINATED, FAILED):  # a VM going away is not a server
             return 1
         await ray_hooks.poll_workers(self)  # a dead worker is reported, the server stays
         return None

@@ -42,3 +42,26 @@ def test_state_from_a_newer_version_keeps_what_it_knows():
     t.load_state({"version": 99, "nodes": [{"provider": "local", "id": "n", "role": "notebook", "region": "x"}],
                   "future_field": 1})
     assert t.nodes[0]["id"] == "n"
+
+
+class _StatusDouble:
+    """Answers status with a scripted node state."""
+
+    def __init__(self, state):
+        self.state = state
+
+    async def status(self, node_id):
+        return Node(id=node_id, provider="double", region="r", state=self.state)
+
+
+async def test_poll_follows_the_node_state():
+    import pytest
+
+    s = new_spawner()
+    assert await s.poll() == 0, "no node: not running"
+    s.node = Node(id="n1", provider="double", region="r", state="running", ip="10.0.0.1", port=8888)
+    for state, expected in (("pending", None), ("running", None), ("stopping", 1), ("terminated", 1), ("failed", 1)):
+        s.provider = lambda name, st=state: _StatusDouble(st)
+        if s.ray_cluster is not None:  # pragma: no cover - no Ray here
+            pytest.fail("unexpected Ray cluster")
+        assert await s.poll() == expected, state
