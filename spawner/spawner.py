@@ -282,7 +282,7 @@ class CloudhopSpawner(Spawner):
         request = await self.parse_request()
         self.request = request
         offers = await self.user_offers()
-        ranked = self.plan(request, offers)
+        ranked = ray_hooks.filter_plan(self, request, self.plan(request, offers), offers)
         if not ranked:
             raise SpawnException("No offer matches the request", reason="no-offer", status_code=400)
         self.check_budget(request, ranked[0])

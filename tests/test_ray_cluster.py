@@ -166,3 +166,32 @@ async def test_spawner_state_keeps_the_cluster_and_lists_workers_in_nodes(provid
     assert t.ray_cluster is None
     await s.ray_cluster.stop()
     assert [n["role"] for n in s.nodes] == ["notebook"]
+
+
+def test_workers_gpu_steers_where_the_notebook_lands(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from jupyterhub.spawner import SpawnException
+
+    from cloudhop.spawner import CloudhopSpawner
+    from cloudhop.spawner.options import parse_options
+    from cloudhop.spawner.ray.hooks import filter_plan
+
+    for k, v in fake_gpus_env("Tesla T4").items():
+        monkeypatch.setenv(k, v)
+    local = LocalProvider(default_root=str(tmp_path / "ws"), nvml_module="fakes.nvml",
+                          regions={"gpu-site": {"gpus": "0"}, "cpu-site": {"gpus": "none"}})
+    s = CloudhopSpawner(user=SimpleNamespace(name="ada", url="/user/ada/", escaped_name="ada"))
+    s.provider = lambda name: local
+    offers = local.offers()
+
+    request = parse_options({"provider": "local", "gpu": "none", "ray": {"workers": 1, "gpu": "T4"}}, offers)
+    ranked = filter_plan(s, request, s.plan(request, offers), offers)
+    assert ranked and {o.region for o in ranked} == {"gpu-site"}
+
+    request = parse_options({"provider": "local", "region": "cpu-site", "gpu": "none",
+                             "ray": {"workers": 1, "gpu": "T4"}}, offers)
+    with pytest.raises(SpawnException) as err:
+        filter_plan(s, request, s.plan(request, offers), offers)
+    assert err.value.status_code == 400 and err.value.message.startswith("ray.gpu:")
+    assert "local/cpu-site" in err.value.message

@@ -78,6 +78,32 @@ def worker_offers(spawner, offers, notebook_offer, request: LaunchRequest):
             if o.provider == notebook_offer.provider and o.region == notebook_offer.region]
 
 
+def filter_plan(spawner, request: LaunchRequest, ranked: list, offers: list) -> list:
+    """The notebook's failover list, keeping only places (provider and region) where the
+    requested workers can run too, so ``ray.gpu`` steers where the server lands. Raises
+    a 400 naming ``ray.gpu`` when no place has both, or when the provider and region the
+    user chose has no such worker offer."""
+    if request.ray is None or not request.ray.workers:
+        return ranked
+    keep = [o for o in ranked
+            if getattr(spawner.provider(o.provider), "handles_ray", False)
+            or worker_offers(spawner, offers, o, request)]
+    if request.explicit:
+        # a place the user chose that cannot hold the workers is an error, not a detour
+        chosen = [o for o in keep if o.provider == request.provider and o.region == request.region]
+        keep = keep if chosen else []
+    if ranked and not keep:
+        from jupyterhub.spawner import SpawnException
+
+        places = (f"{request.provider}/{request.region}" if request.explicit
+                  else ", ".join(sorted({f"{o.provider}/{o.region}" for o in ranked})))
+        raise SpawnException(
+            f"ray.gpu: no offer of {request.ray.gpu_count} x {request.ray.gpu} for Ray workers "
+            f"where the notebook could run ({places}); workers run in the notebook's "
+            "provider and region", reason="bad-option", status_code=400)
+    return keep
+
+
 def _sync_nodes(spawner) -> None:
     cluster = spawner.ray_cluster
     spawner.nodes = [n for n in spawner.nodes if n.get("role") != WORKER_ROLE] + (
