@@ -101,6 +101,8 @@ class Migration:
     snapshot_id: str | None = None
     started: float = field(default_factory=time.time)
     finished: float | None = None
+    #: set once a client has read the state "done" (the source may then stop)
+    read_done: asyncio.Event | None = field(default=None, repr=False)
 
     @property
     def running(self) -> bool:
@@ -167,8 +169,8 @@ class Migrator:
 
     def seen(self, m: Migration) -> None:
         """A client has read the final state: the source may stop now."""
-        if m.state == "done" and getattr(m, "_seen", None) and not m._seen.is_set():
-            m._seen.set()
+        if m.state == "done" and m.read_done is not None:
+            m.read_done.set()
 
     async def _run(self, m: Migration) -> None:
         workdir = tempfile.mkdtemp(prefix="cloudhop-migrate-")
@@ -181,7 +183,7 @@ class Migrator:
             report = await self._wait_report(m, store)
             m.state = "verifying"
             self._verify(m, manifest, kernels, report)
-            m._seen = asyncio.Event()
+            m.read_done = asyncio.Event()
             m.state = "done"
             m.finished = time.time()
             log.info("migration %s done: %s", m.id, m.target_url)
@@ -202,7 +204,7 @@ class Migrator:
             store.close()
         if m.state == "done":
             try:
-                await asyncio.wait_for(m._seen.wait(), self.settings.stop_delay)
+                await asyncio.wait_for(m.read_done.wait(), self.settings.stop_delay)
             except asyncio.TimeoutError:
                 pass
             await asyncio.sleep(0.5)  # let the reply that saw "done" go out

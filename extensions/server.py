@@ -31,11 +31,20 @@ from .snapshot import Excludes
 from .snapshot.excludes import DEFAULT_MAX_FILE_BYTES, DEFAULT_PATTERNS
 
 
+def _default_store_url(env) -> str:
+    """The store as the hub announced it; a server of the local provider runs on the
+    hub's machine and reaches the service directly instead of through the proxy."""
+    if env.get("CLOUDHOP_PROVIDER") == "local" and env.get("CLOUDHOP_STORE_LOCAL_URL"):
+        return env["CLOUDHOP_STORE_LOCAL_URL"]
+    return env.get("CLOUDHOP_STORE_URL", "")
+
+
 class CloudhopMigration(Configurable):
     """Settings of migrations from and into this server (``c.CloudhopMigration.*``)."""
 
     store_url = Unicode(
-        help="URL of the hub's snapshot store service. Default: $CLOUDHOP_STORE_URL, set by the hub.",
+        help="URL of the hub's snapshot store service. Default: $CLOUDHOP_STORE_URL, set by the "
+        "hub ($CLOUDHOP_STORE_LOCAL_URL on the local provider, whose servers share the hub's host).",
     ).tag(config=True)
     launch_timeout = Float(900, help="Seconds to wait for the target server to start.").tag(config=True)
     restore_timeout = Float(1800, help="Seconds to wait for the target to restore files and kernels.").tag(config=True)
@@ -50,7 +59,7 @@ class CloudhopMigration(Configurable):
 
     def settings(self) -> Settings:
         return Settings(
-            store_url=self.store_url or os.environ.get("CLOUDHOP_STORE_URL", ""),
+            store_url=self.store_url or _default_store_url(os.environ),
             launch_timeout=self.launch_timeout, restore_timeout=self.restore_timeout,
             kernel_timeout=self.kernel_timeout, stop_delay=self.stop_delay,
             excludes=Excludes(patterns=tuple(self.exclude), max_file_bytes=int(self.max_file_bytes)),

@@ -306,8 +306,10 @@ def add_store_service(c, *, data_dir: str, port: int, public_url: str | None = N
                       s3: dict | None = None, env=os.environ) -> None:
     """Add the snapshot store to a JupyterHub config ``c``.
 
-    ``port``: where the service listens on the hub's loopback; ``public_url``: the
-    proxy's URL as single-user servers reach it (given to them as ``CLOUDHOP_STORE_URL``);
+    ``port``: where the service listens on the hub's loopback (given to servers as
+    ``CLOUDHOP_STORE_LOCAL_URL``, which only servers of the local provider, on the hub's
+    host, use); ``public_url``: the proxy's URL as single-user servers reach it (given to
+    them as ``CLOUDHOP_STORE_URL``);
     ``s3``: ``{"bucket", "endpoint_url"?, "region"?, "prefix"?}`` for a bucket (default:
     a directory under ``data_dir``). Credentials are forwarded from ``env`` to the
     service's environment only. Also lets every user (and their servers' tokens) use the
@@ -356,10 +358,10 @@ def add_store_service(c, *, data_dir: str, port: int, public_url: str | None = N
     args = list(c.Spawner.args) if "args" in c.Spawner else []
     if EXTENSION_ARG not in args:
         c.Spawner.args = args + [EXTENSION_ARG]
+    urls = {"CLOUDHOP_STORE_LOCAL_URL": f"http://127.0.0.1:{port}/services/{SERVICE_NAME}/"}
     if public_url:
-        c.Spawner.environment.update(
-            {"CLOUDHOP_STORE_URL": public_url.rstrip("/") + f"/services/{SERVICE_NAME}/"}
-        )
+        urls["CLOUDHOP_STORE_URL"] = public_url.rstrip("/") + f"/services/{SERVICE_NAME}/"
+    c.Spawner.environment.update(urls)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ def test_store_service_config_keeps_credentials_on_the_hub(tmp_path):
     assert store["environment"]["CLOUDHOP_STORE_S3_BUCKET"] == "snaps" and "HOME" not in store["environment"]
     # users' servers learn only where the store is - never a credential
     user_env = c.Spawner.environment.get_value({})  # a lazy update of the trait's dict
-    assert user_env == {"CLOUDHOP_STORE_URL": f"http://hub.example:8000/services/{SERVICE_NAME}/"}
+    assert user_env == {"CLOUDHOP_STORE_URL": f"http://hub.example:8000/services/{SERVICE_NAME}/",
+                        "CLOUDHOP_STORE_LOCAL_URL": f"http://127.0.0.1:12345/services/{SERVICE_NAME}/"}
     assert not any("s3cr3t" in str(v) or "AKIA" in str(v) for v in c.Spawner.args)
 
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
