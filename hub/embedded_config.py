@@ -70,11 +70,11 @@ if _extra:
 # the snapshot store for migrations (docs/migration.md); after the extra config, so the
 # services and roles it set are extended, not replaced. c.CloudhopStore.s3 = {"bucket": ...}
 # keeps snapshots in a bucket instead of the data dir.
-from cloudhop.hub.snapshot_store import add_store_service, free_port  # noqa: E402
+from cloudhop.hub.snapshot_store import add_store_service, stable_port  # noqa: E402
 
 _public_ip = c.JupyterHub.ip if c.JupyterHub.ip not in ("", "0.0.0.0", "::") else "127.0.0.1"
 add_store_service(
-    c, data_dir=str(data_dir), port=c.CloudhopStore.get("port") or free_port(),
+    c, data_dir=str(data_dir), port=c.CloudhopStore.get("port") or stable_port(str(data_dir / "store_port")),
     public_url=c.JupyterHub.get("public_url") or f"http://{_public_ip}:{c.JupyterHub.port}",
     s3=c.CloudhopStore.get("s3"),
 )

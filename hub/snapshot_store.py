@@ -299,6 +299,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stable_port(path: str) -> int:
+    """A free port picked once and kept in ``path``, so servers that outlive a hub
+    restart still find the store at the address they were given."""
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        port = free_port()
+        with open(path, "w") as f:
+            f.write(f"{port}\n")
+        return port
+
+
 EXTENSION_ARG = "--ServerApp.jpserver_extensions=cloudhop.extensions=True"
 
 
