@@ -31,7 +31,7 @@ import tempfile
 import time
 
 from .commands import ENV_ADDRESS, ENV_DASHBOARD_PORT, ENV_HEAD, head_start_args, temp_dir_for
-from .node import RayNode, Signals, head_registered, log, sweep_stale_temp_dirs, wait_for_port
+from .node import RayNode, Signals, log, sweep_stale_temp_dirs
 from .ports import PortBlock, PortsBusy, claim_block
 
 
@@ -84,15 +84,14 @@ def main(argv=None) -> int:
     env[ENV_DASHBOARD_PORT] = str(block.dashboard_port)
     env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
         p for p in (enable_ray_extension(temp_dir + "-jupyter"), env.get("JUPYTER_CONFIG_PATH")) if p)
-    address = env[ENV_ADDRESS]
     notebook: subprocess.Popen | None = None
     wait_until = time.monotonic() + HEAD_WAIT
     code = None
     head_reported, restarts = False, 0
     try:
         while signals.received is None:
-            if notebook is None and (head_reported or time.monotonic() > wait_until or (
-                    wait_for_port(address, 0.2) and head_registered(address, 2))):
+            if notebook is None and (head_reported or head.started.is_set()
+                                     or time.monotonic() > wait_until):
                 # the server is ready only with its head: ray.init() in a first cell works
                 log("starting the notebook server" + ("" if head_reported else " (the Ray head is up)"))
                 notebook = subprocess.Popen(args.cmd, env=env)
@@ -111,7 +110,7 @@ def main(argv=None) -> int:
                 # keep the notebook: the user's work matters more than the cluster
                 log(f"the Ray head exited with code {head.poll()}; the notebook keeps running")
                 head_reported = True
-            time.sleep(0.5)
+            time.sleep(0.2)
     finally:
         if code is None and notebook is not None:
             notebook.send_signal(signal.SIGTERM)

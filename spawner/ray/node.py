@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
@@ -24,7 +25,7 @@ from .commands import ray_cli
 
 
 def log(msg: str) -> None:
-    print(f"[cloudhop-ray] {msg}", file=sys.stderr, flush=True)
+    print(f"[cloudhop-ray {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def wait_for_port(address: str, timeout: float) -> bool:
@@ -40,39 +41,68 @@ def wait_for_port(address: str, timeout: float) -> bool:
     return False
 
 
-def head_registered(address: str, timeout: float = 5) -> bool:
-    """True once the cluster at ``address`` has an alive node (the head's raylet).
+class HeadWatch:
+    """Asks a cluster's GCS whether it has an alive node (the head's raylet), with one
+    client kept across calls (making a client per poll costs the CPU a starting head
+    needs).
 
     A worker that joins while the head is still starting competes with it for the CPU
-    and can hit ``ray start``'s fixed 30 s registration timeout, so workers wait for this.
-    Uses Ray's own GCS client; if that moves in a future Ray, the GCS port answering is
-    taken as enough."""
-    try:
-        from ray._raylet import GcsClient
-        from ray.core.generated.gcs_pb2 import GcsNodeInfo
-    except ImportError:
-        return True
-    try:
-        infos = GcsClient(address=address).get_all_node_info(
-            timeout=timeout, state_filter=GcsNodeInfo.GcsNodeState.ALIVE)
-    except Exception:  # GCS not answering yet, or an API change: keep waiting
-        return False
-    return len(infos) > 0
+    and can hit ``ray start``'s fixed 30 s registration timeout, so workers wait for
+    this. Uses Ray's own GCS client; if that moves in a future Ray, the GCS port
+    answering is taken as enough."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self._client = None
+
+    def registered(self, timeout: float = 2) -> bool:
+        try:
+            from ray._raylet import GcsClient
+            from ray.core.generated.gcs_pb2 import GcsNodeInfo
+        except ImportError:
+            return True
+        try:
+            if self._client is None:
+                self._client = GcsClient(address=self.address)
+            infos = self._client.get_all_node_info(
+                timeout=timeout, state_filter=GcsNodeInfo.GcsNodeState.ALIVE)
+        except Exception:  # GCS not answering yet, or an API change: keep waiting
+            return False
+        return len(infos) > 0
+
+
+#: what ``ray start`` prints once its node is up and registered
+STARTED_LINE = b"Ray runtime started."
 
 
 class RayNode:
-    """One ``ray start --block`` process and everything it starts."""
+    """One ``ray start --block`` process and everything it starts; ``started`` is set
+    once Ray reports the node up."""
 
     def __init__(self, args: list[str], temp_dir: str, python: str = sys.executable):
         self.argv = ray_cli(python) + list(args)
         self.temp_dir = temp_dir
         self.proc: subprocess.Popen | None = None
+        self.started = threading.Event()
 
     def start(self, env: dict | None = None) -> None:
         log("starting: " + " ".join(self.argv[2:]))
+        self.started = threading.Event()
         # same session as the launcher: a provider that kills the node's session (local)
         # or container (VM) takes the Ray processes with it even if this launcher dies
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, env=env)
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        threading.Thread(target=self._relay, args=(self.proc, self.started), daemon=True).start()
+
+    @staticmethod
+    def _relay(proc: subprocess.Popen, started: threading.Event) -> None:
+        """Pass Ray's output on to the node's log, noting when Ray says it is up (so the
+        launcher needs no polling, which would slow a starting head)."""
+        for raw in proc.stdout:
+            sys.stderr.buffer.write(raw)
+            sys.stderr.flush()
+            if STARTED_LINE in raw:
+                started.set()
 
     def poll(self) -> int | None:
         return self.proc.poll() if self.proc else 0

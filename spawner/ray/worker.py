@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from .commands import temp_dir_for, worker_start_args
-from .node import RayNode, Signals, head_registered, log, sweep_stale_temp_dirs, wait_for_port
+from .node import HeadWatch, RayNode, Signals, log, sweep_stale_temp_dirs, wait_for_port
 from .ports import BLOCK_SIZE, PortBlock, PortsBusy, candidate_bases, claim_block, claim_free_block
 
 
@@ -56,11 +56,12 @@ def main(argv=None) -> int:
     log(f"waiting for the head at {args.address}")
     deadline = time.monotonic() + args.head_timeout
     # short waits, so SIGTERM is noticed at once
-    while not (wait_for_port(args.address, 1) and head_registered(args.address, 2)):
+    head = HeadWatch(args.address)
+    while not (wait_for_port(args.address, 1) and head.registered(2)):
         if signals.received or time.monotonic() > deadline:
             log("the head never answered" if not signals.received else "stopped before the head answered")
             return 4 if not signals.received else 0
-        time.sleep(0.5)
+        time.sleep(1)
     log("the head is up; joining")
     node = RayNode(
         worker_start_args(args.address, block, temp_dir=temp_dir_for(block.base, tempfile.gettempdir()),
