@@ -10,7 +10,8 @@ returns, N ``ray start --address=<head>`` at once (the fastest a person can do i
 with the same ports, resources and dashboard as Cloudhop's nodes, measured until the
 head's dashboard shows N+1 alive nodes. No notebook server is started on this side.
 
-Rounds alternate so both see the same machine load. Prints medians and the ratio
+Rounds alternate which side goes first, each after a few seconds of quiet, so both
+see the same machine load. Prints medians and the ratio
 (goal: Cloudhop adds under 10%, ratio < 1.10).
 
     python benchmarks/ray_attach.py [--workers 1] [--rounds 3]
@@ -105,14 +106,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--settle", type=float, default=5.0, help="seconds of quiet before each measurement")
     args = ap.parse_args()
     ours, theirs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         hub = HubProcess(Path(tmp), name="cloudhop").start()
         try:
             for i in range(args.rounds):
-                theirs.append(by_hand_round(args.workers))
-                ours.append(cloudhop_round(hub, f"u{i}", args.workers))
+                # alternate which goes first, and let the previous cluster's processes
+                # finish exiting, so neither side inherits the other's teardown
+                for side in (("hand", "cloudhop") if i % 2 == 0 else ("cloudhop", "hand")):
+                    time.sleep(args.settle)
+                    if side == "hand":
+                        theirs.append(by_hand_round(args.workers))
+                    else:
+                        ours.append(cloudhop_round(hub, f"u{i}", args.workers))
                 print(f"round {i}: by hand {theirs[-1]:.2f}s, cloudhop {ours[-1]:.2f}s", flush=True)
         finally:
             hub.stop()
