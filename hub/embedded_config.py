@@ -84,3 +84,10 @@ add_store_service(
 from cloudhop.hub.reaper import reaper_service_config  # noqa: E402
 
 reaper_service_config(c, data_dir=str(data_dir))
+
+# idle culling (`cloudhop up --cull-idle MINUTES`): JupyterHub's idle culler stops
+# servers nobody has used for that long; stopping terminates their nodes and workers
+from cloudhop.hub.services import add_idle_culler  # noqa: E402
+
+if int(os.environ.get("CLOUDHOP_CULL_IDLE") or 0) > 0:
+    add_idle_culler(c, timeout=int(os.environ["CLOUDHOP_CULL_IDLE"]))

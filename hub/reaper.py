@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from .services import add_service, hub_credentials, hub_is_gone
+
 SERVICE_NAME = "cloudhop-reaper"
 SETTINGS_ENV = "CLOUDHOP_REAPER_SETTINGS"
 #: the hub API scopes the reaper needs: list users and read their servers' state
@@ -43,13 +45,6 @@ SCOPES = ["list:users", "read:users", "read:servers", "admin:server_state"]
 CONFIG_SECTIONS = (
     "Provider", "CloudProvider", "AWSProvider", "GCPProvider", "OCIProvider",
     "LocalProvider", "KubernetesProvider", "Catalog",
-)
-#: environment the providers find credentials by (forwarded to the reaper only)
-CREDENTIAL_ENV = (
-    "HOME", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_DEFAULT_REGION", "AWS_REGION",
-    "AWS_EC2_METADATA_DISABLED", "AWS_CA_BUNDLE", "GOOGLE_APPLICATION_CREDENTIALS",
-    "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CONFIG", "OCI_CONFIG_FILE", "KUBECONFIG",
 )
 HISTORY = 20
 
@@ -179,10 +174,10 @@ class Reaper:
         """Sweep every ``interval`` seconds while the hub that started us lives (a hub
         killed outright does not stop its services; its successor starts a new one)."""
         parent = os.getppid()
-        while os.getppid() == parent:
+        while not hub_is_gone(parent):
             await self.sweep()
             for _ in range(max(1, int(interval))):
-                if os.getppid() != parent:
+                if hub_is_gone(parent):
                     break
                 await asyncio.sleep(min(1.0, interval))
         log.info("reaper: the hub is gone; exiting")
@@ -218,7 +213,7 @@ def reaper_service_config(c, *, data_dir: str, interval: float = 300.0, grace: f
         "report": os.path.join(os.path.abspath(data_dir), "reaper-report.json"),
         "config": config,
     }
-    environment = {k: env[k] for k in CREDENTIAL_ENV if env.get(k)}
+    environment = hub_credentials(env)
     environment[SETTINGS_ENV] = json.dumps(settings, default=str)
     service = {
         "name": SERVICE_NAME,
@@ -226,12 +221,7 @@ def reaper_service_config(c, *, data_dir: str, interval: float = 300.0, grace: f
         "environment": environment,
         "display": False,
     }
-    services = list(c.JupyterHub.services or []) if "services" in c.JupyterHub else []
-    c.JupyterHub.services = [s for s in services if s.get("name") != SERVICE_NAME] + [service]
-    roles = list(c.JupyterHub.load_roles or []) if "load_roles" in c.JupyterHub else []
-    roles = [r for r in roles if r.get("name") != SERVICE_NAME]
-    roles.append({"name": SERVICE_NAME, "scopes": list(SCOPES), "services": [SERVICE_NAME]})
-    c.JupyterHub.load_roles = roles
+    add_service(c, service, {"name": SERVICE_NAME, "scopes": list(SCOPES), "services": [SERVICE_NAME]})
     return service
 
 

@@ -36,6 +36,7 @@ from urllib.parse import unquote, urlparse
 from jupyterhub.services.auth import HubAuth
 from tornado import httpserver, ioloop, web
 
+from .services import add_service, exit_with_hub, hub_credentials
 from .store_backends import (
     Backend, BackendError, LocalBackend, S3Backend, check_chunk_id, check_snapshot_id,
     manifest_chunk_ids, new_snapshot_id,
@@ -273,14 +274,10 @@ def main() -> None:
     server = httpserver.HTTPServer(app, max_body_size=MAX_BODY)
     server.listen(url.port or 80, url.hostname or "127.0.0.1")
     log.info("snapshot store (%s backend) on %s%s", type(backend).__name__, url.geturl(), prefix)
+    exit_with_hub()
     ioloop.IOLoop.current().start()
 
 
-#: environment variables forwarded from the hub to the store service (never to users)
-CREDENTIAL_ENV = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_DEFAULT_REGION",
-)
 #: what a single-user server's own token may do beyond the default ``server`` role:
 #: start/stop its user's (named) servers, and use the store
 SERVER_TOKEN_SCOPES = [
@@ -337,17 +334,14 @@ def add_store_service(c, *, data_dir: str, port: int, public_url: str | None = N
         for key, var in (("endpoint_url", "ENDPOINT"), ("region", "REGION"), ("prefix", "PREFIX")):
             if s3.get(key):
                 environment[f"CLOUDHOP_STORE_S3_{var}"] = s3[key]
-        environment.update({k: env[k] for k in CREDENTIAL_ENV if env.get(k)})
-    services = list(c.JupyterHub.services or []) if "services" in c.JupyterHub else []
-    services = [s for s in services if s.get("name") != SERVICE_NAME]
-    services.append({
+        environment.update(hub_credentials(env))
+    add_service(c, {
         "name": SERVICE_NAME,
         "url": f"http://127.0.0.1:{port}",
         "command": [sys.executable, "-m", "cloudhop.hub.snapshot_store"],
         "environment": environment,
         "display": False,
     })
-    c.JupyterHub.services = services
 
     roles = list(c.JupyterHub.load_roles or []) if "load_roles" in c.JupyterHub else []
     access = f"access:services!service={SERVICE_NAME}"

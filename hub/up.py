@@ -37,6 +37,10 @@ def add_parser(sub) -> None:
         help=f"folder for all state: database, secrets, workspaces (default: {default_data_dir()})",
     )
     p.add_argument("--config", default=None, metavar="FILE", help="an extra JupyterHub config file loaded after the defaults")
+    p.add_argument(
+        "--cull-idle", type=_minutes, default=0, metavar="MINUTES",
+        help="stop servers (and their nodes and Ray workers) idle this many minutes; 0: never (default)",
+    )
     p.add_argument("--debug", action="store_true", help="verbose logs")
     p.set_defaults(func=run)
 
@@ -49,6 +53,12 @@ def _port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"--port must be from 1 to 65535, not {value}")
     return value
+
+
+def _minutes(text: str) -> int:
+    if not re.fullmatch(r"\d{1,6}", text.strip()):
+        raise argparse.ArgumentTypeError(f"--cull-idle must be a whole number of minutes (0: never), not {text!r}")
+    return int(text)
 
 
 def _ip(text: str) -> str:
@@ -90,6 +100,7 @@ def run(args) -> int:
         "CLOUDHOP_IP": args.ip,
         "CLOUDHOP_PORT": str(args.port),
         "CLOUDHOP_EXTRA_CONFIG": str(Path(args.config).resolve()) if args.config else "",
+        "CLOUDHOP_CULL_IDLE": str(args.cull_idle * 60),
     })
     from jupyterhub.app import JupyterHub
 

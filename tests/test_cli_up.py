@@ -18,6 +18,8 @@ def up(*args, cwd=None):
     (["--port", "0"], "--port"),
     (["--port", "70000"], "--port"),
     (["--ip", "not an ip!"], "--ip"),
+    (["--cull-idle", "soon"], "--cull-idle"),
+    (["--cull-idle", "-5"], "--cull-idle"),
 ])
 def test_bad_flag_values(args, flag):
     r = up(*args)
@@ -42,4 +44,4 @@ def test_help_documents_every_subcommand():
     r = subprocess.run([sys.executable, "-m", "cloudhop.hub.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "up" in r.stdout
     r = up("--help")
-    assert all(flag in r.stdout for flag in ("--ip", "--port", "--data-dir", "--config"))
+    assert all(flag in r.stdout for flag in ("--ip", "--port", "--data-dir", "--config", "--cull-idle"))

@@ -20,7 +20,8 @@ def test_store_service_config_keeps_credentials_on_the_hub(tmp_path):
     store = services[SERVICE_NAME]
     assert store["url"] == "http://127.0.0.1:12345"
     assert store["environment"]["AWS_SECRET_ACCESS_KEY"] == "s3cr3t"
-    assert store["environment"]["CLOUDHOP_STORE_S3_BUCKET"] == "snaps" and "HOME" not in store["environment"]
+    assert store["environment"]["CLOUDHOP_STORE_S3_BUCKET"] == "snaps"
+    assert store["environment"]["HOME"] == "/root", "boto3 finds ~/.aws files through HOME"
     # users' servers learn only where the store is - never a credential
     user_env = c.Spawner.environment.get_value({})  # a lazy update of the trait's dict
     assert user_env == {"CLOUDHOP_STORE_URL": f"http://hub.example:8000/services/{SERVICE_NAME}/",

@@ -1,0 +1,77 @@
+"""What every hub-managed Cloudhop service shares: how it is added to a JupyterHub
+config, which hub-side secrets it may inherit, and how it ends with its hub.
+
+JupyterHub starts managed services in their own session, so a hub killed outright
+(SIGKILL, OOM) leaves them running; its successor starts new ones. A service therefore
+watches its parent process and exits when the hub that started it is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+#: cloud credentials a service on the hub may inherit from the hub's environment (they go
+#: to hub-side services only, never to a user's server or a node)
+CREDENTIAL_ENV = (
+    "HOME", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_DEFAULT_REGION", "AWS_REGION",
+    "AWS_EC2_METADATA_DISABLED", "AWS_CA_BUNDLE", "GOOGLE_APPLICATION_CREDENTIALS",
+    "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CONFIG", "OCI_CONFIG_FILE", "KUBECONFIG",
+)
+
+
+def hub_credentials(env=os.environ) -> dict:
+    """The credential variables set in ``env`` (for a hub-side service's environment)."""
+    return {k: env[k] for k in CREDENTIAL_ENV if env.get(k)}
+
+
+def add_service(c, service: dict, role: dict | None = None) -> None:
+    """Add ``service`` (a ``c.JupyterHub.services`` entry) and its ``role`` to config
+    ``c``, replacing entries of the same name, keeping everything else the operator set."""
+    services = list(c.JupyterHub.services or []) if "services" in c.JupyterHub else []
+    c.JupyterHub.services = [s for s in services if s.get("name") != service["name"]] + [service]
+    if role is not None:
+        roles = list(c.JupyterHub.load_roles or []) if "load_roles" in c.JupyterHub else []
+        c.JupyterHub.load_roles = [r for r in roles if r.get("name") != role["name"]] + [role]
+
+
+def hub_is_gone(parent: int) -> bool:
+    """True once the process that started this service (pid ``parent``) has gone."""
+    return os.getppid() != parent
+
+
+def exit_with_hub(interval_ms: int = 1000) -> None:
+    """In a tornado service: stop the IOLoop once the hub that started us is gone."""
+    from tornado import ioloop
+
+    parent = os.getppid()
+    loop = ioloop.IOLoop.current()
+
+    def check():
+        if hub_is_gone(parent):
+            loop.stop()
+
+    ioloop.PeriodicCallback(check, interval_ms).start()
+
+
+#: what the idle culler's token may do
+CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+
+
+def add_idle_culler(c, *, timeout: int, every: int | None = None) -> dict:
+    """Stop servers idle (no kernel or browser activity reported) for ``timeout``
+    seconds, checking every ``every`` seconds, with JupyterHub's own idle culler.
+    Stopping a Cloudhop server terminates its nodes and Ray workers."""
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
+        raise ValueError(f"idle culler timeout must be a positive number of seconds, not {timeout!r}")
+    every = every or max(10, min(300, timeout // 4))
+    service = {
+        "name": "cloudhop-idle-culler",
+        "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={timeout}",
+                    f"--cull-every={every}", "--remove-named-servers=false"],
+        "display": False,
+    }
+    add_service(c, service, {"name": "cloudhop-idle-culler", "scopes": CULLER_SCOPES,
+                             "services": ["cloudhop-idle-culler"]})
+    return service

@@ -1,0 +1,44 @@
+"""Idle culling: JupyterHub's idle culler as a hub service stops idle servers, and
+stopping a Cloudhop server ends its process tree."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+import pytest
+from traitlets.config import Config
+
+from cloudhop.hub.services import CULLER_SCOPES, add_idle_culler, add_service
+
+
+def test_culler_config_keeps_the_operators_services():
+    c = Config()
+    c.JupyterHub.services = [{"name": "mine", "api_token": "x"}]
+    c.JupyterHub.load_roles = [{"name": "mine", "scopes": ["read:users"], "services": ["mine"]}]
+    service = add_idle_culler(c, timeout=3600)
+    assert "--timeout=3600" in service["command"] and "--cull-every=300" in service["command"]
+    assert [s["name"] for s in c.JupyterHub.services] == ["mine", "cloudhop-idle-culler"]
+    (role,) = [r for r in c.JupyterHub.load_roles if r["name"] == "cloudhop-idle-culler"]
+    assert role["scopes"] == CULLER_SCOPES and "admin:users" not in role["scopes"]
+    add_service(c, {"name": "cloudhop-idle-culler", "command": ["x"]})
+    assert len(c.JupyterHub.services) == 2, "adding again replaces, never duplicates"
+
+
+@pytest.mark.parametrize("bad", [0, -1, "60", 1.5, True])
+def test_culler_timeout_must_be_positive_seconds(bad):
+    with pytest.raises(ValueError, match="timeout"):
+        add_idle_culler(Config(), timeout=bad)
+
+
+@pytest.mark.e2e
+def test_an_idle_server_is_culled_and_its_processes_end(hub_factory):
+    hub = hub_factory("from cloudhop.hub.services import add_idle_culler\nadd_idle_culler(c, timeout=5, every=2)\n")
+    model = hub.spawn("idle", {"provider": "local", "gpu": "none"})
+    pid = model["state"]["node"]["info"]["pid"]
+    deadline = time.monotonic() + 60
+    while hub.server_model("idle") is not None and time.monotonic() < deadline:
+        time.sleep(1)
+    assert hub.server_model("idle") is None, f"the idle server was not culled:\n{hub.log()}"
+    assert "cloudhop-idle-culler" in hub.log()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
