@@ -1,5 +1,5 @@
-"""Idle culling: JupyterHub's idle culler as a hub service stops idle servers, and
-stopping a Cloudhop server ends its process tree."""
+"""Hub-managed services: the idle culler stops idle servers (and their processes),
+and every Cloudhop service ends with the hub that started it."""
 
 from __future__ import annotations
 
@@ -42,3 +42,24 @@ def test_an_idle_server_is_culled_and_its_processes_end(hub_factory):
     assert hub.server_model("idle") is None, f"the idle server was not culled:\n{hub.log()}"
     assert "cloudhop-idle-culler" in hub.log()
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.e2e
+def test_services_end_with_a_hub_killed_outright(hub_factory):
+    import signal
+
+    hub = hub_factory()
+    hub_proc = psutil.Process(hub.proc.pid)
+    services = [p for p in hub_proc.children(recursive=True)
+                if any(m in " ".join(p.cmdline()) for m in ("cloudhop.hub.snapshot_store", "cloudhop.hub.reaper"))]
+    assert len(services) == 2, [p.cmdline() for p in hub_proc.children(recursive=True)]
+    hub.proc.send_signal(signal.SIGKILL)  # the hub alone; services live in their own sessions
+    hub.proc.wait(10)
+    _gone, alive = psutil.wait_procs(services, timeout=15)
+    for p in alive:
+        p.kill()
+    assert not alive, f"still running after the hub died: {[p.cmdline() for p in alive]}"
+    # the proxy the hub started is the hub's business: clean it up for the next test
+    for p in psutil.process_iter(["cmdline"]):
+        if str(hub.proxy_api_port) in " ".join(p.info["cmdline"] or []):
+            p.kill()
