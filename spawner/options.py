@@ -138,7 +138,9 @@ def _unknown_keys(field: str, data: dict, known: tuple) -> None:
     for key in data:
         if key not in known:
             err = _choices(f"{field}option" if not field else f"{field} option", key, known)
-            raise OptionError(f"{field}.{key}" if field else str(key)[:40], err.message)
+            # the key is user input too: the field name is escaped like the message
+            name = html.escape(str(key)[:40])
+            raise OptionError(f"{field}.{name}" if field else name, err.message)
 
 
 def _gpu(field: str, value, offers: list[Offer]) -> str:

@@ -4,6 +4,7 @@ idempotent launch, whole-tree stop, and re-discovery by a fresh provider instanc
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -112,6 +113,33 @@ async def test_gpu_allocation_launch_and_stop(provider, tmp_path):
     assert (await fresh.status(one.id)).state == "terminated"
     assert pick(provider, "a", "T4", 1).available == 1, "a stopped node frees its GPU"
     await provider.terminate(two.id)
+
+
+ORPHANER = [sys.executable, "-c", "import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])"]
+
+
+async def test_stop_ends_what_a_dead_server_left_in_its_session(provider):
+    node = await provider.launch(LaunchSpec(
+        request_id="r-orphan", offer=pick(provider, "cpu", "none", 0), cmd=ORPHANER,
+        env={"PATH": "/usr/bin:/bin"}, tags={TAG_HUB: "hub-x", TAG_USER: "ada"}, port=9999))
+    pid = node.info["pid"]
+    left = []
+    for _ in range(200):  # the server exits at once, leaving its child (a "kernel") behind
+        left = [p for p in psutil.process_iter() if p.pid != pid and _sid(p.pid) == pid]
+        if left and (await provider.status(node.id)).state != "running":
+            break
+        time.sleep(0.05)
+    assert left and (await provider.status(node.id)).state != "running"
+    await provider.terminate(node.id)
+    time.sleep(0.2)
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in left)
+
+
+def _sid(pid):
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
 
 
 async def test_cpu_region_has_no_gpu(provider):

@@ -77,6 +77,14 @@ def test_unknown_key_is_refused_with_a_suggestion():
     assert err.value.field == "gpu_cuont" and "did you mean 'gpu_count'" in str(err.value)
 
 
+@pytest.mark.parametrize("raw", [{"<script>x": 1}, {"ray": {"workers": 1, "<img src=x>": 1}}])
+def test_unknown_markup_key_is_escaped_in_field_and_message(raw):
+    with pytest.raises(OptionError) as err:
+        parse(**raw)
+    assert "<script" not in str(err.value) and "<img" not in str(err.value)
+    assert "&lt;" in err.value.field
+
+
 def test_not_an_object():
     with pytest.raises(OptionError) as err:
         parse_options(["aws"], OFFERS)

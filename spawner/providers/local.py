@@ -316,8 +316,8 @@ class LocalProvider(Provider):
             rec = json.loads(path.read_text())
         except (OSError, ValueError):
             return
-        if self._alive(rec):
-            await asyncio.to_thread(self._kill_tree, rec)
+        # even when the server itself has died, its kernels may still run in its session
+        await asyncio.to_thread(self._kill_tree, rec)
         proc = self._procs.pop(node_id, None)
         if proc is not None:
             proc.poll()
@@ -325,19 +325,26 @@ class LocalProvider(Provider):
         self.log.info("local: terminated %s", node_id)
 
     def _kill_tree(self, rec: dict) -> None:
-        """SIGTERM the node's whole session and descendants, then SIGKILL stragglers."""
+        """SIGTERM the node's whole session and descendants, then SIGKILL stragglers.
+
+        The session outlives its leader: when the server process is gone, what is left in
+        its session (kernels, terminals) still goes, but only processes started after the
+        node and living in its workspace, so a recycled pid is never taken for the node's.
+        """
         pid = rec["pid"]
+        root_alive = self._alive(rec)
         procs: dict[int, psutil.Process] = {}
-        try:
-            root = psutil.Process(pid)
-            procs[pid] = root
-            for child in root.children(recursive=True):
-                procs[child.pid] = child
-        except psutil.NoSuchProcess:
-            pass
+        if root_alive:
+            try:
+                root = psutil.Process(pid)
+                procs[pid] = root
+                for child in root.children(recursive=True):
+                    procs[child.pid] = child
+            except psutil.NoSuchProcess:
+                root_alive = False
         for p in psutil.process_iter():
             try:
-                if os.getsid(p.pid) == pid:
+                if os.getsid(p.pid) == pid and (root_alive or self._left_behind(p, rec)):
                     procs[p.pid] = p
             except (ProcessLookupError, PermissionError, psutil.Error):
                 continue
@@ -353,6 +360,13 @@ class LocalProvider(Provider):
             except psutil.Error:
                 pass
         psutil.wait_procs(alive, timeout=5)
+
+    @staticmethod
+    def _left_behind(p: psutil.Process, rec: dict) -> bool:
+        """Whether ``p``, in the session of a node whose server has exited, is the node's."""
+        if p.pid == rec["pid"] or p.create_time() < rec["created"] - 1.0:
+            return False
+        return p.environ().get("HOME") == rec.get("workspace")
 
     async def list_nodes(self, tags: dict) -> list[Node]:
         out = []
