@@ -3,8 +3,9 @@
 For catalogs of 1/4x to 4x the shipped one (the real offers, replicated into extra
 regions to grow it), measures in this one process:
 
-* **form**: what ``CloudhopSpawner.get_options_form`` does for a user allowed everything
-  (policy filter, ``Offer.to_dict``, JSON, rendering ``form.html``), against two
+* **form**: ``CloudhopSpawner.get_options_form`` itself for a user allowed everything
+  (provider status, offers, policy filter, the auto pick, JSON, rendering ``form.html``;
+  the offers come from one provider that serves the scaled catalog), against two
   baselines run alongside: ``json.dumps`` of the same offers, and KubeSpawner's own
   profile form template rendered with one profile per offer (how a KubeSpawner
   operator would list the same choices).
@@ -20,25 +21,22 @@ Prints medians (ms) and ratios; goals at 1x: form < 50 ms, rank < 5 ms.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
 import statistics
 import time
+from types import SimpleNamespace
 
 from jinja2 import ChoiceLoader, Environment, PackageLoader
 
+from cloudhop.spawner import CloudhopSpawner
 from cloudhop.spawner.catalog import all_catalog_offers
 from cloudhop.spawner.offers import Offer
-from cloudhop.spawner.optimizer import auto_pick, rank
+from cloudhop.spawner.optimizer import rank
 from cloudhop.spawner.options import LaunchRequest
-from cloudhop.spawner.policy import Policy
+from cloudhop.spawner.providers.base import Provider
 
-PROVIDERS = [
-    {"name": "local", "display_name": "Local (this machine)", "available": True, "reason": None},
-    {"name": "aws", "display_name": "AWS", "available": True, "reason": None},
-    {"name": "gcp", "display_name": "Google Cloud", "available": True, "reason": None},
-    {"name": "oci", "display_name": "Oracle Cloud", "available": True, "reason": None},
-]
 REQUESTS = {
     "explicit": LaunchRequest(provider="aws", region="us-east-1", gpu="H100", gpu_count=8),
     "open": LaunchRequest(gpu="A100", gpu_count=1),
@@ -67,16 +65,31 @@ def median_ms(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
-def cloudhop_form(env, policy: Policy):
-    template = env.get_template("form.html")
+class ScaledCatalog(Provider):
+    """The benchmark's provider: always available, its offers the scaled catalog."""
+
+    name = "catalog"
+    display_name = "Catalog (scaled)"
+    current: list[Offer] = []
+
+    async def check_available(self):
+        return None
+
+    def offers(self):
+        return ScaledCatalog.current
+
+
+def cloudhop_form():
+    """The real form path of a spawner for a user with no group (allowed everything)."""
+    spawner = CloudhopSpawner(
+        user=SimpleNamespace(name="ada", url="/user/ada/", escaped_name="ada", groups=[]),
+        providers=[f"{__name__}:ScaledCatalog"],
+    )
+    loop = asyncio.new_event_loop()
 
     def render(offers):
-        allowed = policy.filter_offers(offers, [])
-        auto = auto_pick(allowed)
-        dicts = [o.to_dict() for o in allowed]
-        return template.render(offers=dicts, offers_json=json.dumps(dicts), providers=PROVIDERS,
-                               last={"provider": "aws", "gpu": "H100", "gpu_count": 8},
-                               auto=auto.to_dict() if auto else None)
+        ScaledCatalog.current = offers
+        return loop.run_until_complete(spawner.get_options_form())
 
     return render
 
@@ -104,8 +117,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     catalog = all_catalog_offers()
-    env = Environment(loader=PackageLoader("cloudhop.spawner", "templates"), autoescape=True)
-    form = cloudhop_form(env, Policy())
+    form = cloudhop_form()
     kube = kubespawner_form()
 
     print(f"shipped catalog: {len(catalog)} offers (aws, gcp, oci); median of {args.repeat} runs, ms\n")
