@@ -5,8 +5,9 @@ renders the same text, so tests read it back. The VM it describes
 
 1. writes the server's environment to a root-only file (``/etc/cloudhop/env``),
 2. makes sure Docker is there and, when the offer has GPUs, that Docker's NVIDIA
-   runtime is configured (the default cloud images ship both; the script only fills in
-   what is missing and logs what it did to the console),
+   runtime is configured (installing Docker and NVIDIA's container toolkit from the
+   distribution's and NVIDIA's package repositories when the image lacks them; the
+   script only fills in what is missing and logs what it did to the console),
 3. runs the single-user image with ``--gpus all`` (GPU offers only), the environment
    file and ``spec.cmd``, listening on ``spec.port``.
 

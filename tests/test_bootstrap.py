@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import shutil
 import subprocess
 
 import yaml
@@ -113,3 +114,63 @@ def test_hub_public_url_is_the_default_connect_url():
     assert "JUPYTERHUB_API_URL=https://jupyter.example.edu/hub/api" in text
     c.CloudProvider.hub_connect_url = "http://10.0.0.5:8000"  # the connect URL wins
     assert "JUPYTERHUB_API_URL=http://10.0.0.5:8000/hub/api" in GCPProvider(config=c).user_data(spec)
+
+
+# -- the start script run for real, against stand-ins for the VM's system commands --
+
+STUB = """#!/bin/bash
+echo "$(basename "$0") $*" >> "$CALLS"
+"""
+STUBS = {
+    "systemctl": STUB,
+    "curl": STUB + 'echo "deb https://example.invalid/nvidia /"\n',
+    "gpg": STUB + "cat >/dev/null\n",
+    "tee": STUB + "cat >/dev/null\n",
+    # the docker runtime list shows nvidia once nvidia-ctk configured it
+    "docker": STUB + '[ "$1" = info ] && { [ -e "$STATE/configured" ] && echo \'{"nvidia":{}}\' || echo \'{"runc":{}}\'; }\nexit 0\n',
+    "nvidia-ctk.pkg": STUB + 'touch "$STATE/configured"\n',
+    # the package managers "install" the toolkit by putting nvidia-ctk on PATH
+    "apt-get": STUB + 'case "$*" in *nvidia-container-toolkit*) cp "$STUBS/nvidia-ctk.pkg" "$STUBS/nvidia-ctk";; esac\n',
+    "dnf": STUB + 'case "$*" in *nvidia-container-toolkit*) exit 1;; esac\n',
+    "yum": STUB + 'case "$*" in *nvidia-container-toolkit*) exit 1;; esac\n',
+}
+
+
+def run_start_script(tmp_path, *, package_manager):
+    spec = spec_for(cheapest("gcp", "us-central1", "L4", 1))
+    _, files = parsed(render_user_data(spec, image=IMAGE))
+    script = tmp_path / "start.sh"
+    script.write_text(files["/etc/cloudhop/start.sh"]["content"])
+    stubs, state = tmp_path / "bin", tmp_path / "state"
+    stubs.mkdir()
+    state.mkdir()
+    for tool in ("grep", "sed", "cat", "cp", "touch", "basename"):
+        (stubs / tool).symlink_to(shutil.which(tool))
+    for name, body in STUBS.items():
+        if name in ("apt-get", "dnf", "yum") and name not in package_manager:
+            continue
+        (stubs / name).write_text(body)
+        (stubs / name).chmod(0o755)
+    calls = tmp_path / "calls"
+    calls.touch()
+    env = {"PATH": str(stubs), "CALLS": str(calls), "STATE": str(state), "STUBS": str(stubs)}
+    proc = subprocess.run(["/bin/bash", str(script)], env=env, capture_output=True, text=True)
+    return proc, calls.read_text().splitlines()
+
+
+def test_start_script_installs_the_nvidia_toolkit_a_driver_only_image_lacks(tmp_path):
+    proc, calls = run_start_script(tmp_path, package_manager=("apt-get",))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    install = calls.index("apt-get install -y -q nvidia-container-toolkit")
+    configure = calls.index("nvidia-ctk runtime configure --runtime=docker")
+    run = next(i for i, c in enumerate(calls) if c.startswith("docker run "))
+    assert install < configure < calls.index("systemctl restart docker") < run
+    assert "--gpus all" in calls[run]
+    assert "installing the NVIDIA container toolkit" in proc.stdout
+
+
+def test_start_script_stops_when_the_toolkit_cannot_be_installed(tmp_path):
+    proc, calls = run_start_script(tmp_path, package_manager=("dnf", "yum"))
+    assert proc.returncode == 1
+    assert "could not be installed" in proc.stdout
+    assert not any(c.startswith("docker run ") for c in calls), "no server without GPUs exposed"
