@@ -6,6 +6,8 @@ Used for the notebook node and for Ray workers alike, so both honour the same li
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from typing import Awaitable, Callable
 
@@ -28,6 +30,21 @@ class NoOfferLaunched(SpawnException):
         codes = {a.get("status_code", 503) for a in attempts}
         super().__init__(msg, reason=attempts[-1]["reason"] if attempts else "no-offer",
                          status_code=403 if codes == {403} else 503)
+
+
+def launch_id(base: str, offer: Offer, spot: bool = False) -> str:
+    """The request id of launching ``offer`` as part of the launch ``base`` names (one
+    spawn's notebook node, one Ray worker): ``"<base>-<10 hex digits>"``, the digits a
+    hash of the offer (provider, region, instance type, GPU model and count, spot).
+
+    Providers make their idempotency tokens from it and look for a node carrying it
+    before they create one (:meth:`.providers.base.Provider.launch`), so it must be the
+    same for a retried launch of one offer and differ between the offers of a failover
+    list: with one id per provider, a second offer of the same provider in the same
+    zone would get the first offer's answer instead of being tried.
+    """
+    key = json.dumps([offer.provider, offer.region, offer.instance_type, offer.gpu, offer.gpu_count, bool(spot)])
+    return f"{base}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
 async def launch_first(

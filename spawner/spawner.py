@@ -24,7 +24,7 @@ from jupyterhub.spawner import SpawnException, Spawner
 from jupyterhub.utils import random_port
 from traitlets import Float, List, Unicode, default
 
-from .failover import launch_first
+from .failover import launch_first, launch_id
 from .offers import Offer
 from .options import LaunchRequest, OptionError, options_from_form, parse_options
 from .optimizer import auto_pick, effective_price
@@ -291,9 +291,11 @@ class CloudhopSpawner(Spawner):
             + (f" at ${ranked[0].price(request.spot):.2f}/h" if ranked[0].price(request.spot) is not None else ""),
             10,
         )
-        request_id = uuid.uuid4().hex
+        # one id per spawn; each offer of the failover list launches under its own id
+        # derived from it (see launch_id), so no two offers share an idempotency token
+        spawn_id = uuid.uuid4().hex
         offer, node, attempts = await launch_first(
-            ranked, lambda o: self.launch_spec(o, request, f"{request_id}-{o.provider}"),
+            ranked, lambda o: self.launch_spec(o, request, launch_id(spawn_id, o, request.spot)),
             self.provider, self._record_attempt,
         )
         self.attempts = attempts
@@ -301,7 +303,7 @@ class CloudhopSpawner(Spawner):
         self.nodes = [{"provider": offer.provider, "id": node.id, "role": "notebook", "region": offer.region}]
         self._save_state()
         node = await self._wait_serving(node)
-        await ray_hooks.start_workers(self, request, offer, node, offers, request_id)
+        await ray_hooks.start_workers(self, request, offer, node, offers, spawn_id)
         self._progress(f"Node {node.id} is up at {node.ip}:{node.port}; waiting for Jupyter to answer", 80)
         return f"http://{node.ip}:{node.port or self.port}"
 

@@ -25,7 +25,7 @@ import asyncio
 import time
 from typing import Callable
 
-from ..failover import NoOfferLaunched, launch_first
+from ..failover import NoOfferLaunched, launch_first, launch_id
 from ..offers import Offer
 from ..options import MAX_RAY_WORKERS, OptionError, RayRequest
 from ..providers.base import FAILED, RUNNING, TAG_ROLE, TERMINATED, Provider
@@ -85,7 +85,7 @@ class RayCluster:
         def make_spec(offer: Offer):
             return worker_spec(
                 offer=offer, address=self.address,
-                request_id=f"{self.request_id}-w{rec['index']}-{offer.provider}",
+                request_id=launch_id(f"{self.request_id}-w{rec['index']}", offer, self.spot),
                 tags=self.tags, python=self.python, image=self.image, zone=self.zone,
                 spot=self.spot,
             )

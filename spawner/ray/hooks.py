@@ -111,8 +111,10 @@ def _sync_nodes(spawner) -> None:
     spawner._save_state()
 
 
-async def start_workers(spawner, request: LaunchRequest, offer, node: Node, offers, request_id: str) -> None:
-    """Create ``spawner.ray_cluster`` for the running notebook node and launch its workers."""
+async def start_workers(spawner, request: LaunchRequest, offer, node: Node, offers, spawn_id: str) -> None:
+    """Create ``spawner.ray_cluster`` for the running notebook node and launch its workers.
+    Worker ``i``'s launch ids are :func:`.failover.launch_id` of ``<spawn_id>-ray-w<i>``
+    and the offer, so they never collide with the notebook's or each other's."""
     spawner.ray_cluster = None
     if not wants_ray(spawner, request, offer.provider):
         return
@@ -122,7 +124,7 @@ async def start_workers(spawner, request: LaunchRequest, offer, node: Node, offe
         request=request.ray, address=address, port_base=base, provider_for=spawner.provider,
         tags={k: v for k, v in spawner.tags(WORKER_ROLE).items()},
         python=python_for(offer.provider, sys.executable),
-        offers=worker_offers(spawner, offers, offer, request), request_id=f"{request_id}-ray",
+        offers=worker_offers(spawner, offers, offer, request), request_id=f"{spawn_id}-ray",
         image=request.image, spot=request.spot, zone=request.zone,
         on_event=spawner._progress, on_change=lambda: _sync_nodes(spawner), log=spawner.log,
     )
