@@ -22,7 +22,7 @@ import uuid
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader
 from jupyterhub.spawner import SpawnException, Spawner
 from jupyterhub.utils import random_port
-from traitlets import Float, List, Unicode, default
+from traitlets import Float, List, Unicode, default, validate
 
 from .failover import launch_first, launch_id
 from .offers import Offer
@@ -30,6 +30,7 @@ from .options import LaunchRequest, OptionError, options_from_form, parse_option
 from .optimizer import auto_pick, effective_price
 from .policy import Policy, PolicyError, validate_request
 from .providers import provider_class
+from .providers.cloud import check_number
 from .ray import hooks as ray_hooks
 from .providers.base import (
     FAILED, RUNNING, STOPPING, TAG_HUB, TAG_ROLE, TAG_SERVER, TAG_USER, TERMINATED, LaunchSpec, Node,
@@ -82,6 +83,10 @@ class CloudhopSpawner(Spawner):
     node_poll_interval = Float(
         2.0, help="Seconds between status checks while waiting for a node to serve.",
     ).tag(config=True)
+
+    @validate("node_poll_interval")
+    def _valid_poll_interval(self, proposal):
+        return check_number(proposal, minimum=0, strict=True)
 
     @default("hub_id")
     def _default_hub_id(self):

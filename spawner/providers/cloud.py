@@ -9,6 +9,7 @@ to look without a table, and the reaper can compare them with the server state.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from typing import Callable
@@ -33,6 +34,38 @@ from .base import (
 
 #: extra tag every cloud node carries: the port its server listens on
 TAG_PORT = "cloudhop-port"
+
+
+def check_number(proposal, *, minimum: float, strict: bool = False, integer: bool = False,
+                 unit: str = "seconds"):
+    """A traitlets ``@validate`` body for a count or a duration: the proposed value if it
+    is a finite number ``>= minimum`` (``> minimum`` when ``strict``; a whole number when
+    ``integer``), else a :class:`TraitError` naming the setting as an operator writes it,
+    ``c.<Class that defines it>.<name>``."""
+    value, trait = proposal["value"], proposal["trait"]
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+          and (isinstance(value, int) or not integer) and math.isfinite(value)
+          and (value > minimum if strict else value >= minimum))
+    if not ok:
+        owner = getattr(trait, "this_class", None) or type(proposal["owner"])
+        kind = f"a whole number of {unit}" if integer else f"a number of {unit}"
+        bound = f"{'>' if strict else '>='} {minimum:g}"
+        raise TraitError(f"c.{owner.__name__}.{trait.name} must be {kind} {bound}, not {value!r}")
+    return value
+
+
+#: trait name -> check_number rule, for CloudProvider's numeric settings and those its
+#: subclasses share (``api_attempts`` of AWS and OCI, ``operation_timeout`` of GCP)
+NUMBER_RULES = {
+    "status_cache_seconds": {"minimum": 0},
+    "launch_attempts": {"minimum": 1, "integer": True, "unit": "attempts"},
+    "retry_base_delay": {"minimum": 0},
+    "terminate_timeout": {"minimum": 0, "strict": True},
+    "fresh_node_seconds": {"minimum": 0},
+    "available_cache_seconds": {"minimum": 0},
+    "api_attempts": {"minimum": 1, "integer": True, "unit": "attempts"},
+    "operation_timeout": {"minimum": 0, "strict": True},
+}
 
 
 
@@ -117,6 +150,10 @@ class CloudProvider(Provider):
         help="Seconds a failed credentials check is remembered (the form asks on every "
         "render; finding no credentials can take seconds of metadata-server probing).",
     ).tag(config=True)
+
+    @validate(*NUMBER_RULES)
+    def _valid_number(self, proposal):
+        return check_number(proposal, **NUMBER_RULES[proposal["trait"].name])
 
     @validate("hub_connect_url")
     def _valid_connect_url(self, proposal):
