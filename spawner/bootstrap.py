@@ -41,18 +41,25 @@ _HUB_URL_VARS = ("JUPYTERHUB_API_URL", "JUPYTERHUB_ACTIVITY_URL")
 TEMPLATE = "templates/user-data.yaml"
 
 
-def node_env(spec, *, hub_connect_url: str | None = None) -> dict:
-    """The environment the node's container gets: the allowed subset of ``spec.env``,
-    with the hub's URLs pointed at ``hub_connect_url`` (the address nodes reach the hub
-    by; the hub's own ``JUPYTERHUB_API_URL`` is often ``127.0.0.1``) and the server
-    listening on every interface at ``spec.port``."""
-    env = {}
-    for key, value in (spec.env or {}).items():
+def allowed_env(env: dict | None) -> dict:
+    """The subset of ``env`` a node or pod may receive: the allowed prefixes, the
+    server's own token, and nothing that looks like a credential."""
+    out = {}
+    for key, value in (env or {}).items():
         if not key.startswith(ALLOWED_ENV_PREFIXES):
             continue
         if key not in _TOKEN_NAMES and _SECRET_NAME.search(key):
             continue
-        env[key] = str(value)
+        out[key] = str(value)
+    return out
+
+
+def node_env(spec, *, hub_connect_url: str | None = None) -> dict:
+    """The environment the node's container gets: :func:`allowed_env` of ``spec.env``,
+    with the hub's URLs pointed at ``hub_connect_url`` (the address nodes reach the hub
+    by; the hub's own ``JUPYTERHUB_API_URL`` is often ``127.0.0.1``) and the server
+    listening on every interface at ``spec.port``."""
+    env = allowed_env(spec.env)
     if hub_connect_url:
         for key in _HUB_URL_VARS:
             if key in env:

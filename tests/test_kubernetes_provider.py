@@ -60,7 +60,9 @@ async def make_provider(fake, tmp_path):
 
 def spec_for(offer, request_id="req-1", ray=None, tags=TAGS):
     return LaunchSpec(request_id=request_id, offer=offer, cmd=["jupyterhub-singleuser"],
-                      env={"JUPYTERHUB_API_TOKEN": "server-token", "JUPYTERHUB_API_URL": "http://hub:8081/hub/api"},
+                      env={"JUPYTERHUB_API_TOKEN": "server-token", "JUPYTERHUB_API_URL": "http://hub:8081/hub/api",
+                           # a careless env_keep on the hub: neither may reach the pod
+                           "AWS_SECRET_ACCESS_KEY": "hub-aws-secret", "CLOUDHOP_OCI_PASSWORD": "hub-oci-pass"},
                       tags=dict(tags), ray=ray)
 
 
@@ -114,6 +116,7 @@ async def test_launch_poll_terminate_with_ray(fake, make_provider):
     (ray_name,) = fake.names("rayclusters", NS)
     assert env["RAY_ADDRESS"] == f"ray://{ray_name}-head-svc.{NS}.svc.cluster.local:10001"
     assert env["JUPYTERHUB_API_TOKEN"] == "server-token"
+    assert "hub-aws-secret" not in str(pod) and "hub-oci-pass" not in str(pod)
     assert TOKEN not in str(pod)  # the hub's cluster credentials never reach the pod
     assert pod["metadata"]["labels"][TAG_REQUEST] == "req-1"
     (pvc_name,) = fake.names("persistentvolumeclaims", NS)

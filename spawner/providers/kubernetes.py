@@ -52,6 +52,7 @@ from dataclasses import replace
 
 from traitlets import Bool, Dict, Float, Integer, Unicode, default
 
+from ..bootstrap import allowed_env
 from ..kube import labels as kl
 from ..kube import manifests
 from ..kube import profiles as z2jh
@@ -508,7 +509,8 @@ class KubernetesProvider(Provider):
         labels = {**self.extra_labels, **labels, **kl.MANAGED_BY,
                   LABEL_OFFER: kl.label_value(spec.offer.instance_type)}
         image = spec.image or plan.image or self.default_image
-        env = dict(spec.env)
+        # the same allow-list as a VM's user-data: no hub credential reaches a pod
+        env = allowed_env(spec.env)
 
         ray = getattr(spec, "ray", None) if spec.role == "notebook" else None
         ray_name = None
