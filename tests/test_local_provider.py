@@ -90,6 +90,8 @@ async def test_gpu_allocation_launch_and_stop(provider, tmp_path):
         await provider.launch(spec(pick(provider, "a", "T4", 1), "r3"))
     assert "only 0 T4 GPU(s) free" in str(err.value)
 
+    # jupyterhub-singleuser refuses root unless told; only a root hub tells it
+    assert ("--allow-root" in psutil.Process(one.info["pid"]).cmdline()) == (os.geteuid() == 0)
     env = psutil.Process(one.info["pid"]).environ()
     assert env["CUDA_VISIBLE_DEVICES"] == one.info["gpus"][0]
     assert "CLOUDHOP_FAKE_GPUS" not in env, "a node gets none of the hub's environment"
