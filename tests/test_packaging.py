@@ -22,6 +22,18 @@ def test_every_package_folder_is_listed_in_pyproject():
     assert listed - found == set(), "these listed packages have no folder"
 
 
+def test_every_package_data_pattern_matches_files():
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {name: ROOT / folder for folder, name in FOLDERS.items()}
+    for package, patterns in setuptools["package-data"].items():
+        top, _, rest = package.partition(".")
+        root = folders[f"{top}.{rest.split('.')[0]}"] if rest else folders[top]
+        base = root.joinpath(*rest.split(".")[1:]) if rest else root
+        for pattern in patterns:
+            assert [p for p in base.glob(pattern) if p.is_file()], f"{package}: {pattern!r} matches nothing"
+    assert (ROOT / "hub" / "helm" / "values.yaml").is_file()
+
+
 def test_entry_points():
     assert any(ep.value == "cloudhop.hub.cli:main" for ep in entry_points(group="console_scripts", name="cloudhop"))
     (spawner,) = entry_points(group="jupyterhub.spawners", name="cloudhop")
