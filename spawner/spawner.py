@@ -54,6 +54,16 @@ def _jinja(template_paths: tuple) -> Environment:
     )
 
 
+def _zone_for(offer: Offer, request: LaunchRequest) -> str | None:
+    """The requested zone where it belongs to ``offer``; a failover offer in another
+    region (or without that zone) launches in its own zones instead."""
+    if not request.zone:
+        return None
+    if request.zone in offer.zones or (not offer.zones and offer.region == request.region):
+        return request.zone
+    return None
+
+
 class CloudhopSpawner(Spawner):
     """Spawns a user's server on the provider, region and GPU they pick (or the
     cheapest that fits), with failover down a ranked list of offers."""
@@ -135,8 +145,13 @@ class CloudhopSpawner(Spawner):
         is :meth:`provider_status`'s answer when the caller already has it."""
         offers: list[Offer] = []
         for status in statuses if statuses is not None else await self.provider_status():
-            if status["available"]:
+            if not status["available"]:
+                continue
+            try:
                 offers.extend(self.provider(status["name"]).offers())
+            except Exception as err:  # e.g. a broken catalog override: that provider only
+                self.log.error("Offers of provider %s are unavailable: %s", status["name"], err)
+                status.update(available=False, reason="its offers could not be read (the hub's log says why)")
         return offers
 
     @property
@@ -269,7 +284,7 @@ class CloudhopSpawner(Spawner):
         spec = LaunchSpec(
             request_id=request_id, offer=offer, cmd=cmd + self.get_args(), env=env,
             tags=self.tags("notebook"), role="notebook", port=self.port,
-            image=request.image, zone=request.zone, spot=request.spot,
+            image=request.image, zone=_zone_for(offer, request), spot=request.spot,
         )
         return ray_hooks.wrap_notebook_spec(self, spec, request)
 
