@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from .services import add_service, hub_credentials, hub_is_gone
+from .services import add_service, hub_credentials, hub_is_gone, hub_pid
 
 SERVICE_NAME = "cloudhop-reaper"
 SETTINGS_ENV = "CLOUDHOP_REAPER_SETTINGS"
@@ -173,7 +173,7 @@ class Reaper:
     async def run(self, interval: float) -> None:
         """Sweep every ``interval`` seconds while the hub that started us lives (a hub
         killed outright does not stop its services; its successor starts a new one)."""
-        parent = os.getppid()
+        parent = hub_pid()
         while not hub_is_gone(parent):
             await self.sweep()
             for _ in range(max(1, int(interval))):

@@ -34,11 +34,25 @@ def hub_credentials(env=os.environ) -> dict:
 def add_service(c, service: dict, role: dict | None = None) -> None:
     """Add ``service`` (a ``c.JupyterHub.services`` entry) and its ``role`` to config
     ``c``, replacing entries of the same name, keeping everything else the operator set."""
+    # the config is loaded by the hub itself: the service learns its hub's pid from it, so
+    # a hub killed while the service is still starting up is not missed (see hub_pid)
+    service = {**service, "environment": {**service.get("environment", {}), HUB_PID_ENV: str(os.getpid())}}
     services = list(c.JupyterHub.services or []) if "services" in c.JupyterHub else []
     c.JupyterHub.services = [s for s in services if s.get("name") != service["name"]] + [service]
     if role is not None:
         roles = list(c.JupyterHub.load_roles or []) if "load_roles" in c.JupyterHub else []
         c.JupyterHub.load_roles = [r for r in roles if r.get("name") != role["name"]] + [role]
+
+
+HUB_PID_ENV = "CLOUDHOP_HUB_PID"
+
+
+def hub_pid() -> int:
+    """The pid of the hub that started this service (its parent, as the hub wrote it)."""
+    try:
+        return int(os.environ[HUB_PID_ENV])
+    except (KeyError, ValueError):
+        return os.getppid()
 
 
 def hub_is_gone(parent: int) -> bool:
@@ -50,7 +64,7 @@ def exit_with_hub(interval_ms: int = 1000) -> None:
     """In a tornado service: stop the IOLoop once the hub that started us is gone."""
     from tornado import ioloop
 
-    parent = os.getppid()
+    parent = hub_pid()
     loop = ioloop.IOLoop.current()
 
     def check():

@@ -31,6 +31,22 @@ def test_culler_timeout_must_be_positive_seconds(bad):
         add_idle_culler(Config(), timeout=bad)
 
 
+def test_a_service_that_outlived_its_hub_before_it_looked_knows_the_hub_is_gone(monkeypatch):
+    import os
+
+    from cloudhop.hub.services import HUB_PID_ENV, hub_is_gone, hub_pid
+
+    c = Config()
+    add_service(c, {"name": "svc", "command": ["true"]})
+    (svc,) = c.JupyterHub.services
+    assert svc["environment"][HUB_PID_ENV] == str(os.getpid()), "the hub writes its own pid"
+    monkeypatch.setenv(HUB_PID_ENV, str(os.getppid()))
+    assert not hub_is_gone(hub_pid())
+    # the hub died and this process was re-parented before it first asked: still gone
+    monkeypatch.setenv(HUB_PID_ENV, "999999999")
+    assert hub_is_gone(hub_pid())
+
+
 @pytest.mark.e2e
 def test_an_idle_server_is_culled_and_its_processes_end(hub_factory):
     hub = hub_factory("from cloudhop.hub.services import add_idle_culler\nadd_idle_culler(c, timeout=5, every=2)\n")
