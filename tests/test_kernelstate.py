@@ -184,3 +184,73 @@ gpu = torch.ones(4, device="cuda") if torch.cuda.is_available() else None
         assert (await run(other, "print(t.device.type, t.sum().item())")).split() == ["cpu", "66.0"]
     else:
         assert (await run(other, "print(t.device.type)")).strip() == "cuda"
+
+
+NESTED = """
+import torch
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.BatchNorm1d(512), torch.nn.Linear(512, 2))
+opt = torch.optim.Adam(model.parameters(), lr=0.01)
+model(torch.randn(8, 512)).sum().backward()
+opt.step()
+run = {"model": model, "opt": opt}            # one object: the optimizer keeps updating this model
+bag = {"ids": torch.arange(5), "pair": [torch.ones(2, dtype=torch.bfloat16), torch.zeros(3) + 1j]}
+"""
+
+SUMMARY = ("print(round(model[0].weight.sum().item(), 4), round(model[1].running_mean.sum().item(), 4), "
+           "opt.state_dict()['state'][0]['step'].item(), bag['ids'].tolist(), bag['pair'][0].dtype, "
+           "bag['pair'][1].tolist(), run['opt'].param_groups[0]['params'][0] is run['model'][0].weight)")
+
+
+@pytest.mark.skipif(not _has_torch(), reason="PyTorch is not installed")
+async def test_tensors_inside_modules_optimizers_and_containers_come_back(kernels, tmp_path):
+    src, src_km = await kernels()
+    await run(src, NESTED)
+    expected = await run(src, SUMMARY)
+    result = await checkpoint_kernel(src_km.get_connection_info(), str(tmp_path / "c"))
+    assert {"model", "opt", "run", "bag"} <= set(result["variables"]) and not result["skipped"]
+    # the tensors' bytes went to the raw buffers file, not into the pickle streams
+    assert (tmp_path / "c" / "objects.bin").stat().st_size < 200_000 < (tmp_path / "c" / "buffers.bin").stat().st_size
+    dst, dst_km = await kernels()
+    restored = await restore_kernel(dst_km.get_connection_info(), str(tmp_path / "c"))
+    assert {"model", "opt", "run", "bag"} <= set(restored["variables"])
+    assert await run(dst, SUMMARY) == expected
+    # training goes on where it stopped: the restored optimizer updates the restored model
+    step = "m, o = run['model'], run['opt']\nm(torch.randn(8, 512)).sum().backward()\nw0 = m[0].weight.clone()\no.step()\n"
+    assert (await run(dst, step + "print(o.state_dict()['state'][0]['step'].item(), "
+                               "bool((m[0].weight != w0).any()), m[0].weight.device.type)")).split() == \
+        ["2.0", "True", "cpu"]
+
+
+@pytest.mark.skipif(not _has_torch(), reason="PyTorch is not installed")
+async def test_nested_gpu_tensors_come_back_on_the_cpu_where_there_is_no_gpu(kernels, tmp_path):
+    src, src_km = await kernels()
+    # An object that pickles exactly as a CUDA tensor nested in a container does (its
+    # bytes and the device record 'cuda:0'), so the CPU-only path runs without a GPU.
+    await run(src, """
+import sys, torch
+class SavedOnGPU:
+    def __init__(self, values):
+        self.values = values
+    def __reduce__(self):
+        t = torch.tensor(self.values, dtype=torch.float32)
+        return sys.modules["_cloudhop_kernelstate"].rebuild_tensor, (
+            t.numpy().tobytes(), "float32", list(t.shape), "cuda:0", False, False)
+weights = {"layer": SavedOnGPU([1.0, 2.0, 3.0]), "step": 7}
+plain = [torch.ones(2)]
+""")
+    result = await checkpoint_kernel(src_km.get_connection_info(), str(tmp_path / "c"))
+    assert {"weights", "plain"} <= set(result["variables"])
+    dst, dst_km = await kernels()
+    restored = await restore_kernel(dst_km.get_connection_info(), str(tmp_path / "c"))
+    assert {"weights", "plain"} <= set(restored["variables"])
+    notes = {s["name"]: s for s in restored["skipped"]}
+    assert "plain" not in notes  # CPU tensors stay where they were, nothing to say
+    got = (await run(dst, "print(type(weights['layer']).__name__, weights['layer'].device.type, "
+                          "weights['layer'].tolist(), weights['step'])")).strip().split(maxsplit=2)
+    if "no GPU" in await run(dst, "print('GPU' if torch.cuda.is_available() else 'no GPU')"):
+        assert notes["weights"] == {"name": "weights", "reason": "was on cuda:0; no GPU here, restored on the CPU",
+                                    "rebuilt": "on the CPU"}
+        assert got == ["Tensor", "cpu", "[1.0, 2.0, 3.0] 7"]
+    else:
+        assert "weights" not in notes and got == ["Tensor", "cuda", "[1.0, 2.0, 3.0] 7"]

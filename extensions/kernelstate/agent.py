@@ -20,10 +20,17 @@ Entry kinds: ``module`` (re-imported; aliases keep their name), ``pickle`` / ``d
 shape, device; a CUDA tensor goes back to a GPU when the kernel has one), ``alias``
 (another name for an object saved earlier) and ``replay`` (a history cell re-run to
 rebuild what could not be saved).
+
+Tensors inside other objects (an ``nn.Module``, an optimizer, a dict or list) are
+pickled as calls to :func:`rebuild_tensor` with the same raw bytes (out of band) and
+device record, never through torch's own pickling, which refuses to load a CUDA tensor
+where CUDA is unavailable. The device is decided at restore: a GPU when the kernel has
+one, else the CPU, and the variable is listed in ``skipped``.
 """
 
 import ast
 import builtins
+import io
 import json
 import os
 import pickle
@@ -133,18 +140,54 @@ def _defined_in_main(obj):
     return isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) == "__main__"
 
 
-def _save_tensor(obj, buffers):
+def _plain_tensor(obj):
+    """A dense tensor whose bytes can be brought to the host (not sparse, quantized or on
+    the meta device); other tensors keep torch's own pickling."""
+    torch = sys.modules["torch"]
+    return (_torch_tensor(obj) and obj.layout == torch.strided and not obj.is_quantized
+            and obj.device.type != "meta")
+
+
+def _host_tensor(obj):
+    """``(raw, record)``: the tensor's bytes on the host (a NumPy uint8 array, or ``b""``
+    when empty) and what :func:`rebuild_tensor` needs besides them."""
     torch = sys.modules["torch"]
     t = obj.detach()
     device = str(t.device)
     if t.device.type != "cpu":
         t = t.to("cpu")
-    t = t.contiguous()
+    t = t.resolve_conj().resolve_neg().contiguous()
     raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
+    return raw, {"dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape), "device": device,
+                 "requires_grad": bool(obj.requires_grad), "parameter": type(obj).__name__ == "Parameter"}
+
+
+def _save_tensor(obj, buffers):
+    raw, record = _host_tensor(obj)
     offset, length = buffers.write(raw, align=ALIGN)
-    return {"kind": "tensor", "dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape),
-            "device": device, "requires_grad": bool(obj.requires_grad),
-            "parameter": type(obj).__name__ == "Parameter", "buffer": [offset, length]}
+    return dict(record, kind="tensor", buffer=[offset, length])
+
+
+def _reduce_tensor(obj):
+    raw, r = _host_tensor(obj)
+    data = pickle.PickleBuffer(raw) if len(raw) else b""
+    return rebuild_tensor, (data, r["dtype"], r["shape"], r["device"], r["requires_grad"], r["parameter"])
+
+
+_picklers = {}
+
+
+def _tensor_pickler(base):
+    """``base`` (a pickler class) that saves nested torch tensors with :func:`rebuild_tensor`."""
+    if base not in _picklers:
+        class TensorPickler(base):
+            def reducer_override(self, obj):
+                if _plain_tensor(obj):
+                    return _reduce_tensor(obj)
+                return NotImplemented
+
+        _picklers[base] = TensorPickler
+    return _picklers[base]
 
 
 def _pickle(obj, objects, buffers, use_dill):
@@ -159,7 +202,16 @@ def _pickle(obj, objects, buffers, use_dill):
         oob.append(pb)
         return False
 
-    if use_dill:
+    if "torch" in sys.modules:  # tensors nested in the object: raw bytes plus a device record
+        out = io.BytesIO()
+        if use_dill:
+            import dill
+
+            _tensor_pickler(dill.Pickler)(out, protocol=5, buffer_callback=keep, recurse=True).dump(obj)
+        else:
+            _tensor_pickler(pickle.Pickler)(out, protocol=5, buffer_callback=keep).dump(obj)
+        data = out.getvalue()
+    elif use_dill:
         import dill
 
         data = dill.dumps(obj, protocol=5, buffer_callback=keep, recurse=True)
@@ -311,27 +363,61 @@ def checkpoint(directory, ns=None, history=None, hidden=None):
             "seconds": time.perf_counter() - started}
 
 
-def _load_tensor(entry, reader, skipped):
+#: devices of tensors that :func:`rebuild_tensor` left on the CPU while loading one variable
+_left_on_cpu = []
+
+
+def _place(t, device):
+    """``t`` (on the CPU) on ``device`` when this kernel has it, else on the CPU with the
+    device noted in ``_left_on_cpu``; a CUDA tensor goes to the same GPU index, or GPU 0."""
     import torch
 
-    offset, length = entry["buffer"]
-    dtype = getattr(torch, entry["dtype"])
-    if length:
-        raw = reader.buffer(offset, length)
-        t = torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(entry["shape"])
+    kind, _, index = device.partition(":")
+    if kind == "cpu":
+        return t
+    if kind == "cuda" and torch.cuda.is_available():
+        index = int(index or 0)
+        return t.to(f"cuda:{index if index < torch.cuda.device_count() else 0}")
+    if kind != "cuda":
+        try:
+            return t.to(device)
+        except (RuntimeError, ValueError):
+            pass
+    _left_on_cpu.append(device)
+    return t
+
+
+def rebuild_tensor(data, dtype, shape, device, requires_grad, parameter):
+    """A tensor from its raw bytes and saved device record (how tensors nested in other
+    objects are pickled): on ``device`` when this kernel has it, else on the CPU."""
+    import torch
+
+    dt = getattr(torch, dtype)
+    if len(data):
+        t = torch.frombuffer(data, dtype=torch.uint8).view(dt).reshape(shape)
     else:
-        t = torch.empty(entry["shape"], dtype=dtype)
-    device = entry["device"]
-    if device.startswith("cuda"):
-        if torch.cuda.is_available():
-            index = int(device.split(":")[1]) if ":" in device else 0
-            t = t.to(f"cuda:{index if index < torch.cuda.device_count() else 0}")
-        else:
-            skipped.append({"name": entry["name"], "reason": f"was on {device}; no GPU here, restored on the CPU",
-                            "rebuilt": "on the CPU"})
-    if entry.get("parameter"):
-        return torch.nn.Parameter(t, requires_grad=entry["requires_grad"])
-    return t.requires_grad_(entry["requires_grad"]) if t.is_floating_point() else t
+        t = torch.empty(shape, dtype=dt)
+    t = _place(t, device)
+    if parameter:
+        return torch.nn.Parameter(t, requires_grad=requires_grad)
+    return t.requires_grad_(requires_grad) if t.is_floating_point() or t.is_complex() else t
+
+
+def _moved_to_cpu(name, devices):
+    where = ", ".join(sorted(set(devices)))
+    lacking = "no GPU here" if all(d.startswith("cuda") for d in devices) else "not available here"
+    return {"name": name, "reason": f"was on {where}; {lacking}, restored on the CPU", "rebuilt": "on the CPU"}
+
+
+def _load_tensor(entry, reader, skipped):
+    offset, length = entry["buffer"]
+    raw = reader.buffer(offset, length) if length else b""
+    del _left_on_cpu[:]
+    t = rebuild_tensor(raw, entry["dtype"], entry["shape"], entry["device"], entry["requires_grad"],
+                       entry.get("parameter"))
+    if _left_on_cpu:
+        skipped.append(_moved_to_cpu(entry["name"], _left_on_cpu))
+    return t
 
 
 def restore(directory, ns=None, map_buffers=True):
@@ -376,7 +462,10 @@ def restore(directory, ns=None, map_buffers=True):
                         import dill
 
                         loads = dill.loads
+                    del _left_on_cpu[:]
                     ns[name] = loads(data, buffers=bufs)
+                    if _left_on_cpu:
+                        skipped.append(_moved_to_cpu(name, _left_on_cpu))
                 elif kind == "replay":
                     keep = {n: ns[n] for n in loaded if n not in entry["names"]}
                     exec(compile(entry["source"], f"<cloudhop replay In[{entry['cell']}]>", "exec"), ns)
