@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import re
 import shutil
@@ -30,6 +31,8 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+
+from traitlets import TraitError
 
 from .hubclient import HubClient, HubError
 from .kernelstate import checkpoint_kernel, restore_kernel
@@ -120,7 +123,9 @@ class Migration:
 
 @dataclass
 class Settings:
-    """See the traits of :class:`cloudhop.extensions.server.CloudhopExtension`."""
+    """Settings of migrations from and into a server: the values of the traits of
+    :class:`cloudhop.extensions.server.CloudhopMigration`, checked when made (a bad
+    value is a ``TraitError`` naming ``c.CloudhopMigration.<name>``)."""
 
     store_url: str
     launch_timeout: float = 900
@@ -129,6 +134,27 @@ class Settings:
     stop_delay: float = 10
     poll_interval: float = 1.0
     excludes: Excludes = field(default_factory=Excludes)
+
+    def __post_init__(self):
+        for name in ("launch_timeout", "restore_timeout", "kernel_timeout", "poll_interval"):
+            _check_number(name, getattr(self, name), "a number of seconds above 0", minimum=0, strict=True)
+        _check_number("stop_delay", self.stop_delay, "a number of seconds, 0 or more", minimum=0)
+        _check_number("max_file_bytes", self.excludes.max_file_bytes, "a number of bytes above 0",
+                      minimum=0, strict=True)
+        if self.store_url and not re.match(r"https?://[^/\s]+", self.store_url):
+            raise TraitError(f"c.CloudhopMigration.store_url must be an http:// or https:// URL, "
+                             f"not {self.store_url[:80]!r}")
+        bad = [p for p in self.excludes.patterns if not isinstance(p, str) or not p.strip()]
+        if bad:
+            raise TraitError(f"c.CloudhopMigration.exclude must be a list of non-empty glob patterns, "
+                             f"not one with {bad[0]!r}")
+
+
+def _check_number(name: str, value, what: str, minimum: float, strict: bool = False) -> None:
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (value > minimum if strict else value >= minimum))
+    if not ok:
+        raise TraitError(f"c.CloudhopMigration.{name} must be {what}, not {value!r}")
 
 
 class Migrator:

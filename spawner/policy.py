@@ -309,6 +309,21 @@ class Policy(Configurable):
         raise errors[0]
 
 
+def server_price(request: LaunchRequest, notebook: Offer, worker_offers: Iterable[Offer] = ()) -> float | None:
+    """USD/hour of a whole server in the request's price mode: the notebook's offer plus,
+    for each requested Ray worker, the first of the workers' failover list (the one the
+    workers try first, the cheapest). This is the price the ``max_price_hour`` and
+    ``budget`` rules are checked against, at spawn and at every resize. A part whose
+    price is unknown counts as free; None when no part has a known price."""
+    parts = [effective_price(notebook, request.spot)]
+    workers = request.ray.workers if request.ray else 0
+    first = next(iter(worker_offers), None)
+    if workers and first is not None:
+        parts.append(None if (p := effective_price(first, request.spot)) is None else p * workers)
+    known = [p for p in parts if p is not None]
+    return round(sum(known), 6) if known else None
+
+
 def validate_request(raw, offers: list[Offer], policy: Policy, groups: Iterable[str], *,
                      providers: Iterable[str] = PROVIDERS,
                      price_of: Callable[[LaunchRequest, list[Offer]], float | None] | None = None) -> LaunchRequest:

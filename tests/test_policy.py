@@ -156,3 +156,22 @@ def test_policy_comes_from_traitlets_config(offers):
     c.Policy.groups = {"default": {"providers": ["gcp"], "gpus": ["T4"]}}
     policy = Policy(config=c)
     assert {(o.provider, o.gpu) for o in policy.filter_offers(offers, [])} == {("gcp", "T4")}
+
+
+def test_a_servers_price_counts_its_ray_workers(offers):
+    from dataclasses import replace
+
+    from cloudhop.spawner.options import LaunchRequest, RayRequest
+    from cloudhop.spawner.policy import server_price
+
+    base = offers[0]
+    notebook = replace(base, price_hour=1.0, spot_price_hour=0.4)
+    worker, dearer = replace(base, price_hour=0.5, spot_price_hour=0.2), replace(base, price_hour=9.0)
+    ray = RayRequest(workers=3)
+    assert server_price(LaunchRequest(), notebook) == 1.0
+    assert server_price(LaunchRequest(ray=ray), notebook, [worker, dearer]) == 2.5  # the first worker offer
+    assert server_price(LaunchRequest(ray=ray, spot=True), notebook, [worker]) == pytest.approx(1.0)
+    assert server_price(LaunchRequest(ray=RayRequest(workers=0)), notebook, [worker]) == 1.0
+    # a price the policy cannot know is not made up
+    assert server_price(LaunchRequest(ray=ray), replace(base, price_hour=None), [replace(base, price_hour=None)]) is None
+

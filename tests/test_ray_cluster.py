@@ -195,3 +195,47 @@ def test_workers_gpu_steers_where_the_notebook_lands(tmp_path, monkeypatch):
         filter_plan(s, request, s.plan(request, offers), offers)
     assert err.value.status_code == 400 and err.value.message.startswith("ray.gpu:")
     assert "local/cpu-site" in err.value.message
+
+
+async def test_a_resize_keeps_to_the_owners_group_policy(tmp_path):
+    from types import SimpleNamespace
+
+    from traitlets.config import Config
+
+    from cloudhop.spawner import CloudhopSpawner
+    from cloudhop.spawner.options import LaunchRequest
+    from cloudhop.spawner.policy import PolicyError
+    from cloudhop.spawner.ray import hooks
+
+    local = LocalProvider(default_root=str(tmp_path / "ws"), nvml_module="fakes.nvml",
+                          regions={"a": {"gpus": "none"}}, cpu_price_hour=0.5, stop_timeout=5)
+    cpu = [o for o in local.offers() if o.gpu_count == 0]
+    c = Config()
+    c.Policy.groups = {"class": {"max_ray_workers": 2, "budget": {"usd": 1.2, "period": "day"}}}
+    user = SimpleNamespace(name="ada", url="/user/ada/", escaped_name="ada", groups=[SimpleNamespace(name="class")])
+    s = CloudhopSpawner(user=user, config=c)
+    s.provider = lambda name: local
+    s.offer, s.request = cpu[0], LaunchRequest(provider="local", region="a", ray=RayRequest(workers=1))
+    s.ray_cluster = RayCluster(request=RayRequest(workers=1), address=NO_HEAD, port_base=24000,
+                               provider_for=lambda name: local, tags=TAGS, python=sys.executable, offers=cpu)
+    await s.ray_cluster.launch(1)
+    try:
+        with pytest.raises(PolicyError) as err:
+            await hooks.resize(s, 3)
+        assert (err.value.field, err.value.rule) == ("workers", "max_ray_workers")
+        assert str(err.value) == "workers: 3 Ray workers is more than group 'class' allows: at most 2"
+        # $0.50/h a node: an hour of the notebook and two workers is more than the budget
+        with pytest.raises(PolicyError, match=r"^workers: one hour at \$1.50/h is more than the \$1.20 left") as err:
+            await hooks.resize(s, 2)
+        assert err.value.rule == "budget" and err.value.status_code == 403
+        assert len(s.ray_cluster.live()) == 1 and len(local._records()) == 1, "a refusal launches nothing"
+        # with the budget spent, workers can still be removed, not added
+        s.policy.spend = lambda user, group, since: 1.2
+        assert (await hooks.resize(s, 0))["alive"] == 0
+        with pytest.raises(PolicyError, match="budget"):
+            await hooks.resize(s, 1)
+        with pytest.raises(OptionError, match="^workers: must be a whole number"):
+            await hooks.resize(s, -1)
+    finally:
+        await s.ray_cluster.stop()
+    assert local._records() == []

@@ -152,14 +152,18 @@ class RayCluster:
 
     # -- changing -----------------------------------------------------------------
 
-    async def scale(self, workers) -> dict:
+    async def scale(self, workers, check: Callable[[int], None] | None = None) -> dict:
         """Make the cluster have ``workers`` live workers: forget dead and failed ones
         (terminating what is left of them), launch the missing, terminate the newest
-        extras. Raises :class:`OptionError` (field ``workers``) for a bad count."""
+        extras. Raises :class:`OptionError` (field ``workers``) for a bad count. When
+        the count launches workers (more than are live now, or a dead one replaced),
+        ``check(workers)`` runs first and may raise to refuse; nothing changes then."""
         if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= MAX_RAY_WORKERS:
             raise OptionError("workers", f"must be a whole number from 0 to {MAX_RAY_WORKERS}, not {workers!r}")
         async with self._lock:
             await self.refresh()
+            if check is not None and workers > len(self.live()):
+                check(workers)
             gone = [w for w in self.workers if w["state"] in (DEAD, LAUNCH_FAILED)]
             await self._terminate(gone)
             self.workers = [w for w in self.workers if w not in gone]

@@ -7,6 +7,9 @@ Each takes the spawner and does nothing when the server asked for no Ray cluster
   a VM);
 * :func:`start_workers` - once the notebook node runs: builds the workers' failover
   list (same provider and region as the notebook, the request's GPU) and launches them;
+* :func:`server_price` - what the server costs per hour, workers included, for the
+  ``max_price_hour`` and ``budget`` rules at spawn;
+* :func:`resize` - the hub's Ray API: a new worker count, within the owner's policy;
 * :func:`poll_workers`, :func:`stop_workers` - from ``poll`` and ``stop``;
 * :func:`save_state`, :func:`load_state` - the ``"ray"`` entry of the server's state.
 
@@ -21,7 +24,8 @@ import sys
 import time
 
 from ..offers import matching
-from ..options import LaunchRequest
+from ..options import LaunchRequest, RayRequest
+from ..policy import PolicyError, server_price as _price
 from ..providers.base import LaunchSpec, Node
 from . import WORKER_ROLE
 from .cluster import RayCluster
@@ -102,6 +106,50 @@ def filter_plan(spawner, request: LaunchRequest, ranked: list, offers: list) -> 
             f"where the notebook could run ({places}); workers run in the notebook's "
             "provider and region", reason="bad-option", status_code=400)
     return keep
+
+
+def server_price(spawner, request: LaunchRequest, notebook_offer, offers) -> float | None:
+    """USD/hour of the server on ``notebook_offer`` with the requested workers on the
+    first offer of their failover list (:func:`cloudhop.spawner.policy.server_price`)."""
+    workers = (worker_offers(spawner, offers, notebook_offer, request)
+               if request.ray is not None and request.ray.workers else [])
+    return _price(request, notebook_offer, workers)
+
+
+def resized_request(spawner, workers: int) -> LaunchRequest:
+    """The running server as a request, with ``workers`` Ray workers: the notebook's
+    actual provider, region and GPUs, the cluster's worker GPU."""
+    cluster, offer = spawner.ray_cluster, spawner.offer
+    ray = RayRequest(workers=workers, gpu=cluster.request.gpu, gpu_count=cluster.request.gpu_count)
+    base = spawner.request or LaunchRequest()
+    if offer is None:
+        return dataclasses.replace(base, ray=ray)
+    return dataclasses.replace(base, provider=offer.provider, region=offer.region, gpu=offer.gpu,
+                               gpu_count=offer.gpu_count, spot=cluster.spot, ray=ray)
+
+
+def check_resize(spawner, workers: int) -> None:
+    """Refuse (:class:`PolicyError`, field ``workers``) a resize that launches workers
+    the owner's group policy would not allow at spawn: GPUs, worker count, price per
+    hour of the whole server and budget, with the spawn's messages."""
+    request = resized_request(spawner, workers)
+    price = (_price(request, spawner.offer, spawner.ray_cluster.offers)
+             if spawner.offer is not None else None)
+    groups = spawner.user_groups()
+    try:
+        spawner.policy.check_request(request, groups, price)
+        spawner.policy.check_budget(groups, spawner.user.name, price)
+    except PolicyError as err:
+        # the resize has one field: the count is what the user can change
+        raise PolicyError("workers", err.rule, err.group, err.message) from None
+
+
+async def resize(spawner, workers) -> dict:
+    """Give the server's cluster ``workers`` live workers (:meth:`.RayCluster.scale`).
+    A count that launches workers is checked against the owner's policy first
+    (:func:`check_resize`); removing workers is always allowed. Raises
+    :class:`OptionError` (400) for a bad count, :class:`PolicyError` (403)."""
+    return await spawner.ray_cluster.scale(workers, check=lambda n: check_resize(spawner, n))
 
 
 def _sync_nodes(spawner) -> None:
