@@ -7,8 +7,14 @@ Routes under the server's base URL:
   resources, usage) and the hub's view of the worker nodes (launching, running, dead).
 * ``POST cloudhop/ray/workers`` ``{"workers": N}`` - asks the hub to resize the
   cluster (the hub launches and removes worker nodes; see :mod:`cloudhop.hub.ray_api`).
+  Only the server's owner: users the server is shared with may look, not launch nodes.
 * ``ray-dashboard/`` - the Ray dashboard, proxied by jupyter-server-proxy's handler
   and authenticated like every page of the server. Ray itself listens on loopback only.
+  jupyter-server-proxy leaves XSRF to the proxied app, and Ray's dashboard has none, so
+  a page elsewhere could make the user's browser submit a Ray job (run code as the
+  owner): here a request other than GET, HEAD or OPTIONS needs a token
+  (``Authorization``) or the server's XSRF token, like the server's own API. The
+  dashboard's pages only read, so the UI is unaffected.
 
 All of it is active only when the server runs beside a Ray head (the head launcher
 sets ``CLOUDHOP_RAY_DASHBOARD_PORT``). :func:`load` registers the routes; it is
@@ -20,7 +26,8 @@ from __future__ import annotations
 import json
 import os
 
-from jupyter_server.base.handlers import APIHandler
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -69,8 +76,19 @@ async def cluster_usage(port: int) -> dict:
             if isinstance(v, (list, tuple)) and len(v) == 2 and not k.startswith("node:")}
 
 
-class RayStatusHandler(APIHandler):
+class RayHandler(APIHandler):
+    auth_resource = "cloudhop"
+
+    def check_owner(self) -> None:
+        # the server extension's rule, not a copy of it (server.py imports this module)
+        from .server import CloudhopHandler
+
+        CloudhopHandler.check_owner(self)
+
+
+class RayStatusHandler(RayHandler):
     @web.authenticated
+    @authorized
     async def get(self):
         port = dashboard_port()
         if port is None:
@@ -95,9 +113,11 @@ class RayStatusHandler(APIHandler):
         self.finish(json.dumps(out))
 
 
-class RayWorkersHandler(APIHandler):
+class RayWorkersHandler(RayHandler):
     @web.authenticated
+    @authorized
     async def post(self):
+        self.check_owner()  # workers are billed to the owner
         if dashboard_port() is None:
             raise web.HTTPError(404, "this server has no Ray cluster", reason="no-ray")
         try:
@@ -122,12 +142,32 @@ def _hub_message(err: HTTPClientError) -> str:
     return str(err.message)
 
 
+class XsrfCheckedProxy:
+    """Mixed in front of jupyter-server-proxy's handler, whose ``check_xsrf_cookie`` does
+    nothing: GET, HEAD and OPTIONS pass (the dashboard's pages and their fetches, which
+    send no XSRF token), anything else gets the server's own check (skipped for a token
+    in ``Authorization``; under JupyterHub a cookie-authenticated request that fails it
+    is not authenticated, so it is a 403)."""
+
+    def check_xsrf_cookie(self):
+        if self.request.method in ("GET", "HEAD", "OPTIONS"):
+            return None
+        # JupyterHandler's method: the one JupyterHub replaces with its own check
+        return JupyterHandler.check_xsrf_cookie(self)
+
+
 def _dashboard_handlers(base_url: str, port: int) -> list:
     from jupyter_server_proxy.config import ServerProcess, make_handlers
+    from jupyter_server_proxy.handlers import ProxyHandler
 
     server = ServerProcess(name=DASHBOARD_NAME, port=port, launcher_entry={"enabled": False},
                            absolute_url=False)
-    return make_handlers(base_url, [server])
+    out = []
+    for pattern, handler, *kwargs in make_handlers(base_url, [server]):
+        if issubclass(handler, ProxyHandler):
+            handler = type("RayDashboardProxy", (XsrfCheckedProxy, handler), {})
+        out.append((pattern, handler, *kwargs))
+    return out
 
 
 def load(serverapp) -> None:

@@ -163,9 +163,17 @@ def test_ray_cluster_lifecycle(hub_factory):
     assert hub.api("POST", "/cloudhop/ray/ada", token=eve, json={"workers": 0}).status_code == 404
     assert hub.api("GET", "/cloudhop/ray/ada", token="not-a-token").status_code == 403
 
-    bad = hub.server_api("POST", "ada", "cloudhop/ray/workers", json={"workers": "many"})
+    # the server's resize route is the owner's (an admin resizes through the hub's API)
+    ada = hub.api("POST", "/users/ada/tokens", json={}).json()["token"]
+
+    def resize(body):
+        return requests.post(f"{hub.url}/user/ada/cloudhop/ray/workers", json=body,
+                             headers={"Authorization": f"token {ada}"}, timeout=120)
+
+    assert hub.server_api("POST", "ada", "cloudhop/ray/workers", json={"workers": 1}).status_code == 403
+    bad = resize({"workers": "many"})
     assert bad.status_code == 400 and "workers" in bad.json()["message"]
-    r = hub.server_api("POST", "ada", "cloudhop/ray/workers", json={"workers": 1}, timeout=120)
+    r = resize({"workers": 1})
     assert r.status_code == 200, r.text
     assert r.json()["alive"] == 1 and r.json()["dead"] == 0
     new_id = r.json()["workers"][0]["id"]
