@@ -4,7 +4,9 @@ Both talk to this server's own Cloudhop REST API (:mod:`.server`) with the serve
 token, as the kernel inherits them from the server (``JUPYTERHUB_SERVICE_URL``,
 ``JUPYTERHUB_API_TOKEN``). A migration checkpoints this very kernel, which can only
 happen between cells, so neither call blocks: progress is followed from a background
-thread and shown in the cell's widgets (or printed, without ipywidgets).
+thread and shown in the cell's widgets (or printed, without ipywidgets). When the
+migration is done, the widgets send the browser to the new server (a JavaScript output,
+which JupyterLab runs because the kernel's own output is trusted) and keep a link to it.
 """
 
 from __future__ import annotations
@@ -135,10 +137,13 @@ def migrate(provider: str | None = None, region: str | None = None, gpu: str | N
         from IPython.display import display
 
         label = w.HTML(f"<b>Cloudhop</b>: {_text(handle.last)}")
-        display(label)
+        nav = w.Output()
+        display(label, nav)
+        follow = _browser_follower(nav)
 
         def show(m):
             label.value = f"<b>Cloudhop</b>: {_link(m)}"
+            follow(m)
     except ImportError:
         def show(m):
             print("Cloudhop:", _text(m), flush=True)
@@ -154,6 +159,27 @@ def _link(m: dict) -> str:
         url = html.escape(m["target_url"], quote=True)
         return f'{text} - <a href="{url}" target="_top">open the new server</a>'
     return text
+
+
+def navigation(url: str):
+    """JavaScript that sends the whole browser window (not just this output's frame) to
+    ``url``; the link beside it stays as the fallback where scripts do not run."""
+    from IPython.display import Javascript
+
+    return Javascript(f"window.top.location.assign({json.dumps(url)});")
+
+
+def _browser_follower(out):
+    """``follow(m)``: the first time ``m`` is a done migration, put the navigation to its
+    ``target_url`` into the Output widget ``out`` (safe from the progress thread)."""
+    sent = threading.Event()
+
+    def follow(m: dict) -> None:
+        if m["state"] == "done" and m.get("target_url") and not sent.is_set():
+            sent.set()
+            out.append_display_data(navigation(m["target_url"]))
+
+    return follow
 
 
 def panel():
@@ -176,6 +202,8 @@ def panel():
     move = w.Button(description="Move", button_style="primary", icon="truck", disabled=not choices)
     bar = w.FloatProgress(value=0, min=0, max=1, description="", layout=w.Layout(width="560px"))
     status = w.HTML("")
+    nav = w.Output()
+    follow = _browser_follower(nav)
 
     def show(m):
         total = m.get("bytes_total") or 0
@@ -183,6 +211,7 @@ def panel():
         bar.bar_style = {"done": "success", "failed": "danger"}.get(m["state"], "info")
         status.value = _link(m)
         move.disabled = m["state"] not in FINAL or m["state"] == "done"
+        follow(m)
 
     def on_click(_):
         move.disabled = True
@@ -196,4 +225,4 @@ def panel():
         _follow(handle, show)
 
     move.on_click(on_click)
-    return w.VBox([here, note, w.HBox([target, move]), bar, status])
+    return w.VBox([here, note, w.HBox([target, move]), bar, status, nav])
