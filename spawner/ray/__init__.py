@@ -10,13 +10,20 @@ The pieces, each one idea:
   they start ``ray start --block`` and, on SIGTERM, stop exactly that Ray node (never
   ``ray stop``, which would stop every user's Ray on the machine);
 * :mod:`.cluster` - :class:`RayCluster`, the worker lifecycle the spawner drives
-  (launch through the same failover list as the notebook, poll, scale, stop, state).
+  (launch through the same failover list as the notebook, poll, scale, stop, state);
+* :mod:`.firewall` - the rule a cluster on VMs needs (Ray's ports open between its
+  nodes and nothing else), which the VM providers make with the cluster's first node
+  and remove after its last.
 
-A provider knows nothing about Ray: a worker is a node with role ``ray-worker`` whose
-command happens to be the worker launcher.
+A provider knows little about Ray: a worker is a node with role ``ray-worker`` whose
+command happens to be the worker launcher, and every node of one cluster carries
+:data:`CLUSTER_TAG`, which is all a VM provider reads to open Ray's ports between them.
 """
 
 WORKER_ROLE = "ray-worker"
+#: tag on every node of one server's Ray cluster (the notebook node that runs the head,
+#: and each worker); its value names the cluster (the notebook's launch request id)
+CLUSTER_TAG = "cloudhop-ray-cluster"
 #: custom Ray resource every Cloudhop worker carries (1 per node), so tasks can be
 #: pinned to workers with ``resources={"cloudhop_worker": 0.01}``
 WORKER_RESOURCE = "cloudhop_worker"

@@ -27,7 +27,7 @@ from ..offers import matching
 from ..options import LaunchRequest, RayRequest
 from ..policy import PolicyError, server_price as _price
 from ..providers.base import LaunchSpec, Node
-from . import WORKER_ROLE
+from . import CLUSTER_TAG, WORKER_ROLE
 from .cluster import RayCluster
 from .commands import head_address, head_command, head_port_base, python_for
 from .ports import candidate_bases, find_free_block
@@ -64,8 +64,11 @@ def wrap_notebook_spec(spawner, spec: LaunchSpec, request: LaunchRequest) -> Lau
         base = find_free_block(bases=[b for b in candidate_bases() if b not in _HANDED_OUT]).base
         _HANDED_OUT[base] = now
     spawner.ray_port_base = base
+    # the cluster is named after the notebook's launch: every node of it carries the tag
+    # (VM providers open Ray's ports between the nodes that share it)
+    spawner.ray_cluster_id = spec.request_id
     cmd = head_command(spec.cmd, python=python_for(provider, sys.executable), port_base=base)
-    return dataclasses.replace(spec, cmd=cmd)
+    return dataclasses.replace(spec, cmd=cmd, tags={**spec.tags, CLUSTER_TAG: spec.request_id})
 
 
 def worker_offers(spawner, offers, notebook_offer, request: LaunchRequest):
@@ -159,6 +162,13 @@ def _sync_nodes(spawner) -> None:
     spawner._save_state()
 
 
+def _worker_tags(spawner, cluster: str | None) -> dict:
+    tags = dict(spawner.tags(WORKER_ROLE))
+    if cluster:
+        tags[CLUSTER_TAG] = cluster
+    return tags
+
+
 async def start_workers(spawner, request: LaunchRequest, offer, node: Node, offers, spawn_id: str) -> None:
     """Create ``spawner.ray_cluster`` for the running notebook node and launch its workers.
     Worker ``i``'s launch ids are :func:`.failover.launch_id` of ``<spawn_id>-ray-w<i>``
@@ -168,9 +178,10 @@ async def start_workers(spawner, request: LaunchRequest, offer, node: Node, offe
         return
     base = getattr(spawner, "ray_port_base", None) or head_port_base(offer.provider)
     address = head_address(offer.provider, base, node.ip, (node.info or {}).get("private_ip"))
+    cluster = (node.tags or {}).get(CLUSTER_TAG) or getattr(spawner, "ray_cluster_id", None)
     spawner.ray_cluster = RayCluster(
         request=request.ray, address=address, port_base=base, provider_for=spawner.provider,
-        tags={k: v for k, v in spawner.tags(WORKER_ROLE).items()},
+        tags=_worker_tags(spawner, cluster),
         python=python_for(offer.provider, sys.executable),
         offers=worker_offers(spawner, offers, offer, request), request_id=f"{spawn_id}-ray",
         image=request.image, spot=request.spot, zone=request.zone,
@@ -199,14 +210,15 @@ async def stop_workers(spawner) -> None:
 def save_state(spawner, state: dict) -> None:
     cluster = getattr(spawner, "ray_cluster", None)
     if cluster is not None:
-        state["ray"] = cluster.to_state()
+        state["ray"] = dict(cluster.to_state(), cluster=cluster.tags.get(CLUSTER_TAG))
 
 
 def load_state(spawner, state: dict) -> None:
     spawner.ray_cluster = None
     if state.get("ray"):
         spawner.ray_cluster = RayCluster.from_state(
-            state["ray"], provider_for=spawner.provider, tags=spawner.tags(WORKER_ROLE),
+            state["ray"], provider_for=spawner.provider,
+            tags=_worker_tags(spawner, state["ray"].get("cluster")),
             python=state["ray"].get("python") or sys.executable, on_event=spawner._progress,
             on_change=lambda: _sync_nodes(spawner), log=spawner.log,
         )
