@@ -22,9 +22,11 @@ from cloudhop.spawner.providers.base import (
     TAG_USER,
     TERMINATED,
     CapacityError,
+    CredentialsError,
     QuotaError,
     TransientError,
 )
+from cloudhop.spawner.ray import CLUSTER_TAG, WORKER_ROLE
 from tests.cloudkit import HUB_ID, cheapest, spec_for
 
 # a public parameter moto serves, standing in for the GPU image's parameter
@@ -328,3 +330,220 @@ def test_offers_come_from_the_catalog():
     offers = AWSProvider().offers()
     t4 = matching(offers, provider="aws", region="us-east-1", gpu="T4", gpu_count=1)
     assert min(t4, key=lambda o: o.price_hour).instance_type == "g4dn.xlarge"
+
+
+# -- Ray clusters: a security group per cluster -----------------------------------------
+
+
+def ray_spec(offer, cluster, **kw):
+    """A spec of one node of Ray cluster ``cluster`` (the head's notebook node by default)."""
+    spec = spec_for(offer, **kw)
+    return dataclasses.replace(spec, tags={**spec.tags, CLUSTER_TAG: cluster})
+
+
+def refuse(client, operation, code, times=1, status=400):
+    """Answer the next ``times`` calls of ``operation`` on ``client`` with EC2 error ``code``."""
+    left = [times]
+
+    def before_call(**kw):
+        if left[0] <= 0:
+            return None
+        left[0] -= 1
+        return (type("R", (), {"status_code": status})(),
+                {"Error": {"Code": code, "Message": f"injected {code}"},
+                 "ResponseMetadata": {"HTTPStatusCode": status}})
+
+    client.meta.events.register_first(f"before-call.ec2.{operation}", before_call)
+
+
+def ray_groups(**tags):
+    filters = [{"Name": "tag-key", "Values": [CLUSTER_TAG]}]
+    filters += [{"Name": f"tag:{k}", "Values": [v]} for k, v in tags.items()]
+    return ec2().describe_security_groups(Filters=filters)["SecurityGroups"]
+
+
+def groups_of(node_id):
+    [inst] = [i for i in instances() if i["InstanceId"] == node_id.split("/")[1]]
+    return {g["GroupId"] for nic in inst["NetworkInterfaces"] for g in nic["Groups"]}
+
+
+def default_group():
+    vpc = ec2().describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    return ec2().describe_security_groups(Filters=[
+        {"Name": "vpc-id", "Values": [vpc]}, {"Name": "group-name", "Values": ["default"]}])["SecurityGroups"][0]["GroupId"]
+
+
+async def test_a_ray_clusters_nodes_share_a_group_open_to_rays_ports_from_itself(provider):
+    offer = cheapest("aws", "us-east-1", "T4", 1)
+    head = await provider.launch(ray_spec(offer, "spawn1-aws", user="ada", server="gpu"))
+    workers = await asyncio.gather(*[
+        provider.launch(ray_spec(offer, "spawn1-aws", user="ada", server="gpu", role=WORKER_ROLE))
+        for _ in range(3)])  # launched at once, as the cluster launches them
+    [group] = ray_groups()
+    tags = {t["Key"]: t["Value"] for t in group["Tags"]}
+    assert tags[CLUSTER_TAG] == "spawn1-aws" and tags[TAG_HUB] == HUB_ID
+    assert tags[TAG_USER] == "ada" and tags[TAG_SERVER] == "gpu"
+    [rule] = group["IpPermissions"]
+    assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 6379, 6506)
+    assert [p["GroupId"] for p in rule["UserIdGroupPairs"]] == [group["GroupId"]]
+    assert not rule.get("IpRanges")  # nothing from outside the cluster
+    for node in [head, *workers]:
+        # the cluster's group besides the VPC's default one (which admits the hub)
+        assert groups_of(node.id) == {group["GroupId"], default_group()}
+    text = repr(group)
+    for secret in (FAKE_KEY, FAKE_SECRET, "fake-session-token-0001", "server-own-token-123"):
+        assert secret not in text
+
+
+async def test_a_plain_notebook_gets_no_ray_group(provider):
+    node = await provider.launch(spec_for(cheapest("aws", "us-east-1", "T4", 1)))
+    assert ray_groups() == []
+    assert groups_of(node.id) == {default_group()}
+
+
+async def test_configured_groups_stay_beside_the_clusters(provider):
+    vpc = ec2().describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    mine = ec2().create_security_group(GroupName="hub-access", Description="hub", VpcId=vpc)["GroupId"]
+    provider.security_group_ids = [mine]
+    node = await provider.launch(ray_spec(cheapest("aws", "us-east-1", "T4", 1), "spawn2-aws"))
+    [group] = ray_groups()
+    assert groups_of(node.id) == {mine, group["GroupId"]}
+
+
+async def test_the_group_goes_with_the_clusters_last_node(provider):
+    offer = cheapest("aws", "us-east-1", "T4", 1)
+    head = await provider.launch(ray_spec(offer, "spawn3-aws"))
+    worker = await provider.launch(ray_spec(offer, "spawn3-aws", role=WORKER_ROLE))
+    other = await provider.launch(ray_spec(offer, "other-aws", user="bob"))
+    await provider.terminate(worker.id)
+    assert len(ray_groups(**{CLUSTER_TAG: "spawn3-aws"})) == 1  # the head still uses it
+    await provider.terminate(head.id)
+    assert ray_groups(**{CLUSTER_TAG: "spawn3-aws"}) == []
+    await provider.terminate(head.id)  # again: nothing left to do, no error
+    assert len(ray_groups(**{CLUSTER_TAG: "other-aws"})) == 1  # another server's cluster stays
+    assert groups_of(other.id) >= {ray_groups()[0]["GroupId"]}
+
+
+async def test_a_group_still_in_use_is_deleted_once_ec2_lets_go(provider):
+    provider.ray_rules.retry_delay = 0.01
+    node = await provider.launch(ray_spec(cheapest("aws", "us-east-1", "T4", 1), "spawn4-aws"))
+    # EC2 refuses while the instance is shutting down
+    refuse(provider.client("us-east-1"), "DeleteSecurityGroup", "DependencyViolation", times=2)
+    await provider.terminate(node.id)
+    assert len(ray_groups()) == 1
+    await provider.ray_rules.settle()
+    assert ray_groups() == []
+
+
+async def test_a_group_a_crashed_hub_left_goes_with_the_next_terminate(provider):
+    offer = cheapest("aws", "us-east-1", "T4", 1)
+    node = await provider.launch(ray_spec(offer, "spawn5-aws"))
+    await provider.launch(ray_spec(offer, "another-hubs", user="eve"))
+    foreign = ec2().describe_security_groups(Filters=[{"Name": f"tag:{CLUSTER_TAG}", "Values": ["another-hubs"]}])
+    ec2().create_tags(Resources=[foreign["SecurityGroups"][0]["GroupId"]], Tags=[{"Key": TAG_HUB, "Value": "hub-2"}])
+    # the hub dies after its instance went, before it deleted the group
+    ec2().terminate_instances(InstanceIds=[node.id.split("/")[1]])
+    assert len(ray_groups(**{CLUSTER_TAG: "spawn5-aws"})) == 1
+    provider.ray_rules.grace = 0  # old enough not to belong to a launch in flight
+    plain = await provider.launch(spec_for(offer))
+    await provider.terminate(plain.id)  # any terminate of this hub (the reaper's too) sweeps
+    assert ray_groups(**{CLUSTER_TAG: "spawn5-aws"}) == []
+    assert len(ray_groups(**{CLUSTER_TAG: "another-hubs"})) == 1  # not this hub's: untouched
+
+
+async def test_a_ray_launch_without_capacity_leaves_no_group(provider):
+    inject(provider, "RunInstances", ["InsufficientInstanceCapacity"] * 2)
+    with pytest.raises(CapacityError):
+        await provider.launch(ray_spec(cheapest("aws", "us-east-1", "T4", 1), "spawn6-aws"))
+    assert ray_groups() == [] and instances() == []
+
+
+async def test_a_group_the_credentials_may_not_make_is_a_credentials_error(provider):
+    refuse(provider.client("us-east-1"), "CreateSecurityGroup", "UnauthorizedOperation", status=403)
+    with pytest.raises(CredentialsError, match="CreateSecurityGroup"):
+        await provider.launch(ray_spec(cheapest("aws", "us-east-1", "T4", 1), "spawn7-aws"))
+    assert instances() == []
+
+
+# -- catalog check: a disabled region is skipped, bad credentials are not --------------
+
+
+def catalog_offers():
+    t4 = cheapest("aws", "us-east-1", "T4", 1)
+    return [t4, dataclasses.replace(t4, region="ap-east-1"), dataclasses.replace(t4, region="eu-west-1")]
+
+
+@pytest.mark.parametrize("region, code", [
+    ("eu-west-1", "OptInRequired"),   # the account is not subscribed there
+    ("ap-east-1", "AuthFailure"),    # an opt-in region not enabled (EC2 says not-opted-in)
+])
+async def test_catalog_check_skips_a_region_the_account_has_not_enabled(provider, region, code):
+    refuse(provider.client(region), "DescribeInstanceTypeOfferings", code, status=401)
+    got = await provider.check_catalog(catalog_offers())
+    assert {r for _, r, _ in got} == {"us-east-1", "eu-west-1", "ap-east-1"} - {region}
+
+
+@pytest.mark.parametrize("code", ["AuthFailure", "ExpiredToken", "InvalidClientTokenId", "UnauthorizedOperation"])
+async def test_catalog_check_with_refused_credentials_is_a_credentials_error(provider, code):
+    # us-east-1 needs no opt-in: an AuthFailure there is the credentials, not the region
+    refuse(provider.client("us-east-1"), "DescribeInstanceTypeOfferings", code,
+           status=403 if code == "UnauthorizedOperation" else 401)
+    with pytest.raises(CredentialsError) as info:
+        await provider.check_catalog(catalog_offers())
+    message = str(info.value)
+    assert code in message and "us-east-1" in message and "credentials" in message
+    for secret in (FAKE_KEY, FAKE_SECRET, "fake-session-token-0001"):
+        assert secret not in message
+
+
+async def test_catalog_check_outage_is_not_zero_offers(provider):
+    refuse(provider.client("eu-west-1"), "DescribeInstanceTypeOfferings", "InvalidParameterValue", status=400)
+    with pytest.raises(Exception, match="InvalidParameterValue"):
+        await provider.check_catalog(catalog_offers())
+
+
+# -- clients: one per region and kind, made under a lock --------------------------------
+
+
+def test_clients_made_from_threads_at_once_are_one_per_region(provider):
+    import threading
+    import time
+
+    session = provider.session()
+    made = []
+    real = session.client
+
+    def slow_client(*args, **kw):  # widen the window two threads could both create in
+        made.append(kw.get("region_name"))
+        time.sleep(0.01)
+        return real(*args, **kw)
+
+    session.client = slow_client
+    got, start = [], threading.Barrier(8)
+
+    def ask(region):
+        start.wait()
+        got.append((region, provider.client(region)))
+
+    threads = [threading.Thread(target=ask, args=(r,)) for r in ["us-east-1", "eu-west-1"] * 4]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(made) == ["eu-west-1", "us-east-1"]
+    assert len({id(c) for r, c in got if r == "us-east-1"}) == 1
+    assert provider.client("us-east-1") is provider.client("us-east-1")
+    assert provider.client("us-east-1", retries=False) is not provider.client("us-east-1")
+
+
+# -- settings refuse nonsense ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, value", [
+    ("subnet_id", "vpc-0abc"), ("image_id", "ubuntu"), ("security_group_ids", ["default"]),
+    ("endpoint_url", "localhost:5000"),
+])
+def test_bad_settings_name_the_option(name, value):
+    with pytest.raises(traitlets.TraitError, match=rf"^c\.AWSProvider\.{name} must be"):
+        AWSProvider(**{name: value})
+    assert AWSProvider(subnet_id="subnet-0abc", image_id="", security_group_ids=["sg-1"]).subnet_id == "subnet-0abc"

@@ -7,21 +7,32 @@ and terminate calls, and one with retries off for ``RunInstances`` — EC2 answe
 for seconds; with retries off the error reaches failover at once, and throttling and
 other server errors are retried by :meth:`CloudProvider.launch` instead. ``RunInstances``
 also carries the request id as its ``ClientToken``, so EC2 itself refuses to double a
-launch.
+launch. Clients are made once per region and kind, under a lock: a boto3 session is
+not thread-safe, and every blocking call runs in a worker thread.
+
+The nodes of a Ray cluster (:data:`~cloudhop.spawner.ray.CLUSTER_TAG`) join a security
+group of their own besides the configured ones, tagged like the nodes and admitting
+Ray's ports from itself only; it is deleted once the cluster's last instance is gone
+(:mod:`cloudhop.spawner.ray.firewall`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 
-from traitlets import Bool, Integer, List, Unicode
+from traitlets import Bool, Integer, List, TraitError, Unicode, validate
 
 from .base import (
     FAILED,
     PENDING,
     RUNNING,
     STOPPING,
+    TAG_HUB,
     TAG_REQUEST,
+    TAG_SERVER,
+    TAG_USER,
     TERMINATED,
     CapacityError,
     CredentialsError,
@@ -29,6 +40,9 @@ from .base import (
     Node,
     ProviderError,
     QuotaError,
+)
+from ..ray.firewall import (
+    CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, RayRules, RuleInUse, cluster_of, rule_name,
 )
 from .cloud import TAG_PORT, CloudProvider, Retry, split_id
 
@@ -91,6 +105,13 @@ RETRY_CODES = {
     "RequestTimeout",
 }
 NOT_FOUND_CODES = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
+#: what EC2 answers in a region the account has not enabled: ``OptInRequired``, or for
+#: opt-in regions ``AuthFailure`` (also what bad credentials get: see _region_disabled)
+OPT_IN_CODES = {"OptInRequired"}
+GROUP_GONE_CODES = {"InvalidGroup.NotFound", "InvalidGroupId.NotFound", "InvalidGroupId.Malformed"}
+#: tag of a Ray cluster's security group: when it was made (epoch seconds; EC2 keeps no
+#: creation time for groups), so a sweep spares a group whose launch is in flight
+TAG_CREATED = "cloudhop-created"
 
 
 class AWSProvider(CloudProvider):
@@ -141,38 +162,67 @@ class AWSProvider(CloudProvider):
         5, help="Attempts (botocore standard retry mode) for describe/terminate calls."
     ).tag(config=True)
 
+    @validate("subnet_id", "image_id", "security_group_ids")
+    def _valid_ids(self, proposal):
+        name, value = proposal["trait"].name, proposal["value"]
+        prefix = {"subnet_id": "subnet-", "image_id": "ami-", "security_group_ids": "sg-"}[name]
+        for item in value if isinstance(value, list) else [value]:
+            if item and not item.startswith(prefix):
+                raise TraitError(f"c.AWSProvider.{name} must be EC2 ids ('{prefix}...'), not {value!r}"
+                                 if isinstance(value, list) else
+                                 f"c.AWSProvider.{name} must be an EC2 id ('{prefix}...') or empty, not {value!r}")
+        return value
+
+    @validate("endpoint_url")
+    def _valid_endpoint(self, proposal):
+        url = proposal["value"].strip()
+        if url and not url.startswith(("http://", "https://")):
+            raise TraitError(f"c.AWSProvider.endpoint_url must be a URL (https://...) or empty, not {url!r}")
+        return url
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._clients: dict[tuple[str, bool], object] = {}
         self._images: dict[str, str] = {}
         self._zones: dict[str, dict[str, str]] = {}
+        self._vpcs: dict[str, str] = {}
+        self._default_groups: dict[str, list[str]] = {}
         self._session = None
+        # a boto3 Session is not thread-safe: making clients from it is serialised
+        self._session_lock = threading.RLock()
+        self.ray_rules = RayRules(self)
 
     # -- clients -------------------------------------------------------------------------
     def session(self):
-        if self._session is None:
-            boto3, _ = _sdk()
-            self._session = boto3.session.Session()
-        return self._session
+        with self._session_lock:
+            if self._session is None:
+                boto3, _ = _sdk()
+                self._session = boto3.session.Session()
+            return self._session
 
     def client(self, region: str, *, retries: bool = True, service: str = "ec2"):
-        """The region's client: ``retries=False`` is the launch client (no retries)."""
+        """The region's client: ``retries=False`` is the launch client (no retries).
+        Made once per region and kind (clients themselves are thread-safe)."""
         key = (f"{service}:{region}", retries)
-        if key not in self._clients:
-            _, botocore = _sdk()
-            config = botocore.config.Config(
-                retries={"mode": "standard", "total_max_attempts": self.api_attempts if retries else 1},
-                connect_timeout=5,
-                read_timeout=30,
-                user_agent_extra="cloudhop",
-            )
-            self._clients[key] = self.session().client(
-                service,
-                region_name=region,
-                config=config,
-                endpoint_url=self.endpoint_url or None,
-            )
-        return self._clients[key]
+        client = self._clients.get(key)
+        if client is not None:
+            return client
+        with self._session_lock:
+            if key not in self._clients:
+                _, botocore = _sdk()
+                config = botocore.config.Config(
+                    retries={"mode": "standard", "total_max_attempts": self.api_attempts if retries else 1},
+                    connect_timeout=5,
+                    read_timeout=30,
+                    user_agent_extra="cloudhop",
+                )
+                self._clients[key] = self.session().client(
+                    service,
+                    region_name=region,
+                    config=config,
+                    endpoint_url=self.endpoint_url or None,
+                )
+            return self._clients[key]
 
     # -- errors --------------------------------------------------------------------------
     def _classify(self, err):
@@ -192,6 +242,10 @@ class AWSProvider(CloudProvider):
             return CapacityError(message)
         if code in QUOTA_CODES:
             return QuotaError(message)
+        if code == "UnauthorizedOperation":
+            return CredentialsError(f"AWS {code}: the hub's credentials may not call "
+                                    f"{getattr(err, 'operation_name', 'this operation')} "
+                                    "(docs/clouds.md lists the IAM policy)")
         if code in CREDENTIAL_CODES:
             return CredentialsError(f"AWS {code}: the hub's credentials were refused")
         if code in RETRY_CODES or status in (500, 502, 503, 504):
@@ -257,9 +311,10 @@ class AWSProvider(CloudProvider):
         return {n.id: n for n in nodes}
 
     def run_instances_params(self, spec: LaunchSpec, tags: dict, user_data: str,
-                             zone: str | None = None) -> dict:
+                             zone: str | None = None, groups: list | None = None) -> dict:
         """The ``RunInstances`` request for a spec in availability zone ``zone`` (a zone
-        name; None lets EC2 or the subnet decide). Pure apart from the image lookup."""
+        name; None lets EC2 or the subnet decide), in security ``groups`` (None: the
+        configured ones, or EC2's default). Pure apart from the image lookup."""
         tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
         params = {
             "ImageId": self._image(spec.offer.region),
@@ -278,8 +333,9 @@ class AWSProvider(CloudProvider):
         network = {"DeviceIndex": 0, "AssociatePublicIpAddress": self.associate_public_ip}
         if self.subnet_id:
             network["SubnetId"] = self.subnet_id
-        if self.security_group_ids:
-            network["Groups"] = list(self.security_group_ids)
+        groups = list(self.security_group_ids) if groups is None else list(groups)
+        if groups:
+            network["Groups"] = groups
         params["NetworkInterfaces"] = [network]
         if zone and not self.subnet_id:
             params["Placement"] = {"AvailabilityZone": zone}
@@ -315,14 +371,27 @@ class AWSProvider(CloudProvider):
         return self._zones[region]
 
     def _blocking_create(self, spec, tags, user_data):
-        """Run the instance in the first of the offer's zones with capacity: a zone
-        without capacity moves on to the next at once; when none has any, the last
-        zone's error stands for the offer."""
+        """Run the instance (a Ray cluster's node in its cluster's security group too)
+        in the first of the offer's zones with capacity: a zone without capacity moves
+        on to the next at once; when none has any, the last zone's error stands for the
+        offer."""
+        region = spec.offer.region
+        if not cluster_of(tags):
+            return self._run(spec, tags, user_data, None)
+        ray_group = self._blocking_ensure_ray_group(region, tags)
+        groups = self._base_groups(region) + [ray_group]
+        try:
+            return self._run(spec, tags, user_data, groups)
+        except Exception as err:
+            self.ray_rules.after_failed_create(region, tags, err)
+            raise
+
+    def _run(self, spec, tags, user_data, groups):
         _, botocore = _sdk()
         region = spec.offer.region
         last = None
         for zone in self.zones_for(spec):
-            params = self.run_instances_params(spec, tags, user_data, zone)
+            params = self.run_instances_params(spec, tags, user_data, zone, groups)
             try:
                 reply = self.client(region, retries=False).run_instances(**params)
             except botocore.exceptions.ClientError as err:
@@ -350,8 +419,132 @@ class AWSProvider(CloudProvider):
         state = _STATES.get(changes[0]["CurrentState"]["Name"], FAILED)
         return Node(node_id, self.name, region, state)
 
+    # -- Ray firewall: a security group per cluster ---------------------------------------
+    def _vpc(self, region: str) -> str:
+        """The VPC nodes start in: the subnet's, else the region's default VPC."""
+        if region not in self._vpcs:
+            ec2 = self.client(region)
+            if self.subnet_id:
+                vpc = ec2.describe_subnets(SubnetIds=[self.subnet_id])["Subnets"][0]["VpcId"]
+            else:
+                vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+                if not vpcs:
+                    raise ProviderError(f"AWS: {region} has no default VPC; set c.AWSProvider.subnet_id")
+                vpc = vpcs[0]["VpcId"]
+            self._vpcs[region] = vpc
+        return self._vpcs[region]
+
+    def _base_groups(self, region: str) -> list[str]:
+        """The groups a Ray node is in besides its cluster's: the configured ones, else
+        the VPC's default group (naming any group in RunInstances drops EC2's default)."""
+        if self.security_group_ids:
+            return list(self.security_group_ids)
+        if region not in self._default_groups:
+            found = self.client(region).describe_security_groups(Filters=[
+                {"Name": "vpc-id", "Values": [self._vpc(region)]},
+                {"Name": "group-name", "Values": ["default"]},
+            ])["SecurityGroups"]
+            self._default_groups[region] = [g["GroupId"] for g in found[:1]]
+        return self._default_groups[region]
+
+    @staticmethod
+    def ray_permission(group_id: str) -> dict:
+        """The ingress rule of a cluster's group: Ray's ports from the group itself."""
+        return {"IpProtocol": "tcp", "FromPort": PORTS[0], "ToPort": PORTS[1],
+                "UserIdGroupPairs": [{"GroupId": group_id, "Description": "Ray between the cluster's nodes"}]}
+
+    def _blocking_ensure_ray_group(self, region: str, tags: dict) -> str:
+        """The id of the cluster's security group, made (with its rule) if missing."""
+        _, botocore = _sdk()
+        cluster = cluster_of(tags)
+        ec2 = self.client(region)
+        vpc = self._vpc(region)
+        with self.ray_rules.lock(cluster):
+            found = ec2.describe_security_groups(Filters=[
+                {"Name": "vpc-id", "Values": [vpc]},
+                {"Name": f"tag:{CLUSTER_TAG}", "Values": [cluster]},
+            ])["SecurityGroups"]
+            if found:
+                group_id, rules = found[0]["GroupId"], found[0].get("IpPermissions", [])
+            else:
+                owner = {k: v for k, v in tags.items() if k in (TAG_HUB, TAG_USER, TAG_SERVER, CLUSTER_TAG)}
+                group_tags = dict(owner, Name=rule_name(cluster), **{TAG_CREATED: str(int(time.time()))})
+                group_id = ec2.create_security_group(
+                    GroupName=rule_name(cluster), Description=DESCRIPTION, VpcId=vpc,
+                    TagSpecifications=[{"ResourceType": "security-group",
+                                        "Tags": [{"Key": k, "Value": v} for k, v in group_tags.items()]}],
+                )["GroupId"]
+                rules = []
+                self.log.info("aws: made security group %s for Ray cluster %s in %s", group_id, cluster, region)
+            wanted = self.ray_permission(group_id)
+            if not any(r.get("IpProtocol") == "tcp" and r.get("FromPort") == PORTS[0]
+                       and r.get("ToPort") == PORTS[1]
+                       and any(p.get("GroupId") == group_id for p in r.get("UserIdGroupPairs", []))
+                       for r in rules):
+                try:
+                    ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[wanted])
+                except botocore.exceptions.ClientError as err:
+                    if err.response.get("Error", {}).get("Code") != "InvalidPermission.Duplicate":
+                        raise
+        return group_id
+
+    def _blocking_ray_rules(self, where, hub):
+        pages = self.client(where).get_paginator("describe_security_groups").paginate(Filters=[
+            {"Name": f"tag:{TAG_HUB}", "Values": [hub]}, {"Name": "tag-key", "Values": [CLUSTER_TAG]},
+        ])
+        out = []
+        for page in pages:
+            for group in page.get("SecurityGroups", []):
+                tags = {t["Key"]: t["Value"] for t in group.get("Tags", [])}
+                created = tags.get(TAG_CREATED, "")
+                out.append(RayRule(group["GroupId"], tags[CLUSTER_TAG],
+                                   float(created) if created.isdigit() else None))
+        return out
+
+    def _blocking_delete_ray_rule(self, where, rule):
+        _, botocore = _sdk()
+        try:
+            self.client(where).delete_security_group(GroupId=rule.id)
+        except botocore.exceptions.ClientError as err:
+            code = err.response.get("Error", {}).get("Code")
+            if code in GROUP_GONE_CODES:
+                return
+            if code == "DependencyViolation":  # an instance still shutting down is in it
+                raise RuleInUse(rule.id) from err
+            raise
+
+    async def terminate(self, node_id):
+        """See :meth:`Provider.terminate`; then the node's Ray group goes if it was the
+        cluster's last node (and this hub's forgotten groups in the region with it)."""
+        await self.ray_rules.terminate(node_id, super().terminate)
+
+    async def close(self):
+        self.ray_rules.close()
+        await super().close()
+
+    # -- catalog -------------------------------------------------------------------------
     async def check_catalog(self, offers):
         return await self._call(self._blocking_check_catalog, list(offers))
+
+    def _region_disabled(self, region: str, err) -> bool:
+        """True when ``err`` (from ``region``) means the account has not enabled the
+        region. ``OptInRequired`` says so; ``AuthFailure`` is also what EC2 answers in an
+        opt-in region that is not enabled, so the region's opt-in status is asked of a
+        region that is always enabled, and only ``not-opted-in`` counts."""
+        _, botocore = _sdk()
+        code = err.response.get("Error", {}).get("Code", "")
+        if code in OPT_IN_CODES:
+            return True
+        if code != "AuthFailure":
+            return False
+        home = self.session().region_name or "us-east-1"
+        if home == region:
+            home = "us-east-1" if region != "us-east-1" else "us-west-2"
+        try:
+            found = self.client(home).describe_regions(AllRegions=True, RegionNames=[region])["Regions"]
+        except botocore.exceptions.ClientError:
+            return False  # the credentials fail there too: they are the problem
+        return any(r.get("OptInStatus") == "not-opted-in" for r in found)
 
     def _blocking_check_catalog(self, offers):
         """Which catalog types each region offers in which zones (zone ids, as the
@@ -371,9 +564,18 @@ class AWSProvider(CloudProvider):
                         for item in page.get("InstanceTypeOfferings", []):
                             zones.setdefault(item["InstanceType"], set()).add(item["Location"])
             except botocore.exceptions.ClientError as err:
-                # a region not enabled for the account: nothing there is launchable
-                self.log.info("aws: region %s not usable (%s)", region, err.response["Error"].get("Code"))
-                continue
+                code = err.response.get("Error", {}).get("Code", "")
+                if self._region_disabled(region, err):
+                    # a region not enabled for the account: nothing there is launchable
+                    self.log.info("aws: region %s is not enabled for this account (%s)", region, code)
+                    continue
+                mapped = self._classify(err)
+                if isinstance(mapped, CredentialsError):
+                    raise CredentialsError(
+                        f"{mapped.message} (in {region}); the catalog check stops here instead of "
+                        "recording no offers for the region: renew or fix the hub's AWS credentials"
+                    ) from err
+                raise
             out += [(t, region, tuple(sorted(z))) for t, z in sorted(zones.items())]
         return out
 
