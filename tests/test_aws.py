@@ -438,11 +438,11 @@ async def test_a_group_still_in_use_is_deleted_once_ec2_lets_go(provider):
 async def test_a_group_a_crashed_hub_left_goes_with_the_next_terminate(provider):
     offer = cheapest("aws", "us-east-1", "T4", 1)
     node = await provider.launch(ray_spec(offer, "spawn5-aws"))
-    await provider.launch(ray_spec(offer, "another-hubs", user="eve"))
+    eve = await provider.launch(ray_spec(offer, "another-hubs", user="eve"))
     foreign = ec2().describe_security_groups(Filters=[{"Name": f"tag:{CLUSTER_TAG}", "Values": ["another-hubs"]}])
     ec2().create_tags(Resources=[foreign["SecurityGroups"][0]["GroupId"]], Tags=[{"Key": TAG_HUB, "Value": "hub-2"}])
-    # the hub dies after its instance went, before it deleted the group
-    ec2().terminate_instances(InstanceIds=[node.id.split("/")[1]])
+    # the hubs die after their instances went, before they deleted their groups
+    ec2().terminate_instances(InstanceIds=[node.id.split("/")[1], eve.id.split("/")[1]])
     assert len(ray_groups(**{CLUSTER_TAG: "spawn5-aws"})) == 1
     provider.ray_rules.grace = 0  # old enough not to belong to a launch in flight
     plain = await provider.launch(spec_for(offer))

@@ -16,10 +16,12 @@ from cloudhop.spawner.providers.base import (
     TAG_USER,
     TERMINATED,
     CapacityError,
+    CredentialsError,
     QuotaError,
     TransientError,
 )
 from cloudhop.spawner.providers.gcp import GCPProvider
+from cloudhop.spawner.ray import CLUSTER_TAG, WORKER_ROLE
 from tests.cloudkit import HUB_ID, cheapest, spec_for
 from tests.fakes.gcp_compute import FakeCompute
 
@@ -196,3 +198,90 @@ async def test_no_credentials_is_a_reason(monkeypatch, tmp_path):
 def test_bad_disk_size_names_the_option():
     with pytest.raises(traitlets.TraitError, match="disk_gb"):
         GCPProvider(disk_gb="big")
+
+
+# -- Ray clusters: a firewall rule per cluster on its own network tag -------------------
+
+
+def ray_spec(offer, cluster, **kw):
+    """A spec of one node of Ray cluster ``cluster`` (the head's notebook node by default)."""
+    spec = spec_for(offer, **kw)
+    return dataclasses.replace(spec, tags={**spec.tags, CLUSTER_TAG: cluster})
+
+
+def network_tags(compute, node):
+    zone, name = node.id.split("/")
+    return compute.instances[(PROJECT, zone, name)]["tags"]["items"]
+
+
+async def test_a_ray_clusters_nodes_share_a_rule_from_their_tag_to_their_tag(provider, compute):
+    offer = cheapest("gcp", "us-central1", "L4", 1)
+    head = await provider.launch(ray_spec(offer, "spawn1-gcp", user="ada"))
+    workers = await asyncio.gather(*[provider.launch(ray_spec(offer, "spawn1-gcp", user="ada", role=WORKER_ROLE))
+                                     for _ in range(3)])
+    [((project, name), fw)] = compute.firewalls.items()
+    assert project == PROJECT and compute.count("POST", "/global/firewalls$") == 1
+    assert fw["direction"] == "INGRESS"
+    assert fw["allowed"] == [{"IPProtocol": "tcp", "ports": ["6379-6506"]}]
+    assert fw["sourceTags"] == fw["targetTags"] == [name] and not fw.get("sourceRanges")
+    assert fw["network"].endswith(f"/projects/{PROJECT}/global/networks/default")
+    for node in [head, *workers]:
+        assert network_tags(compute, node) == ["cloudhop-node", name]
+    text = repr(fw)
+    assert HUB_ID in text and "hub-aws-secret-must-not-leak" not in text and "server-own-token" not in text
+
+
+async def test_a_plain_notebook_gets_no_rule(provider, compute):
+    node = await provider.launch(spec_for(cheapest("gcp", "us-central1", "L4", 1)))
+    assert compute.firewalls == {} and compute.count("POST", "/global/firewalls") == 0
+    assert network_tags(compute, node) == ["cloudhop-node"]
+
+
+async def test_the_rule_goes_with_the_clusters_last_node(provider, compute):
+    offer = cheapest("gcp", "us-central1", "L4", 1)
+    head = await provider.launch(ray_spec(offer, "spawn3-gcp"))
+    worker = await provider.launch(ray_spec(offer, "spawn3-gcp", role=WORKER_ROLE))
+    await provider.launch(ray_spec(offer, "other-gcp", user="bob"))
+    await provider.terminate(worker.id)
+    assert len(compute.firewalls) == 2  # the head still runs
+    await provider.terminate(head.id)
+    [(_, fw)] = compute.firewalls.items()
+    assert "other-gcp" in fw["description"]  # another server's cluster keeps its rule
+    await provider.terminate(head.id)  # again: no error
+
+
+async def test_a_rule_a_crashed_hub_left_goes_with_the_next_terminate(provider, compute):
+    offer = cheapest("gcp", "us-central1", "L4", 1)
+    await provider.launch(ray_spec(offer, "spawn5-gcp"))
+    other_hub = GCPProvider(api_endpoint=compute.url, anonymous_credentials=True, project=PROJECT)
+    spec = ray_spec(offer, "hub2-cluster", user="eve")
+    await other_hub.launch(dataclasses.replace(spec, tags={**spec.tags, TAG_HUB: "hub-2"}))
+    # both hubs die after their instances went, before they deleted their rules
+    compute.instances.clear()
+    provider.ray_rules.grace = 0  # old enough not to belong to a launch in flight
+    plain = await provider.launch(spec_for(offer))
+    await provider.terminate(plain.id)  # any terminate of this hub (the reaper's too) sweeps
+    [(_, fw)] = compute.firewalls.items()
+    assert "hub-2" in fw["description"]  # another hub's rule is not this hub's to remove
+
+
+async def test_a_ray_launch_without_capacity_leaves_no_rule(provider, compute):
+    compute.script("insert", "capacity", "capacity")
+    with pytest.raises(CapacityError):
+        await provider.launch(ray_spec(cheapest("gcp", "us-central1", "L4", 1), "spawn6-gcp"))
+    assert compute.instances == {} and compute.firewalls == {}
+
+
+async def test_a_rule_the_credentials_may_not_make_is_a_credentials_error(provider, compute):
+    compute.script("firewall_insert", 403)
+    with pytest.raises(CredentialsError, match="compute.firewalls.create"):
+        await provider.launch(ray_spec(cheapest("gcp", "us-central1", "L4", 1), "spawn7-gcp"))
+    assert compute.instances == {}
+
+
+@pytest.mark.parametrize("name, value", [("disk_gb", 5), ("disk_gb", -100), ("network_tags", ["Cloudhop Node"]),
+                                         ("network", " "), ("image", "")])
+def test_bad_settings_name_the_option(name, value):
+    with pytest.raises(traitlets.TraitError, match=rf"^c\.GCPProvider\.{name} must"):
+        GCPProvider(**{name: value})
+    assert GCPProvider(disk_gb=10, network_tags=["cloudhop-node", "gpu"]).disk_gb == 10

@@ -12,6 +12,12 @@ errors arrive in the insert operation (``ZONE_RESOURCE_POOL_EXHAUSTED``,
 ``QUOTA_EXCEEDED``), so launch waits for that operation; the insert itself is sent
 without retries (with a ``requestId``, so Compute drops duplicates) and every other
 call uses a google-api-core ``Retry`` on 429/5xx.
+
+The nodes of a Ray cluster (:data:`~cloudhop.spawner.ray.CLUSTER_TAG`) carry a network
+tag of their own, and a firewall rule made before the first of them admits Ray's ports
+from that tag to that tag only; it is deleted after the cluster's last instance
+(:mod:`cloudhop.spawner.ray.firewall`). Firewall rules have no labels: the hub and
+cluster a rule belongs to are in its description.
 """
 
 from __future__ import annotations
@@ -23,13 +29,14 @@ import re
 import uuid
 from types import SimpleNamespace
 
-from traitlets import Bool, Float, Integer, List, Unicode
+from traitlets import Bool, Float, Integer, List, TraitError, Unicode, validate
 
 from .base import (
     FAILED,
     PENDING,
     RUNNING,
     STOPPING,
+    TAG_HUB,
     TAG_REQUEST,
     CapacityError,
     CredentialsError,
@@ -38,7 +45,8 @@ from .base import (
     ProviderError,
     QuotaError,
 )
-from .cloud import TAG_PORT, CloudProvider, Retry, split_id
+from ..ray.firewall import CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, RayRules, cluster_of, rule_name
+from .cloud import TAG_PORT, CloudProvider, Retry, check_number, split_id
 
 INSTALL_HINT = "the GCP provider needs google-cloud-compute: pip install 'cloudhop[gcp]'"
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
@@ -74,6 +82,10 @@ CAPACITY_CODES = {
 }
 QUOTA_CODES = {"QUOTA_EXCEEDED", "QUOTA_LIMIT", "rateLimitExceeded/quota"}
 _LABEL_OK = re.compile(r"^[a-z0-9_-]{0,63}$")
+#: what Compute takes as a network tag (RFC 1035 label)
+_NETWORK_TAG = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+#: every Ray cluster rule's name starts so (see firewall.rule_name)
+RAY_RULE_PREFIX = "cloudhop-ray-"
 
 
 def _sdk():
@@ -181,11 +193,31 @@ class GCPProvider(CloudProvider):
         "errors are reported there)."
     ).tag(config=True)
 
+    @validate("disk_gb")
+    def _valid_disk(self, proposal):
+        # Compute's smallest boot disk is 10 GB (GPU images want far more)
+        return check_number(proposal, minimum=10, integer=True, unit="GB")
+
+    @validate("network_tags")
+    def _valid_network_tags(self, proposal):
+        bad = [t for t in proposal["value"] if not _NETWORK_TAG.match(t)]
+        if bad:
+            raise TraitError(f"c.GCPProvider.network_tags must be network tags (lowercase letters, "
+                             f"digits and '-', starting with a letter, at most 63), not {bad[0]!r}")
+        return proposal["value"]
+
+    @validate("network", "image")
+    def _valid_not_empty(self, proposal):
+        if not proposal["value"].strip():
+            raise TraitError(f"c.GCPProvider.{proposal['trait'].name} must name a Compute resource, not ''")
+        return proposal["value"].strip()
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._clients: dict[str, object] = {}
         self._credentials = None
         self._adc_project = None
+        self.ray_rules = RayRules(self)
 
     # -- clients -------------------------------------------------------------------------
     def _auth(self):
@@ -206,13 +238,15 @@ class GCPProvider(CloudProvider):
 
     def client(self, kind: str = "instances"):
         """The REST client of one Compute resource (``instances``, ``zone_operations``,
-        ``machine_types``, ``accelerator_types``)."""
+        ``firewalls``, ``global_operations``, ``machine_types``, ``accelerator_types``)."""
         if kind not in self._clients:
             sdk = _sdk()
             compute_v1 = sdk.compute
             cls = {
                 "instances": compute_v1.InstancesClient,
                 "zone_operations": compute_v1.ZoneOperationsClient,
+                "firewalls": compute_v1.FirewallsClient,
+                "global_operations": compute_v1.GlobalOperationsClient,
                 "machine_types": compute_v1.MachineTypesClient,
                 "accelerator_types": compute_v1.AcceleratorTypesClient,
             }[kind]
@@ -260,8 +294,10 @@ class GCPProvider(CloudProvider):
             text = f"GCP {err.code}: {err.message}"
             if reasons & {"quotaExceeded", "QUOTA_EXCEEDED"} or "Quota" in (err.message or ""):
                 return QuotaError(text)
-            if isinstance(err, (exceptions.Unauthenticated, exceptions.PermissionDenied)):
-                return CredentialsError(f"GCP {err.code}: the hub's credentials were refused")
+            # over REST a 403 is Forbidden (PermissionDenied is its gRPC twin)
+            if isinstance(err, (exceptions.Unauthorized, exceptions.Forbidden)):
+                # Compute's message names the missing permission, never a secret
+                return CredentialsError(f"GCP {err.code}: the hub's credentials were refused: {err.message}")
             return ProviderError(text)
         return err
 
@@ -313,9 +349,29 @@ class GCPProvider(CloudProvider):
             "scheduling": scheduling,
             "tags": {"items": list(self.network_tags)},
         }
+        cluster = cluster_of(tags)
+        if cluster:  # the target (and source) of the cluster's Ray firewall rule
+            body["tags"]["items"].append(rule_name(cluster))
         if accelerators:
             body["guest_accelerators"] = accelerators
         return body
+
+    def firewall_body(self, tags: dict) -> dict:
+        """The ``firewalls.insert`` body of the Ray rule of the cluster ``tags`` name:
+        Ray's ports, from the cluster's network tag to the same tag (pure)."""
+        cluster = cluster_of(tags)
+        name = rule_name(cluster)
+        owner = json.dumps({TAG_HUB: str(tags.get(TAG_HUB, "")), CLUSTER_TAG: cluster}, sort_keys=True)
+        return {
+            "name": name,
+            "network": self.network,
+            "direction": "INGRESS",
+            "priority": 1000,
+            "allowed": [{"I_p_protocol": "tcp", "ports": [f"{PORTS[0]}-{PORTS[1]}"]}],
+            "source_tags": [name],
+            "target_tags": [name],
+            "description": f"{DESCRIPTION} {owner}",
+        }
 
     # -- blocking calls ------------------------------------------------------------------
     def _node(self, inst) -> Node:
@@ -380,24 +436,37 @@ class GCPProvider(CloudProvider):
         found = self._aggregated(f"(labels.{TAG_REQUEST}:*)")
         return {n.id: n for n in map(self._node, found)}
 
-    def _wait(self, zone: str, operation) -> None:
+    def _wait(self, zone: str | None, operation) -> None:
+        """Wait for a zone's operation (``zone`` None: a global one, e.g. a firewall's)."""
         import time
 
-        ops = self.client("zone_operations")
+        ops = self.client("zone_operations" if zone else "global_operations")
+        where = {"zone": zone} if zone else {}
         deadline = time.monotonic() + self.operation_timeout
         while operation.status != operation.Status.DONE and operation.status != "DONE":
             if time.monotonic() > deadline:
                 raise OperationError(["TIMEOUT"], f"operation {operation.name} still running")
-            operation = ops.wait(project=self.project_id(), zone=zone, operation=operation.name,
+            operation = ops.wait(project=self.project_id(), operation=operation.name, **where,
                                  retry=self._retry(), timeout=150)
         if operation.error and operation.error.errors:
             errors = list(operation.error.errors)
             raise OperationError([e.code for e in errors], "; ".join(e.message for e in errors))
 
     def _blocking_create(self, spec, tags, user_data):
-        """Insert the instance in the offer's first zone with capacity: a zone whose
-        pool is exhausted moves on to the next zone of the same offer at once; when
-        every zone is exhausted the offer has no capacity."""
+        """Insert the instance (after its Ray cluster's firewall rule, for a cluster's
+        node) in the offer's first zone with capacity: a zone whose pool is exhausted
+        moves on to the next zone of the same offer at once; when every zone is
+        exhausted the offer has no capacity."""
+        if not cluster_of(tags):
+            return self._create_in_zones(spec, tags, user_data)
+        self._blocking_ensure_ray_rule(tags)
+        try:
+            return self._create_in_zones(spec, tags, user_data)
+        except Exception as err:
+            self.ray_rules.after_failed_create(self.zone_for(spec), tags, err)
+            raise
+
+    def _create_in_zones(self, spec, tags, user_data):
         exhausted = []
         for zone in self.zones_for(spec):
             try:
@@ -449,6 +518,59 @@ class GCPProvider(CloudProvider):
         except exceptions.NotFound:
             return None
         return self._node(inst)
+
+    # -- Ray firewall: a rule per cluster, on the cluster's network tag ------------------------
+    def _blocking_ensure_ray_rule(self, tags: dict) -> str:
+        """The name of the cluster's firewall rule, inserted if missing."""
+        exceptions, compute_v1 = _sdk().errors, _sdk().compute
+        body = self.firewall_body(tags)
+        firewalls = self.client("firewalls")
+        with self.ray_rules.lock(cluster_of(tags)):
+            try:
+                firewalls.get(project=self.project_id(), firewall=body["name"], retry=self._retry(), timeout=30)
+                return body["name"]
+            except exceptions.NotFound:
+                pass
+            try:
+                op = firewalls.insert(project=self.project_id(), firewall_resource=compute_v1.Firewall(body),
+                                      retry=self._retry(), timeout=60)
+                self._wait(None, op)
+            except exceptions.Conflict:
+                pass  # made meanwhile (a retried insert)
+            self.log.info("gcp: made firewall rule %s for Ray cluster %s", body["name"], cluster_of(tags))
+        return body["name"]
+
+    def _blocking_ray_rules(self, where, hub):
+        out = []
+        for fw in self.client("firewalls").list(request={"project": self.project_id()},
+                                                retry=self._retry(), timeout=30):
+            if not fw.name.startswith(RAY_RULE_PREFIX) or "{" not in (fw.description or ""):
+                continue
+            try:
+                owner = json.loads(fw.description[fw.description.index("{"):])
+            except ValueError:
+                continue
+            if owner.get(TAG_HUB) == hub and owner.get(CLUSTER_TAG):
+                out.append(RayRule(fw.name, owner[CLUSTER_TAG], _timestamp(fw.creation_timestamp)))
+        return out
+
+    def _blocking_delete_ray_rule(self, where, rule):
+        exceptions = _sdk().errors
+        try:
+            op = self.client("firewalls").delete(project=self.project_id(), firewall=rule.id,
+                                                 retry=self._retry(), timeout=60)
+        except exceptions.NotFound:
+            return
+        self._wait(None, op)
+
+    async def terminate(self, node_id):
+        """See :meth:`Provider.terminate`; then the node's Ray rule goes if it was the
+        cluster's last node (and this hub's forgotten rules with it)."""
+        await self.ray_rules.terminate(node_id, super().terminate)
+
+    async def close(self):
+        self.ray_rules.close()
+        await super().close()
 
     # -- places --------------------------------------------------------------------------
     def _where(self, spec):

@@ -9,13 +9,19 @@ against it:
     GET    /compute/v1/projects/{p}/zones/{z}/operations/{op}      (zoneOperations.get)
     POST   /compute/v1/projects/{p}/zones/{z}/operations/{op}/wait (zoneOperations.wait)
     GET    /compute/v1/projects/{p}/zones/{z}/machineTypes, .../acceleratorTypes (list)
+    POST   /compute/v1/projects/{p}/global/firewalls                 (firewalls.insert)
+    GET    /compute/v1/projects/{p}/global/firewalls[/{name}]        (list, get)
+    DELETE /compute/v1/projects/{p}/global/firewalls/{name}          (delete)
+    GET    /compute/v1/projects/{p}/global/operations/{op}[/wait]    (globalOperations.get, POST wait)
 
 Bodies are Compute's JSON (lowerCamel fields, ``compute#...`` kinds, errors as
 ``{"error": {"code", "message", "errors": [{"reason", ...}]}}``). Instances move
 PROVISIONING -> RUNNING on the first read after insert, and STOPPING -> gone on the
 first read after delete. ``script("insert", ...)`` queues answers for the next inserts:
 ``"capacity"`` (the operation ends with ZONE_RESOURCE_POOL_EXHAUSTED), ``"quota"``
-(QUOTA_EXCEEDED), ``503``/``429``/``500`` (an HTTP error), ``None`` (normal).
+(QUOTA_EXCEEDED), ``503``/``429``/``500`` (an HTTP error), ``None`` (normal);
+``script("firewall_insert", 403)`` answers the next firewall insert with that HTTP error.
+Firewall rules are kept as Compute returns them (``network`` as a full URL).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class FakeCompute:
     def __init__(self):
         self.lock = threading.Lock()
         self.instances: dict[tuple[str, str, str], dict] = {}
+        self.firewalls: dict[tuple[str, str], dict] = {}
         self.operations: dict[str, dict] = {}
         self.request_ids: dict[str, dict] = {}
         self.scripts: dict[str, list] = {}
@@ -85,18 +92,21 @@ class FakeCompute:
             return queue.pop(0) if queue else None
 
     def _operation(self, project, zone, kind, target, error=None) -> dict:
+        """A zone's operation (``zone`` None: a global one)."""
         name = f"operation-{next(_ids)}"
+        scope = f"{BASE}/projects/{project}/zones/{zone}" if zone else f"{BASE}/projects/{project}/global"
         op = {
             "kind": "compute#operation",
             "id": str(next(_ids)),
             "name": name,
-            "zone": f"{BASE}/projects/{project}/zones/{zone}",
             "operationType": kind,
             "targetLink": target,
             "status": "RUNNING",
             "progress": 0,
-            "selfLink": f"{BASE}/projects/{project}/zones/{zone}/operations/{name}",
+            "selfLink": f"{scope}/operations/{name}",
         }
+        if zone:
+            op["zone"] = scope
         if error:
             code, message = OP_ERRORS[error]
             op["_error"] = {"errors": [{"code": code, "message": message.format(
@@ -195,6 +205,48 @@ class FakeCompute:
                 items.setdefault(f"zones/{zone}", {"instances": []})["instances"].append(view)
         return 200, {"kind": "compute#instanceAggregatedList", "items": items}
 
+    def firewall_insert(self, project, body):
+        answer = self._next("firewall_insert")
+        if isinstance(answer, int):
+            reason = {403: "forbidden", 429: "rateLimitExceeded", 503: "backendError"}.get(answer, "internalError")
+            message = ("Required 'compute.firewalls.create' permission for "
+                       f"'projects/{project}/global/firewalls/{body.get('name')}'") if answer == 403 else None
+            return answer, _error(answer, reason, message)
+        with self.lock:
+            key = (project, body["name"])
+            target = f"{BASE}/projects/{project}/global/firewalls/{body['name']}"
+            if key in self.firewalls:
+                return 409, _error(409, "alreadyExists",
+                                   f"The resource 'projects/{project}/global/firewalls/{body['name']}' already exists")
+            network = body.get("network") or "global/networks/default"
+            if not network.startswith("https://"):
+                network = f"{BASE}/{network}" if network.startswith("projects/") else f"{BASE}/projects/{project}/{network}"
+            self.firewalls[key] = dict(
+                body, kind="compute#firewall", id=str(next(_ids)), network=network, selfLink=target,
+                creationTimestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+                disabled=False,
+            )
+            return 200, self._operation(project, None, "insert", target)
+
+    def firewall_get(self, project, name):
+        with self.lock:
+            fw = self.firewalls.get((project, name))
+        if fw is None:
+            return 404, _error(404, "notFound", f"The resource 'projects/{project}/global/firewalls/{name}' was not found")
+        return 200, fw
+
+    def firewall_list(self, project):
+        with self.lock:
+            items = [fw for (p, _), fw in self.firewalls.items() if p == project]
+        return 200, {"kind": "compute#firewallList", "items": items}
+
+    def firewall_delete(self, project, name):
+        with self.lock:
+            fw = self.firewalls.pop((project, name), None)
+            if fw is None:
+                return 404, _error(404, "notFound", f"The resource 'projects/{project}/global/firewalls/{name}' was not found")
+            return 200, self._operation(project, None, "delete", fw["selfLink"])
+
     def operation(self, name):
         with self.lock:
             op = self.operations.get(name)
@@ -229,6 +281,7 @@ def _filter(views: list, query: dict) -> list:
 
 
 _ZONE = r"/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)"
+_GLOBAL = r"/compute/v1/projects/(?P<project>[^/]+)/global"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -273,6 +326,12 @@ class _Handler(BaseHTTPRequestHandler):
                 {"name": t, "zone": m["zone"]} for t in s.machine_types.get(m["zone"], [])]})),
             ("GET", _ZONE + r"/acceleratorTypes$", lambda m: (200, {"items": [
                 {"name": t, "zone": m["zone"]} for t in s.accelerator_types.get(m["zone"], [])]})),
+            ("POST", _GLOBAL + r"/firewalls$", lambda m: s.firewall_insert(m["project"], body)),
+            ("GET", _GLOBAL + r"/firewalls$", lambda m: s.firewall_list(m["project"])),
+            ("GET", _GLOBAL + r"/firewalls/(?P<name>[^/]+)$", lambda m: s.firewall_get(m["project"], m["name"])),
+            ("DELETE", _GLOBAL + r"/firewalls/(?P<name>[^/]+)$", lambda m: s.firewall_delete(m["project"], m["name"])),
+            ("GET", _GLOBAL + r"/operations/(?P<op>[^/]+)$", lambda m: s.operation(m["op"])),
+            ("POST", _GLOBAL + r"/operations/(?P<op>[^/]+)/wait$", lambda m: s.operation(m["op"])),
         ]
         for verb, pattern, action in routes:
             m = re.match(pattern, path)
