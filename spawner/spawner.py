@@ -27,7 +27,7 @@ from traitlets import Float, List, Unicode, default, validate
 from .failover import launch_first, launch_id
 from .offers import Offer
 from .options import LaunchRequest, OptionError, options_from_form, parse_options
-from .optimizer import auto_pick, effective_price
+from .optimizer import auto_pick
 from .policy import Policy, PolicyError, validate_request
 from .providers import provider_class
 from .providers.cloud import check_number
@@ -210,17 +210,19 @@ class CloudhopSpawner(Spawner):
             raise SpawnException(str(err), reason=reason, status_code=err.status_code) from None
 
     def _first_price(self, request: LaunchRequest, offers: list[Offer]) -> float | None:
-        """What the cheapest match costs in the request's price mode (for the price rule)."""
+        """What the cheapest match costs in the request's price mode, its Ray workers
+        included (for the price rule)."""
         from .optimizer import rank
 
         ranked = rank(request, offers, spread="none")
-        return effective_price(ranked[0], request.spot) if ranked else None
+        return ray_hooks.server_price(self, request, ranked[0], offers) if ranked else None
 
-    def check_budget(self, request: LaunchRequest, offer: Offer) -> None:
+    def check_budget(self, request: LaunchRequest, offer: Offer, offers: list[Offer] = ()) -> None:
         """Refuse the spawn when the user's groups have no budget left for an hour of
-        ``offer`` (:meth:`.policy.Policy.check_budget`)."""
+        the server on ``offer`` with its Ray workers (:meth:`.policy.Policy.check_budget`)."""
         try:
-            self.policy.check_budget(self.user_groups(), self.user.name, effective_price(offer, request.spot))
+            price = ray_hooks.server_price(self, request, offer, offers)
+            self.policy.check_budget(self.user_groups(), self.user.name, price)
         except PolicyError as err:
             raise SpawnException(str(err), reason="budget", status_code=err.status_code) from None
 
@@ -305,7 +307,7 @@ class CloudhopSpawner(Spawner):
         ranked = ray_hooks.filter_plan(self, request, self.plan(request, offers), offers)
         if not ranked:
             raise SpawnException("No offer matches the request", reason="no-offer", status_code=400)
-        self.check_budget(request, ranked[0])
+        self.check_budget(request, ranked[0], offers)
         self._progress(
             f"Plan: {len(ranked)} offer(s), first {ranked[0].key}"
             + (f" at ${ranked[0].price(request.spot):.2f}/h" if ranked[0].price(request.spot) is not None else ""),

@@ -57,3 +57,23 @@ def test_a_pinned_zone_goes_only_with_offers_that_have_it():
     zoneless = Offer("local", "us-east-1", "cpu", "none", 0)
     assert _zone_for(zoneless, request) == "us-east-1b"
     assert _zone_for(GOOD, LaunchRequest(gpu="T4", gpu_count=1)) is None
+
+
+async def test_the_price_rule_at_spawn_counts_the_ray_workers():
+    import pytest
+    from jupyterhub.spawner import SpawnException
+    from traitlets.config import Config
+
+    c = Config()
+    c.Policy.groups = {"default": {"max_price_hour": 1.0}}
+    s = CloudhopSpawner(
+        user=SimpleNamespace(name="ada", url="/user/ada/", escaped_name="ada", groups=[]),
+        providers=[f"{__name__}:Fine"], config=c,
+    )
+    base = {"provider": "auto", "region": "us-east-1", "gpu": "T4", "gpu_count": 1}
+    s.user_options = base
+    assert (await s.parse_request()).gpu == "T4", "one T4 at $0.526/h is within $1/h"
+    s.user_options = {**base, "ray": {"workers": 1, "gpu": "T4", "gpu_count": 1}}
+    with pytest.raises(SpawnException) as err:
+        await s.parse_request()
+    assert err.value.status_code == 403 and "$1.05/h" in str(err.value) and "at most $1.00/h" in str(err.value)
