@@ -23,6 +23,7 @@ from cloudhop.spawner.providers.base import (
     TransientError,
 )
 from cloudhop.spawner.providers.oci import OCIProvider, catalog_ad
+from cloudhop.spawner.ray import CLUSTER_TAG, WORKER_ROLE
 from tests.cloudkit import HUB_ID, cheapest, spec_for
 from tests.fakes.oci_api import FakeOCI
 
@@ -207,3 +208,99 @@ def test_catalog_ad_spelling():
 def test_bad_auth_names_the_option():
     with pytest.raises(traitlets.TraitError, match="auth"):
         OCIProvider(auth="password")
+
+
+# -- Ray clusters: a network security group per cluster ----------------------------------
+
+
+def ray_spec(offer, cluster, **kw):
+    """A spec of one node of Ray cluster ``cluster`` (the head's notebook node by default)."""
+    spec = spec_for(offer, **kw)
+    return dataclasses.replace(spec, tags={**spec.tags, CLUSTER_TAG: cluster})
+
+
+def nsgs_of(api, node):
+    return api.instances[node.id.split("/", 1)[1]]["_nsgs"]
+
+
+async def test_a_ray_clusters_nodes_share_an_nsg_open_to_rays_ports_from_itself(provider, api):
+    offer = cheapest("oci", "eu-amsterdam-1", "A10", 1)
+    head = await provider.launch(ray_spec(offer, "spawn1-oci", user="ada", server="gpu"))
+    workers = await asyncio.gather(*[
+        provider.launch(ray_spec(offer, "spawn1-oci", user="ada", server="gpu", role=WORKER_ROLE))
+        for _ in range(3)])
+    [nsg] = api.nsgs.values()
+    assert nsg["vcnId"] == api.vcn and nsg["compartmentId"] == TENANCY
+    assert nsg["freeformTags"] == {TAG_HUB: HUB_ID, TAG_USER: "ada", "cloudhop-server": "gpu",
+                                   CLUSTER_TAG: "spawn1-oci"}
+    ingress = [r for r in nsg["_rules"] if r["direction"] == "INGRESS"]
+    assert [(r["protocol"], r["source"], r["sourceType"], r["tcpOptions"]["destinationPortRange"])
+            for r in ingress] == [("6", nsg["id"], "NETWORK_SECURITY_GROUP", {"min": 6379, "max": 6506})]
+    for node in [head, *workers]:
+        assert nsgs_of(api, node) == [nsg["id"]]
+    # the VNIC the hub reads addresses from is in the group too
+    await until_running(provider, head.id)
+    assert api.vnic(f"ocid1.vnic.oc1.{only_n(api, head)}")[1]["nsgIds"] == [nsg["id"]]
+    assert "key.pem" not in repr(nsg) and "fingerprint" not in repr(nsg)
+
+
+def only_n(api, node):
+    return api.instances[node.id.split("/", 1)[1]]["_n"]
+
+
+async def test_a_plain_notebook_gets_no_nsg(provider, api):
+    node = await provider.launch(spec_for(cheapest("oci", "eu-amsterdam-1", "A10", 1)))
+    assert api.nsgs == {} and nsgs_of(api, node) == []
+    assert api.count("POST", "networkSecurityGroups") == 0
+
+
+async def test_the_nsg_goes_with_the_clusters_last_node(provider, api):
+    offer = cheapest("oci", "eu-amsterdam-1", "A10", 1)
+    head = await provider.launch(ray_spec(offer, "spawn3-oci"))
+    worker = await provider.launch(ray_spec(offer, "spawn3-oci", role=WORKER_ROLE))
+    await provider.launch(ray_spec(offer, "other-oci", user="bob"))
+    await provider.terminate(worker.id)
+    assert len(api.nsgs) == 2  # the head still runs
+    await provider.terminate(head.id)
+    assert [g["freeformTags"][CLUSTER_TAG] for g in api.nsgs.values()] == ["other-oci"]
+    await provider.terminate(head.id)  # again: no error
+
+
+async def test_an_nsg_still_in_use_is_deleted_once_oci_lets_go(provider, api):
+    provider.ray_rules.retry_delay = 0.01
+    node = await provider.launch(ray_spec(cheapest("oci", "eu-amsterdam-1", "A10", 1), "spawn4-oci"))
+    api.script("delete_nsg", 409, 409)  # the VNIC is still detaching
+    await provider.terminate(node.id)
+    assert len(api.nsgs) == 1
+    await provider.ray_rules.settle()
+    assert api.nsgs == {}
+
+
+async def test_an_nsg_a_crashed_hub_left_goes_with_the_next_terminate(provider, api):
+    offer = cheapest("oci", "eu-amsterdam-1", "A10", 1)
+    await provider.launch(ray_spec(offer, "spawn5-oci"))
+    spec = ray_spec(offer, "hub2-cluster", user="eve")
+    await provider.launch(dataclasses.replace(spec, tags={**spec.tags, TAG_HUB: "hub-2"}))
+    for inst in api.instances.values():  # the hubs die after their instances went
+        inst["lifecycleState"] = "TERMINATED"
+    provider.ray_rules.grace = 0  # old enough not to belong to a launch in flight
+    plain = await provider.launch(spec_for(offer))
+    await provider.terminate(plain.id)  # any terminate of this hub (the reaper's too) sweeps
+    assert [g["freeformTags"][TAG_HUB] for g in api.nsgs.values()] == ["hub-2"]
+
+
+async def test_a_ray_launch_without_capacity_leaves_no_nsg(provider, api):
+    api.script("launch", "capacity")
+    with pytest.raises(CapacityError):
+        await provider.launch(ray_spec(cheapest("oci", "eu-amsterdam-1", "A10", 1), "spawn6-oci"))
+    assert api.instances == {} and api.nsgs == {}
+
+
+@pytest.mark.parametrize("name, value", [
+    ("boot_volume_gb", 10), ("boot_volume_gb", 40000), ("subnet_id", "subnet-0abc"),
+    ("compartment_id", "my-compartment"), ("image_id", "Oracle-Linux-8"), ("service_endpoint", "127.0.0.1:9"),
+])
+def test_bad_settings_name_the_option(name, value):
+    with pytest.raises(traitlets.TraitError, match=rf"^c\.OCIProvider\.{name} must"):
+        OCIProvider(**{name: value})
+    assert OCIProvider(boot_volume_gb=50, subnet_id=SUBNET).boot_volume_gb == 50

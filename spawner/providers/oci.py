@@ -9,6 +9,11 @@ retry for minutes, so ``LaunchInstance`` goes out without it (with an
 ``opc-retry-token``, so OCI drops duplicates) and :meth:`CloudProvider.launch` retries
 only throttling and other server errors; every other call uses an OCI retry strategy
 (429 and any 5xx, exponential backoff with jitter).
+
+The nodes of a Ray cluster (:data:`~cloudhop.spawner.ray.CLUSTER_TAG`) join a network
+security group of their own in the subnet's VCN (through the VNIC's ``nsgIds``), tagged
+like the nodes, whose rules admit Ray's ports from the group itself only; it is deleted
+once the cluster's last instance is gone (:mod:`cloudhop.spawner.ray.firewall`).
 """
 
 from __future__ import annotations
@@ -18,14 +23,17 @@ import hashlib
 import os
 import re
 
-from traitlets import Bool, Enum, Integer, Unicode
+from traitlets import Bool, Enum, Integer, TraitError, Unicode, validate
 
 from .base import (
     FAILED,
     PENDING,
     RUNNING,
     STOPPING,
+    TAG_HUB,
     TAG_REQUEST,
+    TAG_SERVER,
+    TAG_USER,
     TERMINATED,
     CapacityError,
     CredentialsError,
@@ -34,7 +42,10 @@ from .base import (
     ProviderError,
     QuotaError,
 )
-from .cloud import TAG_PORT, CloudProvider, Retry, split_id
+from ..ray.firewall import (
+    CLUSTER_TAG, PORTS, RayRule, RayRules, RuleInUse, cluster_of, rule_name,
+)
+from .cloud import TAG_PORT, CloudProvider, Retry, check_number, split_id
 
 INSTALL_HINT = "the OCI provider needs the oci SDK: pip install 'cloudhop[oci]'"
 
@@ -52,6 +63,10 @@ _STATES = {
 QUOTA_CODES = {"LimitExceeded", "QuotaExceeded"}
 CREDENTIAL_STATUS = {401}
 _AD = re.compile(r"^(?:[^:]+:)?(?P<region>.+)-(?P<ad>AD-\d+)$", re.IGNORECASE)
+#: OCI's boot volume sizes (GB)
+BOOT_VOLUME_GB = (50, 32768)
+#: an NSG in these states is gone or going
+_NSG_GONE = {"TERMINATING", "TERMINATED"}
 
 
 def _sdk():
@@ -123,8 +138,34 @@ class OCIProvider(CloudProvider):
         6, help="Attempts (OCI retry strategy) for read and terminate calls."
     ).tag(config=True)
 
+    @validate("boot_volume_gb")
+    def _valid_boot_volume(self, proposal):
+        value = check_number(proposal, minimum=BOOT_VOLUME_GB[0], integer=True, unit="GB")
+        if value > BOOT_VOLUME_GB[1]:
+            raise TraitError(f"c.OCIProvider.boot_volume_gb must be a whole number of GB from "
+                             f"{BOOT_VOLUME_GB[0]} to {BOOT_VOLUME_GB[1]}, not {value!r}")
+        return value
+
+    @validate("subnet_id", "compartment_id", "image_id")
+    def _valid_ocid(self, proposal):
+        name, value = proposal["trait"].name, proposal["value"].strip()
+        kind = {"subnet_id": "subnet", "compartment_id": "", "image_id": "image"}[name]
+        prefix = f"ocid1.{kind}." if kind else "ocid1."
+        if value and not value.startswith(prefix):
+            raise TraitError(f"c.OCIProvider.{name} must be an OCID ('{prefix}...') or empty, not {value!r}")
+        return value
+
+    @validate("service_endpoint")
+    def _valid_endpoint(self, proposal):
+        url = proposal["value"].strip()
+        if url and not url.startswith(("http://", "https://")):
+            raise TraitError(f"c.OCIProvider.service_endpoint must be a URL (https://...) or empty, not {url!r}")
+        return url
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        self.ray_rules = RayRules(self)
+        self._vcns: dict[str, str] = {}
         self._clients: dict[tuple[str, str], object] = {}
         self._base_config = None
         self._ips: dict[str, tuple[str | None, str | None]] = {}
@@ -257,8 +298,9 @@ class OCIProvider(CloudProvider):
         return self._ips[instance_id]
 
     # -- payloads ------------------------------------------------------------------------
-    def launch_details(self, spec: LaunchSpec, tags: dict, user_data: str, ad: str, image: str):
-        """The ``LaunchInstanceDetails`` for a spec (pure)."""
+    def launch_details(self, spec: LaunchSpec, tags: dict, user_data: str, ad: str, image: str,
+                       nsg_ids: list | None = None):
+        """The ``LaunchInstanceDetails`` for a spec, its VNIC in ``nsg_ids`` (pure)."""
         models = _sdk().core.models
         details = models.LaunchInstanceDetails(
             availability_domain=ad,
@@ -271,7 +313,8 @@ class OCIProvider(CloudProvider):
                 image_id=image, boot_volume_size_in_gbs=self.boot_volume_gb
             ),
             create_vnic_details=models.CreateVnicDetails(
-                subnet_id=self.subnet_id, assign_public_ip=self.assign_public_ip
+                subnet_id=self.subnet_id, assign_public_ip=self.assign_public_ip,
+                nsg_ids=list(nsg_ids) if nsg_ids else None,
             ),
         )
         if spec.spot:
@@ -328,10 +371,22 @@ class OCIProvider(CloudProvider):
         return {n.id: n for n in nodes}
 
     def _blocking_create(self, spec, tags, user_data):
+        """Launch the instance (a Ray cluster's node in its cluster's NSG too)."""
+        region = spec.offer.region
+        if not cluster_of(tags):
+            return self._launch(spec, tags, user_data, None)
+        nsg = self._blocking_ensure_ray_nsg(region, tags)
+        try:
+            return self._launch(spec, tags, user_data, [nsg])
+        except Exception as err:
+            self.ray_rules.after_failed_create(region, tags, err)
+            raise
+
+    def _launch(self, spec, tags, user_data, nsg_ids):
         oci = _sdk()
         region = spec.offer.region
         details = self.launch_details(
-            spec, tags, user_data, self._ad_for(spec), self._image(region, spec.offer.instance_type)
+            spec, tags, user_data, self._ad_for(spec), self._image(region, spec.offer.instance_type), nsg_ids
         )
         reply = self.client(region).launch_instance(
             details,
@@ -353,6 +408,90 @@ class OCIProvider(CloudProvider):
             raise
         self._ips.pop(instance_id, None)
         return self._node(region, inst)
+
+    # -- Ray firewall: a network security group per cluster --------------------------------
+    def _vcn(self, region: str) -> str:
+        if region not in self._vcns:
+            self._vcns[region] = self.client(region, "network").get_subnet(self.subnet_id).data.vcn_id
+        return self._vcns[region]
+
+    def _nsgs(self, region: str) -> list:
+        oci = _sdk()
+        return [g for g in oci.pagination.list_call_get_all_results(
+            self.client(region, "network").list_network_security_groups,
+            compartment_id=self.compartment(), vcn_id=self._vcn(region),
+        ).data if g.lifecycle_state not in _NSG_GONE]
+
+    @staticmethod
+    def ray_security_rules(nsg_id: str) -> list:
+        """The NSG's rules: Ray's ports from and to the group's own members (stateful)."""
+        models = _sdk().core.models
+        ports = models.TcpOptions(destination_port_range=models.PortRange(min=PORTS[0], max=PORTS[1]))
+        return [
+            models.AddSecurityRuleDetails(direction="INGRESS", protocol="6", source=nsg_id,
+                                          source_type="NETWORK_SECURITY_GROUP", tcp_options=ports,
+                                          description="Ray between the cluster's nodes"),
+            models.AddSecurityRuleDetails(direction="EGRESS", protocol="6", destination=nsg_id,
+                                          destination_type="NETWORK_SECURITY_GROUP", tcp_options=ports,
+                                          description="Ray between the cluster's nodes"),
+        ]
+
+    def _blocking_ensure_ray_nsg(self, region: str, tags: dict) -> str:
+        """The OCID of the cluster's NSG, made (with its rules) if missing."""
+        oci = _sdk()
+        models = oci.core.models
+        cluster = cluster_of(tags)
+        network = self.client(region, "network")
+        with self.ray_rules.lock(cluster):
+            found = [g for g in self._nsgs(region) if (g.freeform_tags or {}).get(CLUSTER_TAG) == cluster]
+            if found:
+                nsg_id = found[0].id
+            else:
+                owner = {k: str(v) for k, v in tags.items() if k in (TAG_HUB, TAG_USER, TAG_SERVER, CLUSTER_TAG)}
+                nsg_id = network.create_network_security_group(
+                    models.CreateNetworkSecurityGroupDetails(
+                        compartment_id=self.compartment(), vcn_id=self._vcn(region),
+                        display_name=rule_name(cluster), freeform_tags=owner,
+                    ),
+                    opc_retry_token=hashlib.sha256(f"nsg/{cluster}".encode()).hexdigest()[:64],
+                ).data.id
+                self.log.info("oci: made network security group %s for Ray cluster %s", nsg_id, cluster)
+            rules = oci.pagination.list_call_get_all_results(
+                network.list_network_security_group_security_rules, nsg_id).data
+            if not any(r.direction == "INGRESS" and r.source == nsg_id and r.tcp_options is not None
+                       and r.tcp_options.destination_port_range is not None
+                       and (r.tcp_options.destination_port_range.min,
+                            r.tcp_options.destination_port_range.max) == PORTS for r in rules):
+                network.add_network_security_group_security_rules(
+                    nsg_id, models.AddNetworkSecurityGroupSecurityRulesDetails(
+                        security_rules=self.ray_security_rules(nsg_id)))
+        return nsg_id
+
+    def _blocking_ray_rules(self, where, hub):
+        return [RayRule(g.id, g.freeform_tags[CLUSTER_TAG],
+                        g.time_created.timestamp() if g.time_created else None)
+                for g in self._nsgs(where)
+                if (g.freeform_tags or {}).get(TAG_HUB) == hub and (g.freeform_tags or {}).get(CLUSTER_TAG)]
+
+    def _blocking_delete_ray_rule(self, where, rule):
+        oci = _sdk()
+        try:
+            self.client(where, "network").delete_network_security_group(rule.id)
+        except oci.exceptions.ServiceError as err:
+            if err.status == 404:
+                return
+            if err.status == 409:  # a VNIC (an instance still terminating) is in it
+                raise RuleInUse(rule.id) from err
+            raise
+
+    async def terminate(self, node_id):
+        """See :meth:`Provider.terminate`; then the node's Ray NSG goes if it was the
+        cluster's last node (and this hub's forgotten NSGs in the region with it)."""
+        await self.ray_rules.terminate(node_id, super().terminate)
+
+    async def close(self):
+        self.ray_rules.close()
+        await super().close()
 
     def _blocking_check(self):
         try:

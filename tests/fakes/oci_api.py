@@ -11,12 +11,22 @@ calls Cloudhop's OCI provider makes, so the real ``oci`` SDK clients run against
     GET    /20160918/availabilityDomains             ListAvailabilityDomains (Identity)
     GET    /20160918/images                          ListImages
     GET    /20160918/shapes                          ListShapes
+    GET    /20160918/subnets/{id}                    GetSubnet
+    POST   /20160918/networkSecurityGroups           CreateNetworkSecurityGroup (opc-retry-token)
+    GET    /20160918/networkSecurityGroups?compartmentId=...&vcnId=...  ListNetworkSecurityGroups (paged)
+    DELETE /20160918/networkSecurityGroups/{id}      DeleteNetworkSecurityGroup
+    POST   /20160918/networkSecurityGroups/{id}/actions/addSecurityRules
+    GET    /20160918/networkSecurityGroups/{id}/securityRules
 
 Bodies are OCI's JSON (camelCase; errors ``{"code", "message"}`` with the HTTP status
 OCI uses). Instances go PROVISIONING -> RUNNING on the first read, TERMINATING ->
 TERMINATED on the first read after terminate. ``script("launch", ...)`` queues answers
 for the next launches: ``"capacity"`` (500 InternalError "Out of host capacity."),
 ``"quota"`` (400 LimitExceeded), ``429``/``500``/``503`` (a plain HTTP error), ``None``.
+An instance's VNIC joins the NSGs its launch names (``createVnicDetails.nsgIds``, which
+must exist); an NSG with a VNIC of an instance not yet TERMINATED cannot be deleted
+(409, as OCI refuses a group that still contains VNICs), and
+``script("delete_nsg", 409)`` refuses the next deletes anyway.
 Signatures are not checked (the SDK still signs every request with a real key).
 """
 
@@ -49,6 +59,9 @@ class FakeOCI:
         self.region = region
         self.lock = threading.Lock()
         self.instances: dict[str, dict] = {}
+        self.nsgs: dict[str, dict] = {}
+        self.nsg_tokens: dict[str, str] = {}
+        self.vcn = f"ocid1.vcn.oc1.{region}.fakevcn"
         self.retry_tokens: dict[str, str] = {}
         self.scripts: dict[str, list] = {}
         self.requests: list[tuple[str, str]] = []
@@ -115,6 +128,10 @@ class FakeOCI:
             if body.get("availabilityDomain") not in self.ads:
                 return 400, {"code": "InvalidParameter",
                              "message": f"Invalid availabilityDomain {body.get('availabilityDomain')}"}
+            unknown = [g for g in (body.get("createVnicDetails") or {}).get("nsgIds") or [] if g not in self.nsgs]
+            if unknown:
+                return 404, {"code": "NotAuthorizedOrNotFound",
+                             "message": f"Network security group {unknown[0]} not found"}
             n = next(_ids)
             inst_id = f"ocid1.instance.oc1.{self.region}.fake{n:06d}"
             inst = {
@@ -132,6 +149,7 @@ class FakeOCI:
                 "preemptibleInstanceConfig": body.get("preemptibleInstanceConfig"),
                 "timeCreated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
                 "_subnet": (body.get("createVnicDetails") or {}).get("subnetId"),
+                "_nsgs": list((body.get("createVnicDetails") or {}).get("nsgIds") or []),
                 "_n": n,
             }
             self.instances[inst_id] = inst
@@ -178,8 +196,72 @@ class FakeOCI:
 
     def vnic(self, vnic_id):
         n = int(vnic_id.rsplit(".", 1)[-1])
+        nsgs = next((i["_nsgs"] for i in self.instances.values() if i["_n"] == n), [])
         return 200, {"id": vnic_id, "privateIp": f"10.0.0.{n % 250 + 2}", "publicIp": f"129.1.0.{n % 250 + 2}",
-                     "isPrimary": True, "lifecycleState": "AVAILABLE"}
+                     "isPrimary": True, "lifecycleState": "AVAILABLE", "nsgIds": list(nsgs)}
+
+    # -- networking: the subnet's VCN and network security groups ----------------------------
+    def subnet(self, subnet_id):
+        return 200, {"id": subnet_id, "vcnId": self.vcn, "compartmentId": "ocid1.compartment.oc1..fake",
+                     "cidrBlock": "10.0.0.0/24", "lifecycleState": "AVAILABLE", "displayName": "nodes"}
+
+    def nsg_create(self, body, headers):
+        token = headers.get("opc-retry-token")
+        with self.lock:
+            if token and token in self.nsg_tokens:
+                return 200, _public(self.nsgs[self.nsg_tokens[token]])
+            if body.get("vcnId") != self.vcn:
+                return 404, {"code": "NotAuthorizedOrNotFound", "message": f"VCN {body.get('vcnId')} not found"}
+            nsg_id = f"ocid1.networksecuritygroup.oc1.{self.region}.fake{next(_ids):06d}"
+            self.nsgs[nsg_id] = {
+                "id": nsg_id, "compartmentId": body["compartmentId"], "vcnId": body["vcnId"],
+                "displayName": body.get("displayName"), "freeformTags": body.get("freeformTags") or {},
+                "definedTags": {}, "lifecycleState": "AVAILABLE",
+                "timeCreated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+                "_rules": [],
+            }
+            if token:
+                self.nsg_tokens[token] = nsg_id
+            return 200, _public(self.nsgs[nsg_id])
+
+    def nsg_list(self, query):
+        compartment, vcn = query.get("compartmentId", [""])[0], query.get("vcnId", [None])[0]
+        with self.lock:
+            views = [_public(g) for g in self.nsgs.values()
+                     if g["compartmentId"] == compartment and (vcn is None or g["vcnId"] == vcn)]
+        start = int(query.get("page", ["0"])[0])
+        nxt = str(start + PAGE) if start + PAGE < len(views) else None
+        return 200, views[start:start + PAGE], ({"opc-next-page": nxt} if nxt else {})
+
+    def nsg_delete(self, nsg_id):
+        answer = self._next("delete_nsg")
+        with self.lock:
+            if nsg_id not in self.nsgs:
+                return 404, {"code": "NotAuthorizedOrNotFound",
+                             "message": "Authorization failed or requested resource not found."}
+            in_use = any(nsg_id in i["_nsgs"] and i["lifecycleState"] != "TERMINATED" for i in self.instances.values())
+            if answer == 409 or in_use:
+                return 409, {"code": "Conflict", "message": f"Network security group {nsg_id} still contains VNICs."}
+            del self.nsgs[nsg_id]
+        return 204, None
+
+    def nsg_add_rules(self, nsg_id, body):
+        with self.lock:
+            nsg = self.nsgs.get(nsg_id)
+            if nsg is None:
+                return 404, {"code": "NotAuthorizedOrNotFound",
+                             "message": "Authorization failed or requested resource not found."}
+            added = [dict(r, id=f"{next(_ids):06X}", isValid=True, isStateless=r.get("isStateless", False),
+                          timeCreated="2026-11-22T12:00:00.000Z") for r in body.get("securityRules") or []]
+            nsg["_rules"] += added
+        return 200, {"securityRules": added}
+
+    def nsg_rules(self, nsg_id):
+        nsg = self.nsgs.get(nsg_id)
+        if nsg is None:
+            return 404, {"code": "NotAuthorizedOrNotFound",
+                         "message": "Authorization failed or requested resource not found."}
+        return 200, list(nsg["_rules"])
 
 
 def _public(inst: dict) -> dict:
@@ -230,6 +312,21 @@ class _Handler(BaseHTTPRequestHandler):
                                     for i, ad in enumerate(s.ads)])
         if method == "GET" and path == "/20160918/images":
             return self._send(200, s.images)
+        m = re.match(r"^/20160918/subnets/([^/]+)$", path)
+        if m and method == "GET":
+            return self._send(*s.subnet(m[1]))
+        if path == "/20160918/networkSecurityGroups":
+            if method == "POST":
+                return self._send(*s.nsg_create(body, {k.lower(): v for k, v in self.headers.items()}))
+            if method == "GET":
+                return self._send(*s.nsg_list(query))
+        m = re.match(r"^/20160918/networkSecurityGroups/([^/]+)(/actions/addSecurityRules|/securityRules)?$", path)
+        if m and method == "DELETE" and not m[2]:
+            return self._send(*s.nsg_delete(m[1]))
+        if m and method == "POST" and m[2] == "/actions/addSecurityRules":
+            return self._send(*s.nsg_add_rules(m[1], body))
+        if m and method == "GET" and m[2] == "/securityRules":
+            return self._send(*s.nsg_rules(m[1]))
         if method == "GET" and path == "/20160918/shapes":
             ad = query.get("availabilityDomain", [""])[0]
             return self._send(200, [{"shape": name} for name in s.shapes.get(ad, [])])
