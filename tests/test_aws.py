@@ -547,3 +547,20 @@ def test_bad_settings_name_the_option(name, value):
     with pytest.raises(traitlets.TraitError, match=rf"^c\.AWSProvider\.{name} must be"):
         AWSProvider(**{name: value})
     assert AWSProvider(subnet_id="subnet-0abc", image_id="", security_group_ids=["sg-1"]).subnet_id == "subnet-0abc"
+
+
+async def test_a_group_made_by_an_attempt_describe_missed_is_reused(provider):
+    offer = cheapest("aws", "us-east-1", "T4", 1)
+    await provider.launch(ray_spec(offer, "spawn8-aws"))
+    # EC2's describe lags behind: the next node does not see the group and makes it again
+    real = provider.client("us-east-1").describe_security_groups
+    calls = []
+
+    def lagging(**kw):
+        calls.append(kw)
+        return {"SecurityGroups": []} if len(calls) == 1 else real(**kw)
+
+    provider.client("us-east-1").describe_security_groups = lagging
+    node = await provider.launch(ray_spec(offer, "spawn8-aws", role=WORKER_ROLE))
+    [group] = ray_groups()
+    assert group["GroupId"] in groups_of(node.id)

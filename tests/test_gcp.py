@@ -279,6 +279,13 @@ async def test_a_rule_the_credentials_may_not_make_is_a_credentials_error(provid
     assert compute.instances == {}
 
 
+async def test_a_hub_without_firewall_permissions_still_stops_plain_servers(provider, compute):
+    node = await provider.launch(spec_for(cheapest("gcp", "us-central1", "L4", 1)))
+    compute.script("firewall_list", 403)  # the sweep after a terminate may not list rules
+    await provider.terminate(node.id)
+    assert compute.count("DELETE", "/instances/") == 1
+
+
 @pytest.mark.parametrize("name, value", [("disk_gb", 5), ("disk_gb", -100), ("network_tags", ["Cloudhop Node"]),
                                          ("network", " "), ("image", "")])
 def test_bad_settings_name_the_option(name, value):

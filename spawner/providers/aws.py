@@ -469,13 +469,23 @@ class AWSProvider(CloudProvider):
             else:
                 owner = {k: v for k, v in tags.items() if k in (TAG_HUB, TAG_USER, TAG_SERVER, CLUSTER_TAG)}
                 group_tags = dict(owner, Name=rule_name(cluster), **{TAG_CREATED: str(int(time.time()))})
-                group_id = ec2.create_security_group(
-                    GroupName=rule_name(cluster), Description=DESCRIPTION, VpcId=vpc,
-                    TagSpecifications=[{"ResourceType": "security-group",
-                                        "Tags": [{"Key": k, "Value": v} for k, v in group_tags.items()]}],
-                )["GroupId"]
-                rules = []
-                self.log.info("aws: made security group %s for Ray cluster %s in %s", group_id, cluster, region)
+                try:
+                    group_id = ec2.create_security_group(
+                        GroupName=rule_name(cluster), Description=DESCRIPTION, VpcId=vpc,
+                        TagSpecifications=[{"ResourceType": "security-group",
+                                            "Tags": [{"Key": k, "Value": v} for k, v in group_tags.items()]}],
+                    )["GroupId"]
+                    rules = []
+                    self.log.info("aws: made security group %s for Ray cluster %s in %s", group_id, cluster, region)
+                except botocore.exceptions.ClientError as err:
+                    if err.response.get("Error", {}).get("Code") != "InvalidGroup.Duplicate":
+                        raise
+                    # made by a retried attempt that a describe did not show yet
+                    [group] = ec2.describe_security_groups(Filters=[
+                        {"Name": "vpc-id", "Values": [vpc]},
+                        {"Name": "group-name", "Values": [rule_name(cluster)]},
+                    ])["SecurityGroups"]
+                    group_id, rules = group["GroupId"], group.get("IpPermissions", [])
             wanted = self.ray_permission(group_id)
             if not any(r.get("IpProtocol") == "tcp" and r.get("FromPort") == PORTS[0]
                        and r.get("ToPort") == PORTS[1]

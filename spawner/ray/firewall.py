@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ..providers.base import PENDING, RUNNING, TAG_HUB, CapacityError, QuotaError
+from ..providers.base import PENDING, RUNNING, TAG_HUB, CapacityError, CredentialsError, QuotaError
 from . import CLUSTER_TAG
 from .ports import VM_PORT_RANGE
 
@@ -162,15 +162,16 @@ class RayRules:
             await self.release(where, known.tags, exclude=(node_id,))
 
     async def release(self, where: str, tags: dict, exclude=()) -> None:
-        hub = (tags or {}).get(TAG_HUB)
+        hub, cluster = (tags or {}).get(TAG_HUB), cluster_of(tags)
         if not hub:
             return
         try:
-            refused = await self.provider._call(self.blocking_release, where, hub, cluster_of(tags),
-                                                tuple(exclude))
+            refused = await self.provider._call(self.blocking_release, where, hub, cluster, tuple(exclude))
         except Exception as err:  # noqa: BLE001 - a rule left behind never fails a terminate
-            self.provider.log.warning("%s: could not remove Ray firewall rules in %s: %s",
-                                      self.provider.name, where, err)
+            # a hub without Ray servers may lack the firewall permissions: its sweep is quiet
+            quiet = cluster is None and isinstance(err, CredentialsError)
+            (self.provider.log.debug if quiet else self.provider.log.warning)(
+                "%s: could not remove Ray firewall rules in %s: %s", self.provider.name, where, err)
             return
         for rule in refused:
             task = asyncio.get_running_loop().create_task(self._retry(where, rule))

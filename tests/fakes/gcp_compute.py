@@ -20,7 +20,8 @@ PROVISIONING -> RUNNING on the first read after insert, and STOPPING -> gone on 
 first read after delete. ``script("insert", ...)`` queues answers for the next inserts:
 ``"capacity"`` (the operation ends with ZONE_RESOURCE_POOL_EXHAUSTED), ``"quota"``
 (QUOTA_EXCEEDED), ``503``/``429``/``500`` (an HTTP error), ``None`` (normal);
-``script("firewall_insert", 403)`` answers the next firewall insert with that HTTP error.
+``script("firewall_insert", 403)`` (or ``"firewall_list"``) answers the next firewall
+insert (list) with that HTTP error.
 Firewall rules are kept as Compute returns them (``network`` as a full URL).
 """
 
@@ -236,6 +237,10 @@ class FakeCompute:
         return 200, fw
 
     def firewall_list(self, project):
+        answer = self._next("firewall_list")
+        if isinstance(answer, int):
+            return answer, _error(answer, "forbidden", "Required 'compute.firewalls.list' permission for "
+                                  f"'projects/{project}'")
         with self.lock:
             items = [fw for (p, _), fw in self.firewalls.items() if p == project]
         return 200, {"kind": "compute#firewallList", "items": items}
