@@ -25,7 +25,9 @@ STOCK = """
 c.JupyterHub.spawner_class = "simple"
 c.SimpleLocalProcessSpawner.home_dir_template = {home!r}
 c.Spawner.default_url = "/lab"
-import os
+import os, sys
+# the same command the local provider runs (the hub's interpreter; no venv on PATH needed)
+c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
 if os.geteuid() == 0:  # Cloudhop's local provider adds this itself when the hub is root
     c.SimpleLocalProcessSpawner.args = ["--allow-root"]
 """
