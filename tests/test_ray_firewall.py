@@ -12,7 +12,7 @@ from cloudhop.spawner.offers import Offer
 from cloudhop.spawner.options import LaunchRequest, RayRequest
 from cloudhop.spawner.providers.base import PENDING, RUNNING, STOPPING, TAG_ROLE, Node, Provider
 from cloudhop.spawner.ray import CLUSTER_TAG, WORKER_ROLE, hooks
-from cloudhop.spawner.ray.firewall import PORTS, RayRule, cluster_of, removable, rule_name
+from cloudhop.spawner.providers.ray_firewall import PORTS, RayRule, cluster_of, removable, rule_name
 from cloudhop.spawner.ray.ports import VM_PORT_RANGE
 from tests.cloudkit import spec_for
 

@@ -10,10 +10,10 @@ also carries the request id as its ``ClientToken``, so EC2 itself refuses to dou
 launch. Clients are made once per region and kind, under a lock: a boto3 session is
 not thread-safe, and every blocking call runs in a worker thread.
 
-The nodes of a Ray cluster (:data:`~cloudhop.spawner.ray.CLUSTER_TAG`) join a security
+The nodes of a Ray cluster (:data:`~cloudhop.spawner.providers.base.TAG_RAY_CLUSTER`) join a security
 group of their own besides the configured ones, tagged like the nodes and admitting
 Ray's ports from itself only; it is deleted once the cluster's last instance is gone
-(:mod:`cloudhop.spawner.ray.firewall`).
+(:mod:`cloudhop.spawner.providers.ray_firewall`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from .base import (
     ProviderError,
     QuotaError,
 )
-from ..ray.firewall import (
+from .ray_firewall import (
     CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, RayRules, RuleInUse, cluster_of, rule_name,
 )
 from .cloud import TAG_PORT, CloudProvider, Retry, split_id

@@ -44,6 +44,9 @@ TAG_USER = "cloudhop-user"
 TAG_SERVER = "cloudhop-server"
 TAG_REQUEST = "cloudhop-request"
 TAG_ROLE = "cloudhop-role"  # "notebook" or "ray-worker"
+# every node of one server's Ray cluster (the notebook node running the head, each worker);
+# its value names the cluster. A VM provider opens Ray's ports between nodes sharing it.
+TAG_RAY_CLUSTER = "cloudhop-ray-cluster"
 
 # Node states, in the order a node goes through them.
 PENDING = "pending"

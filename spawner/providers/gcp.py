@@ -13,10 +13,10 @@ errors arrive in the insert operation (``ZONE_RESOURCE_POOL_EXHAUSTED``,
 without retries (with a ``requestId``, so Compute drops duplicates) and every other
 call uses a google-api-core ``Retry`` on 429/5xx.
 
-The nodes of a Ray cluster (:data:`~cloudhop.spawner.ray.CLUSTER_TAG`) carry a network
+The nodes of a Ray cluster (:data:`~cloudhop.spawner.providers.base.TAG_RAY_CLUSTER`) carry a network
 tag of their own, and a firewall rule made before the first of them admits Ray's ports
 from that tag to that tag only; it is deleted after the cluster's last instance
-(:mod:`cloudhop.spawner.ray.firewall`). Firewall rules have no labels: the hub and
+(:mod:`cloudhop.spawner.providers.ray_firewall`). Firewall rules have no labels: the hub and
 cluster a rule belongs to are in its description.
 """
 
@@ -45,7 +45,7 @@ from .base import (
     ProviderError,
     QuotaError,
 )
-from ..ray.firewall import CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, RayRules, cluster_of, rule_name
+from .ray_firewall import CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, RayRules, cluster_of, rule_name
 from .cloud import TAG_PORT, CloudProvider, Retry, check_number, split_id
 
 INSTALL_HINT = "the GCP provider needs google-cloud-compute: pip install 'cloudhop[gcp]'"

@@ -10,10 +10,10 @@ retry for minutes, so ``LaunchInstance`` goes out without it (with an
 only throttling and other server errors; every other call uses an OCI retry strategy
 (429 and any 5xx, exponential backoff with jitter).
 
-The nodes of a Ray cluster (:data:`~cloudhop.spawner.ray.CLUSTER_TAG`) join a network
+The nodes of a Ray cluster (:data:`~cloudhop.spawner.providers.base.TAG_RAY_CLUSTER`) join a network
 security group of their own in the subnet's VCN (through the VNIC's ``nsgIds``), tagged
 like the nodes, whose rules admit Ray's ports from the group itself only; it is deleted
-once the cluster's last instance is gone (:mod:`cloudhop.spawner.ray.firewall`).
+once the cluster's last instance is gone (:mod:`cloudhop.spawner.providers.ray_firewall`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from .base import (
     ProviderError,
     QuotaError,
 )
-from ..ray.firewall import (
+from .ray_firewall import (
     CLUSTER_TAG, PORTS, RayRule, RayRules, RuleInUse, cluster_of, rule_name,
 )
 from .cloud import TAG_PORT, CloudProvider, Retry, check_number, split_id

@@ -31,12 +31,13 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ..providers.base import PENDING, RUNNING, TAG_HUB, CapacityError, CredentialsError, QuotaError
-from . import CLUSTER_TAG
-from .ports import VM_PORT_RANGE
+from .base import PENDING, RUNNING, TAG_HUB, CapacityError, CredentialsError, QuotaError
+from .base import TAG_RAY_CLUSTER as CLUSTER_TAG
 
-#: the TCP range a cluster's rule opens between its nodes
-PORTS = VM_PORT_RANGE
+#: the TCP range a cluster's rule opens between its nodes: the fixed port block every Ray
+#: node on a VM listens on (``cloudhop.spawner.ray.ports.VM_PORT_RANGE``, a test keeps
+#: them equal; a provider does not import the spawner's Ray part)
+PORTS = (6379, 6506)
 #: a rule without a pending or running node may belong to a launch still in flight
 #: until it is this old (seconds); only then does another terminate's sweep remove it
 ORPHAN_GRACE = 900.0

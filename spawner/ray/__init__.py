@@ -11,9 +11,9 @@ The pieces, each one idea:
   ``ray stop``, which would stop every user's Ray on the machine);
 * :mod:`.cluster` - :class:`RayCluster`, the worker lifecycle the spawner drives
   (launch through the same failover list as the notebook, poll, scale, stop, state);
-* :mod:`.firewall` - the rule a cluster on VMs needs (Ray's ports open between its
-  nodes and nothing else), which the VM providers make with the cluster's first node
-  and remove after its last.
+* the rule a cluster on VMs needs (Ray's ports open between its nodes and nothing
+  else) is the VM providers' business (:mod:`cloudhop.spawner.providers.ray_firewall`):
+  they make it with the cluster's first node and remove it after its last.
 
 A provider knows little about Ray: a worker is a node with role ``ray-worker`` whose
 command happens to be the worker launcher, and every node of one cluster carries
@@ -21,9 +21,11 @@ command happens to be the worker launcher, and every node of one cluster carries
 """
 
 WORKER_ROLE = "ray-worker"
+from ..providers.base import TAG_RAY_CLUSTER
+
 #: tag on every node of one server's Ray cluster (the notebook node that runs the head,
 #: and each worker); its value names the cluster (the notebook's launch request id)
-CLUSTER_TAG = "cloudhop-ray-cluster"
+CLUSTER_TAG = TAG_RAY_CLUSTER
 #: custom Ray resource every Cloudhop worker carries (1 per node), so tasks can be
 #: pinned to workers with ``resources={"cloudhop_worker": 0.01}``
 WORKER_RESOURCE = "cloudhop_worker"
