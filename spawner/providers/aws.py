@@ -42,7 +42,7 @@ from .base import (
     QuotaError,
 )
 from .ray_firewall import (
-    CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, RayRules, RuleInUse, cluster_of, rule_name,
+    CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, RuleInUse, cluster_of, rule_name,
 )
 from .cloud import TAG_PORT, CloudProvider, Retry, split_id
 
@@ -190,7 +190,6 @@ class AWSProvider(CloudProvider):
         self._session = None
         # a boto3 Session is not thread-safe: making clients from it is serialised
         self._session_lock = threading.RLock()
-        self.ray_rules = RayRules(self)
 
     # -- clients -------------------------------------------------------------------------
     def session(self):
@@ -523,14 +522,6 @@ class AWSProvider(CloudProvider):
                 raise RuleInUse(rule.id) from err
             raise
 
-    async def terminate(self, node_id):
-        """See :meth:`Provider.terminate`; then the node's Ray group goes if it was the
-        cluster's last node (and this hub's forgotten groups in the region with it)."""
-        await self.ray_rules.terminate(node_id, super().terminate)
-
-    async def close(self):
-        self.ray_rules.close()
-        await super().close()
 
     # -- catalog -------------------------------------------------------------------------
     async def check_catalog(self, offers):

@@ -19,6 +19,7 @@ from traitlets import Enum, Float, Integer, List, TraitError, Unicode, validate
 from cloudhop import __version__ as VERSION  # the default image tag follows the package
 
 from ..bootstrap import render_user_data
+from .ray_firewall import RayRules
 from .base import (
     PENDING,
     STOPPING,
@@ -171,8 +172,19 @@ class CloudProvider(Provider):
         self._cache: dict[str, tuple[float, dict[str, Node]]] = {}
         self._cache_locks: dict[str, asyncio.Lock] = {}
         self._launched: dict[str, float] = {}
+        #: the Ray clusters' firewall rules (:mod:`.ray_firewall`): each cloud supplies
+        #: ``_blocking_ray_rules`` and ``_blocking_delete_ray_rule``
+        self.ray_rules = RayRules(self)
 
     # -- to be supplied by each cloud ---------------------------------------------------
+    def _blocking_ray_rules(self, where: str, hub: str) -> list:
+        """This hub's Ray firewall rules in ``where`` (:class:`.ray_firewall.RayRule`);
+        a cloud that makes none has none."""
+        return []
+
+    def _blocking_delete_ray_rule(self, where: str, rule) -> None:
+        raise NotImplementedError
+
     def _classify(self, err: BaseException) -> BaseException:
         """Map an SDK error to a :class:`ProviderError` (to raise), a :class:`Retry`
         (to try again) or the error itself (unknown: raised as is)."""
@@ -329,6 +341,15 @@ class CloudProvider(Provider):
         return where
 
     async def terminate(self, node_id: str) -> None:
+        """See :meth:`Provider.terminate`; then the node's Ray firewall rule goes if it was
+        its cluster's last node (and this hub's forgotten rules in the region with it)."""
+        await self.ray_rules.terminate(node_id, self._terminate_node)
+
+    async def close(self):
+        self.ray_rules.close()
+        await super().close()
+
+    async def _terminate_node(self, node_id: str) -> None:
         split_id(node_id)
         node = await self._call(self._blocking_terminate, node_id)
         self._forget(node_id)

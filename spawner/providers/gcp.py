@@ -45,7 +45,7 @@ from .base import (
     ProviderError,
     QuotaError,
 )
-from .ray_firewall import CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, RayRules, cluster_of, rule_name
+from .ray_firewall import CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, cluster_of, rule_name
 from .cloud import TAG_PORT, CloudProvider, Retry, check_number, split_id
 
 INSTALL_HINT = "the GCP provider needs google-cloud-compute: pip install 'cloudhop[gcp]'"
@@ -217,7 +217,6 @@ class GCPProvider(CloudProvider):
         self._clients: dict[str, object] = {}
         self._credentials = None
         self._adc_project = None
-        self.ray_rules = RayRules(self)
 
     # -- clients -------------------------------------------------------------------------
     def _auth(self):
@@ -563,14 +562,6 @@ class GCPProvider(CloudProvider):
             return
         self._wait(None, op)
 
-    async def terminate(self, node_id):
-        """See :meth:`Provider.terminate`; then the node's Ray rule goes if it was the
-        cluster's last node (and this hub's forgotten rules with it)."""
-        await self.ray_rules.terminate(node_id, super().terminate)
-
-    async def close(self):
-        self.ray_rules.close()
-        await super().close()
 
     # -- places --------------------------------------------------------------------------
     def _where(self, spec):

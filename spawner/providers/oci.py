@@ -43,7 +43,7 @@ from .base import (
     QuotaError,
 )
 from .ray_firewall import (
-    CLUSTER_TAG, PORTS, RayRule, RayRules, RuleInUse, cluster_of, rule_name,
+    CLUSTER_TAG, PORTS, RayRule, RuleInUse, cluster_of, rule_name,
 )
 from .cloud import TAG_PORT, CloudProvider, Retry, check_number, split_id
 
@@ -164,7 +164,6 @@ class OCIProvider(CloudProvider):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.ray_rules = RayRules(self)
         self._vcns: dict[str, str] = {}
         self._clients: dict[tuple[str, str], object] = {}
         self._base_config = None
@@ -484,14 +483,6 @@ class OCIProvider(CloudProvider):
                 raise RuleInUse(rule.id) from err
             raise
 
-    async def terminate(self, node_id):
-        """See :meth:`Provider.terminate`; then the node's Ray NSG goes if it was the
-        cluster's last node (and this hub's forgotten NSGs in the region with it)."""
-        await self.ray_rules.terminate(node_id, super().terminate)
-
-    async def close(self):
-        self.ray_rules.close()
-        await super().close()
 
     def _blocking_check(self):
         try:
