@@ -15,6 +15,7 @@ under JupyterHub only the server's owner may use them, not users it is shared wi
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from jupyter_server.auth.decorator import authorized
@@ -58,11 +59,15 @@ class CloudhopMigration(Configurable):
                            "of a snapshot, with a warning.").tag(config=True)
 
     def settings(self) -> Settings:
+        """The checked settings (:class:`Settings` names a bad one as ``c.CloudhopMigration.<name>``)."""
+        limit = self.max_file_bytes
+        # NaN or infinity has no int(): pass it on as is, for Settings to refuse by name
+        limit = int(limit) if math.isfinite(limit) else limit
         return Settings(
             store_url=self.store_url or _default_store_url(os.environ),
             launch_timeout=self.launch_timeout, restore_timeout=self.restore_timeout,
             kernel_timeout=self.kernel_timeout, stop_delay=self.stop_delay,
-            excludes=Excludes(patterns=tuple(self.exclude), max_file_bytes=int(self.max_file_bytes)),
+            excludes=Excludes(patterns=tuple(self.exclude), max_file_bytes=limit),
         )
 
 

@@ -31,6 +31,8 @@ def test_defaults_and_sensible_values_are_accepted():
     ("stop_delay", -0.5, "a number of seconds, 0 or more"),
     ("max_file_bytes", 0, "a number of bytes above 0"),
     ("max_file_bytes", -1024, "a number of bytes above 0"),
+    ("max_file_bytes", float("inf"), "a number of bytes above 0"),
+    ("max_file_bytes", float("nan"), "a number of bytes above 0"),
     ("store_url", "cloudhop-store", "an http:// or https:// URL"),
     ("store_url", "ftp://hub/services/cloudhop-store/", "an http:// or https:// URL"),
     ("exclude", ["*.tmp", "  "], "a list of non-empty glob patterns"),
