@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import sys
-import time
 import uuid
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader
@@ -26,13 +25,13 @@ from traitlets import Float, List, Unicode, default, validate
 
 from .failover import launch_first, launch_id
 from .offers import Offer
-from .options import LaunchRequest, OptionError, options_from_form, parse_options
+from .options import LaunchRequest, OptionError, options_from_form
 from .optimizer import auto_pick
 from .policy import Policy, PolicyError, validate_request
 from .providers import provider_class
-from .providers.cloud import check_number
 from .ray import hooks as ray_hooks
 from .providers.base import (
+    check_number,
     FAILED, RUNNING, STOPPING, TAG_HUB, TAG_ROLE, TAG_SERVER, TAG_USER, TERMINATED, LaunchSpec, Node,
     Provider,
 )

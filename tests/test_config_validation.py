@@ -71,3 +71,21 @@ def test_spawner_poll_interval_must_be_positive(value):
     with pytest.raises(TraitError, match=r"^c\.CloudhopSpawner\.node_poll_interval must be a number of seconds > 0"):
         new_spawner(node_poll_interval=value)
     assert new_spawner(node_poll_interval=0.01).node_poll_interval == 0.01
+
+
+@pytest.mark.parametrize("cls, name, value, must", [
+    ("KubernetesProvider", "api_retries", 0, "a whole number of attempts >= 1"),
+    ("KubernetesProvider", "node_port", 0, "a port number >= 1"),
+    ("KubernetesProvider", "retry_delay", -1.0, "a number of seconds >= 0"),
+    ("KubernetesProvider", "refresh_interval", math.nan, "a number of seconds >= 0"),
+    ("KubernetesProvider", "delete_grace_period", -1, "a whole number of seconds >= 0"),
+    ("LocalProvider", "stop_timeout", -1.0, "a number of seconds >= 0"),
+    ("LocalProvider", "cpu_price_hour", math.inf, "a number of USD per hour >= 0"),
+])
+def test_kubernetes_and_local_numbers_name_the_setting(cls, name, value, must):
+    from cloudhop.spawner.providers.kubernetes import KubernetesProvider
+    from cloudhop.spawner.providers.local import LocalProvider
+
+    provider = {"KubernetesProvider": KubernetesProvider, "LocalProvider": LocalProvider}[cls]
+    with pytest.raises(TraitError, match=rf"^c\.{cls}\.{name} must be {must}, not "):
+        provider(**{name: value})

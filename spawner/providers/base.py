@@ -30,9 +30,11 @@ Assumptions every implementation keeps (they are what the spawner relies on):
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+from traitlets import TraitError
 from traitlets.config import LoggingConfigurable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,6 +57,25 @@ STOPPING = "stopping"
 TERMINATED = "terminated"
 FAILED = "failed"
 NODE_STATES = (PENDING, RUNNING, STOPPING, TERMINATED, FAILED)
+
+
+
+def check_number(proposal, *, minimum: float, strict: bool = False, integer: bool = False,
+                 unit: str = "seconds", what: str | None = None):
+    """A traitlets ``@validate`` body for a count or a duration: the proposed value if it
+    is a finite number ``>= minimum`` (``> minimum`` when ``strict``; a whole number when
+    ``integer``), else a :class:`TraitError` naming the setting as an operator writes it,
+    ``c.<Class that defines it>.<name>``. ``what`` replaces "a (whole) number of <unit>"."""
+    value, trait = proposal["value"], proposal["trait"]
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+          and (isinstance(value, int) or not integer) and math.isfinite(value)
+          and (value > minimum if strict else value >= minimum))
+    if not ok:
+        owner = getattr(trait, "this_class", None) or type(proposal["owner"])
+        kind = what or (f"a whole number of {unit}" if integer else f"a number of {unit}")
+        bound = f"{'>' if strict else '>='} {minimum:g}"
+        raise TraitError(f"c.{owner.__name__}.{trait.name} must be {kind} {bound}, not {value!r}")
+    return value
 
 
 class ProviderError(Exception):

@@ -9,7 +9,6 @@ to look without a table, and the reaper can compare them with the server state.
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import time
 from typing import Callable
@@ -21,6 +20,7 @@ from cloudhop import __version__ as VERSION  # the default image tag follows the
 from ..bootstrap import render_user_data
 from .ray_firewall import RayRules
 from .base import (
+    check_number,
     PENDING,
     STOPPING,
     TAG_REQUEST,
@@ -35,24 +35,6 @@ from .base import (
 
 #: extra tag every cloud node carries: the port its server listens on
 TAG_PORT = "cloudhop-port"
-
-
-def check_number(proposal, *, minimum: float, strict: bool = False, integer: bool = False,
-                 unit: str = "seconds"):
-    """A traitlets ``@validate`` body for a count or a duration: the proposed value if it
-    is a finite number ``>= minimum`` (``> minimum`` when ``strict``; a whole number when
-    ``integer``), else a :class:`TraitError` naming the setting as an operator writes it,
-    ``c.<Class that defines it>.<name>``."""
-    value, trait = proposal["value"], proposal["trait"]
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float))
-          and (isinstance(value, int) or not integer) and math.isfinite(value)
-          and (value > minimum if strict else value >= minimum))
-    if not ok:
-        owner = getattr(trait, "this_class", None) or type(proposal["owner"])
-        kind = f"a whole number of {unit}" if integer else f"a number of {unit}"
-        bound = f"{'>' if strict else '>='} {minimum:g}"
-        raise TraitError(f"c.{owner.__name__}.{trait.name} must be {kind} {bound}, not {value!r}")
-    return value
 
 
 #: trait name -> check_number rule, for CloudProvider's numeric settings and those its

@@ -46,7 +46,8 @@ from .base import (
     QuotaError,
 )
 from .ray_firewall import CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, cluster_of, rule_name
-from .cloud import TAG_PORT, CloudProvider, Retry, check_number, split_id
+from .base import check_number
+from .cloud import TAG_PORT, CloudProvider, Retry, split_id
 
 INSTALL_HINT = "the GCP provider needs google-cloud-compute: pip install 'cloudhop[gcp]'"
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]

@@ -50,7 +50,7 @@ import os
 import time
 from dataclasses import replace
 
-from traitlets import Bool, Dict, Float, Integer, Unicode, default
+from traitlets import Bool, Dict, Float, Integer, Unicode, default, validate
 
 from ..bootstrap import allowed_env
 from ..kube import labels as kl
@@ -60,6 +60,7 @@ from ..kube.cluster import CPU_OFFER, ClusterConfig, ClusterConfigError, cluster
 from ..kube.plan import PodPlan
 from ..offers import NO_GPU, Offer
 from .base import (
+    check_number,
     FAILED, PENDING, RUNNING, STOPPING, TAG_HUB, TAG_REQUEST, TAG_ROLE, TAG_SERVER, TAG_USER,
     TERMINATED, CapacityError,
     CredentialsError, LaunchSpec, Node, NodeNotFound, Provider, ProviderError, QuotaError,
@@ -82,6 +83,17 @@ def _ray_version() -> str:
     except importlib.metadata.PackageNotFoundError:
         return "2.40.0"
 
+
+
+#: trait name -> check_number rule for KubernetesProvider's numeric settings
+_NUMBER_RULES = {
+    "node_port": dict(minimum=1, integer=True, what="a port number"),
+    "delete_grace_period": dict(minimum=0, integer=True),
+    "refresh_interval": dict(minimum=0),
+    "refresh_min_interval": dict(minimum=0),
+    "api_retries": dict(minimum=1, integer=True, unit="attempts"),
+    "retry_delay": dict(minimum=0),
+}
 
 class KubernetesProvider(Provider):
     """GPU pods on one or more Kubernetes clusters (each a region); see the module
@@ -154,6 +166,11 @@ class KubernetesProvider(Provider):
         3, help="Attempts for an API call that fails with throttling, a 5xx or a connection error.",
     ).tag(config=True)
     retry_delay = Float(0.5, help="Seconds before the first retry; doubles each time.").tag(config=True)
+
+    @validate("node_port", "delete_grace_period", "refresh_interval", "refresh_min_interval",
+              "api_retries", "retry_delay")
+    def _valid_number(self, proposal):
+        return check_number(proposal, **_NUMBER_RULES[proposal["trait"].name])
 
     @default("default_image")
     def _default_image(self):

@@ -36,7 +36,8 @@ from traitlets import Dict, Float, Unicode, default, validate
 from ..gpus import GPU, detect_gpus
 from ..offers import NO_GPU, Offer
 from .base import (
-    FAILED, PENDING, RUNNING, TAG_REQUEST, TAG_ROLE, TAG_SERVER, TAG_USER, TERMINATED,
+    check_number,
+    FAILED, RUNNING, TAG_REQUEST, TAG_ROLE, TAG_SERVER, TAG_USER, TERMINATED,
     CapacityError, LaunchSpec, Node, Provider,
 )
 
@@ -93,6 +94,11 @@ class LocalProvider(Provider):
     cpu_price_hour = Float(0.0, help="Price per hour of a CPU-only local server (USD).").tag(config=True)
 
     stop_timeout = Float(10.0, help="Seconds to wait after SIGTERM before SIGKILL on stop.").tag(config=True)
+
+    @validate("cpu_price_hour", "stop_timeout")
+    def _valid_number(self, proposal):
+        unit = "USD per hour" if proposal["trait"].name == "cpu_price_hour" else "seconds"
+        return check_number(proposal, minimum=0, unit=unit)
 
     @default("default_root")
     def _default_root(self):

@@ -45,7 +45,8 @@ from .base import (
 from .ray_firewall import (
     CLUSTER_TAG, PORTS, RayRule, RuleInUse, cluster_of, rule_name,
 )
-from .cloud import TAG_PORT, CloudProvider, Retry, check_number, split_id
+from .base import check_number
+from .cloud import TAG_PORT, CloudProvider, Retry, split_id
 
 INSTALL_HINT = "the OCI provider needs the oci SDK: pip install 'cloudhop[oci]'"
 
