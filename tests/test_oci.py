@@ -25,7 +25,8 @@ from cloudhop.spawner.providers.base import (
 from cloudhop.spawner.providers.oci import OCIProvider, catalog_ad
 from cloudhop.spawner.ray import CLUSTER_TAG, WORKER_ROLE
 from tests.cloudkit import HUB_ID, cheapest, spec_for
-from tests.fakes.oci_api import FakeOCI
+from cloudhop.spawner.offers import Offer
+from tests.fakes.oci_api import AD_PREFIX, FakeOCI
 
 TENANCY = "ocid1.tenancy.oc1..aaaatest"
 SUBNET = "ocid1.subnet.oc1.eu-amsterdam-1.aaaatest"
@@ -304,3 +305,29 @@ def test_bad_settings_name_the_option(name, value):
     with pytest.raises(traitlets.TraitError, match=rf"^c\.OCIProvider\.{name} must"):
         OCIProvider(**{name: value})
     assert OCIProvider(boot_volume_gb=50, subnet_id=SUBNET).boot_volume_gb == 50
+
+
+async def test_a_domain_without_capacity_moves_the_launch_to_the_next(oci_config):
+    api = FakeOCI(region="us-ashburn-1")
+    # the region's own spelling of its domains, as ListAvailabilityDomains answers
+    api.ads = [f"{AD_PREFIX}:US-ASHBURN-AD-{n}" for n in (1, 2, 3)]
+    api.url = api.start()
+    try:
+        provider = OCIProvider(config_file=str(oci_config / "config"), service_endpoint=api.url,
+                               subnet_id="ocid1.subnet.oc1.us-ashburn-1.aaaatest", regions=["us-ashburn-1"],
+                               retry_base_delay=0.01, status_cache_seconds=0)
+        # the shipped catalog's row, three domains
+        offer = Offer("oci", "us-ashburn-1", "VM.GPU.A10.1", "A10", 1, 24.0, 30, 240.0, 2.0, None,
+                      ("US-ASHBURN-AD-1", "US-ASHBURN-AD-2", "US-ASHBURN-AD-3"))
+        api.script("launch", "capacity")
+        node = await provider.launch(spec_for(offer))
+        [inst] = api.instances.values()
+        assert inst["availabilityDomain"] == api.ads[1], "AD-1 had no capacity: AD-2 took it"
+        assert api.count("POST", r"/instances$") == 2 and node.id.endswith(inst["id"])
+
+        api.script("launch", "capacity", "capacity", "capacity")
+        with pytest.raises(CapacityError, match="Out of host capacity"):
+            await provider.launch(spec_for(offer, request_id="req-full"))
+        assert api.count("POST", r"/instances$") == 5, "each of the three domains was tried once"
+    finally:
+        api.stop()

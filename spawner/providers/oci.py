@@ -254,16 +254,17 @@ class OCIProvider(CloudProvider):
             self._ads[region] = [ad.name for ad in reply.data]
         return self._ads[region]
 
-    def _ad_for(self, spec: LaunchSpec) -> str:
+    def ads_for(self, spec: LaunchSpec) -> list[str]:
+        """Availability domains a launch tries in turn: the requested one, else the
+        offer's (as the region names them), else the region's first."""
         ads = self.availability_domains(spec.offer.region)
         wanted = [spec.zone] if spec.zone else list(spec.offer.zones)
-        for want in wanted:
-            for ad in ads:
-                if catalog_ad(ad).lower() == catalog_ad(want).lower():
-                    return ad
+        found = [ad for want in wanted for ad in ads if catalog_ad(ad).lower() == catalog_ad(want).lower()]
+        if found:
+            return list(dict.fromkeys(found))
         if not ads:
             raise ProviderError(f"OCI region {spec.offer.region} lists no availability domain")
-        return ads[0]
+        return ads[:1]
 
     def _image(self, region: str, shape: str) -> str:
         if self.image_id:
@@ -383,17 +384,30 @@ class OCIProvider(CloudProvider):
             raise
 
     def _launch(self, spec, tags, user_data, nsg_ids):
+        """Launch in the first of the offer's availability domains with capacity: "Out of
+        host capacity" in one moves on to the next at once; when none has any, the last
+        one's error stands for the offer."""
         oci = _sdk()
         region = spec.offer.region
-        details = self.launch_details(
-            spec, tags, user_data, self._ad_for(spec), self._image(region, spec.offer.instance_type), nsg_ids
-        )
-        reply = self.client(region).launch_instance(
-            details,
-            opc_retry_token=hashlib.sha256(spec.request_id.encode()).hexdigest()[:64],
-            retry_strategy=oci.retry.NoneRetryStrategy(),
-        )
-        return self._node(region, reply.data)
+        image = self._image(region, spec.offer.instance_type)
+        last = None
+        for ad in self.ads_for(spec):
+            details = self.launch_details(spec, tags, user_data, ad, image, nsg_ids)
+            try:
+                reply = self.client(region).launch_instance(
+                    details,
+                    # one token per domain: a retry in the same domain finds its instance
+                    opc_retry_token=hashlib.sha256(f"{spec.request_id}/{ad}".encode()).hexdigest()[:64],
+                    retry_strategy=oci.retry.NoneRetryStrategy(),
+                )
+            except oci.exceptions.ServiceError as err:
+                if not isinstance(self._classify(err), CapacityError):
+                    raise
+                self.log.info("oci: no %s capacity in %s", spec.offer.instance_type, ad)
+                last = err
+                continue
+            return self._node(region, reply.data)
+        raise last
 
     def _blocking_terminate(self, node_id):
         oci = _sdk()
