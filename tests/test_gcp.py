@@ -108,6 +108,14 @@ async def test_status_polls_share_one_list_call(provider, compute):
     assert compute.count("GET", "aggregated/instances") - before == 1
 
 
+async def test_a_list_answered_with_throttling_or_5xx_is_retried_by_the_client(provider, compute):
+    node = await provider.launch(spec_for(cheapest("gcp", "us-central1", "L4", 1)))
+    before = compute.count("GET", "aggregated/instances")
+    compute.script("aggregated", 503, 429)
+    assert (await provider.status(node.id)).id == node.id
+    assert compute.count("GET", "aggregated/instances") - before == 3, "google-api-core's Retry, not a failure"
+
+
 async def test_terminate_is_confirmed_and_idempotent(provider, compute):
     spec = spec_for(cheapest("gcp", "us-central1", "L4", 1))
     node = await provider.launch(spec)

@@ -20,6 +20,7 @@ PROVISIONING -> RUNNING on the first read after insert, and STOPPING -> gone on 
 first read after delete. ``script("insert", ...)`` queues answers for the next inserts:
 ``"capacity"`` (the operation ends with ZONE_RESOURCE_POOL_EXHAUSTED), ``"quota"``
 (QUOTA_EXCEEDED), ``503``/``429``/``500`` (an HTTP error), ``None`` (normal);
+``script("aggregated", 503)`` answers the next instance list with that HTTP error;
 ``script("firewall_insert", 403)`` (or ``"firewall_list"``) answers the next firewall
 insert (list) with that HTTP error.
 Firewall rules are kept as Compute returns them (``network`` as a full URL).
@@ -196,6 +197,10 @@ class FakeCompute:
         return 200, {"kind": "compute#instanceList", "items": _filter(views, query)}
 
     def aggregated(self, project, query):
+        answer = self._next("aggregated")
+        if isinstance(answer, int):
+            reason = {429: "rateLimitExceeded", 503: "backendError"}.get(answer, "internalError")
+            return answer, _error(answer, reason)
         with self.lock:
             keys = [k for k in list(self.instances) if k[0] == project]
             views = [(k[1], self._advance(k)) for k in keys]
