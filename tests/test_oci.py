@@ -175,6 +175,14 @@ async def test_throttling_and_5xx_are_retried(provider, api):
     assert api.count("POST", r"/instances$") == 3 and len(api.instances) == 1
 
 
+async def test_a_list_answered_with_throttling_or_5xx_is_retried_by_the_sdk(provider, api):
+    node = await provider.launch(spec_for(cheapest("oci", "eu-amsterdam-1", "A10", 1)))
+    before = api.count("GET", r"/instances$")
+    api.script("list", 503, 429)
+    assert (await provider.status(node.id)).id == node.id
+    assert api.count("GET", r"/instances$") - before == 3, "the OCI SDK's retry strategy, not a failure"
+
+
 async def test_throttling_forever_is_transient(provider, api):
     provider.launch_attempts = 2
     api.script("launch", 429, 429, 429)

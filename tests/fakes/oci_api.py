@@ -22,7 +22,8 @@ Bodies are OCI's JSON (camelCase; errors ``{"code", "message"}`` with the HTTP s
 OCI uses). Instances go PROVISIONING -> RUNNING on the first read, TERMINATING ->
 TERMINATED on the first read after terminate. ``script("launch", ...)`` queues answers
 for the next launches: ``"capacity"`` (500 InternalError "Out of host capacity."),
-``"quota"`` (400 LimitExceeded), ``429``/``500``/``503`` (a plain HTTP error), ``None``.
+``"quota"`` (400 LimitExceeded), ``429``/``500``/``503`` (a plain HTTP error), ``None``;
+``script("list", 503)`` answers the next ListInstances with that error.
 An instance's VNIC joins the NSGs its launch names (``createVnicDetails.nsgIds``, which
 must exist); an NSG with a VNIC of an instance not yet TERMINATED cannot be deleted
 (409, as OCI refuses a group that still contains VNICs), and
@@ -174,6 +175,10 @@ class FakeOCI:
         return 204, None
 
     def list(self, query):
+        answer = self._next("list")
+        if answer is not None:
+            status, code, message = SCRIPTED[answer]
+            return status, {"code": code, "message": message}
         compartment = query.get("compartmentId", [""])[0]
         with self.lock:
             ids = [i for i, inst in self.instances.items() if inst["compartmentId"] == compartment]
