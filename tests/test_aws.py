@@ -76,13 +76,14 @@ def _status(code):
     return 503 if code == "RequestLimitExceeded" else (400 if "Limit" in code else 500)
 
 
-def inject(provider, operation, codes, *, retries=False):
+def inject(provider, operation, codes, *, retries=False, on_the_wire=False):
     """Answer the next ``len(codes)`` calls of ``operation`` on the provider's client
     with EC2 errors (None: let the call through). Returns the list of calls seen.
 
     The launch client (``retries=False``) is hooked at ``before-call``, which answers
     before moto sees the request (so a refused launch makes nothing); the describe
-    client at ``before-send``, below botocore's retry loop, so its retries show."""
+    client at ``before-send``, below botocore's retry loop, so its retries show
+    (``on_the_wire`` hooks the launch client there too: an HTTP answer as EC2 sends it)."""
     from botocore.awsrequest import AWSResponse
 
     calls = []
@@ -109,7 +110,7 @@ def inject(provider, operation, codes, *, retries=False):
         return AWSResponse(request.url, _status(code), {}, _Raw(body))
 
     client = provider.client("us-east-1", retries=retries)
-    if retries:
+    if retries or on_the_wire:
         client.meta.events.register_first(f"before-send.ec2.{operation}", before_send)
     else:
         client.meta.events.register_first(f"before-call.ec2.{operation}", before_call)
@@ -217,6 +218,16 @@ async def test_capacity_error_fails_fast_without_retries(provider):
     assert type(info.value.__cause__).__name__ == "ClientError"
     assert "InsufficientInstanceCapacity" in str(info.value)
     assert instances() == []
+
+
+async def test_capacity_as_ec2_sends_it_http_500_is_not_retried_by_botocore(provider):
+    # EC2 answers InsufficientInstanceCapacity with HTTP 500, which botocore's standard
+    # mode would retry three times per zone; the launch client must send it once
+    calls = inject(provider, "RunInstances", ["InsufficientInstanceCapacity"] * 6, on_the_wire=True)
+    with pytest.raises(CapacityError):
+        await provider.launch(spec_for(cheapest("aws", "us-east-1", "T4", 1)))
+    assert len(calls) == 2, "one request per zone of the offer"
+    # (moto still sees a request hooked this low, so no claim about instances here)
 
 
 async def test_a_zone_without_capacity_moves_to_the_offers_next_zone(provider):
