@@ -117,6 +117,35 @@ print(json.dumps({
     assert (await run(again, "print(arr[0, 0], arr[0, 1])")).split() == ["-7.0", "1.0"]
 
 
+SHARING = """
+import numpy as np
+class Trainer:
+    def __init__(self, cfg, data):
+        self.cfg, self.data = cfg, data
+cfg = {"lr": 0.1, "layers": [64, 64]}
+data = np.arange(10.0)
+trainer = Trainer(cfg, data)
+view = {"data": data, "layers": cfg["layers"]}
+lonely = [1, 2, 3]
+"""
+
+
+async def test_variables_that_share_objects_still_share_them_after_a_restore(kernels, tmp_path):
+    src, src_km = await kernels()
+    await run(src, SHARING)
+    result = await checkpoint_kernel(src_km.get_connection_info(), str(tmp_path / "c"))
+    assert {"cfg", "data", "trainer", "view", "lonely", "Trainer"} <= set(result["variables"])
+    entries = json.loads((tmp_path / "c" / "state.json").read_text())["entries"]
+    groups = [sorted(e["names"]) for e in entries if e["kind"] in ("pickle", "dill") and "names" in e]
+    assert groups == [["cfg", "data", "trainer", "view"]], "only the variables that share go together"
+    dst, dst_km = await kernels()
+    await restore_kernel(dst_km.get_connection_info(), str(tmp_path / "c"))
+    out = await run(dst, "cfg['lr'] = 0.5\ndata[0] = -1.0\n"
+                         "print(trainer.cfg is cfg, trainer.data is data, view['data'] is data, "
+                         "view['layers'] is cfg['layers'], trainer.cfg['lr'], view['data'][0], lonely)")
+    assert out.split(maxsplit=6) == ["True", "True", "True", "True", "0.5", "-1.0", "[1, 2, 3]\n"]
+
+
 async def test_what_cannot_be_saved_or_rebuilt_is_reported_with_the_reason(kernels, tmp_path):
     src, src_km = await kernels()
     await run(src, "import socket\nkeep = 5\ntmp = 'gone'")
@@ -193,7 +222,7 @@ model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.BatchNorm1d(512)
 opt = torch.optim.Adam(model.parameters(), lr=0.01)
 model(torch.randn(8, 512)).sum().backward()
 opt.step()
-run = {"model": model, "opt": opt}            # one object: the optimizer keeps updating this model
+run = {"model": model, "opt": opt}            # the same model and optimizer under another name
 bag = {"ids": torch.arange(5), "pair": [torch.ones(2, dtype=torch.bfloat16), torch.zeros(3) + 1j]}
 """
 
@@ -215,6 +244,9 @@ async def test_tensors_inside_modules_optimizers_and_containers_come_back(kernel
     restored = await restore_kernel(dst_km.get_connection_info(), str(tmp_path / "c"))
     assert {"model", "opt", "run", "bag"} <= set(restored["variables"])
     assert await run(dst, SUMMARY) == expected
+    # variables that shared objects still share them: the optimizer holds the model's parameters
+    assert (await run(dst, "print(run['model'] is model, run['opt'] is opt, "
+                           "opt.param_groups[0]['params'][0] is model[0].weight)")).split() == ["True"] * 3
     # training goes on where it stopped: the restored optimizer updates the restored model
     step = "m, o = run['model'], run['opt']\nm(torch.randn(8, 512)).sum().backward()\nw0 = m[0].weight.clone()\no.step()\n"
     assert (await run(dst, step + "print(o.state_dict()['state'][0]['step'].item(), "

@@ -16,7 +16,9 @@ A checkpoint is a directory:
   ``readinto`` into new buffers the restored objects own.
 
 Entry kinds: ``module`` (re-imported; aliases keep their name), ``pickle`` / ``dill``
-(one stream each, with out-of-band buffers), ``tensor`` (PyTorch: raw bytes, dtype,
+(one stream each, with out-of-band buffers; an entry with ``names`` is a group of
+variables that share objects, pickled together as a tuple so the pickler's memo keeps
+what they share shared), ``tensor`` (PyTorch: raw bytes, dtype,
 shape, device; a CUDA tensor goes back to a GPU when the kernel has one), ``alias``
 (another name for an object saved earlier) and ``replay`` (a history cell re-run to
 rebuild what could not be saved).
@@ -190,8 +192,11 @@ def _tensor_pickler(base):
     return _picklers[base]
 
 
-def _pickle(obj, objects, buffers, use_dill):
-    """Pickle ``obj`` with protocol 5; contiguous buffers go out of band to ``buffers``."""
+def _dumps(obj, use_dill):
+    """Pickle ``obj`` with protocol 5; returns ``(data, oob, memo)``: contiguous buffers
+    go out of band (``oob``), ``memo`` is the pickler's ``{id: (index, object)}`` of every
+    object it memoized (which objects this one shares with others; holding it keeps
+    their ids unique)."""
     oob = []
 
     def keep(pb):
@@ -202,25 +207,82 @@ def _pickle(obj, objects, buffers, use_dill):
         oob.append(pb)
         return False
 
-    if "torch" in sys.modules:  # tensors nested in the object: raw bytes plus a device record
-        out = io.BytesIO()
-        if use_dill:
-            import dill
-
-            _tensor_pickler(dill.Pickler)(out, protocol=5, buffer_callback=keep, recurse=True).dump(obj)
-        else:
-            _tensor_pickler(pickle.Pickler)(out, protocol=5, buffer_callback=keep).dump(obj)
-        data = out.getvalue()
-    elif use_dill:
+    out = io.BytesIO()
+    if use_dill:
         import dill
 
-        data = dill.dumps(obj, protocol=5, buffer_callback=keep, recurse=True)
+        base, extra = dill.Pickler, {"recurse": True}
     else:
-        data = pickle.dumps(obj, protocol=5, buffer_callback=keep)
+        base, extra = pickle.Pickler, {}
+    if "torch" in sys.modules:  # tensors nested in the object: raw bytes plus a device record
+        base = _tensor_pickler(base)
+    pickler = base(out, protocol=5, buffer_callback=keep, **extra)
+    pickler.dump(obj)
+    memo = pickler.memo if isinstance(pickler.memo, dict) else pickler.memo.copy()
+    return out.getvalue(), oob, memo
+
+
+def _write(data, oob, objects, buffers, use_dill):
     refs = [list(buffers.write(pb.raw(), align=ALIGN)) for pb in oob]
+    _release(oob)
+    return {"kind": "dill" if use_dill else "pickle", "data": list(objects.write(data)), "buffers": refs}
+
+
+def _release(oob):
     for pb in oob:
         pb.release()
-    return {"kind": "dill" if use_dill else "pickle", "data": list(objects.write(data)), "buffers": refs}, data
+
+
+#: memoized objects that say nothing about sharing: immutable values, and what pickle
+#: saves by reference (classes, functions, modules)
+_NOT_SHARED = (str, bytes, int, float, complex, bool, type(None), tuple, frozenset, range, type,
+               types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType)
+
+
+def _shareable(o):
+    """Whether two variables holding ``o`` share something a restore must keep shared:
+    a mutable container, an array, a tensor or an instance (not an immutable value, and
+    not what pickle saves by reference: functions, compiled ones too, and classes)."""
+    t = type(o)
+    if t in _CONTAINERS:
+        return bool(o)  # an empty one is often a class-level default every instance names
+    if t in _ATOMIC or isinstance(o, _NOT_SHARED) or hasattr(o, "__qualname__"):
+        return False
+    return hasattr(o, "__dict__") or _array_like(o)
+
+
+_CONTAINERS = frozenset((list, dict, set, bytearray))
+_ATOMIC = frozenset((str, bytes, int, float, complex, bool, type(None), tuple))
+
+
+def _array_like(o):
+    name = type(o).__name__
+    return (name == "ndarray" and type(o).__module__ == "numpy") or _torch_tensor(o)
+
+
+class _Groups:
+    """Union-find over variable names: variables whose picklers memoized one shareable
+    object are one group. Only ids two memos have in common are looked at, so the cost
+    per variable is a set intersection, not a pass over its objects."""
+
+    def __init__(self):
+        self.parent = {}
+        self.owner = {}  # id -> a variable whose pickler memoized it
+        self.pins = []  # the memos, so no id is reused while the groups are made
+
+    def add(self, name, memo):
+        self.parent.setdefault(name, name)
+        for i in memo.keys() & self.owner.keys():
+            if _shareable(memo[i][1]):
+                self.parent[self.find(name)] = self.find(self.owner[i])
+        self.owner.update(dict.fromkeys(memo, name))
+        self.pins.append(memo)
+
+    def find(self, name):
+        while self.parent[name] != name:
+            self.parent[name] = self.parent[self.parent[name]]
+            name = self.parent[name]
+        return name
 
 
 def _assigned(tree):
@@ -305,7 +367,10 @@ def checkpoint(directory, ns=None, history=None, hidden=None):
     objects = _Writer(os.path.join(directory, "objects.bin"))
     buffers = _Writer(os.path.join(directory, "buffers.bin"))
     first, later, failed = [], [], {}
-    seen = {}
+    # pass 1: pickle each variable on its own, in memory; pass 2 writes them, those that
+    # share objects (a model and its optimizer, a dict holding an array) as one group so
+    # they keep sharing them after a restore
+    slots, groups, seen = [], _Groups(), {}
     try:
         for name in user_names(ns, hidden):
             obj = ns[name]
@@ -313,35 +378,57 @@ def checkpoint(directory, ns=None, history=None, hidden=None):
                 first.append({"name": name, "kind": "module", "module": obj.__name__})
                 continue
             if id(obj) in seen and not isinstance(obj, (int, float, str, bytes, bool, type(None))):
-                later.append({"name": name, "kind": "alias", "of": seen[id(obj)]})
+                slots.append({"entry": {"name": name, "kind": "alias", "of": seen[id(obj)]}})
                 continue
             try:
                 if _torch_tensor(obj):
-                    entry = _save_tensor(obj, buffers)
-                    later.append(dict(entry, name=name))
+                    slots.append({"name": name, "obj": obj, "tensor": True, "dill": False, "main": False})
+                    groups.add(name, {id(obj): (0, obj)})
                     seen[id(obj)] = name
                     continue
                 main_def = _defined_in_main(obj)
+                use_dill = main_def
                 try:
-                    entry, data = _pickle(obj, objects, buffers, use_dill=main_def)
+                    data, oob, memo = _dumps(obj, use_dill)
                     if (not main_def and b"__main__" in data
                             and type(obj).__name__ not in ns and type(obj).__module__ == "__main__"):
+                        _release(oob)
                         raise pickle.PicklingError("its class is no longer defined")
                 except Exception as err:  # noqa: BLE001 - any pickling failure falls back to dill
                     try:
-                        entry, _ = _pickle(obj, objects, buffers, use_dill=True)
+                        use_dill = True
+                        data, oob, memo = _dumps(obj, use_dill)
                     except ImportError:
                         raise err from None
-                (first if main_def else later).append(dict(entry, name=name))
+                slots.append({"name": name, "obj": obj, "data": data, "oob": oob,
+                              "dill": use_dill, "main": main_def})
+                groups.add(name, memo)
                 seen[id(obj)] = name
             except Exception as err:  # noqa: BLE001 - reported per variable
                 failed[name] = f"{type(err).__name__}: {err}"[:300]
+
+        members = {}
+        for slot in slots:
+            if "name" in slot:
+                members.setdefault(groups.find(slot["name"]), []).append(slot)
+        for slot in slots:
+            if "entry" in slot:
+                later.append(slot["entry"])
+                continue
+            group = members[groups.find(slot["name"])]
+            if slot is not group[0]:
+                continue  # written with its group
+            entry = _write_group(group, objects, buffers) if len(group) > 1 else None
+            for one in ([entry] if entry else [_write_one(m, objects, buffers) for m in group]):
+                (first if one.pop("main") else later).append(one)
     finally:
+        for slot in slots:
+            _release(slot.get("oob", ()))
         objects.close()
         buffers.close()
 
-    saved = {e["name"] for e in first + later}
     entries = first + later
+    saved = {n for e in entries for n in _names(e)}
     skipped = []
     for index, source, names, bad in _plan_replays(failed, history, saved):
         if bad is None:
@@ -357,10 +444,37 @@ def checkpoint(directory, ns=None, history=None, hidden=None):
     state = {"format": FORMAT, "python": list(sys.version_info[:3]), "entries": entries, "skipped": skipped}
     with open(os.path.join(directory, "state.json"), "w") as f:
         json.dump(state, f)
-    variables = sorted({e["name"] for e in entries if e["kind"] != "replay"}
-                       | {n for e in entries if e["kind"] == "replay" for n in e["names"]})
+    variables = sorted({n for e in entries for n in _names(e)})
     return {"variables": variables, "skipped": skipped, "bytes": objects.pos + buffers.pos,
             "seconds": time.perf_counter() - started}
+
+
+def _names(entry):
+    """The variables an entry restores (a group or a replay has several)."""
+    return entry["names"] if "names" in entry else [entry["name"]]
+
+
+def _write_one(slot, objects, buffers):
+    if slot.get("tensor"):
+        entry = _save_tensor(slot["obj"], buffers)
+    else:
+        entry = _write(slot["data"], slot["oob"], objects, buffers, slot["dill"])
+    return dict(entry, name=slot["name"], main=slot["main"])
+
+
+def _write_group(group, objects, buffers):
+    """One entry for variables that share objects: their values pickled together as a
+    tuple, so the pickler's memo keeps what they share shared. None if that fails (each
+    is then written on its own, as pass 1 pickled it)."""
+    use_dill = any(m["dill"] for m in group)
+    try:
+        data, oob, _memo = _dumps(tuple(m["obj"] for m in group), use_dill)
+    except Exception:  # noqa: BLE001 - each member pickled on its own already
+        return None
+    for m in group:
+        _release(m.get("oob", ()))
+    entry = _write(data, oob, objects, buffers, use_dill)
+    return dict(entry, names=[m["name"] for m in group], main=any(m["main"] for m in group))
 
 
 #: devices of tensors that :func:`rebuild_tensor` left on the CPU while loading one variable
@@ -463,9 +577,16 @@ def restore(directory, ns=None, map_buffers=True):
 
                         loads = dill.loads
                     del _left_on_cpu[:]
-                    ns[name] = loads(data, buffers=bufs)
+                    value = loads(data, buffers=bufs)
+                    if "names" in entry:  # a group: its values were pickled as one tuple
+                        ns.update(zip(entry["names"], value))
+                        loaded.update(entry["names"])
+                    else:
+                        ns[name] = value
                     if _left_on_cpu:
-                        skipped.append(_moved_to_cpu(name, _left_on_cpu))
+                        skipped.append(_moved_to_cpu(", ".join(_names(entry)), _left_on_cpu))
+                    if "names" in entry:
+                        continue
                 elif kind == "replay":
                     keep = {n: ns[n] for n in loaded if n not in entry["names"]}
                     exec(compile(entry["source"], f"<cloudhop replay In[{entry['cell']}]>", "exec"), ns)
