@@ -96,8 +96,10 @@ def test_rest_spawn_launches_the_cheapest_type_and_stop_deletes_it(setup, tmp_pa
         user_data = inst["_user_data"]
         assert "JUPYTERHUB_API_URL=https://hub.example.org/hub/api" in user_data and "--gpus all" in user_data
         assert "oci.pem" not in user_data and "PRIVATE KEY" not in user_data
-        state = (hub.server_model("carol") or {}).get("state") or {}
-        assert [n["id"].split("/")[-1] for n in state.get("nodes", [])] in ([], [inst.get("name") or inst["id"]])
+        # the hub records the node as soon as the launch returns (a restarted hub re-attaches by it)
+        nodes = wait_for(lambda: ((hub.server_model("carol") or {}).get("state") or {}).get("nodes"),
+                         what="node in the server's state")
+        assert [n["id"].split("/")[-1] for n in nodes] == [inst.get("name") or inst["id"]]
 
         r = hub.api("DELETE", "/users/carol/server")
         assert r.status_code in (202, 204), r.text
