@@ -29,6 +29,18 @@ def hub_factory(tmp_path):
         hub.stop()
 
 
+@pytest.fixture
+def compute():
+    """A local double of the Compute REST API (``tests/fakes/gcp_compute.py``) that the
+    real google-cloud-compute client talks to; ``compute.url`` is its endpoint."""
+    from tests.fakes.gcp_compute import FakeCompute
+
+    fake = FakeCompute()
+    fake.url = fake.start()
+    yield fake
+    fake.stop()
+
+
 def _stop_all_servers(hub: HubProcess) -> None:
     if not hub.proc or hub.proc.poll() is not None:
         return

@@ -23,17 +23,8 @@ from cloudhop.spawner.providers.base import (
 from cloudhop.spawner.providers.gcp import GCPProvider
 from cloudhop.spawner.ray import CLUSTER_TAG, WORKER_ROLE
 from tests.cloudkit import HUB_ID, cheapest, spec_for
-from tests.fakes.gcp_compute import FakeCompute
 
 PROJECT = "cloudhop-test"
-
-
-@pytest.fixture
-def compute():
-    fake = FakeCompute()
-    fake.url = fake.start()
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture

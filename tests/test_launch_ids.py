@@ -15,7 +15,6 @@ from cloudhop.spawner import CloudhopSpawner
 from cloudhop.spawner.failover import launch_id
 from cloudhop.spawner.providers.base import TAG_REQUEST
 from tests.cloudkit import OFFERS, cheapest
-from tests.fakes.gcp_compute import FakeCompute
 
 L4_SMALL = cheapest("gcp", "us-central1", "L4", 1)  # g2-standard-4
 L4_LARGER = next(o for o in OFFERS if o.instance_type == "g2-standard-8")
@@ -37,14 +36,6 @@ def test_the_same_offer_gets_the_same_id_and_other_offers_other_ids():
     rid = launch_id("0123456789abcdef0123456789abcdef-ray-w12", L4_SMALL, spot=True)
     assert rid.startswith("0123456789abcdef0123456789abcdef-ray-w12-") and len(rid) <= 63
     assert rid == rid.lower()
-
-
-@pytest.fixture
-def compute():
-    fake = FakeCompute()
-    fake.url = fake.start()
-    yield fake
-    fake.stop()
 
 
 def gcp_spawner(compute) -> CloudhopSpawner:
