@@ -290,6 +290,12 @@ class CloudhopSpawner(Spawner):
         return ray_hooks.wrap_notebook_spec(self, spec, request)
 
     async def _record_attempt(self, record: dict) -> None:
+        """Each attempt of the failover walk: a progress event as it starts and ends, and
+        once it ends, a line in the server's state (saved at once, so the walk so far
+        shows in the hub's database while it goes on)."""
+        if record["state"] != "launching":
+            self.attempts.append(record)
+            self._save_state()
         if record["state"] == "launching":
             self._progress(f"Launching on {record['offer']}")
         elif record["state"] == "failed":
@@ -315,11 +321,10 @@ class CloudhopSpawner(Spawner):
         # one id per spawn; each offer of the failover list launches under its own id
         # derived from it (see launch_id), so no two offers share an idempotency token
         spawn_id = uuid.uuid4().hex
-        offer, node, attempts = await launch_first(
+        offer, node, _attempts = await launch_first(
             ranked, lambda o: self.launch_spec(o, request, launch_id(spawn_id, o, request.spot)),
             self.provider, self._record_attempt,
         )
-        self.attempts = attempts
         self.offer, self.node = offer, node
         self.nodes = [{"provider": offer.provider, "id": node.id, "role": "notebook", "region": offer.region}]
         self._save_state()
