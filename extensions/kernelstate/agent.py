@@ -233,10 +233,11 @@ def _release(oob):
         pb.release()
 
 
-#: memoized objects that say nothing about sharing: immutable values, and what pickle
-#: saves by reference (classes, functions, modules)
-_NOT_SHARED = (str, bytes, int, float, complex, bool, type(None), tuple, frozenset, range, type,
-               types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType)
+#: memoized values that say nothing about sharing (immutable ones, and modules); what
+#: pickle saves by reference, classes and functions, is told by its ``__qualname__``
+_VALUES = (str, bytes, int, float, complex, bool, type(None), tuple, frozenset, range, types.ModuleType)
+_ATOMIC = frozenset(_VALUES)  # exact types: the fast path
+_CONTAINERS = frozenset((list, dict, set, bytearray))
 
 
 def _shareable(o):
@@ -246,13 +247,9 @@ def _shareable(o):
     t = type(o)
     if t in _CONTAINERS:
         return bool(o)  # an empty one is often a class-level default every instance names
-    if t in _ATOMIC or isinstance(o, _NOT_SHARED) or hasattr(o, "__qualname__"):
+    if t in _ATOMIC or isinstance(o, _VALUES) or hasattr(o, "__qualname__"):
         return False
     return hasattr(o, "__dict__") or _array_like(o)
-
-
-_CONTAINERS = frozenset((list, dict, set, bytearray))
-_ATOMIC = frozenset((str, bytes, int, float, complex, bool, type(None), tuple))
 
 
 def _array_like(o):

@@ -25,6 +25,7 @@ import time
 from traitlets import Bool, Integer, List, TraitError, Unicode, validate
 
 from .base import (
+    check_url,
     FAILED,
     PENDING,
     RUNNING,
@@ -175,10 +176,7 @@ class AWSProvider(CloudProvider):
 
     @validate("endpoint_url")
     def _valid_endpoint(self, proposal):
-        url = proposal["value"].strip()
-        if url and not url.startswith(("http://", "https://")):
-            raise TraitError(f"c.AWSProvider.endpoint_url must be a URL (https://...) or empty, not {url!r}")
-        return url
+        return check_url(proposal)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

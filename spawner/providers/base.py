@@ -78,6 +78,17 @@ def check_number(proposal, *, minimum: float, strict: bool = False, integer: boo
     return value
 
 
+
+def check_url(proposal):
+    """A traitlets ``@validate`` body for an endpoint setting: the value stripped, if it
+    is empty or an ``http(s)://`` URL, else a :class:`TraitError` naming the setting as
+    :func:`check_number` does."""
+    url, trait = proposal["value"].strip(), proposal["trait"]
+    if url and not url.startswith(("http://", "https://")):
+        owner = getattr(trait, "this_class", None) or type(proposal["owner"])
+        raise TraitError(f"c.{owner.__name__}.{trait.name} must be a URL (https://...) or empty, not {url!r}")
+    return url
+
 class ProviderError(Exception):
     """A provider could not do what was asked. ``reason`` is a short machine word the
     spawn page and the server's state show; ``status_code`` is what the hub answers."""

@@ -45,7 +45,7 @@ from .base import (
 from .ray_firewall import (
     CLUSTER_TAG, PORTS, RayRule, RuleInUse, cluster_of, rule_name,
 )
-from .base import check_number
+from .base import check_number, check_url
 from .cloud import TAG_PORT, CloudProvider, Retry, split_id
 
 INSTALL_HINT = "the OCI provider needs the oci SDK: pip install 'cloudhop[oci]'"
@@ -158,10 +158,7 @@ class OCIProvider(CloudProvider):
 
     @validate("service_endpoint")
     def _valid_endpoint(self, proposal):
-        url = proposal["value"].strip()
-        if url and not url.startswith(("http://", "https://")):
-            raise TraitError(f"c.OCIProvider.service_endpoint must be a URL (https://...) or empty, not {url!r}")
-        return url
+        return check_url(proposal)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
