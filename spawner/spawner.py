@@ -30,8 +30,8 @@ from .optimizer import auto_pick
 from .policy import Policy, PolicyError, validate_request
 from .providers import provider_class
 from .ray import hooks as ray_hooks
+from .validate import check_number
 from .providers.base import (
-    check_number,
     FAILED, RUNNING, STOPPING, TAG_HUB, TAG_ROLE, TAG_SERVER, TAG_USER, TERMINATED, LaunchSpec, Node,
     Provider,
 )

@@ -24,8 +24,8 @@ import time
 
 from traitlets import Bool, Integer, List, TraitError, Unicode, validate
 
+from ..validate import check_url
 from .base import (
-    check_url,
     FAILED,
     PENDING,
     RUNNING,

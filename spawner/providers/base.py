@@ -30,11 +30,9 @@ Assumptions every implementation keeps (they are what the spawner relies on):
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from traitlets import TraitError
 from traitlets.config import LoggingConfigurable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,36 +56,6 @@ TERMINATED = "terminated"
 FAILED = "failed"
 NODE_STATES = (PENDING, RUNNING, STOPPING, TERMINATED, FAILED)
 
-
-
-def check_number(proposal, *, minimum: float, strict: bool = False, integer: bool = False,
-                 unit: str = "seconds", what: str | None = None):
-    """A traitlets ``@validate`` body for a count or a duration: the proposed value if it
-    is a finite number ``>= minimum`` (``> minimum`` when ``strict``; a whole number when
-    ``integer``), else a :class:`TraitError` naming the setting as an operator writes it,
-    ``c.<Class that defines it>.<name>``. ``what`` replaces "a (whole) number of <unit>"."""
-    value, trait = proposal["value"], proposal["trait"]
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float))
-          and (isinstance(value, int) or not integer) and math.isfinite(value)
-          and (value > minimum if strict else value >= minimum))
-    if not ok:
-        owner = getattr(trait, "this_class", None) or type(proposal["owner"])
-        kind = what or (f"a whole number of {unit}" if integer else f"a number of {unit}")
-        bound = f"{'>' if strict else '>='} {minimum:g}"
-        raise TraitError(f"c.{owner.__name__}.{trait.name} must be {kind} {bound}, not {value!r}")
-    return value
-
-
-
-def check_url(proposal):
-    """A traitlets ``@validate`` body for an endpoint setting: the value stripped, if it
-    is empty or an ``http(s)://`` URL, else a :class:`TraitError` naming the setting as
-    :func:`check_number` does."""
-    url, trait = proposal["value"].strip(), proposal["trait"]
-    if url and not url.startswith(("http://", "https://")):
-        owner = getattr(trait, "this_class", None) or type(proposal["owner"])
-        raise TraitError(f"c.{owner.__name__}.{trait.name} must be a URL (https://...) or empty, not {url!r}")
-    return url
 
 class ProviderError(Exception):
     """A provider could not do what was asked. ``reason`` is a short machine word the

@@ -19,8 +19,8 @@ from cloudhop import __version__ as VERSION  # the default image tag follows the
 
 from ..bootstrap import render_user_data
 from .ray_firewall import RayRules
+from ..validate import check_number
 from .base import (
-    check_number,
     PENDING,
     STOPPING,
     TAG_REQUEST,

@@ -46,7 +46,7 @@ from .base import (
     QuotaError,
 )
 from .ray_firewall import CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, cluster_of, rule_name
-from .base import check_number
+from ..validate import check_number
 from .cloud import TAG_PORT, CloudProvider, Retry, split_id
 
 INSTALL_HINT = "the GCP provider needs google-cloud-compute: pip install 'cloudhop[gcp]'"

@@ -59,8 +59,8 @@ from ..kube import profiles as z2jh
 from ..kube.cluster import CPU_OFFER, ClusterConfig, ClusterConfigError, cluster_offers, parse_cluster
 from ..kube.plan import PodPlan
 from ..offers import NO_GPU, Offer
+from ..validate import check_number
 from .base import (
-    check_number,
     FAILED, PENDING, RUNNING, STOPPING, TAG_HUB, TAG_REQUEST, TAG_ROLE, TAG_SERVER, TAG_USER,
     TERMINATED, CapacityError,
     CredentialsError, LaunchSpec, Node, NodeNotFound, Provider, ProviderError, QuotaError,

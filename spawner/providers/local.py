@@ -35,8 +35,8 @@ from traitlets import Dict, Float, Unicode, default, validate
 
 from ..gpus import GPU, detect_gpus
 from ..offers import NO_GPU, Offer
+from ..validate import check_number
 from .base import (
-    check_number,
     FAILED, RUNNING, TAG_REQUEST, TAG_ROLE, TAG_SERVER, TAG_USER, TERMINATED,
     CapacityError, LaunchSpec, Node, Provider,
 )

@@ -45,7 +45,7 @@ from .base import (
 from .ray_firewall import (
     CLUSTER_TAG, PORTS, RayRule, RuleInUse, cluster_of, rule_name,
 )
-from .base import check_number, check_url
+from ..validate import check_number, check_url
 from .cloud import TAG_PORT, CloudProvider, Retry, split_id
 
 INSTALL_HINT = "the OCI provider needs the oci SDK: pip install 'cloudhop[oci]'"
