@@ -68,19 +68,23 @@ if _extra:
     load_subconfig(_extra)  # noqa: F821 - provided by traitlets
 
 # the snapshot store for migrations (docs/migration.md); after the extra config, so the
-# services and roles it set are extended, not replaced. c.CloudhopStore.s3 = {"bucket": ...}
-# keeps snapshots in a bucket instead of the data dir.
+# services and roles it set are extended, not replaced. c.CloudhopStore.port / .s3 tune it
+# (cloudhop.hub.config.CloudhopStore): s3 = {"bucket": ...} keeps snapshots in a bucket
+# instead of the data dir.
+from cloudhop.hub.config import CloudhopStore  # noqa: E402
 from cloudhop.hub.snapshot_store import add_store_service, stable_port  # noqa: E402
 
+_store = CloudhopStore(config=c)
 _public_ip = c.JupyterHub.ip if c.JupyterHub.ip not in ("", "0.0.0.0", "::") else "127.0.0.1"
 add_store_service(
-    c, data_dir=str(data_dir), port=c.CloudhopStore.get("port") or stable_port(str(data_dir / "store_port")),
+    c, data_dir=str(data_dir), port=_store.port or stable_port(str(data_dir / "store_port")),
     public_url=c.JupyterHub.get("public_url") or f"http://{_public_ip}:{c.JupyterHub.port}",
-    s3=c.CloudhopStore.get("s3"),
+    s3=_store.s3 or None,
 )
 
 # the reaper (docs/clouds.md): terminates nodes tagged with this hub that no active server
 # owns, after a grace period; c.CloudhopReaper.enabled / .interval / .grace tune it
+# (cloudhop.hub.config.CloudhopReaper)
 from cloudhop.hub.reaper import reaper_service_config  # noqa: E402
 
 reaper_service_config(c, data_dir=str(data_dir))

@@ -35,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+from .config import CloudhopReaper
 from .services import add_service, hub_credentials, hub_is_gone, hub_pid
 
 SERVICE_NAME = "cloudhop-reaper"
@@ -183,33 +184,21 @@ class Reaper:
         log.info("reaper: the hub is gone; exiting")
 
 
-def reaper_service_config(c, *, data_dir: str, interval: float = 300.0, grace: float = 900.0,
-                          env=os.environ) -> dict:
+def reaper_service_config(c, *, data_dir: str, env=os.environ) -> dict:
     """Add the reaper service and its role to a JupyterHub config ``c`` (after the
-    operator's config is loaded, so the providers and their settings are final).
-    ``c.CloudhopReaper.interval``/``grace``/``enabled`` override the defaults. Returns
-    the service entry."""
-    section = c.CloudhopReaper if "CloudhopReaper" in c else {}
-    if section.get("enabled", True) is False:
+    operator's config is loaded, so the providers and their settings are final), as
+    ``c.CloudhopReaper.*`` (:class:`~cloudhop.hub.config.CloudhopReaper`) sets it; a bad
+    value is refused naming the setting. Returns the service entry, ``{}`` if disabled."""
+    conf = CloudhopReaper(config=c)
+    if not conf.enabled:
         return {}
     providers = list(c.CloudhopSpawner.get("providers") or ["local"])
-    timing = {}
-    for key, default in (("interval", interval), ("grace", grace)):
-        try:
-            timing[key] = float(section.get(key, default))
-            if timing[key] < 0 or (key == "interval" and timing[key] == 0):
-                raise ValueError
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"c.CloudhopReaper.{key} must be a positive number of seconds, "
-                f"not {section.get(key)!r}"
-            ) from None
     config = {name: _plain(c[name]) for name in CONFIG_SECTIONS if name in c}
     settings = {
         "hub_id": c.CloudhopSpawner.get("hub_id") or "",
         "providers": providers,
-        "interval": timing["interval"],
-        "grace": timing["grace"],
+        "interval": conf.interval,
+        "grace": conf.grace,
         "report": os.path.join(os.path.abspath(data_dir), "reaper-report.json"),
         "config": config,
     }
@@ -243,9 +232,10 @@ def build(settings: dict, api_url: str, token: str) -> tuple[Reaper, float]:
             providers[name] = provider_class(name)(config=config, log=log)
         except Exception as err:  # noqa: BLE001 - a missing SDK spares the rest
             log.error("reaper: provider %s unavailable: %s", name, err)
+    # interval and grace were checked by CloudhopReaper when the hub wrote the settings
     reaper = Reaper(providers, HubClient(api_url, token), settings["hub_id"],
-                    grace=float(settings.get("grace", 900)), report=settings.get("report"))
-    return reaper, float(settings.get("interval", 300))
+                    grace=settings["grace"], report=settings.get("report"))
+    return reaper, settings["interval"]
 
 
 def main() -> int:
