@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
+from cloudhop.spawner.validate import require_number
+
 #: cloud credentials a service on the hub may inherit from the hub's environment (they go
 #: to hub-side services only, never to a user's server or a node)
 CREDENTIAL_ENV = (
@@ -82,8 +84,7 @@ def add_idle_culler(c, *, timeout: int, every: int | None = None) -> dict:
     """Stop servers idle (no kernel or browser activity reported) for ``timeout``
     seconds, checking every ``every`` seconds, with JupyterHub's own idle culler.
     Stopping a Cloudhop server terminates its nodes and Ray workers."""
-    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
-        raise ValueError(f"idle culler timeout must be a positive number of seconds, not {timeout!r}")
+    require_number(timeout, "the idle culler's timeout", minimum=0, strict=True, integer=True)
     every = every or max(10, min(300, timeout // 4))
     service = {
         "name": "cloudhop-idle-culler",
