@@ -1,27 +1,46 @@
-"""The user's server talking to the hub's REST API with its own token.
+"""The one client of the hub's REST API that Cloudhop's own processes use: a user's
+server (moves, offers, its Ray cluster) and the hub's reaper service (every user's
+servers). Asynchronous (tornado's client), so it never blocks an event loop.
 
-The server's ``JUPYTERHUB_API_TOKEN`` carries only what a migration needs on top of
-the default server role: ``servers!user`` (start and stop this user's servers) and
-access to the snapshot store (see :data:`cloudhop.hub.snapshot_store.SERVER_TOKEN_SCOPES`).
+A user's server calls with its own ``JUPYTERHUB_API_TOKEN``, which carries only what a
+move needs on top of the default server role: ``servers!user`` (start and stop this
+user's servers) and access to the snapshot store (see
+:data:`cloudhop.hub.snapshot_store.SERVER_TOKEN_SCOPES`). The reaper calls with its
+service token (:data:`cloudhop.hub.reaper.SCOPES`) and no user.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+#: the media type that makes the hub's list endpoints answer one page with ``_pagination``
+PAGINATION = "application/jupyterhub-pagination+json"
+
 
 class HubError(RuntimeError):
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
+    """The hub refused a request, or could not be reached.
+
+    ``status`` is the HTTP status (None when the hub was not reached), ``message`` the
+    hub's own message (its JSON ``message``, else the HTTP reason), ``field`` the option
+    it names when its reply has one (else None). ``str()`` gives
+    ``"hub: <status> <message>"`` or ``"hub unreachable: <reason>"``."""
+
+    def __init__(self, status: int | None, message: str, field: str | None = None):
+        super().__init__(f"hub: {status} {message}" if status is not None else f"hub unreachable: {message}")
         self.status = status
+        self.message = message
+        self.field = field
 
 
 class HubClient:
-    def __init__(self, api_url: str, token: str, user: str, server_name: str = ""):
+    """Calls to the hub API at ``api_url`` (``.../hub/api``) with ``token``; ``user`` and
+    ``server_name`` are the server this client speaks for (empty for a service)."""
+
+    def __init__(self, api_url: str, token: str, user: str = "", server_name: str = ""):
         self.api_url = api_url.rstrip("/")
         self.token = token
         self.user = user
@@ -29,6 +48,7 @@ class HubClient:
 
     @classmethod
     def from_env(cls, env=os.environ) -> "HubClient":
+        """The client of the server (or service) the hub started with this environment."""
         return cls(env.get("JUPYTERHUB_API_URL", ""), env.get("JUPYTERHUB_API_TOKEN", ""),
                    env.get("JUPYTERHUB_USER", ""), env.get("JUPYTERHUB_SERVER_NAME", ""))
 
@@ -40,26 +60,34 @@ class HubClient:
         user = quote(self.user, safe="")
         return f"/users/{user}/servers/{quote(name, safe='')}" if name else f"/users/{user}/server"
 
-    async def request(self, method: str, path: str, body=None, timeout: float = 60):
+    async def request(self, method: str, path: str, body=None, timeout: float = 60,
+                      accept: str | None = None):
+        """``method`` ``path`` (under ``api_url``) with a JSON ``body``; returns the JSON
+        reply (None when empty). Raises :class:`HubError`."""
+        headers = {"Authorization": f"token {self.token}", "Content-Type": "application/json"}
+        if accept:
+            headers["Accept"] = accept
         req = HTTPRequest(
-            self.api_url + path, method=method, request_timeout=timeout,
-            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+            self.api_url + path, method=method, request_timeout=timeout, headers=headers,
             body=None if body is None else json.dumps(body), allow_nonstandard_methods=True,
         )
         try:
             resp = await AsyncHTTPClient().fetch(req)
         except HTTPClientError as err:
-            message = err.message
+            message, field = err.message, None
             if err.response is not None and err.response.body:
                 try:
-                    message = json.loads(err.response.body).get("message") or message
-                except ValueError:
+                    reply = json.loads(err.response.body)
+                    message = reply.get("message") or message
+                    field = reply.get("field") if isinstance(reply.get("field"), str) else None
+                except (ValueError, AttributeError):
                     pass
-            raise HubError(f"hub: {err.code} {message}", err.code) from None
+            raise HubError(err.code, str(message), field) from None
         except OSError as err:
-            raise HubError(f"hub unreachable: {err}") from None
+            raise HubError(None, str(err)) from None
         return json.loads(resp.body) if resp.body else None
 
+    # -- a user's servers ---------------------------------------------------------------
     async def start_server(self, name: str, options: dict) -> None:
         await self.request("POST", self._server_path(name), options)
 
@@ -71,6 +99,7 @@ class HubClient:
         model = await self.request("GET", f"/users/{quote(self.user, safe='')}")
         return (model.get("servers") or {}).get(name)
 
+    # -- Cloudhop's hub endpoints -------------------------------------------------------
     async def offers(self) -> list[dict]:
         """The offers this user may launch, after policy (the hub's offers endpoint)."""
         reply = await self.request("GET", f"/cloudhop/offers/{quote(self.user, safe='')}")
@@ -81,3 +110,32 @@ class HubClient:
         with status 400/403 and a message naming the field."""
         reply = await self.request("POST", f"/cloudhop/offers/{quote(self.user, safe='')}/check", options)
         return reply["request"]
+
+    def _ray_path(self) -> str:
+        server = f"/{quote(self.server_name, safe='')}" if self.server_name else ""
+        return f"/cloudhop/ray/{quote(self.user, safe='')}{server}"
+
+    async def ray_cluster(self) -> dict:
+        """The hub's view of this server's Ray cluster (:mod:`cloudhop.hub.ray_api`)."""
+        return await self.request("GET", self._ray_path(), timeout=30)
+
+    async def resize_ray(self, body) -> dict:
+        """Ask the hub to resize this server's Ray cluster (``{"workers": N}``); waits
+        while the hub launches the workers."""
+        return await self.request("POST", self._ray_path(), body, timeout=600)
+
+    # -- the reaper ---------------------------------------------------------------------
+    async def users(self, page: int = 200) -> list[dict]:
+        """Every user with their servers' state, read page by page (the hub's
+        pagination: ``_pagination.next`` until there is none; a hub that ignores
+        :data:`PAGINATION` answers with a plain list)."""
+        out, offset = [], 0
+        while True:
+            query = urlencode({"offset": offset, "limit": page})
+            reply = await self.request("GET", f"/users?{query}", timeout=30, accept=PAGINATION)
+            items = reply["items"] if isinstance(reply, dict) else reply
+            out += items
+            nxt = (reply.get("_pagination") or {}).get("next") if isinstance(reply, dict) else None
+            if not nxt:
+                return out
+            offset = nxt["offset"]

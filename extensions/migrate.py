@@ -37,6 +37,7 @@ from traitlets import TraitError
 from .hubclient import HubClient, HubError
 from .kernelstate import checkpoint_kernel, restore_kernel
 from .snapshot import Excludes, Manifest, StoreClient, restore_snapshot, take_snapshot
+from .snapshot.protocol import KernelReport, RestoreReport
 from .snapshot.snapshot import workspace_dest
 
 log = logging.getLogger("cloudhop.migrate")
@@ -179,7 +180,7 @@ class Migrator:
             await self.hub.check_options(options)
         except HubError as err:
             if err.status in (400, 403):
-                raise OptionError("", str(err).removeprefix(f"hub: {err.status} "), err.status) from None
+                raise OptionError("", err.message, err.status) from None
 
     def start(self, options: dict) -> Migration:
         """Check, register and start a migration; raises Busy or OptionError."""
@@ -287,13 +288,13 @@ class Migrator:
             await asyncio.sleep(self.settings.poll_interval)
         raise TimeoutError(f"the target server {name!r} did not start in {self.settings.launch_timeout:.0f} s")
 
-    async def _wait_report(self, m: Migration, store: StoreClient) -> dict:
+    async def _wait_report(self, m: Migration, store: StoreClient) -> RestoreReport:
         deadline = time.monotonic() + self.settings.restore_timeout
         while time.monotonic() < deadline:
             report = await asyncio.to_thread(store.get_report, m.snapshot_id)
-            if report and report.get("state") == "failed":
-                raise RuntimeError(f"the target could not restore: {report.get('error')}")
-            if report and report.get("state") == "done":
+            if report and report.state == "failed":
+                raise RuntimeError(f"the target could not restore: {report.error}")
+            if report and report.state == "done":
                 return report
             model = await self.hub.server(m.target_server)
             if not model or not (model.get("ready") or model.get("pending")):
@@ -302,23 +303,21 @@ class Migrator:
         raise TimeoutError(f"the target did not finish restoring in {self.settings.restore_timeout:.0f} s")
 
     @staticmethod
-    def _verify(m: Migration, manifest: Manifest, kernels: list, report: dict) -> None:
-        files = report.get("files") or {}
+    def _verify(m: Migration, manifest: Manifest, kernels: list, report: RestoreReport) -> None:
         for entry in manifest.files:
             if entry.path.startswith(KERNEL_PREFIX + "/"):
                 continue
-            if files.get(entry.path) != entry.hash:
+            if report.files.get(entry.path) != entry.hash:
                 raise RuntimeError(f"{entry.path} differs on the target")
-        restored = {k["path"]: k for k in report.get("kernels") or []}
+        restored = {k.path: k for k in report.kernels}
         for k in kernels:
             got = restored.get(k["path"])
             if got is None:
                 raise RuntimeError(f"no session for {k['path']} on the target")
-            missing = set(k["variables"]) - set(got.get("variables") or [])
+            missing = set(k["variables"]) - set(got.variables)
             if missing:
                 raise RuntimeError(f"{k['path']}: variables missing on the target: {', '.join(sorted(missing))}")
-            m.skipped += [dict(sk, path=k["path"]) for sk in got.get("skipped", [])
-                          if sk not in k["skipped"]]
+            m.skipped += [dict(sk, path=k["path"]) for sk in got.skipped if sk not in k["skipped"]]
 
 
 class Restorer:
@@ -328,16 +327,15 @@ class Restorer:
         self.app = serverapp
         self.hub = hub
         self.settings = settings
-        self.report = {"snapshot": snapshot_id, "state": "restoring", "files": {}, "kernels": [],
-                       "error": None, "bytes_total": 0, "bytes_received": 0}
+        self.report = RestoreReport(snapshot=snapshot_id)
 
-    async def run(self) -> dict:
-        sid = self.report["snapshot"]
+    async def run(self) -> RestoreReport:
+        sid = self.report.snapshot
         store = StoreClient(self.settings.store_url, self.hub.user, self.hub.token)
         workdir = tempfile.mkdtemp(prefix="cloudhop-restore-")
         try:
             manifest = Manifest.loads(await asyncio.to_thread(store.get_manifest, sid))
-            self.report["bytes_total"] = manifest.total_bytes
+            self.report.bytes_total = manifest.total_bytes
             kernels = manifest.meta.get("kernels") or []
             ws = workspace_dest(self.app.root_dir, skip_prefix=KERNEL_PREFIX)
 
@@ -347,17 +345,17 @@ class Restorer:
                 return ws(path)
 
             def progress(got, total):
-                self.report["bytes_received"] = got
+                self.report.bytes_received = got
 
             restored = await asyncio.to_thread(restore_snapshot, manifest, store, dest, progress=progress)
-            self.report["files"] = {p: h for p, h in restored.items() if not p.startswith(KERNEL_PREFIX + "/")}
+            self.report.files = {p: h for p, h in restored.items() if not p.startswith(KERNEL_PREFIX + "/")}
             for k in kernels:
-                self.report["kernels"].append(await self._kernel(k, os.path.join(workdir, k["prefix"])))
-            self.report["state"] = "done"
+                self.report.kernels.append(await self._kernel(k, os.path.join(workdir, k["prefix"])))
+            self.report.state = "done"
         except Exception as err:  # noqa: BLE001 - reported to the source through the store
             log.exception("restore of %s failed", sid)
-            self.report["state"] = "failed"
-            self.report["error"] = str(err) or type(err).__name__
+            self.report.state = "failed"
+            self.report.error = str(err) or type(err).__name__
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         try:
@@ -366,7 +364,7 @@ class Restorer:
             store.close()
         return self.report
 
-    async def _kernel(self, k: dict, directory: str) -> dict:
+    async def _kernel(self, k: dict, directory: str) -> KernelReport:
         specs = self.app.kernel_spec_manager.find_kernel_specs()
         kernel_name = k["kernel_name"]
         skipped = []
@@ -380,5 +378,5 @@ class Restorer:
         )
         info = self.app.kernel_manager.get_kernel(model["kernel"]["id"]).get_connection_info()
         result = await restore_kernel(info, directory, timeout=self.settings.kernel_timeout)
-        return {"path": k["path"], "kernel_name": kernel_name, "kernel_id": model["kernel"]["id"],
-                "variables": result["variables"], "skipped": skipped + result["skipped"]}
+        return KernelReport(path=k["path"], kernel_name=kernel_name, kernel_id=model["kernel"]["id"],
+                            variables=result["variables"], skipped=skipped + result["skipped"])

@@ -27,12 +27,13 @@ import json
 import os
 
 from jupyter_server.auth.decorator import authorized
-from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from .ray_panel import hub_ray_url
+from .handlers import CloudhopHandler
+from .hubclient import HubClient, HubError
 
 DASHBOARD_NAME = "ray-dashboard"
 
@@ -42,13 +43,9 @@ def dashboard_port() -> int | None:
     return int(port) if port and port.isdigit() else None
 
 
-async def _fetch_json(url: str, *, method: str = "GET", body=None, token: str | None = None,
-                      timeout: float = 30):
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"token {token}"
-    req = HTTPRequest(url, method=method, headers=headers, request_timeout=timeout,
-                      body=None if body is None else json.dumps(body))
+async def _fetch_json(url: str, *, timeout: float = 30):
+    """GET JSON from the Ray head's dashboard on loopback (no token: Ray has none)."""
+    req = HTTPRequest(url, headers={"Content-Type": "application/json"}, request_timeout=timeout)
     resp = await AsyncHTTPClient().fetch(req)
     return json.loads(resp.body or b"null")
 
@@ -76,17 +73,7 @@ async def cluster_usage(port: int) -> dict:
             if isinstance(v, (list, tuple)) and len(v) == 2 and not k.startswith("node:")}
 
 
-class RayHandler(APIHandler):
-    auth_resource = "cloudhop"
-
-    def check_owner(self) -> None:
-        # the server extension's rule, not a copy of it (server.py imports this module)
-        from .server import CloudhopHandler
-
-        CloudhopHandler.check_owner(self)
-
-
-class RayStatusHandler(RayHandler):
+class RayStatusHandler(CloudhopHandler):
     @web.authenticated
     @authorized
     async def get(self):
@@ -104,16 +91,14 @@ class RayStatusHandler(RayHandler):
         except Exception as err:  # the head may still be starting
             out["errors"].append(f"ray: {err}")
         try:
-            out["hub"] = await _fetch_json(hub_ray_url(), token=os.environ.get("JUPYTERHUB_API_TOKEN"))
-        except HTTPClientError as err:
-            out["errors"].append(f"hub: {_hub_message(err)}")
-        except OSError as err:
-            out["errors"].append(f"hub unreachable: {err}")
+            out["hub"] = await HubClient.from_env().ray_cluster()
+        except HubError as err:
+            out["errors"].append(f"hub: {err.message}" if err.status is not None else str(err))
         out["alive"] = len([n for n in out["nodes"] if n["state"] == "ALIVE"])
         self.finish(json.dumps(out))
 
 
-class RayWorkersHandler(RayHandler):
+class RayWorkersHandler(CloudhopHandler):
     @web.authenticated
     @authorized
     async def post(self):
@@ -125,21 +110,12 @@ class RayWorkersHandler(RayHandler):
         except web.HTTPError:
             raise web.HTTPError(400, "body must be JSON like {\"workers\": 2}") from None
         try:
-            status = await _fetch_json(hub_ray_url(), method="POST", body=body,
-                                       token=os.environ.get("JUPYTERHUB_API_TOKEN"), timeout=600)
-        except HTTPClientError as err:
+            status = await HubClient.from_env().resize_ray(body)
+        except HubError as err:
             # the hub's message names the field; pass its status on (400 stays 400)
-            raise web.HTTPError(err.code if err.code and err.code < 600 else 502, _hub_message(err)) from None
+            raise web.HTTPError(err.status if err.status and err.status < 600 else 502,
+                                err.message if err.status is not None else str(err)) from None
         self.finish(json.dumps(status))
-
-
-def _hub_message(err: HTTPClientError) -> str:
-    if err.response is not None and err.response.body:
-        try:
-            return json.loads(err.response.body).get("message") or err.message
-        except ValueError:
-            pass
-    return str(err.message)
 
 
 class XsrfCheckedProxy:

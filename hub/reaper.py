@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 
 from .config import CloudhopReaper
+from cloudhop.extensions.hubclient import HubClient
+
 from .services import add_service, hub_credentials, hub_is_gone, hub_pid
 
 SERVICE_NAME = "cloudhop-reaper"
@@ -66,35 +68,6 @@ def owned_nodes(users: list[dict]) -> set[tuple[str, str]]:
             if node.get("id"):
                 owned.add((node.get("provider"), node["id"]))
     return owned
-
-
-class HubClient:
-    """The few hub API calls the reaper makes (tornado's client, off nothing blocking)."""
-
-    def __init__(self, api_url: str, token: str):
-        self.api_url = api_url.rstrip("/")
-        self.token = token
-
-    async def users(self) -> list[dict]:
-        """Every user with their active servers' state (paginated)."""
-        from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-
-        client = AsyncHTTPClient()
-        out, offset = [], 0
-        while True:
-            req = HTTPRequest(
-                f"{self.api_url}/users?offset={offset}&limit=200",
-                headers={"Authorization": f"token {self.token}",
-                         "Accept": "application/jupyterhub-pagination+json"},
-                request_timeout=30,
-            )
-            reply = json.loads((await client.fetch(req)).body)
-            items = reply["items"] if isinstance(reply, dict) else reply
-            out += items
-            nxt = (reply.get("_pagination") or {}).get("next") if isinstance(reply, dict) else None
-            if not nxt:
-                return out
-            offset = nxt["offset"]
 
 
 class Reaper:

@@ -14,6 +14,10 @@ a user reads and writes only their own snapshots::
     GET  api/users/{user}/snapshots/{id}    -> manifest
     PUT|GET api/users/{user}/snapshots/{id}/report   restore report (small JSON)
 
+The chunk pack and the restore report are defined once, in
+:mod:`cloudhop.extensions.snapshot.protocol` (standard library only), for this service
+and its clients alike.
+
 A *target* is ``{"kind": "pack", "url": <relative url>}`` (send or fetch through the
 service) or ``{"kind": "presigned", "urls": {id: url}}`` (straight to the bucket).
 
@@ -29,12 +33,15 @@ import asyncio
 import json
 import logging
 import os
-import struct
 import sys
 from urllib.parse import unquote, urlparse
 
 from jupyterhub.services.auth import HubAuth
 from tornado import httpserver, ioloop, web
+
+from cloudhop.extensions.snapshot.protocol import (
+    REPORT_MAX, PackError, RestoreReport, encode_pack, iter_pack,
+)
 
 from .services import add_service, exit_with_hub, hub_credentials
 from .store_backends import (
@@ -44,11 +51,9 @@ from .store_backends import (
 
 SERVICE_NAME = "cloudhop-store"
 log = logging.getLogger("cloudhop.store")
-PACK_HEADER = struct.Struct(">32sQ")
 #: the largest request body the service accepts (a chunk pack is at most ~17 MiB)
 MAX_BODY = 64 << 20
 MAX_IDS = 5000
-REPORT_MAX = 4 << 20
 
 
 class StoreHandler(web.RequestHandler):
@@ -128,18 +133,10 @@ class ChunksHandler(StoreHandler):
     async def post(self, user):
         if not self.backend.through_service:
             raise web.HTTPError(405, "this store takes chunks at presigned URLs")
-        body = memoryview(self.request.body)
-        items, pos = [], 0
-        while pos < len(body):
-            if pos + PACK_HEADER.size > len(body):
-                raise web.HTTPError(400, "truncated chunk pack")
-            raw, length = PACK_HEADER.unpack_from(body, pos)
-            pos += PACK_HEADER.size
-            data = body[pos:pos + length]
-            pos += length
-            if len(data) != length:
-                raise web.HTTPError(400, "truncated chunk pack")
-            items.append((raw.hex(), data))
+        try:
+            items = list(iter_pack(self.request.body))
+        except PackError as err:
+            raise web.HTTPError(400, str(err)) from None
 
         def store():
             import blake3  # the service's own dependency; the hub's config does not need it
@@ -166,11 +163,7 @@ class PackHandler(StoreHandler):
         ids = self.ids()
 
         def read():
-            out = bytearray()
-            for cid in ids:
-                data = self.backend.get_chunk(self.user, cid)
-                out += PACK_HEADER.pack(bytes.fromhex(cid), len(data)) + data
-            return bytes(out)
+            return encode_pack((cid, self.backend.get_chunk(self.user, cid)) for cid in ids)
 
         body = await self.call(read)
         self.set_header("Content-Type", "application/octet-stream")
@@ -228,7 +221,10 @@ class ReportHandler(SnapshotHandler):
         sid = self.sid(sid)
         if len(self.request.body) > REPORT_MAX:
             raise web.HTTPError(413, "report too large")
-        self.json_body()
+        try:
+            RestoreReport.decode(self.request.body)
+        except ValueError as err:
+            raise web.HTTPError(400, f"not a restore report: {err}") from None
         await self.call(self.backend.get_object, self.user, f"{sid}.json")
         await self.call(self.backend.put_object, self.user, f"{sid}.report.json", self.request.body)
         self.finish_json({"id": sid})

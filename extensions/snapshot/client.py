@@ -2,25 +2,22 @@
 
 Synchronous (``requests``); async callers run it in a thread. The hub token goes only
 to the store's own URL: presigned bucket URLs handed out by the store are used bare.
-
-Wire format of a chunk *pack* (uploads to and downloads from the local backend): a
-sequence of ``32-byte raw BLAKE3 id | 8-byte big-endian length | data``.
+The chunk pack and the restore report are defined in :mod:`.protocol`.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 from urllib.parse import quote, urljoin
 
 import requests
 
 from .chunking import hash_bytes
+from .protocol import RestoreReport, encode_pack, iter_pack
 
-PACK_HEADER = struct.Struct(">32sQ")
 #: chunk ids per has/missing query, bytes per uploaded pack
 QUERY_BATCH = 2000
 PACK_BYTES = 16 << 20
@@ -32,29 +29,6 @@ class StoreError(RuntimeError):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
-
-
-def encode_pack(items: Iterable[tuple[str, bytes]]) -> bytes:
-    out = bytearray()
-    for cid, data in items:
-        out += PACK_HEADER.pack(bytes.fromhex(cid), len(data))
-        out += data
-    return bytes(out)
-
-
-def iter_pack(body) -> Iterator[tuple[str, memoryview]]:
-    """Split a pack into ``(id, data)``; raises ValueError when truncated."""
-    view = memoryview(body)
-    pos = 0
-    while pos < len(view):
-        if pos + PACK_HEADER.size > len(view):
-            raise ValueError("truncated chunk pack header")
-        raw_id, length = PACK_HEADER.unpack_from(view, pos)
-        pos += PACK_HEADER.size
-        if pos + length > len(view):
-            raise ValueError("truncated chunk pack")
-        yield raw_id.hex(), view[pos:pos + length]
-        pos += length
 
 
 def bounded_map(pool: ThreadPoolExecutor, fn, items, depth: int) -> Iterator:
@@ -236,17 +210,21 @@ class StoreClient:
     def list_snapshots(self) -> list[dict]:
         return self._json("GET", "snapshots")["snapshots"]
 
-    def put_report(self, snapshot_id: str, report: dict) -> None:
+    def put_report(self, snapshot_id: str, report: RestoreReport) -> None:
         """Keep a restore report beside a snapshot (the target writes it, the source reads it)."""
-        self._json("PUT", f"snapshots/{quote(snapshot_id, safe='')}/report", report)
+        self._request("PUT", self._url(f"snapshots/{quote(snapshot_id, safe='')}/report"),
+                      data=report.encode(), headers={"Content-Type": "application/json"})
 
-    def get_report(self, snapshot_id: str) -> dict | None:
+    def get_report(self, snapshot_id: str) -> RestoreReport | None:
+        """The snapshot's restore report, checked (None while there is none); raises
+        :class:`~.protocol.ReportError` for one that does not check out."""
         try:
-            return self._json("GET", f"snapshots/{quote(snapshot_id, safe='')}/report")
+            body = self._request("GET", self._url(f"snapshots/{quote(snapshot_id, safe='')}/report")).content
         except StoreError as err:
             if err.status == 404:
                 return None
             raise
+        return RestoreReport.decode(body)
 
     def close(self) -> None:
         self._session.close()

@@ -1,0 +1,120 @@
+"""Request handlers of the Cloudhop server extension; :mod:`.server` wires them to
+routes. :class:`CloudhopHandler` is the base every Cloudhop API handler shares, the Ray
+routes of :mod:`.ray_api` included (so neither of those modules imports the other).
+
+Every handler needs the server's normal authentication and (for POST) XSRF protection;
+under JupyterHub only the server's owner may move or inspect the server, not users it
+is shared with (:meth:`CloudhopHandler.check_owner`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+from tornado import web
+
+from .hubclient import HubError
+from .migrate import Busy, Migrator, OptionError, Restorer
+
+
+class CloudhopHandler(APIHandler):
+    """Base of every Cloudhop API handler (this module's and :mod:`.ray_api`'s): the
+    ``cloudhop`` auth resource and the owner rule."""
+
+    auth_resource = "cloudhop"
+
+    def check_owner(self) -> None:
+        """Under JupyterHub, users a server is shared with may not move or inspect it."""
+        try:
+            from jupyterhub.singleuser.extension import JupyterHubIdentityProvider
+        except ImportError:  # pragma: no cover - not under JupyterHub
+            return
+        if not isinstance(self.identity_provider, JupyterHubIdentityProvider):
+            return
+        if getattr(self.current_user, "username", None) != os.environ.get("JUPYTERHUB_USER"):
+            raise web.HTTPError(403, "only the server's owner may do this")
+
+
+class MigrationAPIHandler(CloudhopHandler):
+    """Base of the move's handlers: the server's :class:`~.migrate.Migrator`, and its
+    :class:`~.migrate.Restorer` when it was started from a snapshot."""
+
+    def initialize(self, migrator: Migrator, restorer: Restorer | None = None):
+        self.migrator = migrator
+        self.restorer = restorer
+
+
+class MigrationsHandler(MigrationAPIHandler):
+    @web.authenticated
+    @authorized
+    async def post(self):
+        self.check_owner()
+        try:
+            options = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the body must be JSON user_options") from None
+        if not self.migrator.settings.store_url or not self.migrator.hub.configured:
+            raise web.HTTPError(503, "this server is not started by a Cloudhop hub; nothing to migrate to")
+        try:
+            await self.migrator.check(options)
+            m = self.migrator.start(options)
+        except OptionError as err:
+            raise web.HTTPError(getattr(err, "status", 400), str(err), reason="bad option") from None
+        except Busy as err:
+            raise web.HTTPError(409, str(err), reason="busy") from None
+        self.set_status(202)
+        self.set_header("Location", url_path_join(self.base_url, "cloudhop/api/migrations", m.id))
+        self.finish(json.dumps(m.to_json()))
+
+
+class MigrationHandler(MigrationAPIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, mid):
+        self.check_owner()
+        m = self.migrator.migrations.get(mid)
+        if m is None:
+            raise web.HTTPError(404, "no such migration")
+        self.finish(json.dumps(m.to_json()))
+        self.migrator.seen(m)
+
+
+class RestoreHandler(MigrationAPIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        self.check_owner()
+        if self.restorer is None:
+            raise web.HTTPError(404, "this server was not started from a snapshot")
+        self.finish(json.dumps(self.restorer.report.to_json()))
+
+
+class InfoHandler(MigrationAPIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        self.check_owner()
+        env = os.environ
+        self.finish(json.dumps({
+            "user": env.get("JUPYTERHUB_USER"), "server": env.get("JUPYTERHUB_SERVER_NAME", ""),
+            "provider": env.get("CLOUDHOP_PROVIDER"), "region": env.get("CLOUDHOP_REGION"),
+            "instance_type": env.get("CLOUDHOP_INSTANCE_TYPE"), "gpu": env.get("CLOUDHOP_GPU"),
+            "gpu_count": int(env.get("CLOUDHOP_GPU_COUNT") or 0),
+            "migrations": [m.to_json() for m in self.migrator.migrations.values()],
+        }))
+
+
+class OffersHandler(MigrationAPIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self):
+        self.check_owner()
+        try:
+            offers = await self.migrator.hub.offers()
+        except HubError as err:
+            raise web.HTTPError(502, f"could not read offers from the hub: {err}") from None
+        self.finish(json.dumps({"offers": offers}))
