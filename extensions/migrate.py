@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import re
 import shutil
@@ -32,11 +31,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from traitlets import TraitError
+from traitlets import Float, List, Unicode, default, validate
+from traitlets.config import Configurable
+
+from cloudhop.spawner.validate import SettingError, check_number, require_url, setting_name
 
 from .hubclient import HubClient, HubError
 from .kernelstate import checkpoint_kernel, restore_kernel
 from .snapshot import Excludes, Manifest, StoreClient, restore_snapshot, take_snapshot
+from .snapshot.excludes import DEFAULT_MAX_FILE_BYTES, DEFAULT_PATTERNS
 from .snapshot.protocol import KernelReport, RestoreReport
 from .snapshot.snapshot import workspace_dest
 
@@ -122,46 +125,85 @@ class Migration:
         }
 
 
-@dataclass
-class Settings:
-    """Settings of migrations from and into a server: the values of the traits of
-    :class:`cloudhop.extensions.server.CloudhopMigration`, checked when made (a bad
-    value is a ``TraitError`` naming ``c.CloudhopMigration.<name>``)."""
+def _default_store_url(env) -> str:
+    """The store as the hub announced it; a server of the local provider runs on the
+    hub's machine and reaches the service directly instead of through the proxy."""
+    if env.get("CLOUDHOP_PROVIDER") == "local" and env.get("CLOUDHOP_STORE_LOCAL_URL"):
+        return env["CLOUDHOP_STORE_LOCAL_URL"]
+    return env.get("CLOUDHOP_STORE_URL", "")
 
-    store_url: str
-    launch_timeout: float = 900
-    restore_timeout: float = 1800
-    kernel_timeout: float = 600
-    stop_delay: float = 10
-    poll_interval: float = 1.0
-    excludes: Excludes = field(default_factory=Excludes)
 
-    def __post_init__(self):
-        for name in ("launch_timeout", "restore_timeout", "kernel_timeout", "poll_interval"):
-            _check_number(name, getattr(self, name), "a number of seconds above 0", minimum=0, strict=True)
-        _check_number("stop_delay", self.stop_delay, "a number of seconds, 0 or more", minimum=0)
-        _check_number("max_file_bytes", self.excludes.max_file_bytes, "a number of bytes above 0",
-                      minimum=0, strict=True)
-        if self.store_url and not re.match(r"https?://[^/\s]+", self.store_url):
-            raise TraitError(f"c.CloudhopMigration.store_url must be an http:// or https:// URL, "
-                             f"not {self.store_url[:80]!r}")
-        bad = [p for p in self.excludes.patterns if not isinstance(p, str) or not p.strip()]
+class CloudhopMigration(Configurable):
+    """Settings of moves from and into this server (``c.CloudhopMigration.*``): the one
+    settings object the :class:`Migrator` and the :class:`Restorer` read. A bad value is
+    refused when the server loads its config, as a ``TraitError`` naming the setting
+    (the checks of :mod:`cloudhop.spawner.validate`)."""
+
+    store_url = Unicode(
+        help="URL of the hub's snapshot store service. Default: $CLOUDHOP_STORE_URL, set by the "
+        "hub ($CLOUDHOP_STORE_LOCAL_URL on the local provider, whose servers share the hub's host).",
+    ).tag(config=True)
+    launch_timeout = Float(900, help="Seconds to wait for the target server to start.").tag(config=True)
+    restore_timeout = Float(1800, help="Seconds to wait for the target to restore files and kernels.").tag(config=True)
+    kernel_timeout = Float(600, help="Seconds one kernel may take to checkpoint or restore "
+                           "(including waiting for a cell that is running).").tag(config=True)
+    stop_delay = Float(10, help="Seconds the source keeps running after a migration is done, "
+                       "until a client has read the final state.").tag(config=True)
+    exclude = List(Unicode(), list(DEFAULT_PATTERNS),
+                   help="Glob patterns of workspace paths a snapshot leaves out.").tag(config=True)
+    max_file_bytes = Float(DEFAULT_MAX_FILE_BYTES, help="Files larger than this (bytes) are left out "
+                           "of a snapshot, with a warning.").tag(config=True)
+    #: seconds between looks at the hub and the store while waiting (not a setting)
+    poll_interval = 1.0
+
+    @default("store_url")
+    def _store_url_default(self):
+        return self._store_url("")
+
+    @validate("store_url")
+    def _check_store_url(self, proposal):
+        return self._store_url(proposal["value"])
+
+    def _store_url(self, value: str) -> str:
+        """``value`` or, when empty, the URL the hub announced; either must be an http(s) URL."""
+        return require_url(value or _default_store_url(os.environ), setting_name(self, type(self).store_url))
+
+    @validate("launch_timeout", "restore_timeout", "kernel_timeout")
+    def _check_timeout(self, proposal):
+        return check_number(proposal, minimum=0, strict=True, must="a number of seconds above 0")
+
+    @validate("stop_delay")
+    def _check_stop_delay(self, proposal):
+        return check_number(proposal, minimum=0, must="a number of seconds, 0 or more")
+
+    @validate("max_file_bytes")
+    def _check_max_file_bytes(self, proposal):
+        return check_number(proposal, minimum=0, strict=True, must="a number of bytes above 0")
+
+    @validate("exclude")
+    def _check_exclude(self, proposal):
+        bad = [p for p in proposal["value"] if not p.strip()]
         if bad:
-            raise TraitError(f"c.CloudhopMigration.exclude must be a list of non-empty glob patterns, "
-                             f"not one with {bad[0]!r}")
+            raise SettingError(f"{setting_name(self, proposal['trait'])} must be a list of non-empty "
+                               f"glob patterns, not one with {bad[0]!r}")
+        return proposal["value"]
 
+    @property
+    def excludes(self) -> Excludes:
+        """What a snapshot leaves out (a new :class:`Excludes` each time: it records its walk)."""
+        return Excludes(patterns=tuple(self.exclude), max_file_bytes=int(self.max_file_bytes))
 
-def _check_number(name: str, value, what: str, minimum: float, strict: bool = False) -> None:
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-          and (value > minimum if strict else value >= minimum))
-    if not ok:
-        raise TraitError(f"c.CloudhopMigration.{name} must be {what}, not {value!r}")
+    def settings(self) -> "CloudhopMigration":
+        """The settings of moves: this object, checked when its config was loaded, with
+        the store URL resolved now (so a bad one the hub announced fails at load too)."""
+        self.store_url  # noqa: B018 - computes (and checks) the default
+        return self
 
 
 class Migrator:
     """The source side. ``serverapp`` gives the root dir, sessions and kernels."""
 
-    def __init__(self, serverapp, hub: HubClient, settings: Settings):
+    def __init__(self, serverapp, hub: HubClient, settings: CloudhopMigration):
         self.app = serverapp
         self.hub = hub
         self.settings = settings
@@ -323,7 +365,7 @@ class Migrator:
 class Restorer:
     """The target side: restore snapshot ``snapshot_id`` into this server."""
 
-    def __init__(self, serverapp, hub: HubClient, settings: Settings, snapshot_id: str):
+    def __init__(self, serverapp, hub: HubClient, settings: CloudhopMigration, snapshot_id: str):
         self.app = serverapp
         self.hub = hub
         self.settings = settings
