@@ -27,7 +27,7 @@ from traitlets.config import Config
 from cloudhop.spawner.catalog import CATALOG_PROVIDERS, CatalogError, catalog_offers, check_path, default_data_dir, record_check
 from cloudhop.spawner.catalog.check import normalise_entries
 
-from .offers_cli import UsageError, did_you_mean, load_config
+from .offers_cli import UsageError, did_you_mean, load_config, refuse
 
 
 def add_parser(sub) -> None:
@@ -100,12 +100,8 @@ def run_check(args) -> int:
         regions = sorted({o.region for o in offers})
         data_dir = args.data_dir or default_data_dir()
         result = asyncio.run(check(provider, offers, regions, data_dir))
-    except UsageError as err:
-        print(f"cloudhop catalog check: {err}", file=sys.stderr)
-        return 2
-    except CatalogError as err:
-        print(f"cloudhop catalog check: catalog override: {err}", file=sys.stderr)
-        return 2
+    except (UsageError, CatalogError) as err:
+        return refuse("catalog check", err)
     except NotImplementedError as err:
         print(f"cloudhop catalog check: {err}", file=sys.stderr)
         return 1

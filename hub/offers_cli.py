@@ -73,6 +73,14 @@ def load_config(path: str | None) -> Config:
         raise UsageError(f"--config: {path!r} could not be loaded: {type(err).__name__}: {err}") from None
 
 
+def refuse(command: str, err: UsageError | CatalogError) -> int:
+    """Report a bad flag or a bad catalog override on stderr, as every ``cloudhop``
+    command does (``cloudhop <command>: ...``), and return the exit status, 2."""
+    where = "catalog override: " if isinstance(err, CatalogError) else ""
+    print(f"cloudhop {command}: {where}{err}", file=sys.stderr)
+    return 2
+
+
 def did_you_mean(flag: str, value: str, valid) -> UsageError:
     valid = sorted(set(valid), key=str.casefold)
     low = {v.casefold(): v for v in valid}
@@ -214,12 +222,8 @@ def table(offers: list[Offer], spot: bool) -> str:
 def run(args) -> int:
     try:
         offers, warnings = gather(args)
-    except UsageError as err:
-        print(f"cloudhop offers: {err}", file=sys.stderr)
-        return 2
-    except CatalogError as err:
-        print(f"cloudhop offers: catalog override: {err}", file=sys.stderr)
-        return 2
+    except (UsageError, CatalogError) as err:
+        return refuse("offers", err)
     for warning in warnings:
         print(f"cloudhop offers: {warning}", file=sys.stderr)
     if args.json:
