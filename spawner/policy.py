@@ -38,6 +38,7 @@ from traitlets.config import Configurable
 
 from .offers import Offer
 from .optimizer import effective_price
+from .validate import require_number
 from .options import PROVIDERS, LaunchRequest, OptionError, parse_options
 
 RULES = ("providers", "regions", "gpus", "max_gpus", "max_ray_workers", "max_price_hour", "budget")
@@ -197,10 +198,10 @@ def parse_group_policy(group: str, raw) -> GroupPolicy:
         value = raw.get(key)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (kind is int and value != int(value)):
-            what = "a whole number >= 0" if kind is int else "a number >= 0"
-            raise TraitError(f"{where}[{key!r}] must be {what}, not {value!r}")
-        return kind(value)
+        if kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)  # 2.0 GPUs is 2
+        return kind(require_number(value, f"{where}[{key!r}]", minimum=0, integer=kind is int,
+                                   what="a whole number" if kind is int else "a number"))
 
     budget_usd, budget_period = None, "month"
     budget = raw.get("budget")
@@ -208,8 +209,7 @@ def parse_group_policy(group: str, raw) -> GroupPolicy:
         if not isinstance(budget, dict) or set(budget) - {"usd", "period"} or "usd" not in budget:
             raise TraitError(f"{where}['budget'] must be {{'usd': amount, 'period': 'day'|'week'|'month'}}, not {budget!r}")
         usd = budget["usd"]
-        if isinstance(usd, bool) or not isinstance(usd, (int, float)) or usd < 0:
-            raise TraitError(f"{where}['budget']['usd'] must be a number of USD >= 0, not {usd!r}")
+        require_number(usd, f"{where}['budget']['usd']", minimum=0, what="a number of USD")
         budget_period = budget.get("period", "month")
         if budget_period not in PERIODS:
             raise TraitError(f"{where}['budget']['period'] must be one of {', '.join(PERIODS)}, not {budget_period!r}")

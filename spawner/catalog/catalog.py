@@ -18,6 +18,7 @@ from traitlets import Bool, Dict, List, Unicode, validate, TraitError
 from traitlets.config import Config, Configurable
 
 from ..offers import Offer
+from ..validate import require_number
 from .attached import DEFAULT_N1_HOSTS, attached_offers
 from .check import apply_check, check_path, read_check
 from .loader import DATA_DIR, CatalogError, parse_attached, parse_instances, read_text, table_kind
@@ -106,8 +107,7 @@ class Catalog(Configurable):
             for name, price in entry.items():
                 if name not in ("price_hour", "spot_price_hour"):
                     raise TraitError(f"Catalog.n1_host_prices[{key!r}]: unknown key {name!r}; use price_hour, spot_price_hour")
-                if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
-                    raise TraitError(f"Catalog.n1_host_prices[{key!r}]: {name} must be a number of USD/hour >= 0, not {price!r}")
+                require_number(price, f"Catalog.n1_host_prices[{key!r}]: {name}", minimum=0, what="a number of USD/hour")
         return proposal["value"]
 
     def settings_key(self) -> tuple:
