@@ -13,7 +13,7 @@ not thread-safe, and every blocking call runs in a worker thread.
 The nodes of a Ray cluster (:data:`~cloudhop.spawner.providers.base.TAG_RAY_CLUSTER`) join a security
 group of their own besides the configured ones, tagged like the nodes and admitting
 Ray's ports from itself only; it is deleted once the cluster's last instance is gone
-(:mod:`cloudhop.spawner.providers.ray_firewall`).
+(:class:`AWSRuleStore`, driven as :mod:`cloudhop.spawner.providers.ray_firewall` says).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from .base import (
     QuotaError,
 )
 from .ray_firewall import (
-    CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, RuleInUse, cluster_of, rule_name,
+    CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, RuleInUse, RuleStore, cluster_of, rule_name,
 )
 from .cloud import TAG_PORT, CloudProvider, Retry, split_id
 
@@ -367,25 +367,14 @@ class AWSProvider(CloudProvider):
             self._zones[region] = {z["ZoneId"]: z["ZoneName"] for z in zones}
         return self._zones[region]
 
-    def _blocking_create(self, spec, tags, user_data):
-        """Run the instance (a Ray cluster's node in its cluster's security group too)
-        in the first of the offer's zones with capacity: a zone without capacity moves
-        on to the next at once; when none has any, the last zone's error stands for the
-        offer."""
-        region = spec.offer.region
-        if not cluster_of(tags):
-            return self._run(spec, tags, user_data, None)
-        ray_group = self._blocking_ensure_ray_group(region, tags)
-        groups = self._base_groups(region) + [ray_group]
-        try:
-            return self._run(spec, tags, user_data, groups)
-        except Exception as err:
-            self.ray_rules.after_failed_create(region, tags, err)
-            raise
-
-    def _run(self, spec, tags, user_data, groups):
+    def _blocking_create_node(self, spec, tags, user_data, rule):
+        """Run the instance (a Ray cluster's node in its cluster's security group ``rule``
+        too) in the first of the offer's zones with capacity: a zone without capacity
+        moves on to the next at once; when none has any, the last zone's error stands for
+        the offer."""
         _, botocore = _sdk()
         region = spec.offer.region
+        groups = None if rule is None else self._base_groups(region) + [rule]
         last = None
         for zone in self.zones_for(spec):
             params = self.run_instances_params(spec, tags, user_data, zone, groups)
@@ -416,7 +405,10 @@ class AWSProvider(CloudProvider):
         state = _STATES.get(changes[0]["CurrentState"]["Name"], FAILED)
         return Node(node_id, self.name, region, state)
 
-    # -- Ray firewall: a security group per cluster ---------------------------------------
+    # -- Ray firewall: a security group per cluster (AWSRuleStore) -----------------------
+    def _rule_store(self):
+        return AWSRuleStore(client=self.client, vpc=self._vpc, log=self.log)
+
     def _vpc(self, region: str) -> str:
         """The VPC nodes start in: the subnet's, else the region's default VPC."""
         if region not in self._vpcs:
@@ -443,83 +435,6 @@ class AWSProvider(CloudProvider):
             ])["SecurityGroups"]
             self._default_groups[region] = [g["GroupId"] for g in found[:1]]
         return self._default_groups[region]
-
-    @staticmethod
-    def ray_permission(group_id: str) -> dict:
-        """The ingress rule of a cluster's group: Ray's ports from the group itself."""
-        return {"IpProtocol": "tcp", "FromPort": PORTS[0], "ToPort": PORTS[1],
-                "UserIdGroupPairs": [{"GroupId": group_id, "Description": "Ray between the cluster's nodes"}]}
-
-    def _blocking_ensure_ray_group(self, region: str, tags: dict) -> str:
-        """The id of the cluster's security group, made (with its rule) if missing."""
-        _, botocore = _sdk()
-        cluster = cluster_of(tags)
-        ec2 = self.client(region)
-        vpc = self._vpc(region)
-        with self.ray_rules.lock(cluster):
-            found = ec2.describe_security_groups(Filters=[
-                {"Name": "vpc-id", "Values": [vpc]},
-                {"Name": f"tag:{CLUSTER_TAG}", "Values": [cluster]},
-            ])["SecurityGroups"]
-            if found:
-                group_id, rules = found[0]["GroupId"], found[0].get("IpPermissions", [])
-            else:
-                owner = {k: v for k, v in tags.items() if k in (TAG_HUB, TAG_USER, TAG_SERVER, CLUSTER_TAG)}
-                group_tags = dict(owner, Name=rule_name(cluster), **{TAG_CREATED: str(int(time.time()))})
-                try:
-                    group_id = ec2.create_security_group(
-                        GroupName=rule_name(cluster), Description=DESCRIPTION, VpcId=vpc,
-                        TagSpecifications=[{"ResourceType": "security-group",
-                                            "Tags": [{"Key": k, "Value": v} for k, v in group_tags.items()]}],
-                    )["GroupId"]
-                    rules = []
-                    self.log.info("aws: made security group %s for Ray cluster %s in %s", group_id, cluster, region)
-                except botocore.exceptions.ClientError as err:
-                    if err.response.get("Error", {}).get("Code") != "InvalidGroup.Duplicate":
-                        raise
-                    # made by a retried attempt that a describe did not show yet
-                    [group] = ec2.describe_security_groups(Filters=[
-                        {"Name": "vpc-id", "Values": [vpc]},
-                        {"Name": "group-name", "Values": [rule_name(cluster)]},
-                    ])["SecurityGroups"]
-                    group_id, rules = group["GroupId"], group.get("IpPermissions", [])
-            wanted = self.ray_permission(group_id)
-            if not any(r.get("IpProtocol") == "tcp" and r.get("FromPort") == PORTS[0]
-                       and r.get("ToPort") == PORTS[1]
-                       and any(p.get("GroupId") == group_id for p in r.get("UserIdGroupPairs", []))
-                       for r in rules):
-                try:
-                    ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[wanted])
-                except botocore.exceptions.ClientError as err:
-                    if err.response.get("Error", {}).get("Code") != "InvalidPermission.Duplicate":
-                        raise
-        return group_id
-
-    def _blocking_ray_rules(self, where, hub):
-        pages = self.client(where).get_paginator("describe_security_groups").paginate(Filters=[
-            {"Name": f"tag:{TAG_HUB}", "Values": [hub]}, {"Name": "tag-key", "Values": [CLUSTER_TAG]},
-        ])
-        out = []
-        for page in pages:
-            for group in page.get("SecurityGroups", []):
-                tags = {t["Key"]: t["Value"] for t in group.get("Tags", [])}
-                created = tags.get(TAG_CREATED, "")
-                out.append(RayRule(group["GroupId"], tags[CLUSTER_TAG],
-                                   float(created) if created.isdigit() else None))
-        return out
-
-    def _blocking_delete_ray_rule(self, where, rule):
-        _, botocore = _sdk()
-        try:
-            self.client(where).delete_security_group(GroupId=rule.id)
-        except botocore.exceptions.ClientError as err:
-            code = err.response.get("Error", {}).get("Code")
-            if code in GROUP_GONE_CODES:
-                return
-            if code == "DependencyViolation":  # an instance still shutting down is in it
-                raise RuleInUse(rule.id) from err
-            raise
-
 
     # -- catalog -------------------------------------------------------------------------
     async def check_catalog(self, offers):
@@ -583,3 +498,89 @@ class AWSProvider(CloudProvider):
         if creds is None:
             return "no AWS credentials found (environment, ~/.aws profile or an instance role)"
         return None
+
+
+class AWSRuleStore(RuleStore):
+    """A Ray cluster's rule on EC2 (see :class:`~.ray_firewall.RuleStore`): a security
+    group in the VPC its nodes start in, named :func:`~.ray_firewall.rule_name`, tagged
+    like the nodes and with its creation time (EC2 keeps none for groups), admitting
+    Ray's ports from itself only. ``where`` is the region; ``client(region)`` is the
+    provider's EC2 client there and ``vpc(region)`` the nodes' VPC."""
+
+    def __init__(self, *, client, vpc, log):
+        self.client = client
+        self.vpc = vpc
+        self.log = log
+
+    @staticmethod
+    def permission(group_id: str) -> dict:
+        """The ingress rule of a cluster's group: Ray's ports from the group itself."""
+        return {"IpProtocol": "tcp", "FromPort": PORTS[0], "ToPort": PORTS[1],
+                "UserIdGroupPairs": [{"GroupId": group_id, "Description": "Ray between the cluster's nodes"}]}
+
+    def ensure(self, where, tags):
+        _, botocore = _sdk()
+        cluster = cluster_of(tags)
+        ec2 = self.client(where)
+        vpc = self.vpc(where)
+        found = ec2.describe_security_groups(Filters=[
+            {"Name": "vpc-id", "Values": [vpc]},
+            {"Name": f"tag:{CLUSTER_TAG}", "Values": [cluster]},
+        ])["SecurityGroups"]
+        if found:
+            group_id, rules = found[0]["GroupId"], found[0].get("IpPermissions", [])
+        else:
+            owner = {k: v for k, v in tags.items() if k in (TAG_HUB, TAG_USER, TAG_SERVER, CLUSTER_TAG)}
+            group_tags = dict(owner, Name=rule_name(cluster), **{TAG_CREATED: str(int(time.time()))})
+            try:
+                group_id = ec2.create_security_group(
+                    GroupName=rule_name(cluster), Description=DESCRIPTION, VpcId=vpc,
+                    TagSpecifications=[{"ResourceType": "security-group",
+                                        "Tags": [{"Key": k, "Value": v} for k, v in group_tags.items()]}],
+                )["GroupId"]
+                rules = []
+                self.log.info("aws: made security group %s for Ray cluster %s in %s", group_id, cluster, where)
+            except botocore.exceptions.ClientError as err:
+                if err.response.get("Error", {}).get("Code") != "InvalidGroup.Duplicate":
+                    raise
+                # made by a retried attempt that a describe did not show yet
+                [group] = ec2.describe_security_groups(Filters=[
+                    {"Name": "vpc-id", "Values": [vpc]},
+                    {"Name": "group-name", "Values": [rule_name(cluster)]},
+                ])["SecurityGroups"]
+                group_id, rules = group["GroupId"], group.get("IpPermissions", [])
+        if not any(r.get("IpProtocol") == "tcp" and r.get("FromPort") == PORTS[0]
+                   and r.get("ToPort") == PORTS[1]
+                   and any(p.get("GroupId") == group_id for p in r.get("UserIdGroupPairs", []))
+                   for r in rules):
+            try:
+                ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[self.permission(group_id)])
+            except botocore.exceptions.ClientError as err:
+                if err.response.get("Error", {}).get("Code") != "InvalidPermission.Duplicate":
+                    raise
+        return group_id
+
+    def list(self, where, hub):
+        pages = self.client(where).get_paginator("describe_security_groups").paginate(Filters=[
+            {"Name": f"tag:{TAG_HUB}", "Values": [hub]}, {"Name": "tag-key", "Values": [CLUSTER_TAG]},
+        ])
+        out = []
+        for page in pages:
+            for group in page.get("SecurityGroups", []):
+                tags = {t["Key"]: t["Value"] for t in group.get("Tags", [])}
+                created = tags.get(TAG_CREATED, "")
+                out.append(RayRule(group["GroupId"], tags[CLUSTER_TAG],
+                                   float(created) if created.isdigit() else None))
+        return out
+
+    def delete(self, where, rule):
+        _, botocore = _sdk()
+        try:
+            self.client(where).delete_security_group(GroupId=rule.id)
+        except botocore.exceptions.ClientError as err:
+            code = err.response.get("Error", {}).get("Code")
+            if code in GROUP_GONE_CODES:
+                return
+            if code == "DependencyViolation":  # an instance still shutting down is in it
+                raise RuleInUse(rule.id) from err
+            raise

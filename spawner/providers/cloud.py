@@ -1,6 +1,8 @@
 """What the three cloud providers (AWS, GCP, OCI) share: config common to VMs, the
-status cache, the launch retry loop and node tags. Each cloud's module subclasses
-:class:`CloudProvider` and supplies the blocking SDK calls; this module imports no SDK.
+status cache, the launch retry loop, node tags and the life of a Ray cluster's firewall
+rule around its nodes. Each cloud's module subclasses :class:`CloudProvider` and
+supplies the blocking SDK calls and a :class:`~.ray_firewall.RuleStore`; this module
+imports no SDK.
 
 Node ids are ``"<region or zone>/<cloud id>"`` so that ``status(node_id)`` knows where
 to look without a table, and the reaper can compare them with the server state.
@@ -18,18 +20,22 @@ from traitlets import Enum, Float, Integer, List, TraitError, Unicode, validate
 from cloudhop import __version__ as VERSION  # the default image tag follows the package
 
 from ..bootstrap import render_user_data
-from .ray_firewall import RayRules
+from .ray_firewall import RayRule, RayRules, RuleStore, cluster_of
 from ..validate import check_number
 from .base import (
     PENDING,
     STOPPING,
+    TAG_HUB,
     TAG_REQUEST,
     TAG_ROLE,
     TERMINATED,
+    CapacityError,
+    CredentialsError,
     LaunchSpec,
     Node,
     Provider,
     ProviderError,
+    QuotaError,
     TransientError,
 )
 
@@ -71,7 +77,8 @@ def split_id(node_id: str) -> tuple[str, str]:
 
 class CloudProvider(Provider):
     """Base of the VM providers. Subclasses implement the ``_blocking_*`` methods
-    (called through :func:`asyncio.to_thread`) and :meth:`_classify`."""
+    (called through :func:`asyncio.to_thread`), :meth:`_classify` and
+    :meth:`_rule_store`."""
 
     hub_connect_url = Unicode(
         "",
@@ -154,17 +161,13 @@ class CloudProvider(Provider):
         self._cache: dict[str, tuple[float, dict[str, Node]]] = {}
         self._cache_locks: dict[str, asyncio.Lock] = {}
         self._launched: dict[str, float] = {}
-        #: the Ray clusters' firewall rules (:mod:`.ray_firewall`): each cloud supplies
-        #: ``_blocking_ray_rules`` and ``_blocking_delete_ray_rule``
-        self.ray_rules = RayRules(self)
+        #: the Ray clusters' firewall rules (:mod:`.ray_firewall`): this cloud's
+        #: :class:`~.ray_firewall.RuleStore` with the per-cluster locks and retries
+        self.ray_rules = RayRules(self._rule_store(), log=self.log, name=self.name)
 
     # -- to be supplied by each cloud ---------------------------------------------------
-    def _blocking_ray_rules(self, where: str, hub: str) -> list:
-        """This hub's Ray firewall rules in ``where`` (:class:`.ray_firewall.RayRule`);
-        a cloud that makes none has none."""
-        return []
-
-    def _blocking_delete_ray_rule(self, where: str, rule) -> None:
+    def _rule_store(self) -> RuleStore:
+        """This cloud's Ray firewall rules (made once, in ``__init__``)."""
         raise NotImplementedError
 
     def _classify(self, err: BaseException) -> BaseException:
@@ -172,7 +175,10 @@ class CloudProvider(Provider):
         (to try again) or the error itself (unknown: raised as is)."""
         raise NotImplementedError
 
-    def _blocking_create(self, spec: LaunchSpec, tags: dict, user_data: str) -> Node:
+    def _blocking_create_node(self, spec: LaunchSpec, tags: dict, user_data: str,
+                              rule: str | None) -> Node:
+        """Create the node; ``rule``: the id of its Ray cluster's rule to put it under
+        (None: not part of a cluster)."""
         raise NotImplementedError
 
     def _blocking_find(self, where: str, tags: dict) -> list[Node]:
@@ -241,6 +247,28 @@ class CloudProvider(Provider):
                 "reach; set c.CloudProvider.hub_connect_url (docs/clouds.md)", self.name, api,
             )
         return render_user_data(spec, image=spec.image or self.singleuser_image, hub_connect_url=connect)
+
+    def _blocking_create(self, spec: LaunchSpec, tags: dict, user_data: str) -> Node:
+        """Create the node; a Ray cluster's node after its cluster's rule is ensured. A
+        create that made no node (a capacity or quota error) leaves no rule behind when
+        its cluster has no other node; the next offer makes it again if needed."""
+        cluster = cluster_of(tags)
+        if not cluster:
+            return self._blocking_create_node(spec, tags, user_data, None)
+        where = self._where(spec)
+        rule = self.ray_rules.ensure(where, tags)
+        try:
+            return self._blocking_create_node(spec, tags, user_data, rule)
+        except Exception as err:
+            hub = tags.get(TAG_HUB)
+            # anything else may have made the node (a timeout): the terminate that ends it sweeps
+            if hub and isinstance(self._classify(err), (CapacityError, QuotaError)):
+                try:
+                    self._blocking_release_rules(where, hub, cluster)
+                except Exception as cleanup:  # noqa: BLE001 - the launch error is what matters
+                    self.log.warning("%s: could not remove the Ray firewall rule of %s: %s",
+                                     self.name, cluster, cleanup)
+            raise
 
     async def _call(self, fn: Callable, *args, **kwargs):
         """Run a blocking SDK call off the event loop, translating its errors once."""
@@ -324,8 +352,45 @@ class CloudProvider(Provider):
 
     async def terminate(self, node_id: str) -> None:
         """See :meth:`Provider.terminate`; then the node's Ray firewall rule goes if it was
-        its cluster's last node (and this hub's forgotten rules in the region with it)."""
-        await self.ray_rules.terminate(node_id, self._terminate_node)
+        its cluster's last node (and this hub's forgotten rules in the region with it).
+        A rule never fails a terminate."""
+        where = node_id.partition("/")[0]
+        try:
+            known = (await self._region_nodes(where)).get(node_id)
+        except Exception:  # noqa: BLE001 - the terminate below reports the real problem
+            known = None
+        await self._terminate_node(node_id)
+        if known is not None:
+            await self._release_rules(where, known.tags, exclude=(node_id,))
+
+    async def _release_rules(self, where: str, tags: dict, exclude=()) -> None:
+        """Sweep the Ray rules of the hub a node's ``tags`` name in ``where`` (the node's
+        cluster's first); a rule still in use is retried in the background. Logs, never
+        raises: a hub without Ray servers may lack the firewall permissions, so a refusal
+        after a plain server's terminate is logged quietly."""
+        hub, cluster = (tags or {}).get(TAG_HUB), cluster_of(tags)
+        if not hub:
+            return
+        try:
+            refused = await self._call(self._blocking_release_rules, where, hub, cluster, tuple(exclude))
+        except Exception as err:  # noqa: BLE001 - a rule left behind never fails a terminate
+            quiet = cluster is None and isinstance(err, CredentialsError)
+            (self.log.debug if quiet else self.log.warning)(
+                "%s: could not remove Ray firewall rules in %s: %s", self.name, where, err)
+            return
+        for rule in refused:
+            self.ray_rules.retry_later(where, rule, self._call)
+
+    def _blocking_release_rules(self, where: str, hub: str, cluster: str | None = None,
+                                exclude=()) -> list[RayRule]:
+        """Delete the ``hub``'s rules in ``where`` whose cluster has no pending or running
+        node left (see :meth:`.ray_firewall.RayRules.sweep`); returns those the cloud
+        refused as still in use. Lists the nodes only when the hub has rules there."""
+        rules = self.ray_rules.store.list(where, hub)
+        if not rules:
+            return []
+        nodes = self._blocking_describe(where).values()
+        return self.ray_rules.sweep(where, rules, nodes, cluster=cluster, exclude=exclude)
 
     async def close(self):
         self.ray_rules.close()

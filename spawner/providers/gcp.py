@@ -16,8 +16,9 @@ call uses a google-api-core ``Retry`` on 429/5xx.
 The nodes of a Ray cluster (:data:`~cloudhop.spawner.providers.base.TAG_RAY_CLUSTER`) carry a network
 tag of their own, and a firewall rule made before the first of them admits Ray's ports
 from that tag to that tag only; it is deleted after the cluster's last instance
-(:mod:`cloudhop.spawner.providers.ray_firewall`). Firewall rules have no labels: the hub and
-cluster a rule belongs to are in its description.
+(:class:`GCPRuleStore`, driven as :mod:`cloudhop.spawner.providers.ray_firewall` says).
+Firewall rules have no labels: the hub and cluster a rule belongs to are in its
+description.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from .base import (
     ProviderError,
     QuotaError,
 )
-from .ray_firewall import CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, cluster_of, rule_name
+from .ray_firewall import CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, RuleStore, cluster_of, rule_name
 from ..validate import check_number
 from .cloud import TAG_PORT, CloudProvider, Retry, split_id
 
@@ -452,21 +453,11 @@ class GCPProvider(CloudProvider):
             errors = list(operation.error.errors)
             raise OperationError([e.code for e in errors], "; ".join(e.message for e in errors))
 
-    def _blocking_create(self, spec, tags, user_data):
-        """Insert the instance (after its Ray cluster's firewall rule, for a cluster's
-        node) in the offer's first zone with capacity: a zone whose pool is exhausted
-        moves on to the next zone of the same offer at once; when every zone is
-        exhausted the offer has no capacity."""
-        if not cluster_of(tags):
-            return self._create_in_zones(spec, tags, user_data)
-        self._blocking_ensure_ray_rule(tags)
-        try:
-            return self._create_in_zones(spec, tags, user_data)
-        except Exception as err:
-            self.ray_rules.after_failed_create(self.zone_for(spec), tags, err)
-            raise
-
-    def _create_in_zones(self, spec, tags, user_data):
+    def _blocking_create_node(self, spec, tags, user_data, rule):
+        """Insert the instance in the offer's first zone with capacity: a zone whose pool
+        is exhausted moves on to the next zone of the same offer at once; when every zone
+        is exhausted the offer has no capacity. A Ray cluster's node carries its rule's
+        network tag (:meth:`instance_body`), so ``rule`` itself is not needed here."""
         exhausted = []
         for zone in self.zones_for(spec):
             try:
@@ -519,50 +510,10 @@ class GCPProvider(CloudProvider):
             return None
         return self._node(inst)
 
-    # -- Ray firewall: a rule per cluster, on the cluster's network tag ------------------------
-    def _blocking_ensure_ray_rule(self, tags: dict) -> str:
-        """The name of the cluster's firewall rule, inserted if missing."""
-        exceptions, compute_v1 = _sdk().errors, _sdk().compute
-        body = self.firewall_body(tags)
-        firewalls = self.client("firewalls")
-        with self.ray_rules.lock(cluster_of(tags)):
-            try:
-                firewalls.get(project=self.project_id(), firewall=body["name"], retry=self._retry(), timeout=30)
-                return body["name"]
-            except exceptions.NotFound:
-                pass
-            try:
-                op = firewalls.insert(project=self.project_id(), firewall_resource=compute_v1.Firewall(body),
-                                      retry=self._retry(), timeout=60)
-                self._wait(None, op)
-            except exceptions.Conflict:
-                pass  # made meanwhile (a retried insert)
-            self.log.info("gcp: made firewall rule %s for Ray cluster %s", body["name"], cluster_of(tags))
-        return body["name"]
-
-    def _blocking_ray_rules(self, where, hub):
-        out = []
-        for fw in self.client("firewalls").list(request={"project": self.project_id()},
-                                                retry=self._retry(), timeout=30):
-            if not fw.name.startswith(RAY_RULE_PREFIX) or "{" not in (fw.description or ""):
-                continue
-            try:
-                owner = json.loads(fw.description[fw.description.index("{"):])
-            except ValueError:
-                continue
-            if owner.get(TAG_HUB) == hub and owner.get(CLUSTER_TAG):
-                out.append(RayRule(fw.name, owner[CLUSTER_TAG], _timestamp(fw.creation_timestamp)))
-        return out
-
-    def _blocking_delete_ray_rule(self, where, rule):
-        exceptions = _sdk().errors
-        try:
-            op = self.client("firewalls").delete(project=self.project_id(), firewall=rule.id,
-                                                 retry=self._retry(), timeout=60)
-        except exceptions.NotFound:
-            return
-        self._wait(None, op)
-
+    # -- Ray firewall: a rule per cluster, on the cluster's network tag (GCPRuleStore) ----
+    def _rule_store(self):
+        return GCPRuleStore(client=self.client, project=self.project_id, body=self.firewall_body,
+                            wait=self._wait, retry=self._retry, log=self.log)
 
     # -- places --------------------------------------------------------------------------
     def _where(self, spec):
@@ -620,3 +571,61 @@ class GCPProvider(CloudProvider):
             if zones:
                 out.append((offer.instance_type, offer.region, tuple(sorted(zones))))
         return out
+
+
+class GCPRuleStore(RuleStore):
+    """A Ray cluster's rule on Compute Engine (see :class:`~.ray_firewall.RuleStore`): a
+    global firewall rule named :func:`~.ray_firewall.rule_name`, from the cluster's network
+    tag to the same tag (:meth:`GCPProvider.firewall_body`). Rules are global, so
+    ``where`` is not used. Firewall rules have no labels: the owner hub and cluster are
+    in the description. The provider hands over its ``client(kind)``, ``project()``,
+    ``body(tags)``, ``wait(zone, operation)`` and ``retry()`` policy."""
+
+    def __init__(self, *, client, project, body, wait, retry, log):
+        self.client = client
+        self.project = project
+        self.body = body
+        self.wait = wait
+        self.retry = retry
+        self.log = log
+
+    def ensure(self, where, tags):
+        sdk = _sdk()
+        body = self.body(tags)
+        firewalls = self.client("firewalls")
+        try:
+            firewalls.get(project=self.project(), firewall=body["name"], retry=self.retry(), timeout=30)
+            return body["name"]
+        except sdk.errors.NotFound:
+            pass
+        try:
+            op = firewalls.insert(project=self.project(), firewall_resource=sdk.compute.Firewall(body),
+                                  retry=self.retry(), timeout=60)
+            self.wait(None, op)
+        except sdk.errors.Conflict:
+            pass  # made meanwhile (a retried insert)
+        self.log.info("gcp: made firewall rule %s for Ray cluster %s", body["name"], cluster_of(tags))
+        return body["name"]
+
+    def list(self, where, hub):
+        out = []
+        for fw in self.client("firewalls").list(request={"project": self.project()},
+                                                retry=self.retry(), timeout=30):
+            if not fw.name.startswith(RAY_RULE_PREFIX) or "{" not in (fw.description or ""):
+                continue
+            try:
+                owner = json.loads(fw.description[fw.description.index("{"):])
+            except ValueError:
+                continue
+            if owner.get(TAG_HUB) == hub and owner.get(CLUSTER_TAG):
+                out.append(RayRule(fw.name, owner[CLUSTER_TAG], _timestamp(fw.creation_timestamp)))
+        return out
+
+    def delete(self, where, rule):
+        exceptions = _sdk().errors
+        try:
+            op = self.client("firewalls").delete(project=self.project(), firewall=rule.id,
+                                                 retry=self.retry(), timeout=60)
+        except exceptions.NotFound:
+            return
+        self.wait(None, op)

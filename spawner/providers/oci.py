@@ -13,7 +13,8 @@ only throttling and other server errors; every other call uses an OCI retry stra
 The nodes of a Ray cluster (:data:`~cloudhop.spawner.providers.base.TAG_RAY_CLUSTER`) join a network
 security group of their own in the subnet's VCN (through the VNIC's ``nsgIds``), tagged
 like the nodes, whose rules admit Ray's ports from the group itself only; it is deleted
-once the cluster's last instance is gone (:mod:`cloudhop.spawner.providers.ray_firewall`).
+once the cluster's last instance is gone (:class:`OCIRuleStore`, driven as
+:mod:`cloudhop.spawner.providers.ray_firewall` says).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from .base import (
     QuotaError,
 )
 from .ray_firewall import (
-    CLUSTER_TAG, PORTS, RayRule, RuleInUse, cluster_of, rule_name,
+    CLUSTER_TAG, PORTS, RayRule, RuleInUse, RuleStore, cluster_of, rule_name,
 )
 from ..validate import check_number, check_url
 from .cloud import TAG_PORT, CloudProvider, Retry, split_id
@@ -368,24 +369,14 @@ class OCIProvider(CloudProvider):
         nodes = [self._node(where, i) for i in self._instances(where) if TAG_REQUEST in (i.freeform_tags or {})]
         return {n.id: n for n in nodes}
 
-    def _blocking_create(self, spec, tags, user_data):
-        """Launch the instance (a Ray cluster's node in its cluster's NSG too)."""
-        region = spec.offer.region
-        if not cluster_of(tags):
-            return self._launch(spec, tags, user_data, None)
-        nsg = self._blocking_ensure_ray_nsg(region, tags)
-        try:
-            return self._launch(spec, tags, user_data, [nsg])
-        except Exception as err:
-            self.ray_rules.after_failed_create(region, tags, err)
-            raise
-
-    def _launch(self, spec, tags, user_data, nsg_ids):
-        """Launch in the first of the offer's availability domains with capacity: "Out of
-        host capacity" in one moves on to the next at once; when none has any, the last
-        one's error stands for the offer."""
+    def _blocking_create_node(self, spec, tags, user_data, rule):
+        """Launch the instance (a Ray cluster's node in its cluster's NSG ``rule`` too) in
+        the first of the offer's availability domains with capacity: "Out of host
+        capacity" in one moves on to the next at once; when none has any, the last one's
+        error stands for the offer."""
         oci = _sdk()
         region = spec.offer.region
+        nsg_ids = None if rule is None else [rule]
         image = self._image(region, spec.offer.instance_type)
         last = None
         for ad in self.ads_for(spec):
@@ -420,81 +411,14 @@ class OCIProvider(CloudProvider):
         self._ips.pop(instance_id, None)
         return self._node(region, inst)
 
-    # -- Ray firewall: a network security group per cluster --------------------------------
+    # -- Ray firewall: a network security group per cluster (OCIRuleStore) -----------------
+    def _rule_store(self):
+        return OCIRuleStore(client=self.client, compartment=self.compartment, vcn=self._vcn, log=self.log)
+
     def _vcn(self, region: str) -> str:
         if region not in self._vcns:
             self._vcns[region] = self.client(region, "network").get_subnet(self.subnet_id).data.vcn_id
         return self._vcns[region]
-
-    def _nsgs(self, region: str) -> list:
-        oci = _sdk()
-        return [g for g in oci.pagination.list_call_get_all_results(
-            self.client(region, "network").list_network_security_groups,
-            compartment_id=self.compartment(), vcn_id=self._vcn(region),
-        ).data if g.lifecycle_state not in _NSG_GONE]
-
-    @staticmethod
-    def ray_security_rules(nsg_id: str) -> list:
-        """The NSG's rules: Ray's ports from and to the group's own members (stateful)."""
-        models = _sdk().core.models
-        ports = models.TcpOptions(destination_port_range=models.PortRange(min=PORTS[0], max=PORTS[1]))
-        return [
-            models.AddSecurityRuleDetails(direction="INGRESS", protocol="6", source=nsg_id,
-                                          source_type="NETWORK_SECURITY_GROUP", tcp_options=ports,
-                                          description="Ray between the cluster's nodes"),
-            models.AddSecurityRuleDetails(direction="EGRESS", protocol="6", destination=nsg_id,
-                                          destination_type="NETWORK_SECURITY_GROUP", tcp_options=ports,
-                                          description="Ray between the cluster's nodes"),
-        ]
-
-    def _blocking_ensure_ray_nsg(self, region: str, tags: dict) -> str:
-        """The OCID of the cluster's NSG, made (with its rules) if missing."""
-        oci = _sdk()
-        models = oci.core.models
-        cluster = cluster_of(tags)
-        network = self.client(region, "network")
-        with self.ray_rules.lock(cluster):
-            found = [g for g in self._nsgs(region) if (g.freeform_tags or {}).get(CLUSTER_TAG) == cluster]
-            if found:
-                nsg_id = found[0].id
-            else:
-                owner = {k: str(v) for k, v in tags.items() if k in (TAG_HUB, TAG_USER, TAG_SERVER, CLUSTER_TAG)}
-                nsg_id = network.create_network_security_group(
-                    models.CreateNetworkSecurityGroupDetails(
-                        compartment_id=self.compartment(), vcn_id=self._vcn(region),
-                        display_name=rule_name(cluster), freeform_tags=owner,
-                    ),
-                    opc_retry_token=hashlib.sha256(f"nsg/{cluster}".encode()).hexdigest()[:64],
-                ).data.id
-                self.log.info("oci: made network security group %s for Ray cluster %s", nsg_id, cluster)
-            rules = oci.pagination.list_call_get_all_results(
-                network.list_network_security_group_security_rules, nsg_id).data
-            if not any(r.direction == "INGRESS" and r.source == nsg_id and r.tcp_options is not None
-                       and r.tcp_options.destination_port_range is not None
-                       and (r.tcp_options.destination_port_range.min,
-                            r.tcp_options.destination_port_range.max) == PORTS for r in rules):
-                network.add_network_security_group_security_rules(
-                    nsg_id, models.AddNetworkSecurityGroupSecurityRulesDetails(
-                        security_rules=self.ray_security_rules(nsg_id)))
-        return nsg_id
-
-    def _blocking_ray_rules(self, where, hub):
-        return [RayRule(g.id, g.freeform_tags[CLUSTER_TAG],
-                        g.time_created.timestamp() if g.time_created else None)
-                for g in self._nsgs(where)
-                if (g.freeform_tags or {}).get(TAG_HUB) == hub and (g.freeform_tags or {}).get(CLUSTER_TAG)]
-
-    def _blocking_delete_ray_rule(self, where, rule):
-        oci = _sdk()
-        try:
-            self.client(where, "network").delete_network_security_group(rule.id)
-        except oci.exceptions.ServiceError as err:
-            if err.status == 404:
-                return
-            if err.status == 409:  # a VNIC (an instance still terminating) is in it
-                raise RuleInUse(rule.id) from err
-            raise
-
 
     def _blocking_check(self):
         try:
@@ -533,4 +457,85 @@ class OCIProvider(CloudProvider):
         return out
 
 
-__all__ = ["OCIProvider", "catalog_ad"]
+class OCIRuleStore(RuleStore):
+    """A Ray cluster's rule on OCI (see :class:`~.ray_firewall.RuleStore`): a network
+    security group in the nodes' VCN, named :func:`~.ray_firewall.rule_name` and tagged
+    like the nodes, whose rules admit Ray's ports from and to its own members only.
+    ``where`` is the region; the provider hands over its ``client(region, kind)``, the
+    ``compartment()`` and the ``vcn(region)`` of its subnet."""
+
+    def __init__(self, *, client, compartment, vcn, log):
+        self.client = client
+        self.compartment = compartment
+        self.vcn = vcn
+        self.log = log
+
+    def _nsgs(self, region: str) -> list:
+        oci = _sdk()
+        return [g for g in oci.pagination.list_call_get_all_results(
+            self.client(region, "network").list_network_security_groups,
+            compartment_id=self.compartment(), vcn_id=self.vcn(region),
+        ).data if g.lifecycle_state not in _NSG_GONE]
+
+    @staticmethod
+    def security_rules(nsg_id: str) -> list:
+        """The NSG's rules: Ray's ports from and to the group's own members (stateful)."""
+        models = _sdk().core.models
+        ports = models.TcpOptions(destination_port_range=models.PortRange(min=PORTS[0], max=PORTS[1]))
+        return [
+            models.AddSecurityRuleDetails(direction="INGRESS", protocol="6", source=nsg_id,
+                                          source_type="NETWORK_SECURITY_GROUP", tcp_options=ports,
+                                          description="Ray between the cluster's nodes"),
+            models.AddSecurityRuleDetails(direction="EGRESS", protocol="6", destination=nsg_id,
+                                          destination_type="NETWORK_SECURITY_GROUP", tcp_options=ports,
+                                          description="Ray between the cluster's nodes"),
+        ]
+
+    def ensure(self, where, tags):
+        oci = _sdk()
+        models = oci.core.models
+        cluster = cluster_of(tags)
+        network = self.client(where, "network")
+        found = [g for g in self._nsgs(where) if (g.freeform_tags or {}).get(CLUSTER_TAG) == cluster]
+        if found:
+            nsg_id = found[0].id
+        else:
+            owner = {k: str(v) for k, v in tags.items() if k in (TAG_HUB, TAG_USER, TAG_SERVER, CLUSTER_TAG)}
+            nsg_id = network.create_network_security_group(
+                models.CreateNetworkSecurityGroupDetails(
+                    compartment_id=self.compartment(), vcn_id=self.vcn(where),
+                    display_name=rule_name(cluster), freeform_tags=owner,
+                ),
+                opc_retry_token=hashlib.sha256(f"nsg/{cluster}".encode()).hexdigest()[:64],
+            ).data.id
+            self.log.info("oci: made network security group %s for Ray cluster %s", nsg_id, cluster)
+        rules = oci.pagination.list_call_get_all_results(
+            network.list_network_security_group_security_rules, nsg_id).data
+        if not any(r.direction == "INGRESS" and r.source == nsg_id and r.tcp_options is not None
+                   and r.tcp_options.destination_port_range is not None
+                   and (r.tcp_options.destination_port_range.min,
+                        r.tcp_options.destination_port_range.max) == PORTS for r in rules):
+            network.add_network_security_group_security_rules(
+                nsg_id, models.AddNetworkSecurityGroupSecurityRulesDetails(
+                    security_rules=self.security_rules(nsg_id)))
+        return nsg_id
+
+    def list(self, where, hub):
+        return [RayRule(g.id, g.freeform_tags[CLUSTER_TAG],
+                        g.time_created.timestamp() if g.time_created else None)
+                for g in self._nsgs(where)
+                if (g.freeform_tags or {}).get(TAG_HUB) == hub and (g.freeform_tags or {}).get(CLUSTER_TAG)]
+
+    def delete(self, where, rule):
+        oci = _sdk()
+        try:
+            self.client(where, "network").delete_network_security_group(rule.id)
+        except oci.exceptions.ServiceError as err:
+            if err.status == 404:
+                return
+            if err.status == 409:  # a VNIC (an instance still terminating) is in it
+                raise RuleInUse(rule.id) from err
+            raise
+
+
+__all__ = ["OCIProvider", "OCIRuleStore", "catalog_ad"]

@@ -12,15 +12,19 @@ cluster is pending or running, and in the same sweep every rule of the same hub 
 cluster has no such node and that is older than :data:`ORPHAN_GRACE` (left by a hub
 that died between its last terminate and the delete; the reaper's terminates sweep too).
 
-This module holds what the three clouds share and imports no SDK: the rule's name and
-ports, the choice of rules that may go (:func:`removable`) and :class:`RayRules`, which
-serialises rule changes per cluster and retries a delete the cloud refuses while a
-stopping node still uses the rule. A provider using it supplies, besides its usual
-``_blocking_describe`` and ``_call``:
+The parts, as in SkyPilot's ``aws/config.py`` beside ``aws/instance.py`` (network setup
+kept apart from the instances):
 
-* ``_blocking_ray_rules(where, hub) -> list[RayRule]`` - the hub's rules there;
-* ``_blocking_delete_ray_rule(where, rule)`` - gone already is fine; raises
-  :class:`RuleInUse` while the cloud still counts a node under the rule.
+* each cloud supplies a :class:`RuleStore` (in its provider module, the only one that
+  imports its SDK): ``list``, ``ensure`` and ``delete`` of its rules, blocking calls;
+* this module, which imports no SDK, holds what the clouds share: the rule's name and
+  ports, the choice of rules that may go (:func:`removable`) and :class:`RayRules`,
+  which serialises a cluster's rule changes and retries a delete the cloud refuses
+  while a stopping node still uses the rule;
+* :class:`~cloudhop.spawner.providers.cloud.CloudProvider` drives them: it ensures the
+  rule before a cluster's node is created and, after a terminate, sweeps the hub's rules
+  of the node's region through the store (off the event loop). Nothing here calls back
+  into a provider.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ import asyncio
 import hashlib
 import threading
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Awaitable, Callable, Iterable
 
-from .base import PENDING, RUNNING, TAG_HUB, CapacityError, CredentialsError, QuotaError
+from .base import PENDING, RUNNING, Node
 from .base import TAG_RAY_CLUSTER as CLUSTER_TAG
 
 #: the TCP range a cluster's rule opens between its nodes: the fixed port block every Ray
@@ -45,7 +51,7 @@ DESCRIPTION = (f"Cloudhop: TCP {PORTS[0]}-{PORTS[1]} (Ray) between the nodes of 
                "cluster; removed with its last node")
 
 __all__ = ["CLUSTER_TAG", "DESCRIPTION", "ORPHAN_GRACE", "PORTS", "RayRule", "RayRules",
-           "RuleInUse", "cluster_of", "removable", "rule_name"]
+           "RuleInUse", "RuleStore", "cluster_of", "removable", "rule_name"]
 
 
 class RuleInUse(Exception):
@@ -54,7 +60,7 @@ class RuleInUse(Exception):
 
 @dataclass(frozen=True)
 class RayRule:
-    """One cluster's rule as a provider lists it: ``id`` is what it deletes by,
+    """One cluster's rule as a :class:`RuleStore` lists it: ``id`` is what it deletes by,
     ``created`` epoch seconds (None when the cloud does not say)."""
 
     id: str
@@ -89,14 +95,43 @@ def removable(rules, nodes, *, cluster: str | None, exclude=(), now: float,
     return out
 
 
-class RayRules:
-    """The Ray rules of one VM provider (see the module docstring for what the provider
-    supplies). ``retry_delay``/``retry_for``: how a delete the cloud refuses while a node
-    is still stopping is retried in the background (then the next sweep takes it)."""
+class RuleStore(ABC):
+    """One cloud's Ray rules: blocking SDK calls, made in a worker thread, never on the
+    hub's event loop. ``where`` is the place a node id starts with (a region, or a GCP
+    zone). A store holds the client it needs and the settings it reads; SDK errors
+    leave it as they are (the provider maps them). Callers serialise changes per
+    cluster (:meth:`RayRules.lock`), so a store need not."""
 
-    def __init__(self, provider, *, grace: float = ORPHAN_GRACE, retry_delay: float = 5.0,
-                 retry_for: float = 600.0):
-        self.provider = provider
+    @abstractmethod
+    def list(self, where: str, hub: str) -> list[RayRule]:
+        """Every rule of ``hub`` in ``where`` (any cluster's)."""
+
+    @abstractmethod
+    def ensure(self, where: str, tags: dict) -> str:
+        """The id of the rule of the cluster ``tags`` name, made (opening :data:`PORTS`
+        between its members only) if missing; a second call finds the same rule. The
+        rule carries the hub (``tags[TAG_HUB]``) and cluster, for :meth:`list`."""
+
+    @abstractmethod
+    def delete(self, where: str, rule: RayRule) -> None:
+        """Delete ``rule``; one already gone is fine. Raises :class:`RuleInUse` while
+        the cloud still counts a node under it."""
+
+
+class RayRules:
+    """The Ray rules of one VM provider: its :class:`RuleStore`, a lock per cluster and
+    the background retries of deletes the cloud refused while a node was still stopping.
+
+    ``grace``: the age after which another cluster's rule without nodes is taken for an
+    orphan (see :func:`removable`); ``retry_delay``/``retry_for``: how a refused delete
+    is retried (then the next sweep takes it). ``log`` and ``name`` (the provider's)
+    are only for log lines."""
+
+    def __init__(self, store: RuleStore, *, log, name: str, grace: float = ORPHAN_GRACE,
+                 retry_delay: float = 5.0, retry_for: float = 600.0):
+        self.store = store
+        self.log = log
+        self.name = name
         self.grace = grace
         self.retry_delay = retry_delay
         self.retry_for = retry_for
@@ -111,93 +146,57 @@ class RayRules:
             return self._locks.setdefault(cluster, threading.Lock())
 
     # -- blocking side (worker threads) --------------------------------------------------
-    def blocking_release(self, where: str, hub: str, cluster: str | None = None,
-                         exclude=()) -> list[RayRule]:
-        """Delete the ``hub``'s rules in ``where`` that :func:`removable` picks; returns
-        those the cloud refused as still in use."""
-        provider = self.provider
-        rules = provider._blocking_ray_rules(where, hub)
-        if not rules:
-            return []
-        nodes = list(provider._blocking_describe(where).values())
+    def ensure(self, where: str, tags: dict) -> str:
+        """:meth:`RuleStore.ensure` under the cluster's lock."""
+        with self.lock(cluster_of(tags)):
+            return self.store.ensure(where, tags)
+
+    def delete(self, where: str, rule: RayRule) -> None:
+        """:meth:`RuleStore.delete` under the cluster's lock (raises :class:`RuleInUse`)."""
+        with self.lock(rule.cluster):
+            self.store.delete(where, rule)
+        self.log.info("%s: removed the Ray firewall rule %s of cluster %s", self.name, rule.id, rule.cluster)
+
+    def sweep(self, where: str, rules: Iterable[RayRule], nodes: Iterable[Node], *,
+              cluster: str | None, exclude=()) -> list[RayRule]:
+        """Delete those of ``rules`` (a hub's, in ``where``) that :func:`removable` picks
+        given ``nodes`` (every node there, as the cloud lists them now); returns those the
+        cloud refused as still in use."""
         refused = []
         for rule in removable(rules, nodes, cluster=cluster, exclude=exclude, now=time.time(),
                               grace=self.grace):
             try:
-                self._blocking_delete(where, rule)
+                self.delete(where, rule)
             except RuleInUse:
                 refused.append(rule)
         return refused
 
-    def _blocking_delete(self, where: str, rule: RayRule) -> None:
-        with self.lock(rule.cluster):
-            self.provider._blocking_delete_ray_rule(where, rule)
-        self.provider.log.info("%s: removed the Ray firewall rule %s of cluster %s",
-                               self.provider.name, rule.id, rule.cluster)
-
-    def after_failed_create(self, where: str, tags: dict, err: BaseException) -> None:
-        """A create that made no node (a capacity or quota error) leaves no rule behind
-        when its cluster has no other node; the next offer makes it again if needed."""
-        cluster, hub = cluster_of(tags), tags.get(TAG_HUB)
-        if not cluster or not hub:
-            return
-        if not isinstance(self.provider._classify(err), (CapacityError, QuotaError)):
-            return  # the node may exist (a timeout): the terminate that ends it sweeps
-        try:
-            self.blocking_release(where, hub, cluster)
-        except Exception as cleanup:  # noqa: BLE001 - the launch error is what matters
-            self.provider.log.warning("%s: could not remove the Ray firewall rule of %s: %s",
-                                      self.provider.name, cluster, cleanup)
-
     # -- async side ----------------------------------------------------------------------
-    async def terminate(self, node_id: str, terminate) -> None:
-        """``await terminate(node_id)`` (the provider's own), then release the node's
-        cluster rule and sweep its hub's orphans. Never fails because of a rule."""
-        where = node_id.partition("/")[0]
-        try:
-            known = (await self.provider._region_nodes(where)).get(node_id)
-        except Exception:  # noqa: BLE001 - the terminate below reports the real problem
-            known = None
-        await terminate(node_id)
-        if known is not None:
-            await self.release(where, known.tags, exclude=(node_id,))
+    def retry_later(self, where: str, rule: RayRule, run: Callable[..., Awaitable]) -> None:
+        """Retry deleting ``rule`` in the background until the cloud lets go of it or
+        ``retry_for`` has passed. ``run(fn, *args)`` runs a blocking call off the event
+        loop (the provider's thread helper, which maps SDK errors)."""
+        task = asyncio.get_running_loop().create_task(self._retry(where, rule, run))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def release(self, where: str, tags: dict, exclude=()) -> None:
-        hub, cluster = (tags or {}).get(TAG_HUB), cluster_of(tags)
-        if not hub:
-            return
-        try:
-            refused = await self.provider._call(self.blocking_release, where, hub, cluster, tuple(exclude))
-        except Exception as err:  # noqa: BLE001 - a rule left behind never fails a terminate
-            # a hub without Ray servers may lack the firewall permissions: its sweep is quiet
-            quiet = cluster is None and isinstance(err, CredentialsError)
-            (self.provider.log.debug if quiet else self.provider.log.warning)(
-                "%s: could not remove Ray firewall rules in %s: %s", self.provider.name, where, err)
-            return
-        for rule in refused:
-            task = asyncio.get_running_loop().create_task(self._retry(where, rule))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _retry(self, where: str, rule: RayRule) -> None:
+    async def _retry(self, where: str, rule: RayRule, run) -> None:
         deadline = time.monotonic() + self.retry_for
         delay = self.retry_delay
         while True:
             await asyncio.sleep(delay)
             try:
-                await self.provider._call(self._blocking_delete, where, rule)
+                await run(self.delete, where, rule)
                 return
             except RuleInUse:
                 if time.monotonic() > deadline:
                     break
                 delay = min(delay * 2, 30.0)
             except Exception as err:  # noqa: BLE001 - logged; the next sweep tries again
-                self.provider.log.warning("%s: could not remove the Ray firewall rule %s: %s",
-                                          self.provider.name, rule.id, err)
+                self.log.warning("%s: could not remove the Ray firewall rule %s: %s", self.name, rule.id, err)
                 return
-        self.provider.log.warning("%s: the Ray firewall rule %s is still in use after %.0fs; the "
-                                  "next terminate in %s removes it", self.provider.name, rule.id,
-                                  self.retry_for, where)
+        self.log.warning("%s: the Ray firewall rule %s is still in use after %.0fs; the "
+                         "next terminate in %s removes it", self.name, rule.id, self.retry_for, where)
 
     async def settle(self) -> None:
         """Wait for the background deletes (tests; a hub shutting down uses :meth:`close`)."""

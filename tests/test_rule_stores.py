@@ -1,0 +1,101 @@
+"""The RuleStore contract (spawner/providers/ray_firewall.py), run against each cloud's
+store through the same doubles as its provider's tests: AWS on moto, GCP and OCI on
+their local API fakes with the real SDKs. What the sweep builds on: ``ensure`` makes a
+cluster's rule once and finds it again, ``list`` finds a hub's rules and only those,
+``delete`` of a rule already gone is fine."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from moto import mock_aws
+
+from cloudhop.spawner.providers.base import TAG_HUB, TAG_SERVER, TAG_USER
+from cloudhop.spawner.providers.ray_firewall import CLUSTER_TAG, RayRule, RuleStore
+from tests.cloudkit import HUB_ID
+from tests.fakes.gcp_compute import FakeCompute
+from tests.fakes.oci_api import FakeOCI
+
+SUBNET = "ocid1.subnet.oc1.eu-amsterdam-1.aaaatest"
+
+
+def oci_config_file(folder) -> str:
+    """An OCI SDK config file with a throwaway signing key, as ~/.oci/config has."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (folder / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (folder / "config").write_text(
+        "[DEFAULT]\nuser=ocid1.user.oc1..aaaatest\n"
+        "fingerprint=11:22:33:44:55:66:77:88:99:00:aa:bb:cc:dd:ee:ff\n"
+        "tenancy=ocid1.tenancy.oc1..aaaatest\nregion=eu-amsterdam-1\n"
+        f"key_file={folder / 'key.pem'}\n")
+    return str(folder / "config")
+
+
+@pytest.fixture(params=["aws", "gcp", "oci"])
+def cloud(request, monkeypatch, tmp_path):
+    """(the cloud's RuleStore, the place its rules are in)."""
+    if request.param == "aws":
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        from cloudhop.spawner.providers.aws import AWSProvider
+
+        with mock_aws():
+            yield AWSProvider(regions=["us-east-1"]).ray_rules.store, "us-east-1"
+    elif request.param == "gcp":
+        from cloudhop.spawner.providers.gcp import GCPProvider
+
+        fake = FakeCompute()
+        url = fake.start()
+        yield GCPProvider(api_endpoint=url, anonymous_credentials=True, project="p").ray_rules.store, "us-central1-a"
+        fake.stop()
+    else:
+        from cloudhop.spawner.providers.oci import OCIProvider
+
+        fake = FakeOCI()
+        url = fake.start()
+        provider = OCIProvider(config_file=oci_config_file(tmp_path), service_endpoint=url, subnet_id=SUBNET,
+                               regions=["eu-amsterdam-1"])
+        yield provider.ray_rules.store, "eu-amsterdam-1"
+        fake.stop()
+
+
+def cluster_tags(cluster: str, hub: str = HUB_ID) -> dict:
+    """The tags of a Ray cluster's node, as a provider passes them to ``ensure``."""
+    return {TAG_HUB: hub, TAG_USER: "ada", TAG_SERVER: "gpu", CLUSTER_TAG: cluster}
+
+
+def test_ensure_makes_one_rule_per_cluster_and_finds_it_again(cloud):
+    store, where = cloud
+    assert isinstance(store, RuleStore)
+    assert store.list(where, HUB_ID) == []
+    first = store.ensure(where, cluster_tags("spawn1"))
+    assert store.ensure(where, cluster_tags("spawn1")) == first  # idempotent
+    [rule] = store.list(where, HUB_ID)
+    assert (rule.id, rule.cluster) == (first, "spawn1")
+    # the cloud's creation time (AWS keeps it in a tag), recent; None only if the cloud does not say
+    assert rule.created is None or abs(time.time() - rule.created) < 600
+
+
+def test_list_finds_each_cluster_of_the_hub_and_no_other_hubs(cloud):
+    store, where = cloud
+    a = store.ensure(where, cluster_tags("spawn-a"))
+    b = store.ensure(where, cluster_tags("spawn-b"))
+    other = store.ensure(where, cluster_tags("elsewhere", hub="hub-2"))
+    assert len({a, b, other}) == 3
+    assert sorted((r.id, r.cluster) for r in store.list(where, HUB_ID)) == sorted([(a, "spawn-a"), (b, "spawn-b")])
+    assert [(r.id, r.cluster) for r in store.list(where, "hub-2")] == [(other, "elsewhere")]
+
+
+def test_delete_removes_the_rule_and_a_missing_one_is_fine(cloud):
+    store, where = cloud
+    rule_id = store.ensure(where, cluster_tags("spawn2"))
+    [rule] = store.list(where, HUB_ID)
+    store.delete(where, rule)
+    assert store.list(where, HUB_ID) == []
+    store.delete(where, rule)  # gone already: no error
+    store.delete(where, RayRule(rule_id, "spawn2"))
+    assert store.list(where, HUB_ID) == []
