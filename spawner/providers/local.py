@@ -35,6 +35,7 @@ from traitlets import Dict, Float, Unicode, default, validate
 
 from ..gpus import GPU, detect_gpus
 from ..offers import NO_GPU, Offer
+from ..procs import stop_processes
 from ..validate import check_number
 from .base import (
     FAILED, RUNNING, TAG_REQUEST, TAG_ROLE, TAG_SERVER, TAG_USER, TERMINATED,
@@ -354,18 +355,7 @@ class LocalProvider(Provider):
                     procs[p.pid] = p
             except (ProcessLookupError, PermissionError, psutil.Error):
                 continue
-        for p in procs.values():
-            try:
-                p.send_signal(signal.SIGTERM)
-            except psutil.Error:
-                pass
-        _gone, alive = psutil.wait_procs(list(procs.values()), timeout=self.stop_timeout)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(alive, timeout=5)
+        stop_processes(procs.values(), self.stop_timeout)
 
     @staticmethod
     def _left_behind(p: psutil.Process, rec: dict) -> bool:

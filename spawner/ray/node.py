@@ -21,6 +21,7 @@ import time
 
 import psutil
 
+from ..procs import stop_processes
 from .commands import ray_cli
 
 
@@ -138,18 +139,7 @@ class RayNode:
         """Stop this node's processes (raylet first, so it leaves the cluster cleanly)
         and remove its temp dir."""
         procs = self.processes()
-        for p in sorted(procs, key=lambda p: "raylet" not in _name(p)):
-            try:
-                p.send_signal(signal.SIGTERM)
-            except psutil.Error:
-                pass
-        _gone, alive = psutil.wait_procs(procs, timeout=grace)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(alive, timeout=5)
+        stop_processes(sorted(procs, key=lambda p: "raylet" not in _name(p)), grace)
         if self.proc is not None:
             try:
                 self.proc.wait(timeout=1)
