@@ -36,6 +36,8 @@ from traitlets.config import Configurable
 
 from cloudhop.spawner.validate import SettingError, check_number, require_url, setting_name
 
+from cloudhop.spawner.schema import OPTIONS, OptionError, check_shape
+
 from .hubclient import HubClient, HubError
 from .kernelstate import checkpoint_kernel, restore_kernel
 from .snapshot import Excludes, Manifest, StoreClient, restore_snapshot, take_snapshot
@@ -47,18 +49,8 @@ log = logging.getLogger("cloudhop.migrate")
 KERNEL_PREFIX = ".cloudhop/kernels"
 STATES = ("snapshotting", "launching", "restoring", "verifying", "done", "failed")
 
-#: user_options a migration may carry, and the type each must have
-OPTION_TYPES = {
-    "provider": str, "region": str, "zone": str, "instance_type": str, "gpu": str,
-    "gpu_count": int, "spot": bool, "image": str, "ray": dict,
-}
-
-
-class OptionError(ValueError):
-    def __init__(self, field: str, message: str, status: int = 400):
-        super().__init__(f"{field}: {message}" if field else message)
-        self.field = field
-        self.status = status
+#: user_options a move may carry: the spawner's schema, less ``restore`` (the move sets it)
+MOVABLE = tuple(o for o in OPTIONS if o.name != "restore")
 
 
 class Busy(RuntimeError):
@@ -66,25 +58,12 @@ class Busy(RuntimeError):
 
 
 def check_options(raw) -> dict:
-    """Shape-check migration options (the hub checks values against offers and policy)."""
-    if not isinstance(raw, dict):
-        raise OptionError("options", "the body must be a JSON object of user_options")
-    for key, value in raw.items():
-        if key == "restore":
-            raise OptionError("restore", "is set by the migration itself; leave it out")
-        if key not in OPTION_TYPES:
-            raise OptionError(str(key)[:40], f"unknown option; valid: {', '.join(sorted(OPTION_TYPES))}")
-        want = OPTION_TYPES[key]
-        if value is None:
-            continue
-        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
-        if not ok:
-            raise OptionError(key, f"must be {want.__name__}, not {type(value).__name__} {str(value)[:40]!r}")
-        if want is int and not 0 <= value <= 64:
-            raise OptionError(key, f"must be from 0 to 64, not {value}")
-        if want is str and (not value or len(value) > 128 or not re.fullmatch(r"[A-Za-z0-9._:/@+-]+", value)):
-            raise OptionError(key, f"{value[:40]!r} is not a valid name")
-    return {k: v for k, v in raw.items() if v is not None}
+    """Shape-check a move's user_options with the spawner's schema (same types, limits
+    and messages as a spawn); the hub then checks the values against offers and policy.
+    Returns them normalised, absent ones left out; raises :class:`OptionError`."""
+    if isinstance(raw, dict) and "restore" in raw:
+        raise OptionError("restore", "is set by the migration itself; leave it out")
+    return check_shape(raw, MOVABLE)
 
 
 def target_name(options: dict, mid: str) -> str:

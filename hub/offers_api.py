@@ -46,8 +46,8 @@ class OffersAPIHandler(_UserSpawnerHandler):
 
 class OptionsCheckHandler(_UserSpawnerHandler):
     async def post(self, user_name: str):
-        from cloudhop.spawner.options import OptionError
         from cloudhop.spawner.policy import validate_request
+        from cloudhop.spawner.schema import OptionError
 
         spawner = self.user_spawner(user_name)
         try:
@@ -60,7 +60,7 @@ class OptionsCheckHandler(_UserSpawnerHandler):
                 providers=spawner.providers, price_of=getattr(spawner, "_first_price", None),
             )
         except OptionError as err:
-            raise web.HTTPError(err.status_code, str(err)) from None
+            raise web.HTTPError(err.status, str(err)) from None
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"request": request.to_dict()}, default=str))
 

@@ -21,13 +21,12 @@ from pathlib import Path
 
 from traitlets.config import Config
 
-from cloudhop.spawner.catalog import CATALOG_PROVIDERS, CatalogError, catalog_offers
+from cloudhop.spawner.catalog import CatalogError, catalog_offers
 from cloudhop.spawner.offers import NO_GPU, Offer
 from cloudhop.spawner.optimizer import effective_price
-from cloudhop.spawner.options import MAX_GPUS, PROVIDERS
+from cloudhop.spawner.providers import CATALOG_PROVIDERS, DEFAULT_LISTED, PROVIDERS
+from cloudhop.spawner.schema import MAX_GPUS
 
-#: providers listed when the config does not enable a set (kubernetes needs a cluster)
-DEFAULT_PROVIDERS = ("local", "aws", "gcp", "oci")
 #: the fields ``--json`` promises for every offer (more may follow)
 JSON_FIELDS = ("provider", "region", "instance_type", "gpu", "gpu_count", "gpu_memory_gib",
                "vcpus", "memory_gib", "price_hour", "spot_price_hour")
@@ -122,7 +121,7 @@ def enabled_providers(config: Config, asked: str | None) -> list[str]:
     configured = config.CloudhopSpawner.get("providers") if "CloudhopSpawner" in config else None
     if configured:
         return [p for p in configured if p in PROVIDERS]
-    return list(DEFAULT_PROVIDERS)
+    return list(DEFAULT_LISTED)  # those needing setup (a cluster) only when configured
 
 
 # -- offers ------------------------------------------------------------------------

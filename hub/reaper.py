@@ -37,6 +37,7 @@ from pathlib import Path
 
 from .config import CloudhopReaper
 from cloudhop.extensions.hubclient import HubClient
+from cloudhop.spawner.providers import CONFIG_SECTIONS as PROVIDER_SECTIONS
 
 from .services import add_service, hub_credentials, hub_is_gone, hub_pid
 
@@ -45,10 +46,7 @@ SETTINGS_ENV = "CLOUDHOP_REAPER_SETTINGS"
 #: the hub API scopes the reaper needs: list users and read their servers' state
 SCOPES = ["list:users", "read:users", "read:servers", "admin:server_state"]
 #: config sections the providers read (forwarded from the hub's config)
-CONFIG_SECTIONS = (
-    "Provider", "CloudProvider", "AWSProvider", "GCPProvider", "OCIProvider",
-    "LocalProvider", "KubernetesProvider", "Catalog",
-)
+CONFIG_SECTIONS = (*PROVIDER_SECTIONS, "Catalog")
 HISTORY = 20
 
 log = logging.getLogger("cloudhop.reaper")

@@ -39,7 +39,9 @@ from traitlets.config import Configurable
 from .offers import Offer
 from .optimizer import effective_price
 from .validate import require_number
-from .options import PROVIDERS, LaunchRequest, OptionError, parse_options
+from .options import LaunchRequest, parse_options
+from .providers import PROVIDERS
+from .schema import OptionError
 
 RULES = ("providers", "regions", "gpus", "max_gpus", "max_ray_workers", "max_price_hour", "budget")
 PERIODS = ("day", "week", "month")
@@ -48,14 +50,13 @@ DEFAULT_GROUP = "default"
 
 class PolicyError(OptionError):
     """A request the user's policy forbids. ``field`` is the option, ``rule`` the policy
-    rule and ``group`` the group whose rule it is; the message says what is allowed."""
-
-    status_code = 403
+    rule and ``group`` the group whose rule it is; the message says what is allowed.
+    Its ``status`` is 403."""
 
     def __init__(self, field: str, rule: str, group: str, message: str):
         self.rule = rule
         self.group = group
-        super().__init__(field, message)
+        super().__init__(field, message, status=403)
 
 
 @dataclass(frozen=True)

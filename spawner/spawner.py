@@ -28,7 +28,7 @@ from .offers import Offer
 from .options import LaunchRequest, OptionError, options_from_form
 from .optimizer import auto_pick
 from .policy import Policy, PolicyError, validate_request
-from .providers import provider_class
+from .providers import provider_class, quoted
 from .ray import hooks as ray_hooks
 from .validate import check_number
 from .providers.base import (
@@ -69,9 +69,8 @@ class CloudhopSpawner(Spawner):
 
     providers = List(
         Unicode(), ["local"],
-        help="""Providers users may launch on, in the order the form lists them:
-        any of "local", "aws", "gcp", "oci", "kubernetes" (or "module:Class" for a
-        custom provider).""",
+        help=f"""Providers users may launch on, in the order the form lists them:
+        any of {quoted()} (or "module:Class" for a custom provider).""",
     ).tag(config=True)
 
     hub_id = Unicode(

@@ -19,16 +19,14 @@ from traitlets.config import Config, Configurable
 
 from ..offers import Offer
 from ..validate import require_number
+# clouds whose offers come from the catalog, and those that see their own (the registry's)
+from ..providers import CATALOG_PROVIDERS, LIVE_PROVIDERS
 from .attached import DEFAULT_N1_HOSTS, attached_offers
 from .check import apply_check, check_path, read_check
 from .loader import DATA_DIR, CatalogError, parse_attached, parse_instances, read_text, table_kind
 
-#: clouds whose offers come from the catalog (local and kubernetes see their own)
-CATALOG_PROVIDERS = ("aws", "gcp", "oci")
 #: in the data for reference, not launchable by Cloudhop
 REFERENCE_PROVIDERS = ("lambda",)
-#: providers whose offers come from the provider itself, not from a table
-LIVE_PROVIDERS = ("local", "kubernetes")
 
 
 def default_data_dir() -> str:
