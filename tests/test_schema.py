@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+from traitlets import TraitError
 
 from cloudhop.extensions import migrate
 from cloudhop.spawner import options, policy, providers, schema
@@ -151,7 +152,7 @@ def test_every_list_of_providers_comes_from_the_registry():
         assert spec.class_name in reaper.CONFIG_SECTIONS
     # a policy may name every registered provider, and no other
     assert policy.parse_group_policy("g", {"providers": list(names)}).providers == names
-    with pytest.raises(Exception, match="known: " + ", ".join(names)):
+    with pytest.raises(TraitError, match="known: " + ", ".join(names)):
         policy.parse_group_policy("g", {"providers": ["azure"]})
     assert offers_cli.enabled_providers(offers_cli.Config(), None) == list(providers.DEFAULT_LISTED)
 
