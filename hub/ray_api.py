@@ -12,10 +12,11 @@ Registered with ``c.JupyterHub.extra_handlers`` (the embedded config does it).
   ``access:servers`` held by the owner's own token (the server's token, so the user's
   server extension and panel can ask on the owner's behalf). A user the server is
   shared with gets a 403. The new count is checked against the owner's group policy
-  like a spawn (:func:`cloudhop.spawner.ray.hooks.resize`): a refusal is a 403 naming
-  the rule, the group and what is allowed; a bad count is a 400 naming ``workers``.
+  like a spawn (:meth:`cloudhop.spawner.spawner.CloudhopSpawner.resize_ray`): a refusal
+  is a 403 naming the rule, the group and what is allowed; a bad count is a 400 naming
+  ``workers``.
 
-The work is done by the spawner's ``ray_cluster``
+The work is done by the spawner's Ray launcher and its ``ray_cluster``
 (:class:`cloudhop.spawner.ray.cluster.RayCluster`): workers are nodes the hub owns and
 tracks, so only the hub may launch or remove them.
 """
@@ -29,7 +30,6 @@ from tornado import web
 
 from cloudhop.spawner.options import OptionError
 from cloudhop.spawner.policy import PolicyError
-from cloudhop.spawner.ray import hooks as ray_hooks
 
 
 class RayClusterAPIHandler(APIHandler):
@@ -79,7 +79,7 @@ class RayClusterAPIHandler(APIHandler):
         if unknown:
             raise web.HTTPError(400, f"{unknown[0]}: unknown field; only 'workers' can change")
         try:
-            status = await ray_hooks.resize(spawner, body["workers"])
+            status = await spawner.resize_ray(body["workers"])
         except PolicyError as err:
             self.set_status(err.status_code)
             self.finish(json.dumps({"status": err.status_code, "message": str(err),

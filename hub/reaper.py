@@ -53,18 +53,19 @@ log = logging.getLogger("cloudhop.reaper")
 
 
 def owned_nodes(users: list[dict]) -> set[tuple[str, str]]:
-    """``(provider, node id)`` of every node an active server's state lists."""
+    """``(provider, node id)`` of every node an active server's state lists, read with
+    :func:`cloudhop.spawner.state.server_nodes`. Raises
+    :class:`~cloudhop.spawner.state.StateVersionError` when an active server's state
+    is from a newer Cloudhop: it may list its nodes in a way this reaper cannot read."""
+    from cloudhop.spawner.state import server_nodes
+
     owned = set()
     for user in users:
-        for server in (user.get("servers") or {}).values():
+        for name, server in (user.get("servers") or {}).items():
             if server.get("stopped"):
                 continue
-            state = server.get("state") or {}
-            for entry in state.get("nodes") or []:
-                owned.add((entry.get("provider"), entry.get("id")))
-            node = state.get("node") or {}
-            if node.get("id"):
-                owned.add((node.get("provider"), node["id"]))
+            where = f"server {user.get('name')}/{server.get('name', name)}"
+            owned.update((ref.provider, ref.id) for ref in server_nodes(server.get("state") or {}, where))
     return owned
 
 
@@ -92,11 +93,16 @@ class Reaper:
 
     async def sweep(self) -> dict:
         from cloudhop.spawner.providers.base import TAG_HUB
+        from cloudhop.spawner.state import StateVersionError
 
         now = self.clock()
         report = {"started": now, "hub_error": None, "providers": {}}
         try:
             owned = owned_nodes(await self.hub.users())
+        except StateVersionError as err:  # a newer hub's state: its nodes cannot be told apart
+            report["hub_error"] = f"{err}; reaping nothing until this reaper is upgraded"
+            log.error("reaper: %s", report["hub_error"])
+            return self._record(report)
         except Exception as err:  # noqa: BLE001 - reap nothing on partial knowledge
             report["hub_error"] = f"{type(err).__name__}: {err}"
             log.warning("reaper: cannot read the hub's servers (%s); reaping nothing", report["hub_error"])

@@ -52,6 +52,17 @@ class LaunchRequest:
         d = asdict(self)
         return {k: v for k, v in d.items() if v is not None}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "LaunchRequest":
+        """The request :meth:`to_dict` wrote (a server's saved state), its ``ray`` entry
+        included. Raises :class:`TypeError` for anything else (an unknown field, a Ray
+        request without ``workers``), so a reader can say why it could not use it."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a launch request is a dict, not {type(data).__name__}")
+        fields = dict(data)
+        ray = fields.pop("ray", None)
+        return cls(**fields, ray=RayRequest(**ray) if ray else None)
+
     @property
     def explicit(self) -> bool:
         """True when the user named a provider and region (their choice goes first)."""

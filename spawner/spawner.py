@@ -1,11 +1,16 @@
 """``CloudhopSpawner``: one JupyterHub spawner for every provider.
 
-The spine of a launch (DESIGN.md): the options (form or REST JSON) are validated in one
-step against the offers the user may launch; the optimizer ranks the matching offers
-into a failover list; :func:`.failover.launch_first` walks it; the spawner waits for the
-node to serve and returns its URL. ``poll`` asks the provider (which answers from a
-cache), ``stop`` terminates every node the server owns, and the state written by
-``get_state`` (versioned) lets a restarted hub re-attach instead of launching anew.
+The spine of a launch (docs/architecture.md, "Spawn"): the options (form or REST JSON)
+are validated in one step against the offers the user may launch; the optimizer ranks
+the matching offers into a failover list; :func:`.failover.launch_first` walks it; the
+spawner waits for the node to serve and returns its URL. ``poll`` asks the provider
+(which answers from a cache), ``stop`` terminates every node the server owns, and the
+state written by ``get_state`` (versioned, :mod:`.state`) lets a restarted hub
+re-attach instead of launching anew.
+
+A server that asks for Ray (``request.ray``) also goes through its
+:class:`.ray.launcher.RayLauncher`, which the spawner owns and calls with explicit
+arguments; a server without Ray never enters Ray code.
 """
 
 from __future__ import annotations
@@ -27,16 +32,16 @@ from .failover import launch_first, launch_id
 from .offers import Offer
 from .options import LaunchRequest, OptionError, options_from_form
 from .optimizer import auto_pick
-from .policy import Policy, PolicyError, validate_request
+from .policy import Policy, PolicyError, server_price, validate_request
 from .providers import provider_class, quoted
-from .ray import hooks as ray_hooks
 from .validate import check_number
 from .providers.base import (
     FAILED, RUNNING, STOPPING, TAG_HUB, TAG_ROLE, TAG_SERVER, TAG_USER, TERMINATED, LaunchSpec, Node,
     Provider,
 )
-
-STATE_VERSION = 1
+from .ray import WORKER_ROLE
+from .ray.launcher import NotebookSpec, RayLauncher
+from .state import NOTEBOOK_ROLE, STATE_VERSION, Attempt, NodeRef, StateVersionError, check_version
 
 # One provider instance per (name, config) per hub process: they hold the status caches
 # and SDK clients that every server shares.
@@ -109,13 +114,26 @@ class CloudhopSpawner(Spawner):
         self.request: LaunchRequest | None = None
         self.offer: Offer | None = None
         self.node: Node | None = None
-        #: every node the server owns: {"provider", "id", "role", "region"}
+        #: every node the server owns, notebook and Ray workers (:meth:`.state.NodeRef.to_dict`)
         self.nodes: list[dict] = []
+        #: the failover walk of the last spawn (:meth:`.state.Attempt.to_dict`)
         self.attempts: list[dict] = []
         self._events: list[dict] = []
         self._event_added = asyncio.Event()
-        #: the server's Ray workers (:mod:`.ray`), None without a Ray cluster
-        self.ray_cluster = None
+        self._policy: Policy | None = None
+        #: the server's Ray head and workers (used only when the server asks for Ray)
+        self.ray_launcher = RayLauncher(lambda name: self.provider(name), progress=self._progress,
+                                        save=self._ray_changed, log=self.log)
+
+    @property
+    def ray_cluster(self):
+        """The server's Ray workers (:class:`.ray.cluster.RayCluster`), None without a Ray
+        cluster; the hub's Ray API reads it."""
+        return self.ray_launcher.cluster
+
+    @ray_cluster.setter
+    def ray_cluster(self, cluster) -> None:
+        self.ray_launcher.cluster = cluster
 
     # -- providers and offers ---------------------------------------------------
 
@@ -155,7 +173,7 @@ class CloudhopSpawner(Spawner):
     @property
     def policy(self) -> Policy:
         """The group policies (``c.Policy.groups``, :mod:`.policy`)."""
-        if getattr(self, "_policy", None) is None:
+        if self._policy is None:
             self._policy = Policy(config=self.config, parent=self)
         return self._policy
 
@@ -213,13 +231,19 @@ class CloudhopSpawner(Spawner):
         from .optimizer import rank
 
         ranked = rank(request, offers, spread="none")
-        return ray_hooks.server_price(self, request, ranked[0], offers) if ranked else None
+        return self._server_price(request, ranked[0], offers) if ranked else None
+
+    def _server_price(self, request: LaunchRequest, offer: Offer, offers: list[Offer]) -> float | None:
+        """USD/hour of the server on ``offer``, its Ray workers (if any) included."""
+        if request.ray is None:
+            return server_price(request, offer)
+        return self.ray_launcher.server_price(request, offer, offers)
 
     def check_budget(self, request: LaunchRequest, offer: Offer, offers: list[Offer] = ()) -> None:
         """Refuse the spawn when the user's groups have no budget left for an hour of
         the server on ``offer`` with its Ray workers (:meth:`.policy.Policy.check_budget`)."""
         try:
-            price = ray_hooks.server_price(self, request, offer, offers)
+            price = self._server_price(request, offer, offers)
             self.policy.check_budget(self.user_groups(), self.user.name, price)
         except PolicyError as err:
             raise SpawnException(str(err), reason="budget", status_code=err.status_code) from None
@@ -261,10 +285,9 @@ class CloudhopSpawner(Spawner):
         return {TAG_HUB: self.hub_id, TAG_USER: self.user.name, TAG_SERVER: self.name or "", TAG_ROLE: role}
 
     def launch_spec(self, offer: Offer, request: LaunchRequest, request_id: str) -> LaunchSpec:
-        """The spec for the notebook node on ``offer``: command, env and tags."""
-        provider = self.provider(offer.provider)
-        port = getattr(provider, "node_port", 8888)
-        self.port = port or random_port()
+        """The spec for the notebook node on ``offer``: command, env and tags (without
+        Ray: :meth:`.RayLauncher.wrap_notebook_spec` adds the head)."""
+        self.port = self.provider(offer.provider).node_port or random_port()
         self.ip = "127.0.0.1" if offer.provider == "local" else "0.0.0.0"
         env = self.get_env()
         env.update({
@@ -281,26 +304,26 @@ class CloudhopSpawner(Spawner):
         if offer.provider == "local" and cmd == ["jupyterhub-singleuser"]:
             # the hub's own interpreter, so a venv need not be on PATH
             cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
-        spec = LaunchSpec(
+        return LaunchSpec(
             request_id=request_id, offer=offer, cmd=cmd + self.get_args(), env=env,
             tags=self.tags("notebook"), role="notebook", port=self.port,
             image=request.image, zone=_zone_for(offer, request), spot=request.spot,
         )
-        return ray_hooks.wrap_notebook_spec(self, spec, request)
 
     async def _record_attempt(self, record: dict) -> None:
         """Each attempt of the failover walk: a progress event as it starts and ends, and
         once it ends, a line in the server's state (saved at once, so the walk so far
         shows in the hub's database while it goes on)."""
-        if record["state"] != "launching":
-            self.attempts.append(record)
+        attempt = Attempt.from_dict(record)
+        if attempt.state != "launching":
+            self.attempts.append(attempt.to_dict())
             self._save_state()
-        if record["state"] == "launching":
-            self._progress(f"Launching on {record['offer']}")
-        elif record["state"] == "failed":
-            self._progress(f"{record['offer']}: {record['reason']} ({record['error']}); trying the next offer")
+        if attempt.state == "launching":
+            self._progress(f"Launching on {attempt.offer}")
+        elif attempt.state == "failed":
+            self._progress(f"{attempt.offer}: {attempt.reason} ({attempt.error}); trying the next offer")
         else:
-            self._progress(f"{record['offer']}: node {record['node']} launched", 40)
+            self._progress(f"{attempt.offer}: node {attempt.node} launched", 40)
 
     async def start(self):
         self._events.clear()
@@ -308,7 +331,12 @@ class CloudhopSpawner(Spawner):
         request = await self.parse_request()
         self.request = request
         offers = await self.user_offers()
-        ranked = ray_hooks.filter_plan(self, request, self.plan(request, offers), offers)
+        # the one place a spawn decides whether it goes through Ray at all
+        ray = self.ray_launcher if request.ray is not None else None
+        self.ray_cluster = None
+        ranked = self.plan(request, offers)
+        if ray is not None:
+            ranked = ray.filter_plan(request, ranked, offers)
         if not ranked:
             raise SpawnException("No offer matches the request", reason="no-offer", status_code=400)
         self.check_budget(request, ranked[0], offers)
@@ -320,17 +348,39 @@ class CloudhopSpawner(Spawner):
         # one id per spawn; each offer of the failover list launches under its own id
         # derived from it (see launch_id), so no two offers share an idempotency token
         spawn_id = uuid.uuid4().hex
-        offer, node, _attempts = await launch_first(
-            ranked, lambda o: self.launch_spec(o, request, launch_id(spawn_id, o, request.spot)),
-            self.provider, self._record_attempt,
-        )
+        wrapped: dict[str, NotebookSpec] = {}  # offer key -> the notebook spec with its Ray head
+
+        def make_spec(o: Offer) -> LaunchSpec:
+            spec = self.launch_spec(o, request, launch_id(spawn_id, o, request.spot))
+            if ray is None:
+                return spec
+            wrapped[o.key] = ray.wrap_notebook_spec(spec, request)
+            return wrapped[o.key].spec
+
+        offer, node, _attempts = await launch_first(ranked, make_spec, self.provider, self._record_attempt)
         self.offer, self.node = offer, node
-        self.nodes = [{"provider": offer.provider, "id": node.id, "role": "notebook", "region": offer.region}]
+        self.nodes = [NodeRef(provider=offer.provider, id=node.id, role=NOTEBOOK_ROLE, region=offer.region).to_dict()]
         self._save_state()
         node = await self._wait_serving(node)
-        await ray_hooks.start_workers(self, request, offer, node, offers, spawn_id)
+        if ray is not None:
+            await ray.start_workers(request, offer, node, offers, spawn_id, head=wrapped.get(offer.key),
+                                    tags=self.tags(WORKER_ROLE))
         self._progress(f"Node {node.id} is up at {node.ip}:{node.port}; waiting for Jupyter to answer", 80)
         return f"http://{node.ip}:{node.port or self.port}"
+
+    def _ray_changed(self) -> None:
+        """The Ray workers changed (``save`` of :class:`.RayLauncher`): list them in
+        ``nodes`` and write the state."""
+        self.nodes = [n for n in self.nodes if n.get("role") != WORKER_ROLE] + self.ray_launcher.node_entries()
+        self._save_state()
+
+    async def resize_ray(self, workers) -> dict:
+        """The hub's Ray API: give this server's cluster ``workers`` live workers, a count
+        that launches workers checked against the owner's group policy like a spawn
+        (:meth:`.RayLauncher.resize`). Raises :class:`OptionError` (400) for a bad count,
+        :class:`PolicyError` (403) for a refusal."""
+        return await self.ray_launcher.resize(workers, request=self.request, offer=self.offer,
+                                              policy=self.policy, groups=self.user_groups(), user=self.user.name)
 
     def _save_state(self) -> None:
         """Write state to the hub's database now, so a hub killed mid-start still knows
@@ -369,17 +419,19 @@ class CloudhopSpawner(Spawner):
         node = await self.provider(self.node.provider).status(self.node.id)
         if node.state in (STOPPING, TERMINATED, FAILED):  # a VM going away is not a server
             return 1
-        await ray_hooks.poll_workers(self)  # a dead worker is reported, the server stays
+        if self.ray_cluster is not None:
+            await self.ray_launcher.refresh(self._log_name)  # a dead worker is reported, the server stays
         return None
 
     async def stop(self, now: bool = False):
-        await ray_hooks.stop_workers(self)
+        if self.ray_cluster is not None:
+            await self.ray_launcher.stop()
         # workers first, the notebook node last: nothing is left reachable half-stopped
-        for entry in sorted(self.nodes, key=lambda n: n.get("role") == "notebook"):
+        for ref in sorted(map(NodeRef.from_dict, self.nodes), key=lambda n: n.role == NOTEBOOK_ROLE):
             try:
-                await self.provider(entry["provider"]).terminate(entry["id"])
+                await self.provider(ref.provider).terminate(ref.id)
             except Exception as err:
-                self.log.error("Failed to terminate %s on %s: %s", entry["id"], entry["provider"], err)
+                self.log.error("Failed to terminate %s on %s: %s", ref.id, ref.provider, err)
                 raise
         self.nodes = []
         self.node = None
@@ -397,16 +449,18 @@ class CloudhopSpawner(Spawner):
                 "nodes": list(self.nodes),
                 "attempts": list(self.attempts),
             })
-            ray_hooks.save_state(self, state)
+            if self.ray_cluster is not None:
+                state["ray"] = self.ray_launcher.to_state()
         return state
 
     def load_state(self, state):
         super().load_state(state)
-        version = state.get("version")
-        if version is None:
-            return
-        if version > STATE_VERSION:
-            self.log.warning("State of %s is from a newer Cloudhop (v%s); reading what I know", self._log_name, version)
+        try:
+            if check_version(state) is None:
+                return
+        except StateVersionError:
+            self.log.warning("State of %s is from a newer Cloudhop (v%s); reading what I know",
+                             self._log_name, state.get("version"))
         if state.get("offer"):
             self.offer = Offer.from_dict(state["offer"])
         if state.get("node"):
@@ -414,16 +468,16 @@ class CloudhopSpawner(Spawner):
             self.ip, self.port = self.node.ip or self.ip, self.node.port or self.port
         self.nodes = list(state.get("nodes") or [])
         self.attempts = list(state.get("attempts") or [])
-        ray_hooks.load_state(self, state)
+        self.ray_cluster = None
+        if state.get("ray"):
+            self.ray_launcher.load_state(state["ray"], tags=self.tags(WORKER_ROLE))
         if state.get("request"):
             try:
-                req = dict(state["request"])
-                ray = req.pop("ray", None)
-                from .options import RayRequest
-
-                self.request = LaunchRequest(**req, ray=RayRequest(**ray) if ray else None)
-            except TypeError:
+                self.request = LaunchRequest.from_dict(state["request"])
+            except (TypeError, ValueError) as err:
                 self.request = None
+                self.log.warning("The saved launch request of %s is unreadable (%s); it is dropped",
+                                 self._log_name, err)
 
     def clear_state(self):
         super().clear_state()

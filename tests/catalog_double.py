@@ -7,7 +7,7 @@ from __future__ import annotations
 from cloudhop.spawner.providers.base import CredentialsError, Provider
 
 
-class ScriptedAWS(Provider):
+class ScriptedAWS(Provider, partial=True):
     """An AWS account that can launch only g6 types, and p5.48xlarge in one zone."""
 
     name = "aws"
@@ -27,12 +27,12 @@ class ScriptedAWS(Provider):
         return out
 
 
-class NoCredentialsAWS(Provider):
+class NoCredentialsAWS(Provider, partial=True):
     name = "aws"
 
     async def check_catalog(self, offers):
         raise CredentialsError("no AWS credentials found (looked for a profile and instance role)")
 
 
-class ScriptedLambda(Provider):
+class ScriptedLambda(Provider, partial=True):
     name = "lambda"

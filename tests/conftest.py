@@ -41,6 +41,77 @@ def compute():
     fake.stop()
 
 
+@pytest.fixture(scope="module")
+def oci_config(tmp_path_factory):
+    """An OCI SDK config file with a real (throwaway) signing key, as ~/.oci/config has;
+    the directory holding it (``oci_config / "config"``)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    d = tmp_path_factory.mktemp("oci")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (d / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (d / "config").write_text(
+        "[DEFAULT]\n"
+        "user=ocid1.user.oc1..aaaatest\n"
+        "fingerprint=11:22:33:44:55:66:77:88:99:00:aa:bb:cc:dd:ee:ff\n"
+        "tenancy=ocid1.tenancy.oc1..aaaatest\n"
+        "region=eu-amsterdam-1\n"
+        f"key_file={d / 'key.pem'}\n"
+    )
+    return d
+
+
+@pytest.fixture
+def kube_api():
+    """A local double of the Kubernetes API (``tests/fakes/k8s_api.py``) with three
+    nodes: four L4s (zone us-central1-a), one T4, and one without GPUs."""
+    from fakes.k8s_api import FakeKubernetes
+
+    api = FakeKubernetes().start()
+    api.add_node("l4-node-1", gpus=4, labels={"cloud.google.com/gke-accelerator": "nvidia-l4",
+                                              "cloud.google.com/gke-nodepool": "l4-pool",
+                                              "topology.kubernetes.io/zone": "us-central1-a"})
+    api.add_node("t4-node-1", gpus=1, labels={"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"})
+    api.add_node("system-1")
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+async def make_kube_provider(kube_api, tmp_path):
+    """``make(**cluster_settings)``: a KubernetesProvider on ``kube_api`` with one cluster,
+    ``gke-us`` (namespace ``jhub``, an H100 pool that can scale up), no background
+    refresh and fast retries. Providers are closed on the test's event loop."""
+    from traitlets.config import Config
+
+    from cloudhop.spawner.providers.kubernetes import KubernetesProvider
+
+    made = []
+
+    def make(**cluster):
+        config = Config()
+        settings = {"kubeconfig": kube_api.kubeconfig(tmp_path / "kubeconfig"), "namespace": "jhub",
+                    "flavour": "gke",
+                    "pools": [{"name": "h100-pool", "gpu": "H100", "gpus_per_node": 8, "max_nodes": 2,
+                               "price_per_gpu_hour": 3.0}]}
+        settings.update(cluster)
+        config.KubernetesProvider.clusters = {"gke-us": settings}
+        config.KubernetesProvider.refresh_interval = 0
+        config.KubernetesProvider.refresh_min_interval = 0
+        config.KubernetesProvider.retry_delay = 0.01
+        config.KubernetesProvider.default_image = "example/cloudhop-singleuser:1"
+        provider = KubernetesProvider(config=config)
+        made.append(provider)
+        return provider
+
+    yield make
+    # providers hold aiohttp sessions bound to the test's loop; close them there
+    for provider in made:
+        await provider.close()
+
+
 def _stop_all_servers(hub: HubProcess) -> None:
     if not hub.proc or hub.proc.poll() is not None:
         return
@@ -54,3 +125,19 @@ def _stop_all_servers(hub: HubProcess) -> None:
                 hub.stop_server(user["name"], name)
             except Exception:
                 pass
+
+
+@pytest.fixture
+def snapshot_store(tmp_path):
+    """The real snapshot store service on a local directory (``store_double``), for the
+    user ``alice`` with token ``tok-alice``; yields ``(harness, alice's StoreClient)``."""
+    from cloudhop.extensions.snapshot import StoreClient
+    from cloudhop.hub.store_backends import LocalBackend
+    from store_double import ACCESS, StoreHarness
+
+    with StoreHarness(LocalBackend(str(tmp_path / "store")), {"tok-alice": ("alice", [ACCESS])}) as harness:
+        client = StoreClient(harness.url, "alice", "tok-alice")
+        try:
+            yield harness, client
+        finally:
+            client.close()

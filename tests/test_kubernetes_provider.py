@@ -15,47 +15,22 @@ from cloudhop.spawner.providers.base import (
     CapacityError, CredentialsError, LaunchSpec, TransientError,
 )
 from cloudhop.spawner.providers.kubernetes import KubernetesProvider
-from fakes.k8s_api import TOKEN, FakeKubernetes
+from fakes.k8s_api import TOKEN
 
 NS = "jhub"
 TAGS = {TAG_HUB: "hub-a1", TAG_USER: "ana@example.org", TAG_SERVER: "", TAG_ROLE: "notebook"}
 
 
 @pytest.fixture
-def fake():
-    api = FakeKubernetes().start()
-    api.add_node("l4-node-1", gpus=4, labels={"cloud.google.com/gke-accelerator": "nvidia-l4",
-                                              "cloud.google.com/gke-nodepool": "l4-pool",
-                                              "topology.kubernetes.io/zone": "us-central1-a"})
-    api.add_node("t4-node-1", gpus=1, labels={"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"})
-    api.add_node("system-1")
-    yield api
-    api.stop()
+def fake(kube_api):
+    """The Kubernetes API double (conftest's ``kube_api``)."""
+    return kube_api
 
 
 @pytest.fixture
-async def make_provider(fake, tmp_path):
-    made = []
-
-    def make(**cluster):
-        config = Config()
-        settings = {"kubeconfig": fake.kubeconfig(tmp_path / "kubeconfig"), "namespace": NS, "flavour": "gke",
-                    "pools": [{"name": "h100-pool", "gpu": "H100", "gpus_per_node": 8, "max_nodes": 2,
-                               "price_per_gpu_hour": 3.0}]}
-        settings.update(cluster)
-        config.KubernetesProvider.clusters = {"gke-us": settings}
-        config.KubernetesProvider.refresh_interval = 0
-        config.KubernetesProvider.refresh_min_interval = 0
-        config.KubernetesProvider.retry_delay = 0.01
-        config.KubernetesProvider.default_image = "example/cloudhop-singleuser:1"
-        provider = KubernetesProvider(config=config)
-        made.append(provider)
-        return provider
-
-    yield make
-    # providers hold aiohttp sessions bound to the test's loop; close them there
-    for provider in made:
-        await provider.close()
+def make_provider(make_kube_provider):
+    """conftest's ``make_kube_provider``: cluster ``gke-us`` in namespace :data:`NS`."""
+    return make_kube_provider
 
 
 def spec_for(offer, request_id="req-1", ray=None, tags=TAGS):
@@ -260,7 +235,7 @@ def test_the_spawner_hands_the_ray_request_to_kubernetes():
     its command is not wrapped with a head launcher."""
     from cloudhop.spawner.offers import Offer
     from cloudhop.spawner.options import LaunchRequest
-    from cloudhop.spawner.ray import hooks
+    import ray_calls as hooks
 
     provider = KubernetesProvider(config=Config())
 

@@ -1,28 +1,43 @@
 """One contract, every provider: what the spawner and the reaper rely on (see
 spawner/providers/base.py), run against AWS (moto), GCP and OCI (local API fakes with
-the real SDKs) and the local provider (real processes)."""
+the real SDKs), Kubernetes (a local API double with the real client) and the local
+provider (real processes). A provider class that misses a method of the contract is
+refused when it is created."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import sys
+import threading
 
 import pytest
 from moto import mock_aws
 
-from cloudhop.spawner.providers.base import RUNNING, TAG_HUB, TAG_REQUEST, TAG_USER, TERMINATED
+from cloudhop.spawner.providers.base import RUNNING, TAG_HUB, TAG_REQUEST, TAG_USER, TERMINATED, Provider
 from hubfixture import free_port
 from tests.cloudkit import HUB_ID, cheapest, spec_for
 from tests.fakes.gcp_compute import FakeCompute
 from tests.fakes.oci_api import FakeOCI
-from tests.test_oci import SUBNET, oci_config  # noqa: F401 - the module-scoped key fixture
 
 FAST = {"status_cache_seconds": 0, "retry_base_delay": 0.01}
+OCI_SUBNET = "ocid1.subnet.oc1.eu-amsterdam-1.aaaatest"
 
 
-@pytest.fixture(params=["aws", "gcp", "oci", "local"])
-def cloud(request, monkeypatch, tmp_path, oci_config):  # noqa: F811
+def kubelet(api, namespace: str, stop: threading.Event) -> None:
+    """What a scheduler and kubelet do for the Kubernetes API double (which has none):
+    every pending pod is soon running on a node with an address."""
+    while not stop.wait(0.02):
+        for n, (name, pod) in enumerate(api.pods(namespace).items()):
+            if pod["status"].get("phase") == "Pending" and not pod["metadata"].get("deletionTimestamp"):
+                try:
+                    api.set_phase(namespace, name, "Running", ip=f"10.8.0.{n + 2}", node="system-1")
+                except KeyError:  # deleted meanwhile
+                    pass
+
+
+@pytest.fixture(params=["aws", "gcp", "oci", "local", "kubernetes"])
+async def cloud(request, monkeypatch, tmp_path, oci_config, kube_api, make_kube_provider):
     """(provider, make_spec(user)) for one provider."""
     if request.param == "aws":
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -46,10 +61,20 @@ def cloud(request, monkeypatch, tmp_path, oci_config):  # noqa: F811
 
         fake = FakeOCI()
         url = fake.start()
-        yield (OCIProvider(config_file=str(oci_config / "config"), service_endpoint=url, subnet_id=SUBNET,
+        yield (OCIProvider(config_file=str(oci_config / "config"), service_endpoint=url, subnet_id=OCI_SUBNET,
                            regions=["eu-amsterdam-1"], **FAST),
                lambda user: spec_for(cheapest("oci", "eu-amsterdam-1", "A10", 1), user=user))
         fake.stop()
+    elif request.param == "kubernetes":
+        p = make_kube_provider()
+        assert await p.check_available() is None
+        [cpu] = [o for o in p.offers() if o.gpu_count == 0][:1]
+        stop = threading.Event()
+        thread = threading.Thread(target=kubelet, args=(kube_api, "jhub", stop), daemon=True)
+        thread.start()
+        yield p, lambda user: spec_for(cpu, user=user)
+        stop.set()
+        thread.join()
     else:
         from cloudhop.spawner.providers.local import LocalProvider
 
@@ -63,8 +88,8 @@ def cloud(request, monkeypatch, tmp_path, oci_config):  # noqa: F811
                 spec, cmd=[sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"])
 
         yield p, make
-        for node in asyncio.run(p.list_nodes({TAG_HUB: HUB_ID})):
-            asyncio.run(p.terminate(node.id))
+        for node in await p.list_nodes({TAG_HUB: HUB_ID}):
+            await p.terminate(node.id)
 
 
 async def eventually(provider, node_id, states, tries=20):
@@ -117,3 +142,29 @@ async def test_terminate_is_idempotent_and_the_node_ends_terminated(cloud):
     await provider.terminate(node.id)  # again: not an error
     assert (await eventually(provider, node.id, {TERMINATED})).state == TERMINATED
     assert await provider.list_nodes({TAG_REQUEST: spec.request_id}) == []
+
+
+@pytest.mark.parametrize("missing", Provider.CONTRACT)
+def test_a_provider_class_missing_a_contract_method_is_refused(missing):
+    async def method(self, *args):  # pragma: no cover - never called
+        return None
+
+    methods = {name: method for name in Provider.CONTRACT if name != missing}
+    with pytest.raises(TypeError, match=rf"Incomplete does not implement {missing} of the provider contract"):
+        type("Incomplete", (Provider,), {"name": "incomplete", **methods})
+    # a base its subclasses complete says so, and its subclasses are checked again
+    base = type("Base", (Provider,), {"name": "base", **methods}, partial=True)
+    with pytest.raises(TypeError, match=missing):
+        type("StillIncomplete", (base,), {})
+    complete = type("Complete", (base,), {missing: method})
+    assert complete.node_port == 8888 and complete.handles_ray is False
+
+
+def test_every_shipped_provider_keeps_the_contract():
+    """Each shipped class is created, so it passed the check; the declared defaults."""
+    from cloudhop.spawner.providers import PROVIDERS, provider_class
+
+    classes = {name: provider_class(name) for name in PROVIDERS}
+    assert all(issubclass(c, Provider) for c in classes.values())
+    assert classes["local"].node_port is None and classes["aws"].node_port == 8888
+    assert [n for n, c in classes.items() if c.handles_ray] == ["kubernetes"]

@@ -150,7 +150,7 @@ async def test_spawner_state_keeps_the_cluster_and_lists_workers_in_nodes(provid
     s.provider = lambda name: provider
     s.nodes = [{"provider": "local", "id": "local-nb", "role": "notebook", "region": "a"}]
     s.node = None
-    from cloudhop.spawner.ray import hooks
+    import ray_calls as hooks
 
     s.ray_cluster = cluster_on(provider, t4(provider), [], on_change=lambda: hooks._sync_nodes(s))
     [rec] = await s.ray_cluster.launch(1)
@@ -175,7 +175,7 @@ def test_workers_gpu_steers_where_the_notebook_lands(tmp_path, monkeypatch):
 
     from cloudhop.spawner import CloudhopSpawner
     from cloudhop.spawner.options import parse_options
-    from cloudhop.spawner.ray.hooks import filter_plan
+    from ray_calls import filter_plan
 
     for k, v in fake_gpus_env("Tesla T4").items():
         monkeypatch.setenv(k, v)
@@ -205,7 +205,7 @@ async def test_a_resize_keeps_to_the_owners_group_policy(tmp_path):
     from cloudhop.spawner import CloudhopSpawner
     from cloudhop.spawner.options import LaunchRequest
     from cloudhop.spawner.policy import PolicyError
-    from cloudhop.spawner.ray import hooks
+    import ray_calls as hooks
 
     local = LocalProvider(default_root=str(tmp_path / "ws"), nvml_module="fakes.nvml",
                           regions={"a": {"gpus": "none"}}, cpu_price_hour=0.5, stop_timeout=5)

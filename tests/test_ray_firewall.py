@@ -11,16 +11,17 @@ from types import SimpleNamespace
 from cloudhop.spawner.offers import Offer
 from cloudhop.spawner.options import LaunchRequest, RayRequest
 from cloudhop.spawner.providers.base import PENDING, RUNNING, STOPPING, TAG_ROLE, Node, Provider
-from cloudhop.spawner.ray import CLUSTER_TAG, WORKER_ROLE, hooks
+from cloudhop.spawner.ray import CLUSTER_TAG, WORKER_ROLE
 from cloudhop.spawner.providers.ray_firewall import PORTS, RayRule, cluster_of, removable, rule_name
 from cloudhop.spawner.ray.ports import VM_PORT_RANGE
 from tests.cloudkit import spec_for
+import ray_calls as hooks
 
 A10G = Offer("aws", "us-east-1", "g5.xlarge", "A10G", 1, vcpus=4, memory_gib=16, price_hour=1.0,
              zones=("use1-az1",))
 
 
-class RecordingCloud(Provider):
+class RecordingCloud(Provider, partial=True):
     """Launches nothing: remembers each spec and answers a running node."""
 
     name = "aws"

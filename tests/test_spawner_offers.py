@@ -14,7 +14,7 @@ from cloudhop.spawner.spawner import _zone_for
 GOOD = Offer("aws", "us-east-1", "g4dn.xlarge", "T4", 1, price_hour=0.526, zones=("us-east-1a", "us-east-1b"))
 
 
-class Fine(Provider):
+class Fine(Provider, partial=True):
     name = "fine"
 
     async def check_available(self):
@@ -24,7 +24,7 @@ class Fine(Provider):
         return [GOOD]
 
 
-class BrokenCatalog(Fine):
+class BrokenCatalog(Fine, partial=True):
     name = "broken"
 
     def offers(self):

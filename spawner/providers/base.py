@@ -166,7 +166,8 @@ class LaunchSpec:
 
 class Provider(LoggingConfigurable):
     """Base class of every provider. Subclasses set :attr:`name` and implement the
-    coroutines below, keeping the module docstring's assumptions."""
+    methods of :attr:`CONTRACT`, keeping the module docstring's assumptions; a class
+    that misses one is refused when it is created (:meth:`__init_subclass__`)."""
 
     name: ClassVar[str] = ""
     #: what the form shows for this provider
@@ -176,6 +177,34 @@ class Provider(LoggingConfigurable):
     #: env, removed by ``terminate``); the spawner then launches no worker nodes and
     #: starts no Ray head beside the notebook for that server.
     handles_ray: ClassVar[bool] = False
+    #: the port the single-user server listens on inside a node (a VM, a pod): the
+    #: spawner puts it in the notebook's spec. None: the provider runs nodes on this
+    #: machine, so the spawner picks a free port for each (local).
+    node_port: ClassVar[int | None] = 8888
+    #: the methods every provider implements; the others have defaults
+    CONTRACT: ClassVar[tuple[str, ...]] = ("offers", "launch", "status", "terminate", "list_nodes")
+
+    def __init_subclass__(cls, partial: bool = False, **kw):
+        """Refuse (:class:`TypeError`) a provider class that leaves a method of
+        :attr:`CONTRACT` to this base class, naming the method, as JupyterHub's
+        ``Spawner`` does for ``start``, ``stop`` and ``poll``: a provider that cannot
+        list or terminate its nodes would leak them, so it fails at import, not at a
+        user's spawn.
+
+        ``class Name(Provider, partial=True)`` declares, for that class only, that it
+        implements part of the contract on purpose: a base class that its subclasses
+        complete, or a test double that answers only what its test asks. Subclasses
+        of it are checked again."""
+        super().__init_subclass__(**kw)
+        if partial:
+            return
+        missing = [m for m in cls.CONTRACT if getattr(cls, m) is getattr(Provider, m)]
+        if missing:
+            raise TypeError(
+                f"provider class {cls.__name__} does not implement {', '.join(missing)} of the "
+                f"provider contract ({', '.join(cls.CONTRACT)}); implement "
+                f"{'them' if len(missing) > 1 else 'it'}, or declare a base class that "
+                f"subclasses complete with `class {cls.__name__}(..., partial=True)`")
 
     async def check_available(self) -> str | None:
         """``None`` when the provider can launch, else the reason it cannot (shown in

@@ -29,6 +29,7 @@ from ..failover import NoOfferLaunched, launch_first, launch_id
 from ..offers import Offer
 from ..options import MAX_RAY_WORKERS, OptionError, RayRequest
 from ..providers.base import FAILED, RUNNING, TAG_ROLE, TERMINATED, Provider
+from ..state import NodeRef
 from . import WORKER_ROLE
 from .commands import worker_spec
 
@@ -195,8 +196,9 @@ class RayCluster:
     # -- reporting and state --------------------------------------------------------
 
     def node_entries(self) -> list[dict]:
-        """Workers as the spawner's ``nodes`` entries (every node a provider may still hold)."""
-        return [{"provider": w["provider"], "id": w["id"], "role": WORKER_ROLE, "region": w["region"]}
+        """Workers as the spawner's ``nodes`` entries (every node a provider may still
+        hold), each a :class:`..state.NodeRef` as a dict."""
+        return [NodeRef(provider=w["provider"], id=w["id"], role=WORKER_ROLE, region=w["region"]).to_dict()
                 for w in self.workers if w.get("id")]
 
     def status(self) -> dict:
