@@ -22,7 +22,7 @@ import hashlib
 import threading
 import time
 
-from traitlets import Bool, Integer, List, TraitError, Unicode, validate
+from traitlets import Integer, List, TraitError, Unicode, validate
 
 from ..validate import check_url
 from .base import (
@@ -45,6 +45,7 @@ from .base import (
 from .ray_firewall import (
     CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, RuleInUse, RuleStore, cluster_of, rule_name,
 )
+from .aliases import Renamed
 from .cloud import TAG_PORT, CloudProvider, Retry, split_id
 
 INSTALL_HINT = "the AWS provider needs boto3: pip install 'cloudhop[aws]'"
@@ -147,17 +148,14 @@ class AWSProvider(CloudProvider):
 
     key_name = Unicode("", help="EC2 key pair for SSH to nodes (optional).").tag(config=True)
 
-    associate_public_ip = Bool(
-        True,
-        help="Give nodes a public address (needed when the hub connects by public IP or "
-        "the subnet has no NAT for pulling the image).",
-    ).tag(config=True)
+    associate_public_ip = Renamed("public_ip")
 
-    endpoint_url = Unicode(
+    api_endpoint = Unicode(
         "",
         help="EC2/SSM endpoint override (a VPC endpoint, or a local test server). "
         "Empty: the public regional endpoint.",
     ).tag(config=True)
+    endpoint_url = Renamed("api_endpoint")
 
     api_attempts = Integer(
         5, help="Attempts (botocore standard retry mode) for describe/terminate calls."
@@ -174,7 +172,7 @@ class AWSProvider(CloudProvider):
                                  f"c.AWSProvider.{name} must be an EC2 id ('{prefix}...') or empty, not {value!r}")
         return value
 
-    @validate("endpoint_url")
+    @validate("api_endpoint", "endpoint_url")
     def _valid_endpoint(self, proposal):
         return check_url(proposal)
 
@@ -217,7 +215,7 @@ class AWSProvider(CloudProvider):
                     service,
                     region_name=region,
                     config=config,
-                    endpoint_url=self.endpoint_url or None,
+                    endpoint_url=self.api_endpoint or None,
                 )
             return self._clients[key]
 
@@ -327,7 +325,7 @@ class AWSProvider(CloudProvider):
             ],
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
         }
-        network = {"DeviceIndex": 0, "AssociatePublicIpAddress": self.associate_public_ip}
+        network = {"DeviceIndex": 0, "AssociatePublicIpAddress": self.public_ip}
         if self.subnet_id:
             network["SubnetId"] = self.subnet_id
         groups = list(self.security_group_ids) if groups is None else list(groups)

@@ -15,7 +15,7 @@ import random
 import time
 from typing import Callable
 
-from traitlets import Enum, Float, Integer, List, TraitError, Unicode, validate
+from traitlets import Bool, Enum, Float, Integer, List, TraitError, Unicode, validate
 
 from cloudhop import __version__ as VERSION  # the default image tag follows the package
 
@@ -99,6 +99,15 @@ class CloudProvider(Provider):
         help="""Which address of a node the hub connects to: ``private`` (the hub runs
         in the same network, the default) or ``public`` (the hub is elsewhere; the node's
         firewall must then admit the hub on the server port).""",
+    ).tag(config=True)
+
+    public_ip = Bool(
+        True,
+        help="""Give nodes a public IP address: needed when the hub connects by public IP
+        (``connect_ip = "public"``), or when the nodes' network has no NAT to pull the
+        image through (AWS: a subnet without a NAT gateway, GCP: no Cloud NAT; on OCI the
+        subnet must then be a public one). Was ``c.AWSProvider.associate_public_ip``,
+        ``c.GCPProvider.external_ip`` and ``c.OCIProvider.assign_public_ip``.""",
     ).tag(config=True)
 
     regions = List(

@@ -48,6 +48,7 @@ from .base import (
 )
 from .ray_firewall import CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, RuleStore, cluster_of, rule_name
 from ..validate import check_number
+from .aliases import Renamed
 from .cloud import TAG_PORT, CloudProvider, Retry, split_id
 
 INSTALL_HINT = "the GCP provider needs google-cloud-compute: pip install 'cloudhop[gcp]'"
@@ -174,10 +175,7 @@ class GCPProvider(CloudProvider):
         help="Network tags on every node, for firewall rules that target them.",
     ).tag(config=True)
 
-    external_ip = Bool(
-        True, help="Give nodes an ephemeral external IP (needed without Cloud NAT, or "
-        "when the hub connects by public IP)."
-    ).tag(config=True)
+    external_ip = Renamed("public_ip")
 
     disk_gb = Integer(100, help="Boot disk size (GB) of every node.").tag(config=True)
 
@@ -324,7 +322,7 @@ class GCPProvider(CloudProvider):
         nic = {"network": self.network}
         if self.subnetwork:
             nic["subnetwork"] = self.subnetwork
-        if self.external_ip:
+        if self.public_ip:  # an ephemeral external IP
             nic["access_configs"] = [{"name": "External NAT", "type_": "ONE_TO_ONE_NAT"}]
         scheduling = {
             # GPU VMs cannot live-migrate, and Spot VMs must not

@@ -59,6 +59,7 @@ from ..kube import profiles as z2jh
 from ..kube.cluster import CPU_OFFER, ClusterConfig, ClusterConfigError, cluster_offers, parse_cluster
 from ..kube.plan import PodPlan
 from ..offers import NO_GPU, Offer
+from .aliases import Renamed
 from ..validate import check_number
 from .base import (
     FAILED, PENDING, RUNNING, STOPPING, TAG_HUB, TAG_REQUEST, TAG_ROLE, TAG_SERVER, TAG_USER,
@@ -91,9 +92,11 @@ _NUMBER_RULES = {
     "delete_grace_period": dict(minimum=0, integer=True),
     "refresh_interval": dict(minimum=0),
     "refresh_min_interval": dict(minimum=0),
-    "api_retries": dict(minimum=1, integer=True, unit="attempts"),
-    "retry_delay": dict(minimum=0),
+    "api_attempts": dict(minimum=1, integer=True, unit="attempts"),
+    "retry_base_delay": dict(minimum=0),
 }
+# the old names (:class:`.aliases.Renamed`) are checked as the new ones, naming themselves
+_NUMBER_RULES.update(api_retries=_NUMBER_RULES["api_attempts"], retry_delay=_NUMBER_RULES["retry_base_delay"])
 
 class KubernetesProvider(Provider):
     """GPU pods on one or more Kubernetes clusters (each a region); see the module
@@ -118,11 +121,13 @@ class KubernetesProvider(Provider):
         hub's ``c.KubeSpawner.profile_list``); ``storage_class`` for workspaces.""",
     ).tag(config=True)
 
-    default_image = Unicode(
+    singleuser_image = Unicode(
         help="""Single-user image for pods when neither the user's ``image`` option nor
-        an imported profile names one. Default: ``c.KubeSpawner.image`` when set (a
-        z2jh chart sets it from ``singleuser.image``), else the Cloudhop image.""",
+        an imported profile names one (the VM providers' setting of the same name).
+        Default: ``c.KubeSpawner.image`` when set (a z2jh chart sets it from
+        ``singleuser.image``), else the Cloudhop image.""",
     ).tag(config=True)
+    default_image = Renamed("singleuser_image")
 
     workspace_size = Unicode("10Gi", help="Size of each server's workspace PVC.").tag(config=True)
     workspace_mount_path = Unicode(
@@ -162,17 +167,19 @@ class KubernetesProvider(Provider):
     refresh_min_interval = Float(
         5.0, help="Seconds a cluster read is reused by forms and launches before reading again.",
     ).tag(config=True)
-    api_retries = Integer(
+    api_attempts = Integer(
         3, help="Attempts for an API call that fails with throttling, a 5xx or a connection error.",
     ).tag(config=True)
-    retry_delay = Float(0.5, help="Seconds before the first retry; doubles each time.").tag(config=True)
+    api_retries = Renamed("api_attempts")
+    retry_base_delay = Float(0.5, help="Seconds before the first retry; doubles each time.").tag(config=True)
+    retry_delay = Renamed("retry_base_delay")
 
     @validate("node_port", "delete_grace_period", "refresh_interval", "refresh_min_interval",
-              "api_retries", "retry_delay")
+              "api_attempts", "api_retries", "retry_base_delay", "retry_delay")
     def _valid_number(self, proposal):
         return check_number(proposal, **_NUMBER_RULES[proposal["trait"].name])
 
-    @default("default_image")
+    @default("singleuser_image")
     def _default_image(self):
         image = self.config.get("KubeSpawner", {}).get("image") if self.config else None
         return str(image) if image else "cloudhop/singleuser:latest"
@@ -289,18 +296,18 @@ class KubernetesProvider(Provider):
         import aiohttp
         from kubernetes_asyncio.client.exceptions import ApiException
 
-        delay = self.retry_delay
-        for attempt in range(max(self.api_retries, 1)):
+        delay = self.retry_base_delay
+        for attempt in range(max(self.api_attempts, 1)):
             try:
                 return await fn(*args, **kwargs)
             except ApiException as err:
                 if err.status in ok:
                     return err
                 retry = err.status == 429 or err.status >= 500
-                if not retry or attempt == self.api_retries - 1:
+                if not retry or attempt == self.api_attempts - 1:
                     raise self._translate(cluster, what, err) from err
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
-                if attempt == self.api_retries - 1:
+                if attempt == self.api_attempts - 1:
                     raise self._translate(cluster, what, err) from err
             await asyncio.sleep(delay)
             delay *= 2
@@ -525,7 +532,7 @@ class KubernetesProvider(Provider):
         labels, annotations = kl.tag_labels(tags)
         labels = {**self.extra_labels, **labels, **kl.MANAGED_BY,
                   LABEL_OFFER: kl.label_value(spec.offer.instance_type)}
-        image = spec.image or plan.image or self.default_image
+        image = spec.image or plan.image or self.singleuser_image
         # the same allow-list as a VM's user-data: no hub credential reaches a pod
         env = allowed_env(spec.env)
 

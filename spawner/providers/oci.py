@@ -24,7 +24,7 @@ import hashlib
 import os
 import re
 
-from traitlets import Bool, Enum, Integer, TraitError, Unicode, validate
+from traitlets import Enum, Integer, TraitError, Unicode, validate
 
 from .base import (
     FAILED,
@@ -47,6 +47,7 @@ from .ray_firewall import (
     CLUSTER_TAG, PORTS, RayRule, RuleInUse, RuleStore, cluster_of, rule_name,
 )
 from ..validate import check_number, check_url
+from .aliases import Renamed
 from .cloud import TAG_PORT, CloudProvider, Retry, split_id
 
 INSTALL_HINT = "the OCI provider needs the oci SDK: pip install 'cloudhop[oci]'"
@@ -125,26 +126,26 @@ class OCIProvider(CloudProvider):
         "Oracle Linux", help="Operating system the default image is chosen from."
     ).tag(config=True)
 
-    assign_public_ip = Bool(
-        True, help="Give nodes a public IP (the subnet must be public)."
-    ).tag(config=True)
+    assign_public_ip = Renamed("public_ip")
 
-    boot_volume_gb = Integer(100, help="Boot volume size (GB) of every node.").tag(config=True)
+    disk_gb = Integer(100, help="Boot volume size (GB) of every node.").tag(config=True)
+    boot_volume_gb = Renamed("disk_gb")
 
-    service_endpoint = Unicode(
+    api_endpoint = Unicode(
         "", help="Endpoint override for the Core and Identity APIs (a local test server). "
         "Empty: the region's public endpoints."
     ).tag(config=True)
+    service_endpoint = Renamed("api_endpoint")
 
     api_attempts = Integer(
         6, help="Attempts (OCI retry strategy) for read and terminate calls."
     ).tag(config=True)
 
-    @validate("boot_volume_gb")
+    @validate("disk_gb", "boot_volume_gb")
     def _valid_boot_volume(self, proposal):
         value = check_number(proposal, minimum=BOOT_VOLUME_GB[0], integer=True, unit="GB")
         if value > BOOT_VOLUME_GB[1]:
-            raise TraitError(f"c.OCIProvider.boot_volume_gb must be a whole number of GB from "
+            raise TraitError(f"c.OCIProvider.{proposal['trait'].name} must be a whole number of GB from "
                              f"{BOOT_VOLUME_GB[0]} to {BOOT_VOLUME_GB[1]}, not {value!r}")
         return value
 
@@ -157,7 +158,7 @@ class OCIProvider(CloudProvider):
             raise TraitError(f"c.OCIProvider.{name} must be an OCID ('{prefix}...') or empty, not {value!r}")
         return value
 
-    @validate("service_endpoint")
+    @validate("api_endpoint", "service_endpoint")
     def _valid_endpoint(self, proposal):
         return check_url(proposal)
 
@@ -217,8 +218,8 @@ class OCIProvider(CloudProvider):
             }[kind]
             config, extra = self._config(region)
             kwargs = dict(extra, retry_strategy=self.retry_strategy(), timeout=(10, 60))
-            if self.service_endpoint:
-                kwargs["service_endpoint"] = self.service_endpoint
+            if self.api_endpoint:
+                kwargs["service_endpoint"] = self.api_endpoint
             self._clients[key] = cls(config, **kwargs)
         return self._clients[key]
 
@@ -309,10 +310,10 @@ class OCIProvider(CloudProvider):
             freeform_tags=dict(tags),
             metadata={"user_data": base64.b64encode(user_data.encode()).decode()},
             source_details=models.InstanceSourceViaImageDetails(
-                image_id=image, boot_volume_size_in_gbs=self.boot_volume_gb
+                image_id=image, boot_volume_size_in_gbs=self.disk_gb
             ),
             create_vnic_details=models.CreateVnicDetails(
-                subnet_id=self.subnet_id, assign_public_ip=self.assign_public_ip,
+                subnet_id=self.subnet_id, assign_public_ip=self.public_ip,
                 nsg_ids=list(nsg_ids) if nsg_ids else None,
             ),
         )
