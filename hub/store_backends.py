@@ -9,6 +9,13 @@ A backend is synchronous (the service calls it in a thread). Two kinds:
 * :class:`S3Backend` - any S3-compatible bucket through boto3; chunks go straight
   between the user's server and the bucket through presigned URLs for keys under that
   user's prefix. The credentials stay in the service's environment.
+
+Cloud SDKs: among Cloudhop's products only the provider modules
+(``spawner/providers/``) import one, each its own cloud's. :class:`S3Backend` is the
+one exception, and on purpose: it stores snapshots, it launches nothing, and it talks
+to any S3-compatible service (MinIO, Ceph, a cloud's bucket) with the store service's
+own credentials, not a provider's. It imports boto3/botocore lazily, in its methods,
+so a hub without the ``aws`` extra runs the local backend.
 """
 
 from __future__ import annotations
