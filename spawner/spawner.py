@@ -331,7 +331,7 @@ class CloudhopSpawner(Spawner):
         request = await self.parse_request()
         self.request = request
         offers = await self.user_offers()
-        # the one place a spawn decides whether it goes through Ray at all
+        # whether this spawn goes through Ray is decided once, here
         ray = self.ray_launcher if request.ray is not None else None
         self.ray_cluster = None
         ranked = self.plan(request, offers)

@@ -11,6 +11,9 @@ The pieces, each one idea:
   ``ray stop``, which would stop every user's Ray on the machine);
 * :mod:`.cluster` - :class:`RayCluster`, the worker lifecycle the spawner drives
   (launch through the same failover list as the notebook, poll, scale, stop, state);
+* :mod:`.launcher` - :class:`RayLauncher`, the one object the spawner calls for a
+  server that asks for Ray (plan, head spec, workers, resize, state), with explicit
+  arguments and ``progress``/``save`` callables;
 * the rule a cluster on VMs needs (Ray's ports open between its nodes and nothing
   else) is the VM providers' business (:mod:`cloudhop.spawner.providers.ray_firewall`):
   they make it with the cluster's first node and remove it after its last.

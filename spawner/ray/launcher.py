@@ -121,7 +121,7 @@ class RayLauncher:
     def server_price(request: LaunchRequest, notebook_offer: Offer, offers: list[Offer]) -> float | None:
         """USD/hour of the server on ``notebook_offer`` with the requested workers on the
         first offer of their failover list (:func:`cloudhop.spawner.policy.server_price`)."""
-        workers = worker_offers(offers, notebook_offer, request) if request.ray.workers else []
+        workers = worker_offers(offers, notebook_offer, request) if request.ray and request.ray.workers else []
         return price_of_server(request, notebook_offer, workers)
 
     def wrap_notebook_spec(self, spec: LaunchSpec, request: LaunchRequest) -> NotebookSpec:
