@@ -28,7 +28,7 @@ import json
 from jupyterhub.apihandlers.base import APIHandler
 from tornado import web
 
-from cloudhop.spawner.options import OptionError
+from cloudhop.spawner.schema import OptionError
 from cloudhop.spawner.policy import PolicyError
 
 

@@ -28,8 +28,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
+from cloudhop.spawner.schema import SNAPSHOT as _SNAPSHOT
+
 _CHUNK = re.compile(r"^[0-9a-f]{64}$")
-_SNAPSHOT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
 class BackendError(ValueError):

@@ -30,7 +30,8 @@ from traitlets import Float, List, Unicode, default, validate
 
 from .failover import launch_first, launch_id
 from .offers import Offer
-from .options import LaunchRequest, OptionError, options_from_form
+from .options import LaunchRequest, options_from_form
+from .schema import MAX_GPUS, MAX_RAY_WORKERS, OptionError
 from .optimizer import auto_pick
 from .policy import Policy, PolicyError, server_price, validate_request
 from .providers import provider_class, quoted
@@ -201,6 +202,7 @@ class CloudhopSpawner(Spawner):
             last=last, auto=auto.to_dict() if auto else None,
         )
 
+            max_gpus=MAX_GPUS, max_ray_workers=MAX_RAY_WORKERS,
     def auto_offer(self, offers: list[Offer], last: dict) -> Offer | None:
         """What "Auto (cheapest that fits)" picks: for the last-used GPU and count
         when there are some, else the cheapest GPU offer."""

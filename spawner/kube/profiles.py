@@ -33,6 +33,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..offers import NO_GPU, Offer
+from ..schema import NAME as _NAME
 from .flavours import GPU_RESOURCE, GPU_TOLERATION, gpu_from_selector
 from .plan import PASSTHROUGH, PodPlan
 
@@ -40,7 +41,6 @@ from .plan import PASSTHROUGH, PodPlan
 UNKNOWN_GPU = "GPU"
 #: the most offers one profile expands into (its choices multiply)
 MAX_COMBINATIONS = 32
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+@-]{0,127}$")
 
 # kubespawner_override keys that map onto PodPlan fields.
 _PLAN_KEYS = {

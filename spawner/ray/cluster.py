@@ -27,7 +27,8 @@ from typing import Callable
 
 from ..failover import NoOfferLaunched, launch_first, launch_id
 from ..offers import Offer
-from ..options import MAX_RAY_WORKERS, OptionError, RayRequest
+from ..options import RayRequest
+from ..schema import MAX_RAY_WORKERS, OptionError
 from ..providers.base import FAILED, RUNNING, TAG_ROLE, TERMINATED, Provider
 from ..state import NodeRef
 from . import WORKER_ROLE
