@@ -9,8 +9,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from moto import mock_aws
 
 from cloudhop.spawner.providers.base import TAG_HUB, TAG_SERVER, TAG_USER
@@ -22,21 +20,8 @@ from tests.fakes.oci_api import FakeOCI
 SUBNET = "ocid1.subnet.oc1.eu-amsterdam-1.aaaatest"
 
 
-def oci_config_file(folder) -> str:
-    """An OCI SDK config file with a throwaway signing key, as ~/.oci/config has."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (folder / "key.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    (folder / "config").write_text(
-        "[DEFAULT]\nuser=ocid1.user.oc1..aaaatest\n"
-        "fingerprint=11:22:33:44:55:66:77:88:99:00:aa:bb:cc:dd:ee:ff\n"
-        "tenancy=ocid1.tenancy.oc1..aaaatest\nregion=eu-amsterdam-1\n"
-        f"key_file={folder / 'key.pem'}\n")
-    return str(folder / "config")
-
-
 @pytest.fixture(params=["aws", "gcp", "oci"])
-def cloud(request, monkeypatch, tmp_path):
+def cloud(request, monkeypatch, oci_config):
     """(the cloud's RuleStore, the place its rules are in)."""
     if request.param == "aws":
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -57,7 +42,7 @@ def cloud(request, monkeypatch, tmp_path):
 
         fake = FakeOCI()
         url = fake.start()
-        provider = OCIProvider(config_file=oci_config_file(tmp_path), service_endpoint=url, subnet_id=SUBNET,
+        provider = OCIProvider(config_file=str(oci_config / "config"), api_endpoint=url, subnet_id=SUBNET,
                                regions=["eu-amsterdam-1"])
         yield provider.ray_rules.store, "eu-amsterdam-1"
         fake.stop()
