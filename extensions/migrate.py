@@ -359,10 +359,12 @@ class Restorer:
             self.report.bytes_total = manifest.total_bytes
             kernels = manifest.meta.get("kernels") or []
             ws = workspace_dest(self.app.root_dir, skip_prefix=KERNEL_PREFIX)
+            checkpoints = workspace_dest(workdir)
 
             def dest(path):
+                # both kinds go through the one confined restore (docs/security.md)
                 if path.startswith(KERNEL_PREFIX + "/"):
-                    return os.path.join(workdir, path)
+                    return checkpoints(path)
                 return ws(path)
 
             def progress(got, total):

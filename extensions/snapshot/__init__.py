@@ -3,7 +3,8 @@
 A snapshot is a :class:`~.manifest.Manifest` (paths, modes, sizes, per-file BLAKE3 and
 chunk lists) plus the chunks it names, kept in the hub's snapshot store. Taking a
 snapshot sends only the chunks the store lacks (:func:`~.snapshot.take_snapshot`);
-restoring writes each file atomically and checks its hash (:func:`~.snapshot.restore_snapshot`).
+restoring writes each file atomically and checks its hash (:func:`~.snapshot.restore_snapshot`),
+never through a symbolic link in the destination (:mod:`.confined`).
 The store's wire formats are in :mod:`.protocol`.
 
 The names below are imported on first use, so the hub can import :mod:`.protocol`
@@ -18,8 +19,8 @@ _WHERE = {
     "ChunkRef": "chunking", "Chunker": "chunking", "hash_bytes": "chunking",
     "StoreClient": "client", "StoreError": "client", "Excludes": "excludes",
     "FileEntry": "manifest", "Manifest": "manifest", "ManifestError": "manifest",
-    "RestoreError": "snapshot", "SnapshotStats": "snapshot", "restore_snapshot": "snapshot",
-    "take_snapshot": "snapshot",
+    "Place": "snapshot", "RestoreError": "confined", "SnapshotStats": "snapshot",
+    "UnsafePath": "confined", "restore_snapshot": "snapshot", "take_snapshot": "snapshot",
 }
 __all__ = list(_WHERE)
 

@@ -1,8 +1,9 @@
 """Which files a workspace snapshot leaves out.
 
-Defaults skip caches and editor/Jupyter leftovers that the target rebuilds itself, and
-files larger than ``max_file_bytes`` (each reported as a warning, never dropped
-silently). Patterns are shell globs matched against every path component and against
+Defaults skip caches and editor/Jupyter leftovers that the target rebuilds itself;
+files larger than ``max_file_bytes``, symbolic links, devices, FIFOs and sockets are left
+out too, each reported as a warning, never dropped silently (a restore writes regular
+files only). Patterns are shell globs matched against every path component and against
 the whole relative path.
 """
 
@@ -13,6 +14,8 @@ import os
 import stat
 from dataclasses import dataclass, field
 from typing import Iterator
+
+from .manifest import file_kind
 
 DEFAULT_PATTERNS = (
     ".ipynb_checkpoints", "__pycache__", "*.pyc", ".cache", ".pytest_cache", ".mypy_cache",
@@ -39,7 +42,8 @@ class Excludes:
 
     def walk(self, root: str | os.PathLike) -> Iterator[tuple[str, os.stat_result]]:
         """Yield ``(relative posix path, stat)`` for every regular file to snapshot,
-        in a stable (sorted) order. Symlinks are not followed (and not kept)."""
+        in a stable (sorted) order. Symlinks are not followed (and not kept); devices,
+        FIFOs and sockets are left out; each one left out is listed in :attr:`warnings`."""
         root = os.fspath(root)
         self.warnings = []
         stack = [""]
@@ -61,8 +65,10 @@ class Excludes:
                 if entry.is_dir():
                     subdirs.append(rel)
                     continue
-                st = entry.stat()
+                st = entry.stat(follow_symlinks=False)
                 if not stat.S_ISREG(st.st_mode):
+                    self.warnings.append(f"{rel}: {file_kind(st.st_mode)} left out (a snapshot holds "
+                                         "regular files only)")
                     continue
                 if st.st_size > self.max_file_bytes:
                     self.warnings.append(

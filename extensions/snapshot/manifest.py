@@ -8,14 +8,17 @@ JSON form (``version`` 1)::
      "meta": {...}}
 
 Paths are relative, use ``/`` and never contain ``..``: a manifest cannot name a file
-outside the directory it is restored into. ``meta`` carries what the writer wants to
-keep with the snapshot (the kernels and their variables, for a migration).
+outside the directory it is restored into (:func:`check_path`). Every entry is a regular
+file: a mode with another file type (device, FIFO, socket, link, directory) is refused,
+and only the permission bits (``0o777``) are kept, never setuid, setgid or sticky
+(:func:`check_mode`). ``meta`` carries what the writer wants to keep with the snapshot
+(the kernels and their variables, for a migration). See docs/security.md.
 """
 
 from __future__ import annotations
 
 import json
-import posixpath
+import stat
 import time
 from dataclasses import dataclass, field
 
@@ -25,17 +28,56 @@ VERSION = 1
 
 
 class ManifestError(ValueError):
-    """A manifest is malformed or names a path outside its root."""
+    """A manifest is malformed, names a path outside its root or holds something other
+    than a regular file; the message names the path."""
 
 
 def check_path(path: str) -> str:
-    """Return ``path`` if it is a safe relative POSIX path, else raise ManifestError."""
-    if not isinstance(path, str) or not path or "\x00" in path or "\\" in path:
-        raise ManifestError(f"bad path {path!r}")
-    norm = posixpath.normpath(path)
-    if norm != path or path.startswith("/") or norm == "." or norm.split("/")[0] == "..":
-        raise ManifestError(f"path {path!r} is not a plain relative path")
+    """Return ``path`` if it is a plain relative POSIX path: not empty, not absolute, no
+    ``..``, ``.`` or empty component, no NUL or backslash. Else raise ManifestError naming
+    the path and what is wrong with it."""
+    if not isinstance(path, str) or not path:
+        raise ManifestError(f"bad path {path!r}: a path must be a non-empty string")
+    if "\x00" in path or "\\" in path:
+        raise ManifestError(f"bad path {path!r}: NUL and backslash are not allowed")
+    if path.startswith("/"):
+        raise ManifestError(f"bad path {path!r}: it is absolute; manifest paths are relative")
+    parts = path.split("/")
+    if ".." in parts:
+        raise ManifestError(f"bad path {path!r}: a '..' component would leave the workspace")
+    if any(p in ("", ".") for p in parts):
+        raise ManifestError(f"bad path {path!r}: it has an empty or '.' component")
     return path
+
+
+#: the mode bits a restore applies: permissions only, never setuid, setgid or sticky
+PERMISSION_BITS = 0o777
+_KINDS = {
+    stat.S_IFREG: "regular file", stat.S_IFDIR: "directory", stat.S_IFLNK: "symbolic link",
+    stat.S_IFCHR: "character device", stat.S_IFBLK: "block device", stat.S_IFIFO: "FIFO",
+    stat.S_IFSOCK: "socket",
+}
+
+
+def file_kind(mode: int) -> str:
+    """What kind of file ``mode`` (a ``st_mode``) describes, in words; a mode without
+    file type bits (as manifests record it) is a regular file."""
+    kind = stat.S_IFMT(mode)
+    return "regular file" if kind == 0 else _KINDS.get(kind, f"file of type {kind:#o}")
+
+
+def check_mode(path: str, mode) -> int:
+    """The permission bits (:data:`PERMISSION_BITS`) of a manifest entry's ``mode``.
+
+    Raises ManifestError naming ``path`` for a mode that is not a whole number of 16 bits or
+    that describes anything but a regular file (a device, FIFO or socket could never be
+    restored safely). Setuid, setgid and sticky bits are dropped, not refused."""
+    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o177777:
+        raise ManifestError(f"{path}: bad mode {mode!r}")
+    kind = file_kind(mode)
+    if kind != "regular file":
+        raise ManifestError(f"{path}: a {kind} cannot be restored; a snapshot holds regular files only")
+    return mode & PERMISSION_BITS
 
 
 @dataclass
@@ -54,8 +96,9 @@ class FileEntry:
     @classmethod
     def from_json(cls, data: dict) -> "FileEntry":
         try:
+            path = check_path(data["path"])
             entry = cls(
-                path=check_path(data["path"]), mode=int(data["mode"]) & 0o7777,
+                path=path, mode=check_mode(path, data["mode"]),
                 size=int(data["size"]), hash=str(data["hash"]),
                 chunks=[(str(c), int(n)) for c, n in data["chunks"]],
             )

@@ -5,14 +5,18 @@ it lacks, uploads only those and stores the manifest. ``restore_snapshot`` downl
 the chunks a destination lacks, writes each file to a temporary name beside its final
 place, checks the file's BLAKE3 by reading it back, and only then renames it into place:
 a reader never sees a half-written file, and a failed restore leaves no partial file.
+A restore writes regular files only, with permission bits only, and never through a
+symbolic link in the destination (:mod:`.confined`); see docs/security.md.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import secrets
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,14 +24,11 @@ import blake3
 
 from .chunking import Chunker, hash_bytes
 from .client import StoreClient
+from .confined import Confined, RestoreError, UnsafePath
 from .excludes import Excludes
-from .manifest import FileEntry, Manifest, check_path
+from .manifest import FileEntry, Manifest, check_mode, check_path
 
 log = logging.getLogger(__name__)
-
-
-class RestoreError(RuntimeError):
-    """A restored file did not match its manifest."""
 
 
 class SnapshotError(RuntimeError):
@@ -45,10 +46,13 @@ class SnapshotStats:
     warnings: list[str] = field(default_factory=list)
 
 
-def file_hash(path: str) -> str:
+def fd_hash(fd: int) -> str:
+    """The BLAKE3 (hex) of the open file ``fd``, hashed in parallel from a memory map."""
     h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    if os.path.getsize(path):
-        h.update_mmap(path)
+    size = os.fstat(fd).st_size
+    if size:
+        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as view:
+            h.update(view)
     return h.hexdigest()
 
 
@@ -124,51 +128,83 @@ def take_snapshot(
     return snapshot_id, manifest, stats
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where a restore puts one manifest file: ``path`` (a manifest-style relative path)
+    below the directory ``root``. Nothing is ever written outside ``root`` or through a
+    link below it (:class:`~.confined.Confined`)."""
+
+    root: str
+    path: str
+
+
 def restore_snapshot(
     manifest: Manifest,
     client: StoreClient,
-    dest_for: Callable[[str], str | None],
+    dest_for: Callable[[str], Place | None],
     *,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, str]:
-    """Restore the files of ``manifest``; ``dest_for(path)`` gives each file's absolute
-    destination (``None`` skips it). Returns ``{path: blake3}`` as read back from disk.
+    """Restore the files of ``manifest``; ``dest_for(path)`` gives each file's
+    :class:`Place` (``None`` skips it). Returns ``{path: blake3}`` as read back from disk.
 
-    A destination file that already has the right content is left as it is."""
-    plan: list[tuple[FileEntry, str, str]] = []  # (entry, final, temp)
-    done: dict[str, str] = {}
+    The one restore every caller uses; what it guarantees (docs/security.md):
+
+    - it writes regular files only, with permission bits only (``mode & 0o777``): an entry
+      that is a device, FIFO, socket, link or directory fails the restore before anything
+      is written (ManifestError naming the path and its type);
+    - it never follows a link below a place's root: a link (or a non-directory) on the way
+      to a file, or a link or non-regular file where the file goes, fails the restore
+      (:class:`~.confined.UnsafePath`-based RestoreError: "<path>: refused: <why>"), also
+      when it appears while the restore runs;
+    - a failure removes this restore's temporary files; files already put in place stay.
+
+    A destination file that already has the right content is left as it is (its mode set)."""
+    wanted: list[tuple[FileEntry, int, Place]] = []
     for entry in manifest.files:
-        final = dest_for(entry.path)
-        if final is None:
+        mode = check_mode(entry.path, entry.mode)
+        place = dest_for(entry.path)
+        if place is None:
             continue
-        if os.path.isfile(final) and os.path.getsize(final) == entry.size and file_hash(final) == entry.hash:
-            os.chmod(final, entry.mode)
-            done[entry.path] = entry.hash
-            continue
-        os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
-        temp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.cloudhop-{secrets.token_hex(4)}")
-        plan.append((entry, final, temp))
+        if not isinstance(place, Place):
+            raise TypeError(f"dest_for must return a Place or None, not {type(place).__name__}")
+        wanted.append((entry, mode, place))
 
-    places: dict[str, list[tuple[str, int]]] = {}
-    total = 0
+    roots: dict[str, Confined] = {}
+    plan: list[tuple[FileEntry, int, Confined, str, str]] = []  # (entry, mode, root, final, temp)
+    done: dict[str, str] = {}
     try:
-        for entry, _, temp in plan:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.ftruncate(fd, entry.size)
-            finally:
-                os.close(fd)
+        for entry, mode, place in wanted:
+            if place.root not in roots:
+                roots[place.root] = Confined(place.root)
+            tree = roots[place.root]
+            with _refusing(entry.path):
+                if _holds(tree, place.path, entry, mode):
+                    done[entry.path] = entry.hash
+                    continue
+                head, slash, name = place.path.rpartition("/")
+                temp = f"{head}{slash}.{name}.cloudhop-{secrets.token_hex(4)}"
+                fd = tree.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, create_dirs=True)
+                try:
+                    plan.append((entry, mode, tree, place.path, temp))
+                    os.ftruncate(fd, entry.size)
+                finally:
+                    os.close(fd)
+
+        places: dict[str, list[tuple[FileEntry, Confined, str, int]]] = {}
+        for entry, _, tree, _, temp in plan:
             offset = 0
             for cid, length in entry.chunks:
-                places.setdefault(cid, []).append((temp, offset))
+                places.setdefault(cid, []).append((entry, tree, temp, offset))
                 offset += length
-        ids = list(places)
+        total = sum(e.size for e, *_ in plan)
         got = 0
 
         def on_chunk(cid: str, data) -> None:
             nonlocal got
-            for temp, offset in places[cid]:
-                fd = os.open(temp, os.O_WRONLY)
+            for entry, tree, temp, offset in places[cid]:
+                with _refusing(entry.path):
+                    fd = tree.open(temp, os.O_WRONLY)
                 try:
                     os.pwrite(fd, data, offset)
                 finally:
@@ -177,32 +213,65 @@ def restore_snapshot(
             if progress:
                 progress(got, total)
 
-        total = sum(e.size for e, _, _ in plan)
-        client.download(ids, on_chunk)
-        for entry, final, temp in plan:
-            digest = file_hash(temp)
-            if digest != entry.hash:
-                raise RestoreError(f"{entry.path}: restored content does not match its checksum")
-            os.chmod(temp, entry.mode)
-            os.replace(temp, final)
+        client.download(list(places), on_chunk)
+        for entry, mode, tree, final, temp in plan:
+            with _refusing(entry.path):
+                fd = tree.open(temp, os.O_RDONLY)
+                try:
+                    digest = fd_hash(fd)
+                    if digest != entry.hash:
+                        raise RestoreError(f"{entry.path}: restored content does not match its checksum")
+                    os.fchmod(fd, mode)
+                finally:
+                    os.close(fd)
+                tree.replace(temp, final)
             done[entry.path] = digest
     finally:
-        for _, _, temp in plan:
-            if os.path.exists(temp):
-                os.unlink(temp)
+        for _, _, tree, _, temp in plan:
+            try:
+                tree.unlink(temp)
+            except (OSError, RestoreError):
+                pass  # already renamed into place, or out of reach behind a link
+        for tree in roots.values():
+            tree.close()
     return done
 
 
-def workspace_dest(root: str, skip_prefix: str | None = None) -> Callable[[str], str | None]:
-    """``dest_for`` that puts manifest paths under ``root`` (skipping ``skip_prefix``)."""
-    root = os.path.abspath(root)
+def _holds(tree: Confined, path: str, entry: FileEntry, mode: int) -> bool:
+    """Whether ``path`` already is a regular file with ``entry``'s content (then its mode
+    is set to ``mode``); raises UnsafePath when a link or other file is in the way. A file
+    with other hard links is never taken as it is (its mode would change for every name it
+    has, maybe outside the root): it is replaced like a file with other content."""
+    st = tree.existing(path)
+    if st is None or st.st_size != entry.size or st.st_nlink != 1:
+        return False
+    fd = tree.open(path, os.O_RDONLY)
+    try:
+        if fd_hash(fd) != entry.hash:
+            return False
+        os.fchmod(fd, mode)
+        return True
+    finally:
+        os.close(fd)
 
-    def dest(path: str) -> str | None:
-        if skip_prefix and (path == skip_prefix.rstrip("/") or path.startswith(skip_prefix.rstrip("/") + "/")):
+
+@contextmanager
+def _refusing(path: str):
+    """Name the manifest ``path`` in an UnsafePath raised inside."""
+    try:
+        yield
+    except UnsafePath as err:
+        raise RestoreError(f"{path}: refused: {err}") from None
+
+
+def workspace_dest(root: str, skip_prefix: str | None = None) -> Callable[[str], Place | None]:
+    """``dest_for`` that puts manifest paths below ``root`` (skipping ``skip_prefix``)."""
+    root = os.path.abspath(root)
+    skip = skip_prefix.rstrip("/") if skip_prefix else None
+
+    def dest(path: str) -> Place | None:
+        if skip and (path == skip or path.startswith(skip + "/")):
             return None
-        final = os.path.abspath(os.path.join(root, check_path(path)))
-        if not final.startswith(root + os.sep):
-            raise RestoreError(f"{path}: outside the workspace")
-        return final
+        return Place(root, check_path(path))
 
     return dest
