@@ -2,7 +2,11 @@
 
 ``cloudhop up`` sets CLOUDHOP_DATA_DIR, CLOUDHOP_IP, CLOUDHOP_PORT and
 CLOUDHOP_EXTRA_CONFIG, then starts JupyterHub with this file. The extra config file, if
-any, is loaded last, so it overrides anything here.
+any, is loaded after the defaults, so a plain assignment there overrides anything here;
+Cloudhop's services, roles and handlers are then added to what it set, also when it used
+``.append``/``.extend``/``.update`` (:func:`cloudhop.hub.services.settle_operator_settings`).
+The internal ports are kept in the data folder unless it chose them
+(:func:`cloudhop.hub.datadir.keep_internal_ports`).
 """
 
 import getpass
@@ -11,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from cloudhop.hub.up import secret_file
+from cloudhop.hub.datadir import hub_id, keep_internal_ports, kept_port, secret_file
 
 c = get_config()  # noqa: F821 - provided by traitlets when loading a config file
 
@@ -39,7 +43,7 @@ c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 900  # cloud GPU VMs can take minutes to boot
 c.Spawner.http_timeout = 300
 c.CloudhopSpawner.providers = ["local"]
-c.CloudhopSpawner.hub_id = "hub-" + secret_file(data_dir / "hub_id", 6).lower().replace("_", "-")
+c.CloudhopSpawner.hub_id = hub_id(data_dir)  # random, kept: the reaper uses it too
 c.LocalProvider.default_root = str(data_dir / "workspaces")
 # the Ray API (resize a server's Ray cluster) - docs/ray.md
 from cloudhop.hub.ray_api import handlers as _ray_handlers  # noqa: E402
@@ -67,17 +71,25 @@ _extra = os.environ.get("CLOUDHOP_EXTRA_CONFIG")
 if _extra:
     load_subconfig(_extra)  # noqa: F821 - provided by traitlets
 
+# an operator's c.JupyterHub.services.append(...) and the like, made plain lists and dicts
+# that Cloudhop's own entries are added to below
+from cloudhop.hub.services import settle_operator_settings  # noqa: E402
+
+settle_operator_settings(c)
+# the hub's and the proxy's APIs on ports of this data folder's own, so two hubs coexist
+keep_internal_ports(c, data_dir)
+
 # the snapshot store for migrations (docs/migration.md); after the extra config, so the
 # services and roles it set are extended, not replaced. c.CloudhopStore.port / .s3 tune it
 # (cloudhop.hub.config.CloudhopStore): s3 = {"bucket": ...} keeps snapshots in a bucket
 # instead of the data dir.
 from cloudhop.hub.config import CloudhopStore  # noqa: E402
-from cloudhop.hub.snapshot_store import add_store_service, stable_port  # noqa: E402
+from cloudhop.hub.snapshot_store import add_store_service  # noqa: E402
 
 _store = CloudhopStore(config=c)
 _public_ip = c.JupyterHub.ip if c.JupyterHub.ip not in ("", "0.0.0.0", "::") else "127.0.0.1"
 add_store_service(
-    c, data_dir=str(data_dir), port=_store.port or stable_port(str(data_dir / "store_port")),
+    c, data_dir=str(data_dir), port=_store.port or kept_port(data_dir, "store_port"),
     public_url=c.JupyterHub.get("public_url") or f"http://{_public_ip}:{c.JupyterHub.port}",
     s3=_store.s3 or None,
 )

@@ -8,8 +8,11 @@ watches its parent process and exits when the hub that started it is gone.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
+
+from traitlets.config.loader import LazyConfigValue
 
 from cloudhop.spawner.validate import require_number
 
@@ -33,16 +36,49 @@ def hub_credentials(env=os.environ) -> dict:
     return {k: env[k] for k in CREDENTIAL_ENV if env.get(k)}
 
 
+#: the settings Cloudhop adds its own entries to after the operator's config is loaded,
+#: with JupyterHub's defaults for them
+EXTENDED_SETTINGS = {
+    ("JupyterHub", "services"): [], ("JupyterHub", "load_roles"): [],
+    ("JupyterHub", "extra_handlers"): [], ("Spawner", "args"): [],
+    ("Spawner", "server_token_scopes"): [], ("Spawner", "environment"): {},
+}
+
+
+def setting(c, section: str, name: str, initial):
+    """``c.<section>.<name>`` as a plain list or dict: a copy of ``initial`` (JupyterHub's
+    default) when unset; an operator's ``.append``/``.extend``/``.prepend``/``.update``
+    (traitlets keeps those as a ``LazyConfigValue`` until it knows the value they change)
+    applied to ``initial``; else a copy of the value set."""
+    if name not in c[section]:
+        return copy.deepcopy(initial)
+    value = c[section][name]
+    if isinstance(value, LazyConfigValue):
+        return value.get_value(initial)
+    return type(initial)(value or initial)
+
+
+def settle_operator_settings(c) -> None:
+    """Make each of :data:`EXTENDED_SETTINGS` that the config changes lazily a plain list
+    or dict, an operator's ``.append``/``.update`` applied to JupyterHub's default, so Cloudhop's
+    services, roles, handlers and spawner settings are added to the operator's instead of
+    failing on a lazy value. Call it once the operator's config is loaded."""
+    for (section, name), initial in EXTENDED_SETTINGS.items():
+        if isinstance(c[section].get(name), LazyConfigValue):
+            c[section][name] = setting(c, section, name, initial)
+
+
 def add_service(c, service: dict, role: dict | None = None) -> None:
     """Add ``service`` (a ``c.JupyterHub.services`` entry) and its ``role`` to config
-    ``c``, replacing entries of the same name, keeping everything else the operator set."""
+    ``c``, replacing entries of the same name, keeping everything else the operator set
+    (a plain list or one they added to with ``.append``/``.extend``)."""
     # the config is loaded by the hub itself: the service learns its hub's pid from it, so
     # a hub killed while the service is still starting up is not missed (see hub_pid)
     service = {**service, "environment": {**service.get("environment", {}), HUB_PID_ENV: str(os.getpid())}}
-    services = list(c.JupyterHub.services or []) if "services" in c.JupyterHub else []
+    services = setting(c, "JupyterHub", "services", [])
     c.JupyterHub.services = [s for s in services if s.get("name") != service["name"]] + [service]
     if role is not None:
-        roles = list(c.JupyterHub.load_roles or []) if "load_roles" in c.JupyterHub else []
+        roles = setting(c, "JupyterHub", "load_roles", [])
         c.JupyterHub.load_roles = [r for r in roles if r.get("name") != role["name"]] + [role]
 
 

@@ -1,11 +1,13 @@
 """``cloudhop up``: JupyterHub in the foreground with the embedded defaults.
 
 The defaults (:mod:`cloudhop.hub.embedded_config`) put every piece of state under one
-data folder (SQLite, cookie secret, the hub id, the shared password, local workspaces),
-keep user servers running across hub restarts, allow named servers, and use the
-Cloudhop spawner on the local provider with JupyterHub's shared-password authenticator
-(a generated password, printed at start-up; the OS user is the admin). ``--config FILE``
-is loaded after the defaults, so an operator can override any of them.
+data folder, private to the user (SQLite, cookie secret, a random hub id, the shared
+password, the internal ports picked at the first start, local workspaces), keep user
+servers running across hub restarts, allow named servers, and use the Cloudhop spawner
+on the local provider with JupyterHub's shared-password authenticator (a generated
+password, printed at start-up; the OS user is the admin). ``--config FILE`` is loaded
+after the defaults, so an operator can override any of them, or add to Cloudhop's
+services and roles with ``c.JupyterHub.services.append(...)``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import argparse
 import ipaddress
 import os
 import re
-import secrets
 import sys
 from pathlib import Path
 
@@ -75,25 +76,20 @@ def default_data_dir() -> str:
     return platformdirs.user_data_dir("cloudhop")
 
 
-def secret_file(path: Path, nbytes: int = 12) -> str:
-    """Read a generated secret, creating it (mode 0600) on first use."""
-    if path.exists():
-        return path.read_text().strip()
-    value = secrets.token_urlsafe(nbytes)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
-    return value
-
-
 def run(args) -> int:
     data_dir = Path(args.data_dir or default_data_dir()).expanduser().resolve()
     if data_dir.exists() and not data_dir.is_dir():
         print(f"cloudhop up: --data-dir {data_dir} is not a folder", file=sys.stderr)
         return 2
-    data_dir.mkdir(parents=True, exist_ok=True)
     if args.config and not Path(args.config).is_file():
         print(f"cloudhop up: --config {args.config} does not exist", file=sys.stderr)
+        return 2
+    from cloudhop.hub.datadir import DataDirError, prepare
+
+    try:
+        prepare(data_dir)  # mode 0700, its secrets and database 0600
+    except DataDirError as err:
+        print(f"cloudhop up: --data-dir {err}", file=sys.stderr)
         return 2
     os.environ.update({
         "CLOUDHOP_DATA_DIR": str(data_dir),

@@ -104,7 +104,9 @@ class CloudhopSpawner(Spawner):
 
     @default("hub_id")
     def _default_hub_id(self):
-        return "hub-" + hashlib.sha1(os.getcwd().encode()).hexdigest()[:10]
+        from .hubid import default_hub_id  # random, kept beside the hub's cookie secret
+
+        return default_hub_id()
 
     @default("options_from_form")
     def _default_options_from_form(self):
