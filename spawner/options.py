@@ -96,6 +96,20 @@ def _gpu_count(prefix: str, gpu: str, value) -> int:
     return count
 
 
+def _narrow(field: str, raw: dict, pool: list[Offer], values) -> tuple[str | None, list[Offer]]:
+    """The option ``field`` of ``raw`` (checked against the schema) and ``pool`` narrowed
+    to the offers that have it (``values(offer)``: the offer's values of that field).
+    An unset option leaves ``pool`` as it is; a value no offer has is an error naming
+    the field and the valid choices."""
+    value = SCHEMA[field].check(raw.get(field))
+    if value is None:
+        return None, pool
+    have = {v for o in pool for v in values(o)}
+    if value not in have:
+        raise choices(field, value, have)
+    return value, matching(pool, **{field: value})
+
+
 def parse_options(raw, offers: list[Offer], *, providers: Iterable[str] = PROVIDERS) -> LaunchRequest:
     """Validate ``raw`` user options against the offers the user may launch.
 
@@ -116,19 +130,8 @@ def parse_options(raw, offers: list[Offer], *, providers: Iterable[str] = PROVID
     if provider != "auto" and not pool:
         raise OptionError("provider", f"{show(provider)} has no offers you may launch")
 
-    region = SCHEMA["region"].check(raw.get("region"))
-    if region is not None:
-        regions = {o.region for o in pool}
-        if region not in regions:
-            raise choices("region", region, regions)
-        pool = matching(pool, region=region)
-
-    zone = SCHEMA["zone"].check(raw.get("zone"))
-    if zone is not None:
-        zones = {z for o in pool for z in o.zones}
-        if zone not in zones:
-            raise choices("zone", zone, zones)
-        pool = matching(pool, zone=zone)
+    region, pool = _narrow("region", raw, pool, lambda o: (o.region,))
+    zone, pool = _narrow("zone", raw, pool, lambda o: o.zones)
 
     gpu = _gpu("gpu", raw.get("gpu"), pool)
     pool = matching(pool, gpu=gpu)
@@ -143,12 +146,7 @@ def parse_options(raw, offers: list[Offer], *, providers: Iterable[str] = PROVID
         )
     pool = matching(pool, gpu_count=count)
 
-    instance_type = SCHEMA["instance_type"].check(raw.get("instance_type"))
-    if instance_type is not None:
-        types = {o.instance_type for o in pool}
-        if instance_type not in types:
-            raise choices("instance_type", instance_type, types)
-        pool = matching(pool, instance_type=instance_type)
+    instance_type, pool = _narrow("instance_type", raw, pool, lambda o: (o.instance_type,))
 
     spot = SCHEMA["spot"].check(raw.get("spot", False))
     if spot and not matching(pool, spot=True):
