@@ -18,7 +18,8 @@ from traitlets.config.loader import PyFileConfigLoader
 
 from cloudhop.hub.services import EXTENDED_SETTINGS, add_idle_culler, settle_operator_settings
 from cloudhop.hub.up import EMBEDDED_CONFIG
-from hubfixture import TEST_SCOPES, HubProcess, free_port
+from hubfixture import free_port
+from ownports_hub import OwnPortsHub
 
 CLOUDHOP_SERVICES = {"cloudhop-store", "cloudhop-reaper"}
 EXTENSION_ARG = "--ServerApp.jpserver_extensions=cloudhop.extensions=True"
@@ -159,25 +160,11 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Echo).serve_forever()
 '''
 
 
-class AppendingHub(HubProcess):
-    """A `cloudhop up` whose --config adds everything with ``.append``, and sets no
-    internal port (Cloudhop picks and keeps them)."""
-
-    def write_config(self) -> None:
-        self.config_path.write_text(textwrap.dedent(f"""
-            c.JupyterHub.services.append({{"name": "cloudhop-test", "api_token": {self.token!r}}})
-            c.JupyterHub.load_roles.append({{"name": "cloudhop-test", "scopes": {TEST_SCOPES!r},
-                                             "services": ["cloudhop-test"]}})
-            c.JupyterHub.last_activity_interval = 5
-            c.Spawner.http_timeout = 60
-        """) + textwrap.dedent(self.extra_config))
-
-
 @pytest.mark.e2e
 def test_a_real_hub_runs_the_operators_appended_service(tmp_path):
     (tmp_path / "echo.py").write_text(ECHO_SERVICE)
     port = free_port()
-    hub = AppendingHub(tmp_path, extra_config=f"""
+    hub = OwnPortsHub(tmp_path, extra_config=f"""
         c.JupyterHub.services.append({{"name": "echo", "url": "http://127.0.0.1:{port}",
                                        "command": [{sys.executable!r}, {str(tmp_path / 'echo.py')!r}, "{port}"]}})
     """)
