@@ -40,7 +40,8 @@ def prepare(folder: Path) -> Path:
     another user owns."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if folder.stat().st_uid != os.getuid():
-        raise DataDirError(f"{folder} belongs to another user; the hub's data folder must be its own")
+        raise DataDirError(f"{folder} belongs to another user; the hub's data folder must be "
+                           "its own")
     folder.chmod(0o700)
     for name in PRIVATE_FILES:
         path = folder / name

@@ -60,9 +60,9 @@ def setting(c, section: str, name: str, initial):
 
 def settle_operator_settings(c) -> None:
     """Make each of :data:`EXTENDED_SETTINGS` that the config changes lazily a plain list
-    or dict, an operator's ``.append``/``.update`` applied to JupyterHub's default, so Cloudhop's
-    services, roles, handlers and spawner settings are added to the operator's instead of
-    failing on a lazy value. Call it once the operator's config is loaded."""
+    or dict (an operator's ``.append``/``.update`` applied to JupyterHub's default), so
+    Cloudhop's services, roles, handlers and spawner settings are added to the operator's
+    instead of failing on a lazy value. Call it once the operator's config is loaded."""
     for (section, name), initial in EXTENDED_SETTINGS.items():
         if isinstance(c[section].get(name), LazyConfigValue):
             c[section][name] = setting(c, section, name, initial)
