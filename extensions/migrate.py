@@ -34,9 +34,8 @@ from dataclasses import dataclass, field
 from traitlets import Float, List, Unicode, default, validate
 from traitlets.config import Configurable
 
-from cloudhop.spawner.validate import SettingError, check_number, require_url, setting_name
-
 from cloudhop.spawner.schema import OPTIONS, OptionError, check_shape
+from cloudhop.spawner.validate import SettingError, check_number, require_url, setting_name
 
 from .hubclient import HubClient, HubError
 from .kernelstate import checkpoint_kernel, restore_kernel

@@ -35,10 +35,10 @@ import sys
 import time
 from pathlib import Path
 
-from .config import CloudhopReaper
 from cloudhop.extensions.hubclient import HubClient
 from cloudhop.spawner.providers import CONFIG_SECTIONS as PROVIDER_SECTIONS
 
+from .config import CloudhopReaper
 from .services import add_service, hub_credentials, hub_is_gone, hub_pid
 
 SERVICE_NAME = "cloudhop-reaper"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import json
 import os
 import sys
@@ -202,9 +201,9 @@ class CloudhopSpawner(Spawner):
         return template.render(
             offers=dicts, offers_json=json.dumps(dicts), providers=providers,
             last=last, auto=auto.to_dict() if auto else None,
+            max_gpus=MAX_GPUS, max_ray_workers=MAX_RAY_WORKERS,
         )
 
-            max_gpus=MAX_GPUS, max_ray_workers=MAX_RAY_WORKERS,
     def auto_offer(self, offers: list[Offer], last: dict) -> Offer | None:
         """What "Auto (cheapest that fits)" picks: for the last-used GPU and count
         when there are some, else the cheapest GPU offer."""
