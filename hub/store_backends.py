@@ -68,7 +68,7 @@ def manifest_chunk_ids(body: bytes) -> tuple[dict, set[str]]:
         data = json.loads(body)
         files = data["files"]
         ids = {check_chunk_id(c) for f in files for c, _ in f["chunks"]}
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, RecursionError) as err:  # RecursionError: nested too deep
         raise BackendError(f"not a snapshot manifest: {err}") from err
     if data.get("version") != 1:
         raise BackendError("not a version 1 snapshot manifest")

@@ -102,7 +102,7 @@ class FileEntry:
                 size=int(data["size"]), hash=str(data["hash"]),
                 chunks=[(str(c), int(n)) for c, n in data["chunks"]],
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError) as err:  # OverflowError: int(inf)
             if isinstance(err, ManifestError):
                 raise
             raise ManifestError(f"bad file entry: {err}") from err
@@ -145,6 +145,8 @@ class Manifest:
     def from_json(cls, data) -> "Manifest":
         if not isinstance(data, dict) or data.get("version") != VERSION:
             raise ManifestError("not a version 1 snapshot manifest")
+        if not isinstance(data.get("files") or [], list):
+            raise ManifestError("files must be a list")
         files = [FileEntry.from_json(f) for f in data.get("files") or []]
         paths = [f.path for f in files]
         if len(set(paths)) != len(paths):
@@ -152,12 +154,15 @@ class Manifest:
         meta = data.get("meta") or {}
         if not isinstance(meta, dict):
             raise ManifestError("meta must be an object")
-        return cls(files=files, created=float(data.get("created") or 0), meta=meta)
+        created = data.get("created") or 0
+        if not isinstance(created, (int, float)) or isinstance(created, bool):
+            raise ManifestError(f"created must be a number, not {type(created).__name__}")
+        return cls(files=files, created=float(created), meta=meta)
 
     @classmethod
     def loads(cls, raw: bytes | str) -> "Manifest":
         try:
             data = json.loads(raw)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: nested too deep
             raise ManifestError(f"manifest is not JSON: {err}") from err
         return cls.from_json(data)

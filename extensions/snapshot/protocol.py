@@ -172,6 +172,6 @@ class RestoreReport:
             raise ReportError(f"the restore report is {len(body)} bytes, more than {REPORT_MAX}")
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             raise ReportError("the restore report is not JSON") from None
         return cls.from_json(data)
