@@ -2,11 +2,13 @@
 server (moves, offers, its Ray cluster) and the hub's reaper service (every user's
 servers). Asynchronous (tornado's client), so it never blocks an event loop.
 
-A user's server calls with its own ``JUPYTERHUB_API_TOKEN``, which carries only what a
-move needs on top of the default server role: ``servers!user`` (start and stop this
-user's servers) and access to the snapshot store (see
-:data:`cloudhop.hub.snapshot_store.SERVER_TOKEN_SCOPES`). The reaper calls with its
-service token (:data:`cloudhop.hub.reaper.SCOPES`) and no user.
+A user's server calls with its own token (``JUPYTERHUB_API_TOKEN`` as the hub started it;
+:func:`hold_server_token` keeps it for this process and takes it out of what kernels
+inherit). That token cannot start or stop the user's other servers
+(:data:`cloudhop.hub.tokens_api.SERVER_TOKEN_SCOPES`): for a move it asks the hub for a
+short-lived token of its own (:meth:`HubClient.move_token`), which starts and follows the
+one new server (:meth:`HubClient.with_token`). The reaper calls with its service token
+(:data:`cloudhop.hub.reaper.SCOPES`) and no user.
 """
 
 from __future__ import annotations
@@ -19,6 +21,23 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 #: the media type that makes the hub's list endpoints answer one page with ``_pagination``
 PAGINATION = "application/jupyterhub-pagination+json"
+#: the variables the hub hands a server its own token in
+TOKEN_VARS = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN")
+#: this process's own hub token, once :func:`hold_server_token` took it out of os.environ
+_held: dict[str, str] = {}
+
+
+def hold_server_token(env=os.environ) -> str:
+    """Take the server's own token out of ``env`` (every :data:`TOKEN_VARS`), so the
+    processes it starts later (kernels, terminals) do not inherit it, and keep it for
+    :meth:`HubClient.from_env` in this process. Returns it ("" when there is none);
+    calling again returns the one kept."""
+    token = env.get("JUPYTERHUB_API_TOKEN") or env.get("JPY_API_TOKEN") or ""
+    for name in TOKEN_VARS:
+        env.pop(name, None)
+    if token:
+        _held["token"] = token
+    return _held.get("token", "")
 
 
 class HubError(RuntimeError):
@@ -48,9 +67,15 @@ class HubClient:
 
     @classmethod
     def from_env(cls, env=os.environ) -> "HubClient":
-        """The client of the server (or service) the hub started with this environment."""
-        return cls(env.get("JUPYTERHUB_API_URL", ""), env.get("JUPYTERHUB_API_TOKEN", ""),
+        """The client of the server (or service) the hub started with this environment;
+        in a server whose own token was held (:func:`hold_server_token`), with that token."""
+        token = _held.get("token") if env is os.environ and _held else env.get("JUPYTERHUB_API_TOKEN", "")
+        return cls(env.get("JUPYTERHUB_API_URL", ""), token or "",
                    env.get("JUPYTERHUB_USER", ""), env.get("JUPYTERHUB_SERVER_NAME", ""))
+
+    def with_token(self, token: str) -> "HubClient":
+        """The same server's client calling with ``token`` (a move's token)."""
+        return HubClient(self.api_url, token, self.user, self.server_name)
 
     @property
     def configured(self) -> bool:
@@ -95,9 +120,14 @@ class HubClient:
         await self.request("DELETE", self._server_path(name), {"remove": True} if remove and name else None)
 
     async def server(self, name: str) -> dict | None:
-        """The hub's model of this user's server ``name`` (None when it has none)."""
-        model = await self.request("GET", f"/users/{quote(self.user, safe='')}")
-        return (model.get("servers") or {}).get(name)
+        """The hub's model of this user's server ``name`` (None when it has none); the
+        token needs ``read:servers`` on that server only."""
+        try:
+            return await self.request("GET", f"/users/{quote(self.user, safe='')}/servers/{quote(name, safe='')}")
+        except HubError as err:
+            if err.status == 404:
+                return None
+            raise
 
     # -- Cloudhop's hub endpoints -------------------------------------------------------
     async def offers(self) -> list[dict]:
@@ -111,9 +141,22 @@ class HubClient:
         reply = await self.request("POST", f"/cloudhop/offers/{quote(self.user, safe='')}/check", options)
         return reply["request"]
 
-    def _ray_path(self) -> str:
+    def _own_path(self, api: str) -> str:
+        """``/cloudhop/<api>/<user>[/<server>]``: a Cloudhop hub endpoint for this server."""
         server = f"/{quote(self.server_name, safe='')}" if self.server_name else ""
-        return f"/cloudhop/ray/{quote(self.user, safe='')}{server}"
+        return f"/cloudhop/{api}/{quote(self.user, safe='')}{server}"
+
+    def _ray_path(self) -> str:
+        return self._own_path("ray")
+
+    async def move_token(self, target: str, expires_in: int) -> dict:
+        """A short-lived token for a move of this server to the new server ``target``
+        (:mod:`cloudhop.hub.tokens_api`): ``{"token", "target", "expires_at", "scopes"}``."""
+        return await self.request("POST", self._own_path("moves"), {"target": target, "expires_in": expires_in})
+
+    async def kernel_token(self) -> str:
+        """A token for this server's kernels: this server's API only."""
+        return (await self.request("POST", self._own_path("kernel-token"), {}, timeout=20))["token"]
 
     async def ray_cluster(self) -> dict:
         """The hub's view of this server's Ray cluster (:mod:`cloudhop.hub.ray_api`)."""

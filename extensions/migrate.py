@@ -2,17 +2,21 @@
 
 Source (:class:`Migrator`), one migration at a time:
 
-1. ``snapshotting`` - checkpoint each session's kernel (notebook path -> kernel), then
-   snapshot the workspace plus those checkpoints into the hub's snapshot store;
-2. ``launching`` - ask the hub for a named server of the same user with the requested
-   user_options plus ``"restore": <snapshot id>``, and wait until it is ready;
+1. ``snapshotting`` - checkpoint each session's kernel (notebook path -> kernel), ask the
+   hub for the move's token (:mod:`cloudhop.hub.tokens_api`: short-lived, for the one
+   new server and its snapshot only), then snapshot the workspace plus those
+   checkpoints into the hub's snapshot store with it;
+2. ``launching`` - with the move's token, start the new named server of the same user
+   with the requested user_options plus ``"restore": <snapshot id>``, and wait until it
+   is ready;
 3. ``restoring`` - wait for the target's restore report (kept in the store beside the
    snapshot);
 4. ``verifying`` - every file's BLAKE3 and every kernel's variable list must match;
 5. ``done`` - ``target_url`` is set; shortly after, the source asks the hub to stop it.
 
 Any failure or timeout stops (and removes) the target and leaves the source running
-and unchanged: state ``failed`` with ``error``.
+and unchanged: state ``failed`` with ``error``. The server's own token cannot start or
+stop any server but itself; only the move's token reaches the target.
 
 Target (:class:`Restorer`), when started with ``CLOUDHOP_RESTORE``: restores the files,
 then recreates each session with the same path and kernel name and loads its
@@ -127,6 +131,9 @@ class CloudhopMigration(Configurable):
                            "(including waiting for a cell that is running).").tag(config=True)
     stop_delay = Float(10, help="Seconds the source keeps running after a migration is done, "
                        "until a client has read the final state.").tag(config=True)
+    token_lifetime = Float(3 * 3600, help="Seconds a move's token lives, 1 or more (the hub allows at "
+                           "most a day): it must outlast the snapshot, the launch and the restore."
+                           ).tag(config=True)
     exclude = List(Unicode(), list(DEFAULT_PATTERNS),
                    help="Glob patterns of workspace paths a snapshot leaves out.").tag(config=True)
     max_file_bytes = Float(DEFAULT_MAX_FILE_BYTES, help="Files larger than this (bytes) are left out "
@@ -149,6 +156,10 @@ class CloudhopMigration(Configurable):
     @validate("launch_timeout", "restore_timeout", "kernel_timeout")
     def _check_timeout(self, proposal):
         return check_number(proposal, minimum=0, strict=True, must="a number of seconds above 0")
+
+    @validate("token_lifetime")
+    def _check_token_lifetime(self, proposal):
+        return check_number(proposal, minimum=1)
 
     @validate("stop_delay")
     def _check_stop_delay(self, proposal):
@@ -188,8 +199,17 @@ class Migrator:
         self.migrations: dict[str, Migration] = {}
         self._tasks: set[asyncio.Task] = set()
 
-    def store(self) -> StoreClient:
-        return StoreClient(self.settings.store_url, self.hub.user, self.hub.token)
+    def store(self, token: str) -> StoreClient:
+        return StoreClient(self.settings.store_url, self.hub.user, token)
+
+    async def move_hub(self, target: str) -> HubClient:
+        """The hub client of a move to the new server ``target``: with the move's own
+        short-lived token, asked of the hub with this server's token."""
+        try:
+            grant = await self.hub.move_token(target, int(self.settings.token_lifetime))
+        except HubError as err:
+            raise RuntimeError(f"the hub gave no token for the snapshot store and the new server ({err})") from None
+        return self.hub.with_token(grant["token"])
 
     async def check(self, options) -> None:
         """Check the options' shape here, then their values with the hub (the same offers
@@ -221,13 +241,17 @@ class Migrator:
 
     async def _run(self, m: Migration) -> None:
         workdir = tempfile.mkdtemp(prefix="cloudhop-migrate-")
-        store = self.store()
+        move: HubClient | None = None
+        store: StoreClient | None = None
         try:
-            manifest, kernels = await self._snapshot(m, store, workdir)
+            kernels = await self._checkpoint(m, workdir)
+            move = await self.move_hub(target_name(m.options, m.id))
+            store = self.store(move.token)
+            manifest = await self._snapshot(m, store, kernels, workdir)
             m.state = "launching"
-            await self._launch(m)
+            await self._launch(m, move)
             m.state = "restoring"
-            report = await self._wait_report(m, store)
+            report = await self._wait_report(m, store, move)
             m.state = "verifying"
             self._verify(m, manifest, kernels, report)
             m.read_done = asyncio.Event()
@@ -240,15 +264,16 @@ class Migrator:
             m.error = f"{m.state}: {m.error}"
             m.state = "failed"
             m.finished = time.time()
-            if m.target_server:
+            if m.target_server and move is not None:
                 try:
-                    await self.hub.stop_server(m.target_server, remove=True)
+                    await move.stop_server(m.target_server, remove=True)
                 except HubError as stop_err:
                     if stop_err.status != 404:
                         m.error += f" (and stopping the target failed: {stop_err})"
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-            store.close()
+            if store is not None:
+                store.close()
         if m.state == "done":
             try:
                 await asyncio.wait_for(m.read_done.wait(), self.settings.stop_delay)
@@ -260,7 +285,8 @@ class Migrator:
             except HubError as err:
                 log.warning("migration %s: could not stop this server: %s", m.id, err)
 
-    async def _snapshot(self, m: Migration, store: StoreClient, workdir: str):
+    async def _checkpoint(self, m: Migration, workdir: str) -> list[dict]:
+        """Checkpoint each session's kernel into ``workdir``; one dict per kernel."""
         kernels = []
         sessions = await self.app.session_manager.list_sessions()
         for i, s in enumerate(sorted(sessions, key=lambda s: s["path"])):
@@ -275,7 +301,9 @@ class Migrator:
                             "variables": result["variables"], "skipped": result["skipped"], "dir": directory})
             m.variables[s["path"]] = result["variables"]
             m.skipped += [dict(sk, path=s["path"]) for sk in result["skipped"]]
+        return kernels
 
+    async def _snapshot(self, m: Migration, store: StoreClient, kernels: list[dict], workdir: str) -> Manifest:
         def progress(sent, total):
             m.bytes_sent, m.bytes_total = sent, total
 
@@ -289,17 +317,17 @@ class Migrator:
         m.snapshot_id = sid
         m.bytes_total, m.bytes_sent = stats.bytes_total, stats.bytes_sent
         m.skipped += [{"name": w.split(":")[0], "path": None, "reason": w, "rebuilt": None} for w in stats.warnings]
-        return manifest, kernels
+        return manifest
 
-    async def _launch(self, m: Migration) -> None:
+    async def _launch(self, m: Migration, move: HubClient) -> None:
         name = m.target_server = target_name(m.options, m.id)
         try:
-            await self.hub.start_server(name, dict(m.options, restore=m.snapshot_id))
+            await move.start_server(name, dict(m.options, restore=m.snapshot_id))
         except HubError as err:
             raise RuntimeError(f"the target server {name!r} failed to start ({err})") from None
         deadline = time.monotonic() + self.settings.launch_timeout
         while time.monotonic() < deadline:
-            model = await self.hub.server(name)
+            model = await move.server(name)
             if model and model.get("ready"):
                 m.target_url = model.get("url")
                 return
@@ -308,7 +336,7 @@ class Migrator:
             await asyncio.sleep(self.settings.poll_interval)
         raise TimeoutError(f"the target server {name!r} did not start in {self.settings.launch_timeout:.0f} s")
 
-    async def _wait_report(self, m: Migration, store: StoreClient) -> RestoreReport:
+    async def _wait_report(self, m: Migration, store: StoreClient, move: HubClient) -> RestoreReport:
         deadline = time.monotonic() + self.settings.restore_timeout
         while time.monotonic() < deadline:
             report = await asyncio.to_thread(store.get_report, m.snapshot_id)
@@ -316,7 +344,7 @@ class Migrator:
                 raise RuntimeError(f"the target could not restore: {report.error}")
             if report and report.state == "done":
                 return report
-            model = await self.hub.server(m.target_server)
+            model = await move.server(m.target_server)
             if not model or not (model.get("ready") or model.get("pending")):
                 raise RuntimeError(f"the target server {m.target_server!r} stopped while restoring")
             await asyncio.sleep(self.settings.poll_interval)

@@ -1,8 +1,9 @@
 """In the notebook: ``cloudhop.panel()`` and ``cloudhop.migrate(...)``.
 
-Both talk to this server's own Cloudhop REST API (:mod:`.server`) with the server's
-token, as the kernel inherits them from the server (``JUPYTERHUB_SERVICE_URL``,
-``JUPYTERHUB_API_TOKEN``). A migration checkpoints this very kernel, which can only
+Both talk to this server's own Cloudhop REST API (:mod:`.server`) at
+``JUPYTERHUB_SERVICE_URL`` with the kernels' token in ``JUPYTERHUB_API_TOKEN``, which the
+server puts in its kernels' environment instead of its own (:mod:`.kernelenv`): it may use
+this server's API and nothing else. A migration checkpoints this very kernel, which can only
 happen between cells, so neither call blocks: progress is followed from a background
 thread and shown in the cell's widgets (or printed, without ipywidgets). When the
 migration is done, the widgets send the browser to the new server (a JavaScript output,
@@ -32,12 +33,19 @@ def _server_url() -> str:
     return url.rstrip("/") + "/"
 
 
+def _token() -> str:
+    token = os.environ.get("JUPYTERHUB_API_TOKEN")
+    if not token:
+        raise CloudhopAPIError("this kernel has no token for its server's API (JUPYTERHUB_API_TOKEN is not "
+                               "set: the hub did not give the server one for its kernels; see the server's log)")
+    return token
+
+
 def _api(method: str, path: str, body=None) -> dict:
     req = urllib.request.Request(
         _server_url() + "cloudhop/api/" + path, method=method,
         data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": f"token {os.environ.get('JUPYTERHUB_API_TOKEN', '')}",
-                 "Content-Type": "application/json"},
+        headers={"Authorization": f"token {_token()}", "Content-Type": "application/json"},
     )
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:

@@ -8,8 +8,9 @@ add or remove workers.
 Where it reads from (the kernel runs on the head's node):
 * Ray: the head's dashboard API on loopback (``CLOUDHOP_RAY_DASHBOARD_PORT``), so the
   panel works before and without ``ray.init()``;
-* the hub: its Ray API with the server's own token (``JUPYTERHUB_API_TOKEN``), which is
-  how workers are added and removed - only the hub launches nodes.
+* the hub: its Ray API with the kernels' token (``JUPYTERHUB_API_TOKEN``: ``access:servers``
+  on this server only, see :mod:`.kernelenv`), which the hub accepts from the server's
+  owner to add and remove workers - only the hub launches nodes.
 """
 
 from __future__ import annotations

@@ -22,12 +22,15 @@ from jupyter_server.utils import url_path_join
 from . import ray_api
 from .handlers import InfoHandler, MigrationHandler, MigrationsHandler, OffersHandler, RestoreHandler
 from .hubclient import HubClient
+from .kernelenv import keep_token_from_children
 from .migrate import CloudhopMigration, Migrator, Restorer
 
 
 def _load_jupyter_server_extension(serverapp):
     settings = CloudhopMigration(parent=serverapp).settings()
     hub = HubClient.from_env()
+    # before anything starts a kernel or terminal: they get a token for this server only
+    keep_token_from_children(serverapp, hub)
     migrator = Migrator(serverapp, hub, settings)
     restorer = None
     snapshot_id = os.environ.get("CLOUDHOP_RESTORE")

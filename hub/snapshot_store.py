@@ -1,9 +1,18 @@
 """The snapshot store: a hub-managed JupyterHub service holding users' snapshots.
 
 API (under the service prefix, ``/services/cloudhop-store/``), token-authenticated
-through the hub (``Authorization: token <user or server token>``); the token must carry
+through the hub (``Authorization: token <token>``); the token must carry
 ``access:services!service=cloudhop-store`` and belong to the user named in the path -
-a user reads and writes only their own snapshots::
+a user reads and writes only their own snapshots - and which of them it may use is its
+:class:`Grant`, read from the custom scope :data:`SNAPSHOTS_SCOPE`:
+
+* ``!user=<user>`` (the user's own tokens, through the ``user`` role): all of them;
+* ``!server=<user>/<server>`` (a server's own token, a move's token): only the snapshots
+  made for that server - stored with such a token, or granted to it by a token of the
+  first kind - and only their chunks. Such a token may still send chunks and ask which
+  are missing.
+
+::
 
     POST api/users/{user}/chunks/missing    {"ids": [...]} -> {"missing": [...], "upload": target}
     POST api/users/{user}/chunks            chunk pack (local backend) -> {"stored": n}
@@ -13,6 +22,9 @@ a user reads and writes only their own snapshots::
     POST api/users/{user}/snapshots         manifest (all chunks present) -> 201 {"id"}
     GET  api/users/{user}/snapshots/{id}    -> manifest
     PUT|GET api/users/{user}/snapshots/{id}/report   restore report (small JSON)
+    POST api/users/{user}/snapshots/{id}/servers  {"server": name} -> {"id", "server"}
+                                                  (all-snapshots tokens only: lets that
+                                                  server's token restore it)
 
 The chunk pack and the restore report are defined once, in
 :mod:`cloudhop.extensions.snapshot.protocol` (standard library only), for this service
@@ -30,13 +42,16 @@ configured by environment: ``CLOUDHOP_STORE_BACKEND`` (``local`` or ``s3``),
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import inspect
 import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
-from jupyterhub.services.auth import HubAuth
+from jupyterhub.services.auth import HubAuth, check_scopes
 from tornado import httpserver, ioloop, web
 
 from cloudhop.extensions.snapshot.protocol import (
@@ -54,10 +69,47 @@ log = logging.getLogger("cloudhop.store")
 #: the largest request body the service accepts (a chunk pack is at most ~17 MiB)
 MAX_BODY = 64 << 20
 MAX_IDS = 5000
+#: the custom JupyterHub scope that says which of a user's snapshots a token may use
+SNAPSHOTS_SCOPE = "custom:cloudhop-store:snapshots"
+#: seconds the store trusts the hub's answer about a token: a revoked or expired token
+#: (a move's token) is refused at most this long after the hub stopped accepting it
+AUTH_CACHE_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Which of ``user``'s snapshots a token may use: all of them (``full``) or those made
+    for the servers in ``servers`` (names of ``user``'s servers, ``""`` the default one)."""
+
+    full: bool
+    servers: frozenset[str]
+
+    @classmethod
+    def of(cls, scopes, user: str) -> "Grant":
+        """The grant of a token with (expanded) ``scopes`` over ``user``'s snapshots."""
+        scopes = set(scopes)
+        prefix = f"{SNAPSHOTS_SCOPE}!server={user}/"
+        return cls(full=bool(check_scopes({f"{SNAPSHOTS_SCOPE}!user={user}"}, scopes)),
+                   servers=frozenset(s[len(prefix):] for s in scopes if s.startswith(prefix)))
+
+    @property
+    def any(self) -> bool:
+        return self.full or bool(self.servers)
+
+
+def server_index(server: str) -> str:
+    """The store object listing the snapshots made for ``server`` (its name hashed, so any
+    server name makes a safe object name; the suffix keeps it out of snapshot listings)."""
+    return f"for-server-{hashlib.sha256(server.encode()).hexdigest()[:40]}.ids"
+
+
+#: one writer at a time per (user, server) index: adding to it is a read-modify-write
+_INDEX_LOCKS: dict[tuple[str, str], asyncio.Lock] = {}
 
 
 class StoreHandler(web.RequestHandler):
-    """Base: authenticates the token with the hub, checks the path's user is its owner."""
+    """Base: authenticates the token with the hub, checks the path's user is its owner,
+    and keeps the token's :class:`Grant` (``self.grant``)."""
 
     def initialize(self, backend: Backend, hub_auth: HubAuth):
         self.backend = backend
@@ -81,6 +133,62 @@ class StoreHandler(web.RequestHandler):
         if user != model["name"]:
             raise web.HTTPError(403, "a user can only use their own snapshots")
         self.user = user
+        self.grant = Grant.of(model.get("scopes") or [], user)
+        if not self.grant.any:
+            raise web.HTTPError(403, f"the token may not use this user's snapshots (it lacks {SNAPSHOTS_SCOPE})")
+
+    # -- what a token limited to some servers may use ------------------------------------
+    async def made_for(self, server: str) -> list[str]:
+        """The ids of the snapshots made for ``server``."""
+        try:
+            body = await self.call(self.backend.get_object, self.user, server_index(server))
+        except web.HTTPError as err:
+            if err.status_code == 404:
+                return []
+            raise
+        return list(json.loads(body).get("snapshots") or [])
+
+    async def allowed_snapshots(self) -> set[str] | None:
+        """The snapshot ids this token may use; None for all of them."""
+        if self.grant.full:
+            return None
+        out: set[str] = set()
+        for server in self.grant.servers:
+            out.update(await self.made_for(server))
+        return out
+
+    async def check_snapshot(self, sid: str) -> None:
+        """Refuse (403) a snapshot this token may not use."""
+        allowed = await self.allowed_snapshots()
+        if allowed is not None and sid not in allowed:
+            raise web.HTTPError(403, f"this token may use only the snapshots made for its server, not {sid}")
+
+    async def check_chunks(self, ids: list[str]) -> None:
+        """Refuse (403) reading chunks that are in no snapshot this token may use."""
+        allowed = await self.allowed_snapshots()
+        if allowed is None:
+            return
+        readable: set[str] = set()
+        for sid in allowed:
+            try:
+                _, chunk_ids = await self.call(manifest_chunk_ids, await self.call(
+                    self.backend.get_object, self.user, f"{sid}.json"))
+            except web.HTTPError:
+                continue
+            readable |= chunk_ids
+        if not set(ids) <= readable:
+            raise web.HTTPError(403, "this token may read only the chunks of the snapshots made for its server")
+
+    async def add_to_index(self, server: str, sid: str) -> list[str]:
+        """Record that snapshot ``sid`` was made for (or granted to) ``server``."""
+        lock = _INDEX_LOCKS.setdefault((self.user, server), asyncio.Lock())
+        async with lock:
+            sids = await self.made_for(server)
+            if sid not in sids:
+                sids.append(sid)
+                body = json.dumps({"server": server, "snapshots": sids}).encode()
+                await self.call(self.backend.put_object, self.user, server_index(server), body)
+        return sids
 
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -153,6 +261,7 @@ class ChunksHandler(StoreHandler):
 class DownloadHandler(StoreHandler):
     async def post(self, user):
         ids = self.ids()
+        await self.check_chunks(ids)
         self.finish_json(await self.call(self.backend.download_target, self.user, ids, ""))
 
 
@@ -161,6 +270,7 @@ class PackHandler(StoreHandler):
         if not self.backend.through_service:
             raise web.HTTPError(405, "this store serves chunks at presigned URLs")
         ids = self.ids()
+        await self.check_chunks(ids)
 
         def read():
             return encode_pack((cid, self.backend.get_chunk(self.user, cid)) for cid in ids)
@@ -172,10 +282,12 @@ class PackHandler(StoreHandler):
 
 class SnapshotsHandler(StoreHandler):
     async def get(self, user):
+        allowed = await self.allowed_snapshots()
+
         def listing():
             out = []
             for name in self.backend.list_objects(self.user, ".json"):
-                if name.endswith(".report.json"):
+                if name.endswith(".report.json") or (allowed is not None and name[:-5] not in allowed):
                     continue
                 data = json.loads(self.backend.get_object(self.user, name))
                 out.append({"id": name[:-5], "created": data.get("created"),
@@ -186,12 +298,18 @@ class SnapshotsHandler(StoreHandler):
         self.finish_json({"snapshots": await self.call(listing)})
 
     async def post(self, user):
+        if not self.grant.full and len(self.grant.servers) != 1:
+            raise web.HTTPError(403, "a token for several servers cannot tell which one a snapshot is for")
         body = self.request.body
         _, ids = await self.call(manifest_chunk_ids, body)
         missing = await self.call(self.backend.missing, self.user, sorted(ids))
         if missing:
             raise web.HTTPError(409, f"{len(missing)} chunk(s) of this snapshot are not in the store")
         sid = new_snapshot_id()
+        if not self.grant.full:
+            # made with a server's token: that server (a move's target) may restore it
+            (server,) = self.grant.servers
+            await self.add_to_index(server, sid)
         await self.call(self.backend.put_object, self.user, f"{sid}.json", body)
         log.info("snapshot %s stored for %s (%d chunks)", sid, self.user, len(ids))
         self.finish_json({"id": sid}, 201)
@@ -199,7 +317,9 @@ class SnapshotsHandler(StoreHandler):
 
 class SnapshotHandler(StoreHandler):
     async def get(self, user, sid):
-        body = await self.call(self.backend.get_object, self.user, f"{self.sid(sid)}.json")
+        sid = self.sid(sid)
+        await self.check_snapshot(sid)
+        body = await self.call(self.backend.get_object, self.user, f"{sid}.json")
         self.set_header("Content-Type", "application/json")
         self.finish(body)
 
@@ -213,12 +333,15 @@ class SnapshotHandler(StoreHandler):
 
 class ReportHandler(SnapshotHandler):
     async def get(self, user, sid):
-        body = await self.call(self.backend.get_object, self.user, f"{self.sid(sid)}.report.json")
+        sid = self.sid(sid)
+        await self.check_snapshot(sid)
+        body = await self.call(self.backend.get_object, self.user, f"{sid}.report.json")
         self.set_header("Content-Type", "application/json")
         self.finish(body)
 
     async def put(self, user, sid):
         sid = self.sid(sid)
+        await self.check_snapshot(sid)
         if len(self.request.body) > REPORT_MAX:
             raise web.HTTPError(413, "report too large")
         try:
@@ -228,6 +351,22 @@ class ReportHandler(SnapshotHandler):
         await self.call(self.backend.get_object, self.user, f"{sid}.json")
         await self.call(self.backend.put_object, self.user, f"{sid}.report.json", self.request.body)
         self.finish_json({"id": sid})
+
+
+class GrantHandler(SnapshotHandler):
+    """Let one of the user's servers restore a snapshot (e.g. one started with the
+    ``restore`` option by the user): only a token for all of the user's snapshots may."""
+
+    async def post(self, user, sid):
+        sid = self.sid(sid)
+        if not self.grant.full:
+            raise web.HTTPError(403, "only a token for all of this user's snapshots may grant one to a server")
+        server = self.json_body().get("server")
+        if not isinstance(server, str) or "/" in server or len(server) > 255:
+            raise web.HTTPError(400, "server: must be the name of one of your servers ('' for the default one)")
+        await self.call(self.backend.get_object, self.user, f"{sid}.json")
+        await self.add_to_index(server, sid)
+        self.finish_json({"id": sid, "server": server})
 
 
 class HealthHandler(web.RequestHandler):
@@ -246,6 +385,7 @@ def make_app(backend: Backend, hub_auth: HubAuth, prefix: str) -> web.Applicatio
         (rf"{prefix}api/users/{u}/chunks", ChunksHandler, kw),
         (rf"{prefix}api/users/{u}/snapshots", SnapshotsHandler, kw),
         (rf"{prefix}api/users/{u}/snapshots/(?P<sid>[^/]+)/report", ReportHandler, kw),
+        (rf"{prefix}api/users/{u}/snapshots/(?P<sid>[^/]+)/servers", GrantHandler, kw),
         (rf"{prefix}api/users/{u}/snapshots/(?P<sid>[^/]+)", SnapshotHandler, kw),
         (rf"{prefix}api/health", HealthHandler),
     ]
@@ -266,22 +406,12 @@ def main() -> None:
     url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE_NAME}/")
     backend = backend_from_env()
-    app = make_app(backend, HubAuth(), prefix)
+    app = make_app(backend, HubAuth(cache_max_age=AUTH_CACHE_SECONDS), prefix)
     server = httpserver.HTTPServer(app, max_body_size=MAX_BODY)
     server.listen(url.port or 80, url.hostname or "127.0.0.1")
     log.info("snapshot store (%s backend) on %s%s", type(backend).__name__, url.geturl(), prefix)
     exit_with_hub()
     ioloop.IOLoop.current().start()
-
-
-#: what a single-user server's own token may do beyond the default ``server`` role:
-#: start/stop its user's (named) servers, and use the store
-SERVER_TOKEN_SCOPES = [
-    "users:activity!user",
-    "access:servers!server",
-    "servers!user",
-    f"access:services!service={SERVICE_NAME}",
-]
 
 
 def free_port() -> int:
@@ -308,6 +438,36 @@ def stable_port(path: str) -> int:
 EXTENSION_ARG = "--ServerApp.jpserver_extensions=cloudhop.extensions=True"
 
 
+def _then_revoke(hook):
+    """A spawner ``post_stop_hook``: ``hook`` (the config's, if any), then revoke the
+    stopped server's move and kernel tokens (:func:`.tokens_api.revoke_server_tokens`)."""
+    if getattr(hook, "cloudhop_revokes", False):
+        return hook
+
+    def post_stop(spawner):
+        from .tokens_api import revoke_server_tokens
+
+        try:
+            result = hook(spawner) if hook is not None else None
+        except BaseException:
+            revoke_server_tokens(spawner)
+            raise
+        if not inspect.isawaitable(result):
+            revoke_server_tokens(spawner)
+            return result
+
+        async def then():  # the config's hook is a coroutine: revoke after it
+            try:
+                return await result
+            finally:
+                revoke_server_tokens(spawner)
+
+        return then()
+
+    post_stop.cloudhop_revokes = True
+    return post_stop
+
+
 def add_store_service(c, *, data_dir: str, port: int, public_url: str | None = None,
                       s3: dict | None = None, env=os.environ) -> None:
     """Add the snapshot store to a JupyterHub config ``c``.
@@ -318,10 +478,13 @@ def add_store_service(c, *, data_dir: str, port: int, public_url: str | None = N
     them as ``CLOUDHOP_STORE_URL``);
     ``s3``: ``{"bucket", "endpoint_url"?, "region"?, "prefix"?}`` for a bucket (default:
     a directory under ``data_dir``). Credentials are forwarded from ``env`` to the
-    service's environment only. Also lets every user (and their servers' tokens) use the
-    service, and gives servers' tokens the scopes a migration needs
-    (:data:`SERVER_TOKEN_SCOPES`), adds the hub's offers API (:mod:`.offers_api`), and enables the Cloudhop server extension in every
-    single-user server (:data:`EXTENSION_ARG`).
+    service's environment only. Also defines Cloudhop's custom scopes and lets every user
+    use the service and move their servers (:data:`.tokens_api.USER_SCOPES`), gives
+    servers' tokens only the scopes a move needs (:data:`.tokens_api.SERVER_TOKEN_SCOPES`),
+    adds the hub's offers and token APIs (:mod:`.offers_api`, :mod:`.tokens_api`), revokes
+    a server's move and kernel tokens when it stops (``post_stop_hook``, after any the
+    config set), and enables the Cloudhop server extension in every single-user server
+    (:data:`EXTENSION_ARG`).
     """
     environment = {"CLOUDHOP_STORE_BACKEND": "local",
                    "CLOUDHOP_STORE_DIR": os.path.join(os.path.abspath(data_dir), "snapshots")}
@@ -339,22 +502,27 @@ def add_store_service(c, *, data_dir: str, port: int, public_url: str | None = N
         "display": False,
     })
 
+    from . import tokens_api
+    from .offers_api import handlers as offers_handlers
+    from .services import setting
+
+    c.JupyterHub.custom_scopes = {**setting(c, "JupyterHub", "custom_scopes", {}), **tokens_api.CUSTOM_SCOPES}
     roles = list(c.JupyterHub.load_roles or []) if "load_roles" in c.JupyterHub else []
-    access = f"access:services!service={SERVICE_NAME}"
     for role in roles:
         if role.get("name") == "user":
-            role["scopes"] = sorted(set(role.get("scopes") or ["self"]) | {access})
+            role["scopes"] = sorted(set(role.get("scopes") or ["self"]) | set(tokens_api.USER_SCOPES))
             break
     else:
-        roles.append({"name": "user", "scopes": ["self", access]})
+        roles.append({"name": "user", "scopes": ["self", *tokens_api.USER_SCOPES]})
     c.JupyterHub.load_roles = roles
 
     current = c.Spawner.server_token_scopes if "server_token_scopes" in c.Spawner else []
-    c.Spawner.server_token_scopes = sorted(set(current or []) | set(SERVER_TOKEN_SCOPES))
-    from .offers_api import handlers as offers_handlers
+    c.Spawner.server_token_scopes = sorted(set(current or []) | set(tokens_api.SERVER_TOKEN_SCOPES))
+    c.Spawner.post_stop_hook = _then_revoke(c.Spawner.get("post_stop_hook"))
 
     extra = list(c.JupyterHub.extra_handlers) if "extra_handlers" in c.JupyterHub else []
-    c.JupyterHub.extra_handlers = extra + [h for h in offers_handlers() if h not in extra]
+    ours = offers_handlers() + tokens_api.handlers()
+    c.JupyterHub.extra_handlers = extra + [h for h in ours if h not in extra]
 
     # the server extension is also enabled by a jupyter_server_config.d file installed with
     # the package; the argument covers editable installs, which do not install that file

@@ -12,9 +12,18 @@ import threading
 from jupyterhub.services.auth import HubAuth
 from tornado import httpserver, web
 
-from cloudhop.hub.snapshot_store import MAX_BODY, SERVICE_NAME, make_app
+from cloudhop.hub.snapshot_store import MAX_BODY, SERVICE_NAME, SNAPSHOTS_SCOPE, make_app
 
 ACCESS = f"access:services!service={SERVICE_NAME}"
+
+
+def scopes_of(name: str, scopes: list[str]) -> list[str]:
+    """A token's expanded scopes as the hub reports them. ``[ACCESS]`` alone stands for
+    the user's own token, which the hub's ``user`` role gives both the store's access
+    scope and all of the user's snapshots; a list naming a snapshot scope is kept as is."""
+    if ACCESS in scopes and not any(s.startswith(SNAPSHOTS_SCOPE) for s in scopes):
+        return [*scopes, f"{SNAPSHOTS_SCOPE}!user={name}"]
+    return list(scopes)
 
 
 def free_port() -> int:
@@ -39,11 +48,11 @@ class WhoAmI(web.RequestHandler):
 
 class StoreHarness:
     """Runs the store (given backend) plus the whoami double; ``tokens`` maps a token to
-    ``(user name, scopes)``."""
+    ``(user name, scopes)`` (see :func:`scopes_of`)."""
 
     def __init__(self, backend, tokens: dict[str, tuple[str, list[str]]]):
         self.backend = backend
-        self.tokens = {t: {"kind": "user", "name": n, "scopes": s} for t, (n, s) in tokens.items()}
+        self.tokens = {t: {"kind": "user", "name": n, "scopes": scopes_of(n, s)} for t, (n, s) in tokens.items()}
         self.loop = asyncio.new_event_loop()
         self.hub_port = free_port()
         self.port = free_port()

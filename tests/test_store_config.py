@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from traitlets.config import Config
 
-from cloudhop.hub.snapshot_store import EXTENSION_ARG, SERVICE_NAME, add_store_service
+from cloudhop.hub.snapshot_store import EXTENSION_ARG, SERVICE_NAME, SNAPSHOTS_SCOPE, add_store_service
+from cloudhop.hub.tokens_api import MOVES_SCOPE
 
 
 def test_store_service_config_keeps_credentials_on_the_hub(tmp_path):
@@ -29,11 +30,16 @@ def test_store_service_config_keeps_credentials_on_the_hub(tmp_path):
     assert not any("s3cr3t" in str(v) or "AKIA" in str(v) for v in c.Spawner.args)
 
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
-    assert sorted(roles["user"]["scopes"]) == sorted(["self", f"access:services!service={SERVICE_NAME}"])
+    assert sorted(roles["user"]["scopes"]) == sorted([
+        "self", f"access:services!service={SERVICE_NAME}", f"{SNAPSHOTS_SCOPE}!user", f"{MOVES_SCOPE}!user"])
     assert "other-role" in roles
-    # the server's own token: the default server role plus exactly what a migration needs
+    assert set(c.JupyterHub.custom_scopes) == {SNAPSHOTS_SCOPE, MOVES_SCOPE}
+    # the server's own token: the default server role plus exactly what a migration needs,
+    # on this server only (never servers!user: starting and stopping the user's servers)
     assert sorted(c.Spawner.server_token_scopes) == sorted([
-        "users:activity!user", "access:servers!server", "servers!user", f"access:services!service={SERVICE_NAME}",
+        "users:activity!user", "access:servers!server", "read:servers!user", "delete:servers!server",
+        f"access:services!service={SERVICE_NAME}", f"{SNAPSHOTS_SCOPE}!server", f"{MOVES_SCOPE}!server",
     ])
     assert EXTENSION_ARG in c.Spawner.args
     assert any("offers" in h[0] for h in c.JupyterHub.extra_handlers)
+    assert any("cloudhop/moves" in h[0] for h in c.JupyterHub.extra_handlers)
