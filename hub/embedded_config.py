@@ -44,7 +44,11 @@ c.Spawner.start_timeout = 900  # cloud GPU VMs can take minutes to boot
 c.Spawner.http_timeout = 300
 c.CloudhopSpawner.providers = ["local"]
 c.CloudhopSpawner.hub_id = hub_id(data_dir)  # random, kept: the reaper uses it too
-c.LocalProvider.default_root = str(data_dir / "workspaces")
+# local workspaces: in the data folder, or outside it when the hub is root and each user's
+# servers run as their own account (docs/security.md, "Local provider isolation")
+from cloudhop.spawner.providers.workspaces import cloudhop_up_settings  # noqa: E402
+
+c.LocalProvider.update(cloudhop_up_settings(data_dir, c.CloudhopSpawner.hub_id))
 # the Ray API (resize a server's Ray cluster) - docs/ray.md
 from cloudhop.hub.ray_api import handlers as _ray_handlers  # noqa: E402
 

@@ -14,6 +14,14 @@ file in :attr:`LocalProvider.state_dir`, which is how a restarted hub finds it a
 A GPU given to one node is not given to another until that node is terminated. The
 process sees only its GPUs through ``CUDA_VISIBLE_DEVICES`` and none of the hub's
 environment beyond what the spawner passes (no credentials).
+
+*Isolation* (:attr:`LocalProvider.isolation`): when the hub runs as root, each hub
+user's nodes run as that user's own system account (:mod:`.accounts`, made on the first
+spawn), in a workspace only that account may enter (:mod:`.workspaces`); the hub, its
+proxy and services stay root, so a user's code can read neither another user's files
+nor another process's environment. A hub that is not root has one OS user for
+everything, so it serves one hub user (the first to spawn) unless the operator sets
+``isolation = "none"`` and users share everything knowingly.
 """
 
 from __future__ import annotations
@@ -31,15 +39,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from traitlets import Dict, Float, Unicode, default, validate
+from traitlets import Dict, Enum, Float, Unicode, default, validate
 
 from ..gpus import GPU, detect_gpus
+from ..hubid import kept_secret
 from ..offers import NO_GPU, Offer
 from ..procs import stop_processes
 from ..validate import check_number
+from . import workspaces
+from .accounts import Account, check_template, ensure_account, system_username
 from .base import (
     FAILED, RUNNING, TAG_REQUEST, TAG_ROLE, TAG_SERVER, TAG_USER, TERMINATED,
-    CapacityError, LaunchSpec, Node, Provider,
+    CapacityError, LaunchSpec, Node, Provider, ProviderError,
 )
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -59,6 +70,18 @@ class Region:
     root: str
 
 
+class IsolationError(ProviderError):
+    """A hub that is not root refuses a second hub user (``isolation = "users"``)."""
+
+    reason = "isolation"
+    status_code = 403
+    failover = True
+
+
+#: the file in the state folder naming the one hub user a hub that is not root serves
+ONLY_USER_FILE = "only-user"  # not *.json: those are node records
+
+
 class LocalProvider(Provider):
     name = "local"
     display_name = "Local (this machine)"
@@ -74,8 +97,40 @@ class LocalProvider(Provider):
 
     default_root = Unicode(
         help="Folder under which regions without a root keep their workspaces "
-        "(default: ./cloudhop-workspaces). `cloudhop up` sets it inside its data dir.",
+        "(default: ./cloudhop-workspaces). `cloudhop up` sets it inside its data dir, or "
+        "to /var/lib/cloudhop/workspaces/<hub id> when it runs as root. With isolation, "
+        "every folder above it must be searchable by other users (mode o+x).",
     ).tag(config=True)
+
+    former_root = Unicode(
+        "",
+        help="Folder regions without a root kept their workspaces in before (set by "
+        "`cloudhop up` for a root hub: its data folder's workspaces). A workspace found "
+        "there and not under default_root is moved on its next spawn.",
+    ).tag(config=True)
+
+    isolation = Enum(
+        ["users", "none"], "users",
+        help="""How users' servers are kept apart. "users" (the default): with the hub
+        running as root, each hub user's servers run as their own system account
+        (system_user_template) in a workspace only that account can enter; a hub that
+        is not root then serves one hub user only (the first to spawn) and refuses
+        others. "none": every server runs as the hub's system account, so all users can
+        read and change each other's files and servers (one person or a trusted group).""",
+    ).tag(config=True)
+
+    system_user_template = Unicode(
+        "jupyter-{username}",
+        help="""Name of the system account a hub user's servers run as (isolation
+        "users", hub running as root), made with useradd on the first spawn. A name that
+        useradd would not take, or a hub name with other characters than lowercase
+        letters, digits and '-', is lowercased, cleaned and given a short hash suffix,
+        so two hub users never share an account.""",
+    ).tag(config=True)
+
+    @validate("system_user_template")
+    def _valid_template(self, proposal):
+        return check_template(proposal["value"])
 
     state_dir = Unicode(
         help="Folder for node records (one JSON file per running process). "
@@ -139,6 +194,58 @@ class LocalProvider(Provider):
         self._gpus: list[GPU] | None = None
         self._procs: dict[str, subprocess.Popen] = {}
         self._lock = asyncio.Lock()
+        if self.isolation == "none":
+            self.log.warning(
+                "local: c.LocalProvider.isolation is \"none\": every user's server runs as the hub's "
+                "system account (uid %s), so users can read and change each other's files and "
+                "servers", os.geteuid())
+
+    # -- isolation ----------------------------------------------------------------
+
+    @property
+    def isolating(self) -> bool:
+        """Whether each hub user's nodes run as their own system account."""
+        return self.isolation == "users" and os.geteuid() == 0
+
+    @property
+    def form_notice(self) -> str | None:
+        """A line the spawn form shows for this provider, None when there is nothing to say."""
+        if self.isolation == "none":
+            return (f"{self.display_name}: servers are not isolated from each other, so other "
+                    "users of this hub can see and change your files.")
+        return None
+
+    def _account(self, hub_user: str) -> Account | None:
+        """The account ``hub_user``'s nodes run as, made if needed; None for the hub's own
+        user (refusing a second hub user when the hub is not root). Blocks."""
+        if self.isolating:
+            return ensure_account(system_username(self.system_user_template, hub_user), hub_user, self.log)
+        if self.isolation == "users":
+            self._check_only_user(hub_user)
+        return None
+
+    def _check_only_user(self, hub_user: str) -> None:
+        """Let the one hub user this hub serves pass; the first to spawn becomes it (kept
+        in :data:`ONLY_USER_FILE`, mode 0600), unless another user's nodes still run."""
+        path = Path(self.state_dir) / ONLY_USER_FILE
+        first = not path.exists()
+        if first and {r.get("tags", {}).get(TAG_USER) for r in self._records() if self._alive(r)} - {hub_user}:
+            only = None
+        else:
+            try:
+                only = json.loads(kept_secret(path, lambda: json.dumps({"user": hub_user})))["user"]
+            except (OSError, ValueError, KeyError, TypeError):
+                only = None
+        if only != hub_user:
+            raise IsolationError(
+                "the local provider already serves another user of this hub: the hub does not run "
+                "as root, so every server would run as the same system account and users could "
+                "read each other's files. The operator can run the hub as root (each user then "
+                "gets a system account), or set c.LocalProvider.isolation = \"none\" to let "
+                "users share one account knowingly.")
+        if first:
+            self.log.info("local: the hub is not root, so the local provider serves hub user %r "
+                          "only (c.LocalProvider.isolation)", hub_user)
 
     # -- what this machine has --------------------------------------------------
 
@@ -264,18 +371,31 @@ class LocalProvider(Provider):
             )
         return free[: offer.gpu_count]
 
-    def _workspace(self, spec: LaunchSpec) -> Path:
-        root = Path(self.region(spec.offer.region).root)
+    def _workspace(self, spec: LaunchSpec, root: str | None = None) -> Path:
+        root = Path(root or self.region(spec.offer.region).root)
         user = safe_dirname(spec.tags.get(TAG_USER, "user"))
         server = safe_dirname(spec.tags.get(TAG_SERVER) or "default")
         return root / user / server
 
+    def _prepare_workspace(self, spec: LaunchSpec, account: Account | None) -> Path:
+        """The node's workspace, made (or moved from :attr:`former_root`) and, with an
+        account, private to it (:func:`.workspaces.prepare`). Blocks."""
+        workspace = self._workspace(spec)
+        own_root = not self.regions[spec.offer.region].get("root")
+        former = None
+        if own_root and self.former_root:
+            former = self._workspace(spec, os.path.join(self.former_root, spec.offer.region))
+        pass_through = [Path(self.default_root)] if own_root else []
+        workspaces.prepare(workspace, account, pass_through=pass_through, former=former, log=self.log)
+        return workspace
+
     def _start(self, spec: LaunchSpec, gpus: list[GPU]) -> dict:
         node_id = f"local-{uuid.uuid4().hex[:12]}"
-        workspace = self._workspace(spec)
-        workspace.mkdir(parents=True, exist_ok=True)
-        Path(self.state_dir).mkdir(parents=True, exist_ok=True)
-        log_path = Path(self.state_dir) / f"{node_id}.log"
+        state_dir = Path(self.state_dir)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # node records and logs: the hub's
+        account = self._account(spec.tags.get(TAG_USER, "user"))
+        workspace = self._prepare_workspace(spec, account)
+        log_path = state_dir / f"{node_id}.log"
         env = {
             # the process gets the spawner's env and nothing else of the hub's
             "HOME": str(workspace),
@@ -286,14 +406,24 @@ class LocalProvider(Provider):
             "CLOUDHOP_GPUS": json.dumps([g.model for g in gpus]),
         }
         env.setdefault("PATH", os.path.dirname(sys.executable) + os.pathsep + os.defpath)
+        if account is not None:
+            env.update(account.env(str(workspace)))  # who it runs as is not the spawner's to say
         cmd = list(spec.cmd)
-        if spec.role == "notebook" and os.geteuid() == 0 and "--allow-root" not in cmd:
+        if spec.role == "notebook" and os.geteuid() == 0 and account is None and "--allow-root" not in cmd:
             cmd.append("--allow-root")
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                cmd, cwd=workspace, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-            )
+            if account is not None:
+                self._warn_unreachable(workspace, account, log)
+            try:
+                proc = subprocess.Popen(
+                    cmd, cwd=workspace, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                    **(account.popen_kwargs() if account is not None else {}),
+                )
+            except PermissionError as err:
+                if account is None:
+                    raise
+                raise _cannot_run(cmd[0], account, err) from None
         self._procs[node_id] = proc
         rec = {
             "id": node_id, "region": spec.offer.region, "pid": proc.pid,
@@ -305,9 +435,24 @@ class LocalProvider(Provider):
         tmp = self._record_path(node_id).with_suffix(".tmp")
         tmp.write_text(json.dumps(rec))
         tmp.replace(self._record_path(node_id))
-        self.log.info("local: started %s (pid %s) in %s with GPUs %s", node_id, proc.pid,
-                      spec.offer.region, [g.index for g in gpus] or "none")
+        self.log.info("local: started %s (pid %s) in %s as %s with GPUs %s", node_id, proc.pid,
+                      spec.offer.region, account.name if account else "the hub's user",
+                      [g.index for g in gpus] or "none")
         return rec
+
+    def _warn_unreachable(self, workspace: Path, account: Account, log) -> None:
+        """Say, in the hub's log and the node's, when the account cannot reach its
+        workspace (a folder above the workspaces root others may not search): the server
+        would then fail on its first file access."""
+        why = workspaces.unreachable(workspace, account)
+        if why is None:
+            return
+        line = (f"local: {account.name} cannot reach its workspace {workspace}: {why}; set "
+                "c.LocalProvider.default_root (or the region's root) to a folder every user may "
+                "pass through")
+        self.log.warning(line)
+        log.write((line + "\n").encode())
+        log.flush()
 
     async def status(self, node_id: str) -> Node:
         path = self._record_path(node_id)
@@ -371,3 +516,15 @@ class LocalProvider(Provider):
             if all(rtags.get(k) == v for k, v in tags.items()) and self._alive(rec):
                 out.append(self._node(rec))
         return out
+
+
+def _cannot_run(program: str, account: Account, err: OSError) -> ProviderError:
+    """The error of a server the account may not start: its program (the hub's Python)
+    lies where the account cannot read it."""
+    real = os.path.realpath(program)
+    why = workspaces.unreachable(Path(real), account) or f"{real}: {err.strerror}"
+    return ProviderError(
+        f"the system account {account.name} cannot run {program}: {why}. Servers run as each "
+        "user's own account (c.LocalProvider.isolation = \"users\"), so the hub's Python and its "
+        "packages must be readable by every user: install them outside a private folder (e.g. "
+        "in /opt)")

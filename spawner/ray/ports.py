@@ -125,7 +125,10 @@ def claim_block(base: int, directory: str | None = None) -> PortLock:
     (another Ray node holds it, or one of its ports is in use)."""
     block = PortBlock(base)
     path = os.path.join(directory or lock_dir(), f"{base}.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = _open_lock(path)
+    except PermissionError:
+        raise PortsBusy(f"ports {base}-{block.last} are claimed by another user's Ray node") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
@@ -138,6 +141,24 @@ def claim_block(base: int, directory: str | None = None) -> PortLock:
         raise PortsBusy(f"a port in {base}-{block.last} is in use")
     os.write(fd, f"{os.getpid()}\n".encode())
     return PortLock(block, fd, path)
+
+
+def _open_lock(path: str) -> int:
+    """Open the lock file ``path``, made readable and writable by every user when this
+    process makes it (umask aside): the hub picks a head's block as root and the head's
+    launcher, running as the server's own account, claims it. An existing file is opened
+    without ``O_CREAT``, which ``fs.protected_regular`` refuses for another user's file
+    in a sticky folder."""
+    try:
+        return os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        pass
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return os.open(path, os.O_RDWR)
+    os.fchmod(fd, 0o666)
+    return fd
 
 
 def candidate_bases(lo: int = LOCAL_RANGE[0], hi: int = LOCAL_RANGE[1]) -> list[int]:
