@@ -5,7 +5,10 @@
                                                  400/403 {"message": "<field>: ..."}
 
 The check validates options exactly as a spawn would (same offers, same group policy),
-so a migration with a typo fails at once, before its snapshot is taken.
+so a migration with a typo fails at once, before its snapshot is taken. It checks them
+for a new server beside every server the user runs (the policy's totals: servers, GPUs,
+USD/hour, budget), since a move's target runs beside its source until the move is done;
+the spawn checks them again under the user's lock.
 
 Registered with ``c.JupyterHub.extra_handlers`` by :func:`cloudhop.hub.snapshot_store.add_store_service`.
 Allowed for a token that may read the user's servers (``read:servers``: the user, an
@@ -54,11 +57,13 @@ class OptionsCheckHandler(_UserSpawnerHandler):
             raw = json.loads(self.request.body or b"{}")
         except ValueError:
             raise web.HTTPError(400, "user_options: the body is not JSON") from None
+        offers = await spawner.all_offers()
         try:
             request = validate_request(
-                raw, await spawner.all_offers(), spawner.policy, spawner.user_groups(),
+                raw, offers, spawner.policy, spawner.user_groups(),
                 providers=spawner.providers, price_of=getattr(spawner, "_first_price", None),
             )
+            spawner.check_new_server(request, offers)
         except OptionError as err:
             raise web.HTTPError(err.status, str(err)) from None
         self.set_header("Content-Type", "application/json")

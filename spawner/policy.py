@@ -5,17 +5,28 @@ entry for users in none of the listed groups::
 
     c.Policy.groups = {
         "default":  {"providers": ["local"], "max_gpus": 1},
-        "students": {"providers": ["gcp"], "gpus": ["L4", "T4"], "max_gpus": 1,
-                     "max_price_hour": 1.5, "budget": {"usd": 50, "period": "month"}},
+        "students": {"providers": ["gcp"], "gpus": ["L4", "T4"], "max_gpus": 1, "max_servers": 2,
+                     "max_price_hour": 1.5, "budget": {"usd": 50, "period": "month"},
+                     "images": ["quay.io/jupyter/*"]},
         "research": {"providers": ["aws", "gcp", "oci"], "regions": ["us-*", "europe-*"],
-                     "max_gpus": 16},
+                     "max_gpus": 16, "images": "*", "image_override": True},
     }
 
-Rules (each optional; a missing rule allows everything): ``providers``, ``regions``
-(shell-style patterns such as ``us-*``), ``gpus`` (catalog names, any case; ``"none"``
-for CPU-only), ``max_gpus`` (per server, Ray workers included), ``max_ray_workers``,
-``max_price_hour`` (USD/hour of the server's nodes, spot price when spot), ``budget``
-(``{"usd": amount, "period": "day" | "week" | "month"}``).
+Rules (each optional; a missing rule allows everything, but for ``images``):
+``providers``, ``regions`` (shell-style patterns such as ``us-*``), ``gpus`` (catalog
+names, any case; ``"none"`` for CPU-only), ``images`` (the ``image`` option's allowed
+values: exact names or shell-style patterns such as ``nvcr.io/nvidia/pytorch:*``, or
+``"*"`` for any; **missing: no image option at all**, the provider's default image
+runs), ``image_override`` (True: an allowed image may replace the image a Kubernetes
+profile names; otherwise the profile's image wins), ``max_servers`` (servers at once,
+named ones included), ``max_gpus``, ``max_ray_workers`` (per server),
+``max_price_hour`` (USD/hour, spot price when spot), ``budget`` (``{"usd": amount,
+"period": "day" | "week" | "month"}``).
+
+``max_servers``, ``max_gpus``, ``max_price_hour`` and ``budget`` count **all of the
+user's servers** (:mod:`.limits`): each one's notebook and Ray workers, running or
+starting, plus the one being started or resized. A move's target is a new server: it
+counts beside its source, which runs until the move is done.
 
 **A user in several groups gets the union**: a request (or an offer) is allowed when at
 least one of the user's groups allows it as a whole. Rules are not mixed across groups:
@@ -36,6 +47,7 @@ from typing import Callable, Iterable
 from traitlets import Any, Dict, TraitError, validate
 from traitlets.config import Configurable
 
+from .limits import NOTHING, Usage, request_gpus
 from .offers import Offer
 from .optimizer import effective_price
 from .validate import require_number
@@ -43,7 +55,10 @@ from .options import LaunchRequest, parse_options
 from .providers import PROVIDERS
 from .schema import OptionError
 
-RULES = ("providers", "regions", "gpus", "max_gpus", "max_ray_workers", "max_price_hour", "budget")
+#: every rule, in the order a request is checked (a refusal from further down the list
+#: is the more telling one when a user's groups all refuse)
+RULES = ("providers", "regions", "gpus", "images", "image_override", "max_gpus", "max_ray_workers",
+         "max_servers", "max_price_hour", "budget")
 PERIODS = ("day", "week", "month")
 DEFAULT_GROUP = "default"
 
@@ -67,8 +82,12 @@ class GroupPolicy:
     providers: tuple | None = None
     regions: tuple | None = None
     gpus: tuple | None = None
+    #: patterns of the allowed ``image`` option; empty: none is allowed
+    images: tuple = ()
+    image_override: bool = False
     max_gpus: int | None = None
     max_ray_workers: int | None = None
+    max_servers: int | None = None
     max_price_hour: float | None = None
     budget_usd: float | None = None
     budget_period: str = "month"
@@ -88,6 +107,10 @@ class GroupPolicy:
     def allows_count(self, count: int) -> bool:
         return self.max_gpus is None or count <= self.max_gpus
 
+    def allows_image(self, image: str | None) -> bool:
+        """No image (the provider's default) always; else one the ``images`` rule lists."""
+        return not image or any(fnmatch.fnmatchcase(image, p) for p in self.images)
+
     def allows_offer(self, offer: Offer, spot: bool | None = None) -> bool:
         """The offer may be launched under this policy: in the given price mode, or in
         some mode when ``spot`` is None."""
@@ -102,9 +125,11 @@ class GroupPolicy:
 
     # -- whole requests -------------------------------------------------------
 
-    def violation(self, request: LaunchRequest, price_hour: float | None = None) -> PolicyError | None:
+    def violation(self, request: LaunchRequest, price_hour: float | None = None,
+                  others: Usage = NOTHING) -> PolicyError | None:
         """The first rule ``request`` breaks (checked in :data:`RULES` order), or None.
-        ``price_hour`` is what the chosen offers cost per hour, when known."""
+        ``price_hour`` is what the chosen offers cost per hour, when known; ``others`` is
+        what the user's other servers hold (for the rules that count them all)."""
         g = html.escape(self.group, quote=False)
         if request.provider != "auto" and not self.allows_provider(request.provider):
             return PolicyError("provider", "providers", self.group,
@@ -119,23 +144,45 @@ class GroupPolicy:
             if not self.allows_gpu(gpu):
                 return PolicyError(name, "gpus", self.group,
                                    f"{_q(gpu)} is not allowed for group {g!r}; allowed GPUs: {_list(self.gpus)}")
-        total = request.gpu_count + (request.ray.workers * request.ray.gpu_count if request.ray else 0)
-        if not self.allows_count(total):
+        if not self.allows_image(request.image):
+            allowed = (f"allowed images: {_list(self.images)}" if self.images else
+                       "it allows no image option (Policy rule 'images'); leave it empty for the default image")
+            return PolicyError("image", "images", self.group,
+                               f"{_q(request.image)} is not allowed for group {g!r}; {allowed}")
+        # a server that adds nothing (no GPU, free) is never refused for what others hold
+        mine = request_gpus(request)
+        if not self.allows_count(mine):
             where = "gpu_count" if request.gpu_count > (self.max_gpus or 0) or not request.ray else "ray.gpu_count"
             return PolicyError(where, "max_gpus", self.group,
-                               f"{total} GPU(s) for this server is more than group {g!r} allows: at most {self.max_gpus}"
+                               f"{mine} GPU(s) for this server is more than group {g!r} allows: at most {self.max_gpus}"
                                + (" (Ray workers included)" if request.ray and request.ray.workers else ""))
+        if mine and not self.allows_count(mine + others.gpus):
+            return PolicyError("gpu_count" if request.gpu_count else "ray.gpu_count", "max_gpus", self.group,
+                               f"{mine} GPU(s) for this server and {others.gpus} on your other servers is more "
+                               f"than group {g!r} allows: at most {self.max_gpus} in all (max_gpus)")
         if request.ray and self.max_ray_workers is not None and request.ray.workers > self.max_ray_workers:
             return PolicyError("ray.workers", "max_ray_workers", self.group,
                                f"{request.ray.workers} Ray workers is more than group {g!r} allows: at most {self.max_ray_workers}")
-        if price_hour is not None and self.max_price_hour is not None and price_hour > self.max_price_hour:
-            return PolicyError("instance_type", "max_price_hour", self.group,
-                               f"${price_hour:.2f}/h is more than group {g!r} allows: at most ${self.max_price_hour:.2f}/h")
+        if self.max_servers is not None and others.servers + 1 > self.max_servers:
+            return PolicyError("servers", "max_servers", self.group,
+                               f"you run {others.servers} server(s) already; group {g!r} allows at most "
+                               f"{self.max_servers} at once (max_servers); stop one first")
+        if price_hour is not None and self.max_price_hour is not None:
+            if price_hour and price_hour + others.price_hour > self.max_price_hour >= price_hour:
+                return PolicyError("instance_type", "max_price_hour", self.group,
+                                   f"${price_hour:.2f}/h for this server and ${others.price_hour:.2f}/h for your other "
+                                   f"servers is more than group {g!r} allows: at most ${self.max_price_hour:.2f}/h "
+                                   "in all (max_price_hour)")
+            if price_hour > self.max_price_hour:
+                return PolicyError("instance_type", "max_price_hour", self.group,
+                                   f"${price_hour:.2f}/h is more than group {g!r} allows: at most ${self.max_price_hour:.2f}/h")
         return None
 
-    def budget_violation(self, spent_usd: float, price_hour: float | None) -> PolicyError | None:
+    def budget_violation(self, spent_usd: float, price_hour: float | None,
+                         others_hour: float = 0.0) -> PolicyError | None:
         """Refuse when this period's spend has reached the budget, or one more hour of
-        the chosen offer would pass it. None when there is no budget."""
+        the chosen offer, with ``others_hour`` (USD/hour of the user's other servers),
+        would pass it. None when there is no budget."""
         if self.budget_usd is None:
             return None
         g = html.escape(self.group, quote=False)
@@ -144,6 +191,12 @@ class GroupPolicy:
             return PolicyError("budget", "budget", self.group,
                                f"group {g!r} has spent ${spent_usd:.2f} of its ${self.budget_usd:.2f} budget this {self.budget_period}; "
                                "no new servers until the next period")
+        if price_hour and others_hour and left >= price_hour and price_hour + others_hour > left:
+            return PolicyError("budget", "budget", self.group,
+                               f"one hour at ${price_hour:.2f}/h for this server and ${others_hour:.2f}/h for your "
+                               f"other servers is more than the ${left:.2f} left of group {g!r}'s "
+                               f"${self.budget_usd:.2f} budget this {self.budget_period} (budget); stop a server "
+                               "or pick a cheaper offer")
         if price_hour is not None and price_hour > left:
             return PolicyError("budget", "budget", self.group,
                                f"one hour at ${price_hour:.2f}/h is more than the ${left:.2f} left of group {g!r}'s "
@@ -216,13 +269,23 @@ def parse_group_policy(group: str, raw) -> GroupPolicy:
             raise TraitError(f"{where}['budget']['period'] must be one of {', '.join(PERIODS)}, not {budget_period!r}")
         budget_usd = float(usd)
     gpus = names("gpus")
+    images = raw.get("images")
+    if images is not None and images != "*" and (isinstance(images, str) or not isinstance(images, (list, tuple))):
+        raise TraitError(f"{where}['images'] must be a list of image names or patterns (or '*'), not {images!r}")
+    images = ("*",) if images == "*" else names("images") or ()
+    override = raw.get("image_override", False)
+    if not isinstance(override, bool):
+        raise TraitError(f"{where}['image_override'] must be True or False, not {override!r}")
     return GroupPolicy(
         group=group,
         providers=names("providers", PROVIDERS),
         regions=names("regions"),
         gpus=gpus,
+        images=images,
+        image_override=override,
         max_gpus=number("max_gpus", int),
         max_ray_workers=number("max_ray_workers", int),
+        max_servers=number("max_servers", int),
         max_price_hour=number("max_price_hour", float),
         budget_usd=budget_usd,
         budget_period=budget_period,
@@ -235,11 +298,15 @@ class Policy(Configurable):
 
     groups = Dict(
         help="""Rules per JupyterHub group name, plus a "default" entry for users in none
-        of them. Rules: providers, regions (patterns like "us-*"), gpus, max_gpus (per
-        server, Ray workers included), max_ray_workers, max_price_hour (USD/hour),
-        budget ({"usd": amount, "period": "day"|"week"|"month"}). A missing rule (or a
-        missing "default") allows everything. A user in several groups may do what any
-        one of them allows.""",
+        of them. Rules: providers, regions (patterns like "us-*"), gpus, images (the
+        image option's allowed names or patterns like "quay.io/jupyter/*", or "*";
+        missing: no image option), image_override (an allowed image may replace a
+        Kubernetes profile's), max_servers, max_gpus (Ray workers included),
+        max_ray_workers (per server), max_price_hour (USD/hour), budget ({"usd": amount,
+        "period": "day"|"week"|"month"}); max_servers, max_gpus, max_price_hour and
+        budget count all of the user's servers. A missing rule (or a missing "default")
+        allows everything, but for images. A user in several groups may do what any one
+        of them allows.""",
     ).tag(config=True)
 
     spend = Any(
@@ -278,32 +345,44 @@ class Policy(Configurable):
             return list(offers)  # nothing restricts: skip the per-offer checks
         return [o for o in offers if any(p.allows_offer(o, spot) for p in policies)]
 
+    def may_replace_profile_image(self, image: str | None, groups: Iterable[str]) -> bool:
+        """True when one of ``groups``' policies allows ``image`` and lets it replace
+        the image a Kubernetes profile names (``image_override``)."""
+        return bool(image) and any(p.image_override and p.allows_image(image) for p in self.for_groups(groups))
+
     def allowed_providers(self, providers: Iterable[str], groups: Iterable[str]) -> list[str]:
         policies = self.for_groups(groups)
         return [p for p in providers if any(g.allows_provider(p) for g in policies)]
 
     def check_request(self, request: LaunchRequest, groups: Iterable[str],
-                      price_hour: float | None = None) -> GroupPolicy:
-        """The policy that allows ``request``; raises the most telling :class:`PolicyError`
-        (from the group whose rules the request got furthest through) when none does."""
+                      price_hour: float | None = None, others: Usage = NOTHING) -> GroupPolicy:
+        """The policy that allows ``request`` beside ``others`` (what the user's other
+        servers hold); raises the most telling :class:`PolicyError` (from the group whose
+        rules the request got furthest through) when none does."""
         errors = []
         for policy in self.for_groups(groups):
-            err = policy.violation(request, price_hour)
+            err = policy.violation(request, price_hour, others)
             if err is None:
                 return policy
             errors.append(err)
         raise max(errors, key=lambda e: RULES.index(e.rule))
 
     def check_budget(self, groups: Iterable[str], user_name: str, price_hour: float | None,
-                     now: datetime.datetime | None = None) -> None:
+                     now: datetime.datetime | None = None, others: Usage = NOTHING,
+                     spent: dict | None = None) -> None:
         """Refuse (:class:`PolicyError`, field ``budget``) when no applicable policy has
-        budget left for one more hour at ``price_hour``."""
+        budget left for one more hour at ``price_hour`` beside ``others`` (the user's other
+        servers). ``spent``, when given, keeps each group's spend across calls, so
+        checking several offers asks ``spend`` once per group."""
         errors = []
+        spent = {} if spent is None else spent
         for policy in self.for_groups(groups):
-            spent = 0.0
-            if policy.budget_usd is not None and self.spend is not None:
-                spent = float(self.spend(user_name, policy.group, period_start(policy.budget_period, now)))
-            err = policy.budget_violation(spent, price_hour)
+            if policy.group not in spent:
+                spent[policy.group] = 0.0
+                if policy.budget_usd is not None and self.spend is not None:
+                    spent[policy.group] = float(self.spend(user_name, policy.group,
+                                                           period_start(policy.budget_period, now)))
+            err = policy.budget_violation(spent[policy.group], price_hour, others.price_hour)
             if err is None:
                 return
             errors.append(err)

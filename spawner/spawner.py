@@ -16,6 +16,7 @@ arguments; a server without Ray never enters Ray code.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import sys
@@ -27,6 +28,7 @@ from jupyterhub.utils import random_port
 from traitlets import Float, List, Unicode, default, validate
 
 from .failover import launch_first, launch_id
+from .limits import Usage, usage_of, user_lock
 from .offers import Offer
 from .options import LaunchRequest, options_from_form
 from .schema import MAX_GPUS, MAX_RAY_WORKERS, OptionError
@@ -39,7 +41,7 @@ from .providers.base import (
     Provider,
 )
 from .ray import WORKER_ROLE
-from .ray.launcher import NotebookSpec, RayLauncher
+from .ray.launcher import NotebookSpec, RayLauncher, resized_request
 from .state import NOTEBOOK_ROLE, STATE_VERSION, Attempt, NodeRef, StateVersionError, check_version
 
 # One provider instance per (name, config) per hub process: they hold the status caches
@@ -122,6 +124,8 @@ class CloudhopSpawner(Spawner):
         self._events: list[dict] = []
         self._event_added = asyncio.Event()
         self._policy: Policy | None = None
+        #: USD/hour of the server as checked at its spawn, Ray workers included (None: unknown)
+        self._price_hour: float | None = None
         #: the server's Ray head and workers (used only when the server asks for Ray)
         self.ray_launcher = RayLauncher(lambda name: self.provider(name), progress=self._progress,
                                         save=self._ray_changed, log=self.log)
@@ -241,14 +245,52 @@ class CloudhopSpawner(Spawner):
             return server_price(request, offer)
         return self.ray_launcher.server_price(request, offer, offers)
 
-    def check_budget(self, request: LaunchRequest, offer: Offer, offers: list[Offer] = ()) -> None:
-        """Refuse the spawn when the user's groups have no budget left for an hour of
-        the server on ``offer`` with its Ray workers (:meth:`.policy.Policy.check_budget`)."""
-        try:
+    def check_limits(self, request: LaunchRequest, ranked: list[Offer], offers: list[Offer],
+                     others: Usage) -> dict[str, float | None]:
+        """The offers of the failover list ``ranked`` on which a new server for ``request``
+        keeps the user's totals within the policy, beside ``others`` (what the user's other
+        servers hold, :mod:`.limits`): servers, GPUs, USD/hour and budget, Ray workers
+        included. Returns offer key -> the server's USD/hour there, best first. Raises
+        the first offer's :class:`PolicyError` (403 naming the field and the rule) when
+        none fits."""
+        groups, fits, first = self.user_groups(), {}, None
+        spent: dict = {}  # the spend hook is asked once per group, not once per offer
+        for offer in ranked:
             price = self._server_price(request, offer, offers)
-            self.policy.check_budget(self.user_groups(), self.user.name, price)
-        except PolicyError as err:
-            raise SpawnException(str(err), reason="budget", status_code=err.status_code) from None
+            try:
+                self.policy.check_request(request, groups, price, others)
+                self.policy.check_budget(groups, self.user.name, price, others=others, spent=spent)
+            except PolicyError as err:
+                first = first or err
+                continue
+            fits[offer.key] = price
+        if not fits and first is not None:
+            raise first
+        return fits
+
+    def check_new_server(self, request: LaunchRequest, offers: list[Offer]) -> None:
+        """Raise the :class:`PolicyError` a new server for ``request`` would get beside
+        every server the user runs now, this one included (the hub's option check for a
+        move, whose target runs beside its source). ``offers``: every provider's offers."""
+        allowed = self.policy.filter_offers(offers, self.user_groups())
+        self.check_limits(request, self.plan(request, allowed), allowed, usage_of(self.user))
+
+    def usage(self) -> Usage:
+        """What this server holds for the rules that count all of a user's servers
+        (:mod:`.limits`): nothing until its notebook node is recorded (a spawn holds the
+        user's lock from its check to that point), then its notebook and Ray workers,
+        those asked for included, at the price checked at its spawn or since resized."""
+        offer = self.offer
+        if offer is None or not (self.node or self.nodes):
+            return Usage()
+        request = self.request or LaunchRequest()
+        cluster = self.ray_cluster
+        if cluster is not None:
+            request = resized_request(request, offer, cluster, cluster.request.workers)
+            return Usage.of_server(request, server_price(request, offer, cluster.offers))
+        request = dataclasses.replace(request, gpu=offer.gpu, gpu_count=offer.gpu_count)
+        price = self._price_hour if self._price_hour is not None else server_price(request, offer)
+        return Usage.of_server(request, price)
 
     def plan(self, request: LaunchRequest, offers: list[Offer]) -> list[Offer]:
         """The failover list for a request, best first, within the user's policy in
@@ -309,8 +351,22 @@ class CloudhopSpawner(Spawner):
         return LaunchSpec(
             request_id=request_id, offer=offer, cmd=cmd + self.get_args(), env=env,
             tags=self.tags("notebook"), role="notebook", port=self.port,
-            image=request.image, zone=_zone_for(offer, request), spot=request.spot,
+            image=self.image_for(offer, request), zone=_zone_for(offer, request), spot=request.spot,
         )
+
+    def image_for(self, offer: Offer, request: LaunchRequest) -> str | None:
+        """The image the notebook on ``offer`` runs: the request's (which the policy's
+        ``images`` rule allowed), except where the provider fixes one for the offer (a
+        Kubernetes profile's image, ``profile_image``) and no group of the user may
+        replace it (``image_override``): then None, and the provider's own image runs."""
+        fixed = getattr(self.provider(offer.provider), "profile_image", None)
+        if not request.image or fixed is None or not fixed(offer):
+            return request.image
+        if self.policy.may_replace_profile_image(request.image, self.user_groups()):
+            return request.image
+        self.log.info("%s: %s keeps its profile's image; %s is not used (no image_override)",
+                      self._log_name, offer.key, request.image)
+        return None
 
     async def _record_attempt(self, record: dict) -> None:
         """Each attempt of the failover walk: a progress event as it starts and ends, and
@@ -341,7 +397,28 @@ class CloudhopSpawner(Spawner):
             ranked = ray.filter_plan(request, ranked, offers)
         if not ranked:
             raise SpawnException("No offer matches the request", reason="no-offer", status_code=400)
-        self.check_budget(request, ranked[0], offers)
+        # the user's totals are checked, and this server's nodes recorded, under the
+        # user's lock: two spawns started at once are checked one after the other
+        async with user_lock(self.user):
+            try:
+                prices = self.check_limits(request, ranked, offers, usage_of(self.user, exclude=self))
+            except PolicyError as err:
+                raise SpawnException(str(err), reason="budget" if err.rule == "budget" else "policy",
+                                     status_code=err.status_code) from None
+            ranked = [o for o in ranked if o.key in prices]
+            node, spawn_id, head = await self._launch(request, ranked, offers, ray, prices)
+        node = await self._wait_serving(node)
+        if ray is not None:
+            await ray.start_workers(request, self.offer, node, offers, spawn_id, head=head,
+                                    tags=self.tags(WORKER_ROLE))
+        self._progress(f"Node {node.id} is up at {node.ip}:{node.port}; waiting for Jupyter to answer", 80)
+        return f"http://{node.ip}:{node.port or self.port}"
+
+    async def _launch(self, request: LaunchRequest, ranked: list[Offer], offers: list[Offer],
+                      ray: RayLauncher | None, prices: dict) -> tuple[Node, str, NotebookSpec | None]:
+        """Walk the failover list ``ranked`` until a notebook node launches and record it
+        (``offer``, ``node``, ``nodes``, the state). Returns the node, the spawn's id and
+        the launched notebook spec with its Ray head (None without Ray)."""
         self._progress(
             f"Plan: {len(ranked)} offer(s), first {ranked[0].key}"
             + (f" at ${ranked[0].price(request.spot):.2f}/h" if ranked[0].price(request.spot) is not None else ""),
@@ -360,15 +437,10 @@ class CloudhopSpawner(Spawner):
             return wrapped[o.key].spec
 
         offer, node, _attempts = await launch_first(ranked, make_spec, self.provider, self._record_attempt)
-        self.offer, self.node = offer, node
+        self.offer, self.node, self._price_hour = offer, node, prices.get(offer.key)
         self.nodes = [NodeRef(provider=offer.provider, id=node.id, role=NOTEBOOK_ROLE, region=offer.region).to_dict()]
         self._save_state()
-        node = await self._wait_serving(node)
-        if ray is not None:
-            await ray.start_workers(request, offer, node, offers, spawn_id, head=wrapped.get(offer.key),
-                                    tags=self.tags(WORKER_ROLE))
-        self._progress(f"Node {node.id} is up at {node.ip}:{node.port}; waiting for Jupyter to answer", 80)
-        return f"http://{node.ip}:{node.port or self.port}"
+        return node, spawn_id, wrapped.get(offer.key)
 
     def _ray_changed(self) -> None:
         """The Ray workers changed (``save`` of :class:`.RayLauncher`): list them in
@@ -381,8 +453,10 @@ class CloudhopSpawner(Spawner):
         that launches workers checked against the owner's group policy like a spawn
         (:meth:`.RayLauncher.resize`). Raises :class:`OptionError` (400) for a bad count,
         :class:`PolicyError` (403) for a refusal."""
-        return await self.ray_launcher.resize(workers, request=self.request, offer=self.offer,
-                                              policy=self.policy, groups=self.user_groups(), user=self.user.name)
+        async with user_lock(self.user):  # as a spawn: checked, then its workers recorded
+            return await self.ray_launcher.resize(workers, request=self.request, offer=self.offer,
+                                                  policy=self.policy, groups=self.user_groups(),
+                                                  user=self.user.name, others=usage_of(self.user, exclude=self))
 
     def _save_state(self) -> None:
         """Write state to the hub's database now, so a hub killed mid-start still knows
@@ -483,7 +557,7 @@ class CloudhopSpawner(Spawner):
 
     def clear_state(self):
         super().clear_state()
-        self.request = self.offer = self.node = None
+        self.request = self.offer = self.node = self._price_hour = None
         self.nodes = []
         self.attempts = []
         self.ray_cluster = None

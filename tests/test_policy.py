@@ -175,3 +175,75 @@ def test_a_servers_price_counts_its_ray_workers(offers):
     # a price the policy cannot know is not made up
     assert server_price(LaunchRequest(ray=ray), replace(base, price_hour=None), [replace(base, price_hour=None)]) is None
 
+
+
+@pytest.mark.parametrize("groups,says", [
+    ({"students": {"images": "quay.io/jupyter/*"}}, r"\['images'\] must be a list of image names or patterns"),
+    ({"students": {"images": [""]}}, r"\['images'\] must be a list of names"),
+    ({"students": {"image_override": "yes"}}, r"\['image_override'\] must be True or False"),
+    ({"students": {"max_servers": -1}}, r"\['max_servers'\] must be a whole number"),
+    ({"students": {"max_server": 1}}, r"unknown rule 'max_server'; did you mean 'max_servers'\?"),
+])
+def test_bad_limits_config_names_the_key(groups, says):
+    with pytest.raises(TraitError, match=says):
+        Policy(groups=groups)
+
+
+def test_images_are_exact_names_or_patterns_and_none_without_a_list(offers):
+    policy = Policy(groups={"default": {"images": ["nvcr.io/nvidia/pytorch:*", "quay.io/jupyter/scipy-notebook:2024-05-27"]},
+                            "free": {"images": "*"}})
+    ok = {"provider": "gcp", "gpu": "T4", "gpu_count": 1}
+    for image in ("nvcr.io/nvidia/pytorch:24.05-py3", "quay.io/jupyter/scipy-notebook:2024-05-27"):
+        assert check({**ok, "image": image}, offers, policy, []).image == image
+    for image in ("nvcr.io/nvidia/pytorch-evil:1", "quay.io/jupyter/scipy-notebook:latest"):
+        with pytest.raises(PolicyError) as err:
+            check({**ok, "image": image}, offers, policy, [])
+        assert (err.value.field, err.value.rule, err.value.status) == ("image", "images", 403)
+    assert check({**ok, "image": "docker.io/x/y:1"}, offers, policy, ["free"]).image == "docker.io/x/y:1"
+    # no rule: no image option, but the provider's default image is fine
+    with pytest.raises(PolicyError, match="allows no image option"):
+        check({**ok, "image": "docker.io/x/y:1"}, offers, Policy(), [])
+    assert check(ok, offers, Policy(), []).image is None
+
+
+def test_replacing_a_profiles_image_needs_a_group_that_allows_both():
+    policy = Policy(groups={"a": {"images": ["x/*"]}, "b": {"images": ["y/*"], "image_override": True}})
+    assert not policy.may_replace_profile_image("x/1", ["a", "b"]), "rules are not mixed across groups"
+    assert policy.may_replace_profile_image("y/1", ["a", "b"])
+    assert not policy.may_replace_profile_image(None, ["b"])
+
+
+def test_totals_count_the_users_other_servers(offers):
+    from cloudhop.spawner.limits import Usage
+    from cloudhop.spawner.options import LaunchRequest, RayRequest
+
+    policy = Policy(groups={"default": {"max_gpus": 4, "max_servers": 3, "max_price_hour": 10}})
+    two = LaunchRequest(gpu="T4", gpu_count=2)
+    policy.check_request(two, [], 5.0, Usage(servers=2, gpus=2, price_hour=5.0))
+    with pytest.raises(PolicyError, match="2 GPU.s. for this server and 3 on your other servers") as err:
+        policy.check_request(two, [], 1.0, Usage(servers=1, gpus=3))
+    assert (err.value.field, err.value.rule) == ("gpu_count", "max_gpus")
+    with pytest.raises(PolicyError) as err:
+        policy.check_request(LaunchRequest(ray=RayRequest(workers=2, gpu="T4", gpu_count=1)), [], 1.0, Usage(1, 3))
+    assert (err.value.field, err.value.rule) == ("ray.gpu_count", "max_gpus")
+    with pytest.raises(PolicyError, match=r"at most 3 at once \(max_servers\)") as err:
+        policy.check_request(LaunchRequest(), [], 0.0, Usage(servers=3))
+    assert err.value.field == "servers"
+    with pytest.raises(PolicyError, match=r"\$6.00/h for this server and \$5.00/h for your other servers"):
+        policy.check_request(LaunchRequest(), [], 6.0, Usage(servers=1, price_hour=5.0))
+    # a server that adds neither GPUs nor cost is not refused for what the others hold
+    policy.check_request(LaunchRequest(), [], 0.0, Usage(servers=1, gpus=9, price_hour=50.0))
+
+
+def test_the_budget_counts_an_hour_of_the_other_servers_too():
+    from cloudhop.spawner.limits import Usage
+
+    policy = Policy(groups={"default": {"budget": {"usd": 10, "period": "day"}}})
+    calls = []
+    policy.spend = lambda user, group, since: calls.append(group) or 4.0
+    spent: dict = {}
+    policy.check_budget([], "ana", 3.0, others=Usage(servers=1, price_hour=3.0), spent=spent)
+    with pytest.raises(PolicyError, match=r"\$3.00/h for this server and \$3.50/h for your other servers is more "
+                                          r"than the \$6.00 left"):
+        policy.check_budget([], "ana", 3.0, others=Usage(servers=1, price_hour=3.5), spent=spent)
+    assert calls == ["default"], "the spend hook is asked once per group across checks that share 'spent'"

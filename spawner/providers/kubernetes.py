@@ -432,6 +432,16 @@ class KubernetesProvider(Provider):
             plan = cluster.plan_for_gpu(offer.gpu, offer.gpu_count)
         return plan
 
+    def profile_image(self, offer: Offer) -> str | None:
+        """The image an imported profile names for ``offer`` (None: it names none). The
+        spawner keeps it over the user's ``image`` option unless the user's group policy
+        allows replacing it (``image_override``); :meth:`launch` runs ``spec.image``
+        when the spawner sets one."""
+        try:
+            return self._plan_for(self._cluster(offer.region), offer).image
+        except NodeNotFound:  # no such cluster: the launch says so
+            return None
+
     def _ray_plan(self, cluster: ClusterConfig, ray) -> PodPlan:
         gpu = getattr(ray, "gpu", NO_GPU) or NO_GPU
         count = int(getattr(ray, "gpu_count", 0) or 0)
@@ -532,6 +542,8 @@ class KubernetesProvider(Provider):
         labels, annotations = kl.tag_labels(tags)
         labels = {**self.extra_labels, **labels, **kl.MANAGED_BY,
                   LABEL_OFFER: kl.label_value(spec.offer.instance_type)}
+        # the spawner leaves spec.image unset where the profile's image must win
+        # (CloudhopSpawner.image_for, the policy's image_override)
         image = spec.image or plan.image or self.singleuser_image
         # the same allow-list as a VM's user-data: no hub credential reaches a pod
         env = allowed_env(spec.env)

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from ..limits import NOTHING, Usage
 from ..offers import Offer, matching
 from ..options import LaunchRequest, RayRequest
 from ..policy import PolicyError, server_price as price_of_server
@@ -177,21 +178,22 @@ class RayLauncher:
                 self.log.warning("Ray: could not check workers of %s: %s", name, err)
 
     async def resize(self, workers, *, request: LaunchRequest | None, offer: Offer | None,
-                     policy, groups: list[str], user: str) -> dict:
+                     policy, groups: list[str], user: str, others: Usage = NOTHING) -> dict:
         """Give :attr:`cluster` ``workers`` live workers (:meth:`.RayCluster.scale`). A
         count that launches workers is first checked against ``policy`` for ``user`` in
-        ``groups`` as a spawn of the running server would be (``request`` on ``offer``):
-        GPUs, worker count, price per hour of the whole server and budget, with the
-        spawn's messages, as a :class:`PolicyError` on field ``workers`` (403). Removing
-        workers is always allowed. A bad count is an :class:`OptionError` (400)."""
+        ``groups`` as a spawn of the running server would be (``request`` on ``offer``)
+        beside ``others`` (what the user's other servers hold): GPUs, worker count,
+        servers, price per hour and budget, with the spawn's messages, as a
+        :class:`PolicyError` on field ``workers`` (403). Removing workers is always
+        allowed. A bad count is an :class:`OptionError` (400)."""
         cluster = self.cluster
 
         def check(count: int) -> None:
             resized = resized_request(request, offer, cluster, count)
             price = price_of_server(resized, offer, cluster.offers) if offer is not None else None
             try:
-                policy.check_request(resized, groups, price)
-                policy.check_budget(groups, user, price)
+                policy.check_request(resized, groups, price, others)
+                policy.check_budget(groups, user, price, others=others)
             except PolicyError as err:
                 # the resize has one field: the count is what the user can change
                 raise PolicyError("workers", err.rule, err.group, err.message) from None
