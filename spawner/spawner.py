@@ -201,10 +201,14 @@ class CloudhopSpawner(Spawner):
         dicts = [o.to_dict() for o in offers]
         allowed = set(self.policy.allowed_providers(self.providers, self.user_groups()))
         providers = [p for p in statuses if p["name"] in allowed]
+        # what a provider wants every user to know before choosing it (the local provider
+        # without isolation: users see each other's files); optional, so getattr
+        notices = [n for p in providers if p["available"]
+                   and (n := getattr(self.provider(p["name"]), "form_notice", None))]
         return template.render(
             offers=dicts, offers_json=json.dumps(dicts), providers=providers,
             last=last, auto=auto.to_dict() if auto else None,
-            max_gpus=MAX_GPUS, max_ray_workers=MAX_RAY_WORKERS,
+            max_gpus=MAX_GPUS, max_ray_workers=MAX_RAY_WORKERS, notices=notices,
         )
 
     def auto_offer(self, offers: list[Offer], last: dict) -> Offer | None:

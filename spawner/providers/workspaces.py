@@ -110,6 +110,11 @@ def _private_dir(parent_fd: int, name: str, account: Account, log) -> int:
     finally:
         os.close(parent_fd)
     st = os.fstat(fd)
+    if st.st_uid not in (account.uid, os.geteuid()):
+        os.close(fd)
+        # two hub names may map to one folder name; a folder is never taken from its account
+        raise WorkspaceError(f"workspace folder {name!r} belongs to another system account (uid "
+                             f"{st.st_uid}), not {account.name}; it is left as it is")
     if (st.st_uid, st.st_gid) != (account.uid, account.gid):
         if st.st_uid != account.uid and not made:
             _give_contents(fd, account, log)

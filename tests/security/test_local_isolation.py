@@ -180,6 +180,12 @@ def test_workspaces_are_private_and_an_older_one_is_handed_over(make_account):
         assert os.stat("/etc/passwd").st_uid == 0, "never what a link points to"
         assert outside.stat().st_uid == 0, "a file with another hard link is never given away"
 
+        # another account's workspace is never handed over (two hub names, one folder name)
+        other = make_account("ws2-" + secrets.token_hex(3))
+        with pytest.raises(workspaces.WorkspaceError, match="belongs to another system account"):
+            workspaces.prepare(old, other)
+        assert os.lstat(old / "sub" / "notes.txt").st_uid == account.uid
+
         # a link put where a workspace goes is refused, not followed
         (old.parent / "other").symlink_to("/etc")
         with pytest.raises(workspaces.WorkspaceError, match="not a folder"):
