@@ -5,7 +5,7 @@ is not root serves one user unless the operator opts out with isolation = "none"
 the form and the log then say plainly. See docs/security.md (Local provider isolation).
 
 The tests that make accounts or start servers as them need root (CI runs as root) and a
-Python that other users may run (not one inside a private folder such as /root).
+Python that other users may run (not one inside a private folder such as root's home).
 """
 
 from __future__ import annotations
