@@ -171,7 +171,7 @@ def test_a_server_of_bobs_cannot_restore_adas_snapshot(attacked):
     ada_unchanged(attacked)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(options=strategies.options)
 def test_the_rest_spawn_answers_any_body_with_400_or_403(attacked, options):
     """mallory's group allows no server (a price limit none meets), so no body starts one:

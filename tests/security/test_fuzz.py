@@ -38,7 +38,8 @@ from cloudhop.spawner.options import options_from_form, parse_options
 from cloudhop.spawner.policy import Policy, validate_request
 from cloudhop.spawner.schema import FIELDS, RAY_FIELDS, OptionError, check_shape
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# no example database: nothing is written into the working tree
+FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 # values: what json.loads can return, and user options (tests/option_strategies.py)
 json_values, options, near = strategies.json_values, strategies.options, strategies.near
