@@ -24,6 +24,7 @@ from pathlib import Path
 
 import requests
 import websocket
+from isolation import TEST_ISOLATION
 
 TEST_SCOPES = [
     "admin:users", "admin:servers", "access:servers", "admin:server_state", "list:users",
@@ -65,6 +66,7 @@ class HubProcess:
                                          "services": ["cloudhop-test"]}}]
             c.JupyterHub.last_activity_interval = 5
             c.Spawner.http_timeout = 60
+            c.LocalProvider.isolation = {TEST_ISOLATION!r}
         """) + textwrap.dedent(self.extra_config))
 
     def start(self, timeout: float = 60) -> "HubProcess":

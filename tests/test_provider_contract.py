@@ -78,7 +78,7 @@ async def cloud(request, monkeypatch, tmp_path, oci_config, kube_api, make_kube_
     else:
         from cloudhop.spawner.providers.local import LocalProvider
 
-        p = LocalProvider(default_root=str(tmp_path / "ws"), state_dir=str(tmp_path / "nodes"))
+        p = LocalProvider(default_root=str(tmp_path / "ws"), state_dir=str(tmp_path / "nodes"), isolation="none")  # unit level: accounts are tests/security's
         [cpu] = [o for o in p.offers() if o.gpu_count == 0][:1]
 
         def make(user):

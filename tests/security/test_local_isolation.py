@@ -35,27 +35,14 @@ from cloudhop.spawner.providers import accounts, workspaces
 from cloudhop.spawner.providers.accounts import MAX_NAME, VALID_NAME, Account, AccountError, system_username
 from cloudhop.spawner.providers.base import TAG_HUB, TAG_USER, LaunchSpec
 from cloudhop.spawner.providers.local import IsolationError, LocalProvider
+from isolation import NOBODY, python_unreachable
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "planted-cloud-secret-" + secrets.token_hex(6)
-NOBODY = Account(name="nobody", uid=65534, gid=65534, groups=(65534,), shell="/bin/sh")
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root (CI runs as root): only a root hub runs servers as users' own "
     "accounts, and only root can make accounts")
-
-
-def python_unreachable() -> str | None:
-    """Why other users cannot run this Python (its files in a private folder), or None."""
-    import jupyterhub
-
-    import cloudhop
-
-    for path in (os.path.realpath(sys.executable), cloudhop.__file__, jupyterhub.__file__):
-        why = workspaces.unreachable(Path(os.path.realpath(path)), NOBODY)
-        if why:
-            return f"{path}: {why}"
-    return None
 
 
 @pytest.fixture
@@ -385,7 +372,7 @@ def root_hub(tmp_path):
     if why:
         pytest.skip(f"other users cannot run this Python ({why}); install it where every user may read it")
     top = shared_tmp()
-    hub = HubProcess(tmp_path, data_dir=top / "data",
+    hub = HubProcess(tmp_path, data_dir=top / "data", extra_config='c.LocalProvider.isolation = "users"\n',
                      env={"AWS_SECRET_ACCESS_KEY": SECRET, "CLOUDHOP_TEST_SECRET": SECRET})
     hub.start()
     users = [f"iso-{c}-{secrets.token_hex(2)}" for c in "ab"]
