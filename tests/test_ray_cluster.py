@@ -26,7 +26,7 @@ NO_HEAD = "127.0.0.1:9"  # nothing listens: the launchers wait for the head, ali
 def provider(tmp_path, monkeypatch):
     for k, v in fake_gpus_env("Tesla T4", "Tesla T4").items():
         monkeypatch.setenv(k, v)
-    p = LocalProvider(default_root=str(tmp_path / "ws"), nvml_module="fakes.nvml",
+    p = LocalProvider(default_root=str(tmp_path / "ws"), nvml_module="fakes.nvml", isolation="none",
                       regions={"a": {"gpus": "0,1"}}, stop_timeout=5)
     yield p
     for rec in p._records():
@@ -108,7 +108,7 @@ async def test_scale_rejects_a_bad_count_naming_the_field(provider, bad):
 
 
 async def test_workers_fail_over_like_the_notebook(tmp_path):
-    cloud = ScriptedCloud(default_root=str(tmp_path / "ws"), stop_timeout=5,
+    cloud = ScriptedCloud(default_root=str(tmp_path / "ws"), stop_timeout=5, isolation="none",
                           no_capacity={"ada": ["cheap/cpu-small"]})
     offers = sorted(cloud.offers(), key=lambda o: o.price_hour)
     events: list[str] = []
@@ -179,7 +179,7 @@ def test_workers_gpu_steers_where_the_notebook_lands(tmp_path, monkeypatch):
 
     for k, v in fake_gpus_env("Tesla T4").items():
         monkeypatch.setenv(k, v)
-    local = LocalProvider(default_root=str(tmp_path / "ws"), nvml_module="fakes.nvml",
+    local = LocalProvider(default_root=str(tmp_path / "ws"), nvml_module="fakes.nvml", isolation="none",
                           regions={"gpu-site": {"gpus": "0"}, "cpu-site": {"gpus": "none"}})
     s = CloudhopSpawner(user=SimpleNamespace(name="ada", url="/user/ada/", escaped_name="ada"))
     s.provider = lambda name: local
@@ -207,7 +207,7 @@ async def test_a_resize_keeps_to_the_owners_group_policy(tmp_path):
     from cloudhop.spawner.policy import PolicyError
     import ray_calls as hooks
 
-    local = LocalProvider(default_root=str(tmp_path / "ws"), nvml_module="fakes.nvml",
+    local = LocalProvider(default_root=str(tmp_path / "ws"), nvml_module="fakes.nvml", isolation="none",
                           regions={"a": {"gpus": "none"}}, cpu_price_hour=0.5, stop_timeout=5)
     cpu = [o for o in local.offers() if o.gpu_count == 0]
     c = Config()
