@@ -290,9 +290,10 @@ class SnapshotsHandler(StoreHandler):
                 if name.endswith(".report.json") or (allowed is not None and name[:-5] not in allowed):
                     continue
                 data = json.loads(self.backend.get_object(self.user, name))
-                out.append({"id": name[:-5], "created": data.get("created"),
-                            "files": len(data.get("files", [])),
-                            "bytes": sum(f.get("size", 0) for f in data.get("files", []))})
+                files = [f for f in data.get("files") or [] if isinstance(f, dict)]
+                out.append({"id": name[:-5], "created": data.get("created"), "files": len(files),
+                            "bytes": sum(f["size"] for f in files
+                                         if isinstance(f.get("size"), int) and f["size"] >= 0)})
             return out
 
         self.finish_json({"snapshots": await self.call(listing)})

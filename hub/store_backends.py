@@ -47,13 +47,13 @@ def user_dir(user: str) -> str:
 
 
 def check_chunk_id(cid) -> str:
-    if not isinstance(cid, str) or not _CHUNK.match(cid):
+    if not isinstance(cid, str) or not _CHUNK.fullmatch(cid):
         raise BackendError(f"chunk id {str(cid)[:80]!r} is not 64 hex digits")
     return cid
 
 
 def check_snapshot_id(sid) -> str:
-    if not isinstance(sid, str) or not _SNAPSHOT.match(sid):
+    if not isinstance(sid, str) or not _SNAPSHOT.fullmatch(sid):
         raise BackendError(f"snapshot id {str(sid)[:80]!r} is not valid")
     return sid
 

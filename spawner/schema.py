@@ -104,7 +104,7 @@ def name(field: str, value, *, optional: bool = True, pattern: re.Pattern = NAME
         return None
     if not isinstance(value, str):
         raise OptionError(field, f"must be a string, not {type(value).__name__} {show(value)}")
-    if ".." in value or not pattern.match(value):
+    if ".." in value or not pattern.fullmatch(value):
         raise OptionError(
             field,
             f"{show(value)} is not a valid name (letters, digits and . _ - : only; "

@@ -179,3 +179,12 @@ def test_the_registry_and_the_schema_need_only_the_standard_library():
     for module in ("cloudhop.spawner.providers", "cloudhop.spawner.schema"):
         third_party = _imports(module) - set(sys.stdlib_module_names) - {"cloudhop"}
         assert not third_party, f"{module} imports {third_party}"
+
+
+@pytest.mark.parametrize("field, value", [("region", "us-east-1\n"), ("image", "python:3\n"),
+                                          ("restore", "snap1\n"), ("zone", "a\r\n")])
+def test_a_trailing_newline_is_not_a_valid_name(field, value):
+    """``$`` matches before a final newline; names are matched whole."""
+    with pytest.raises(schema.OptionError) as err:
+        schema.check_shape({field: value}, schema.OPTIONS)
+    assert err.value.field == field

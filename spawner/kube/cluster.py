@@ -140,7 +140,7 @@ def _pool(raw, where: str) -> PoolConfig:
     if unknown:
         raise _field(where, f"unknown setting {sorted(unknown)[0]!r}; valid: {', '.join(sorted(_POOL_KEYS))}")
     name = raw.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise _field(f"{where}.name", f"must be a name of letters, digits, '-', '_', '.', not {name!r}")
     gpu = raw.get("gpu")
     if not isinstance(gpu, str) or not gpu or gpu == NO_GPU:
@@ -173,7 +173,7 @@ def parse_cluster(name: str, raw) -> ClusterConfig:
     """One ``clusters`` entry as a :class:`ClusterConfig`; errors name the setting
     (``clusters.gke-us.pools[0].gpu: ...``)."""
     where = f"clusters.{name}"
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise _field(where, "cluster names are region names: letters, digits, '-', '_', '.'")
     if not isinstance(raw, dict):
         raise _field(where, f"must be a mapping, not {raw!r}")

@@ -105,7 +105,7 @@ def _slugify(text: str) -> str:
 
 
 def _offer_name(slug: str) -> str:
-    return slug if _NAME.match(slug) else (_slugify(slug) or "profile")
+    return slug if _NAME.fullmatch(slug) else (_slugify(slug) or "profile")
 
 
 def _merge(target: dict, changes: dict) -> None:
