@@ -77,7 +77,7 @@ def require_url(value: str, name: str) -> str:
     """``value`` stripped, if it is empty (the default applies) or an ``http(s)://`` URL
     with a host; else a :class:`SettingError` naming ``name``."""
     url = value.strip()
-    if url and not _URL.fullmatch(url):
+    if url and not _URL.match(url):
         raise SettingError(f"{name} must be an http:// or https:// URL, not {url[:80]!r} (or empty for the default)")
     return url
 
