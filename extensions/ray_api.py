@@ -16,6 +16,12 @@ Routes under the server's base URL:
   (``Authorization``) or the server's XSRF token, like the server's own API. The
   dashboard's pages only read, so the UI is unaffected.
 
+  The dashboard wants the cluster's Ray token (:mod:`cloudhop.spawner.ray.auth`). The
+  proxy puts it in ``Authorization`` in place of whatever the caller sent there (a
+  Jupyter token is not Ray's business), and the token never reaches the browser:
+  Ray's ``api/authenticate`` (which answers a valid token with a cookie holding it)
+  is not proxied, and no ``Set-Cookie`` with Ray's token cookie is passed on.
+
 All of it is active only when the server runs beside a Ray head (the head launcher
 sets ``CLOUDHOP_RAY_DASHBOARD_PORT``). :func:`load` registers the routes; it is
 idempotent, so the server extension and the head launcher's config may both call it.
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+from urllib.parse import unquote
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import JupyterHandler
@@ -32,10 +39,16 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
+from cloudhop.spawner.ray.auth import auth_headers
+
 from .handlers import CloudhopHandler
 from .hubclient import HubClient, HubError
 
 DASHBOARD_NAME = "ray-dashboard"
+#: Ray's dashboard route that turns a token into a cookie holding it; never proxied
+RAY_AUTHENTICATE = "/api/authenticate"
+#: the cookie in which Ray's dashboard keeps the token
+RAY_TOKEN_COOKIE = "ray-authentication-token"
 
 
 def dashboard_port() -> int | None:
@@ -44,8 +57,9 @@ def dashboard_port() -> int | None:
 
 
 async def _fetch_json(url: str, *, timeout: float = 30):
-    """GET JSON from the Ray head's dashboard on loopback (no token: Ray has none)."""
-    req = HTTPRequest(url, headers={"Content-Type": "application/json"}, request_timeout=timeout)
+    """GET JSON from the Ray head's dashboard on loopback, with the cluster's token."""
+    req = HTTPRequest(url, headers={"Content-Type": "application/json", **auth_headers()},
+                      request_timeout=timeout)
     resp = await AsyncHTTPClient().fetch(req)
     return json.loads(resp.body or b"null")
 
@@ -132,6 +146,41 @@ class XsrfCheckedProxy:
         return JupyterHandler.check_xsrf_cookie(self)
 
 
+def dashboard_path(proxied: str) -> str:
+    """The path Ray's dashboard sees for the proxied path ``proxied`` (what follows
+    ``ray-dashboard/``), decoded and with empty segments dropped, as Ray's router reads
+    it (``/api/authenticate``)."""
+    return "/" + "/".join(part for part in unquote(proxied).split("/") if part)
+
+
+class RayTokenProxy:
+    """Mixed in front of jupyter-server-proxy's handler: sends the cluster's Ray token
+    and keeps it from the browser (see the module docstring)."""
+
+    def proxy_request_headers(self):
+        headers = super().proxy_request_headers()
+        for name in [k for k in headers if k.lower() == "authorization"]:
+            del headers[name]
+        headers.update(auth_headers())
+        return headers
+
+    async def proxy(self, port, path):
+        if dashboard_path(path) == RAY_AUTHENTICATE:
+            raise web.HTTPError(404, "not served through this proxy")
+        return await super().proxy(port, path)
+
+    def _keeps(self, name: str, value) -> bool:
+        return not (name.lower() == "set-cookie" and str(value).lstrip().startswith(RAY_TOKEN_COOKIE + "="))
+
+    def add_header(self, name, value):
+        if self._keeps(name, value):
+            super().add_header(name, value)
+
+    def set_header(self, name, value):
+        if self._keeps(name, value):
+            super().set_header(name, value)
+
+
 def _dashboard_handlers(base_url: str, port: int) -> list:
     from jupyter_server_proxy.config import ServerProcess, make_handlers
     from jupyter_server_proxy.handlers import ProxyHandler
@@ -141,7 +190,7 @@ def _dashboard_handlers(base_url: str, port: int) -> list:
     out = []
     for pattern, handler, *kwargs in make_handlers(base_url, [server]):
         if issubclass(handler, ProxyHandler):
-            handler = type("RayDashboardProxy", (XsrfCheckedProxy, handler), {})
+            handler = type("RayDashboardProxy", (XsrfCheckedProxy, RayTokenProxy, handler), {})
         out.append((pattern, handler, *kwargs))
     return out
 

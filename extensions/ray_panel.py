@@ -6,8 +6,9 @@ why), a link to the Ray dashboard through the server's own URL, and a worker cou
 add or remove workers.
 
 Where it reads from (the kernel runs on the head's node):
-* Ray: the head's dashboard API on loopback (``CLOUDHOP_RAY_DASHBOARD_PORT``), so the
-  panel works before and without ``ray.init()``;
+* Ray: the head's dashboard API on loopback (``CLOUDHOP_RAY_DASHBOARD_PORT``), with the
+  cluster's token (``RAY_AUTH_TOKEN_PATH``), so the panel works before and without
+  ``ray.init()``;
 * the hub: its Ray API with the kernels' token (``JUPYTERHUB_API_TOKEN``: ``access:servers``
   on this server only, see :mod:`.kernelenv`), which the hub accepts from the server's
   owner to add and remove workers - only the hub launches nodes.
@@ -22,16 +23,21 @@ import urllib.error
 import urllib.request
 from urllib.parse import quote
 
+from cloudhop.spawner.ray.auth import auth_headers
+
 
 class RayPanelError(RuntimeError):
     pass
 
 
-def _get_json(url: str, *, method: str = "GET", body=None, token: str | None = None, timeout: float = 30):
+def _get_json(url: str, *, method: str = "GET", body=None, token: str | None = None, timeout: float = 30,
+              headers: dict | None = None):
     req = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode())
     req.add_header("Content-Type", "application/json")
     if token:
         req.add_header("Authorization", f"token {token}")
+    for name, value in (headers or {}).items():
+        req.add_header(name, value)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read() or b"null")
@@ -65,8 +71,9 @@ def cluster_summary(env=os.environ) -> dict:
     out = {"address": env.get("CLOUDHOP_RAY_HEAD") or env.get("RAY_ADDRESS"),
            "dashboard": dashboard_link(env), "nodes": [], "usage": {}, "hub": None, "errors": []}
     base = f"http://127.0.0.1:{port}"
+    ray_auth = auth_headers(env)
     try:
-        data = _get_json(f"{base}/api/v0/nodes?limit=1000&detail=true", timeout=10)
+        data = _get_json(f"{base}/api/v0/nodes?limit=1000&detail=true", timeout=10, headers=ray_auth)
         for n in data.get("data", {}).get("result", {}).get("result", []):
             res = n.get("resources_total", {})
             gpu_models = sorted(k.split(":", 1)[1] for k in res if k.startswith("cloudhop_gpu:"))
@@ -75,7 +82,7 @@ def cluster_summary(env=os.environ) -> dict:
                 "role": "head" if n.get("is_head_node") else "worker", "state": n.get("state"),
                 "cpus": res.get("CPU", 0), "gpus": res.get("GPU", 0), "gpu_model": ", ".join(gpu_models),
             })
-        status = _get_json(f"{base}/api/cluster_status", timeout=10)
+        status = _get_json(f"{base}/api/cluster_status", timeout=10, headers=ray_auth)
         usage = (status.get("data", {}).get("clusterStatus", {}).get("loadMetricsReport", {}) or {}).get("usage", {})
         out["usage"] = {k: {"used": v[0], "total": v[1]} for k, v in usage.items()
                         if k in ("CPU", "GPU") and isinstance(v, (list, tuple)) and len(v) == 2}

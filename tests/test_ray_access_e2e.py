@@ -30,10 +30,11 @@ POLICY = {"class": {"max_ray_workers": 2, "budget": {"usd": 1.2, "period": "day"
 
 
 class Dashboard:
-    """Stands in for Ray's dashboard on loopback: records each request, answers JSON."""
+    """Stands in for Ray's dashboard on loopback: records each request (method, path,
+    ``Authorization``), answers JSON."""
 
     def __init__(self):
-        self.requests: list[tuple[str, str]] = []
+        self.requests: list[tuple[str, str, str | None]] = []
         seen = self.requests
 
         class Handler(BaseHTTPRequestHandler):
@@ -41,7 +42,7 @@ class Dashboard:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)
-                seen.append((self.command, self.path))
+                seen.append((self.command, self.path, self.headers.get("Authorization")))
                 body = json.dumps({"data": {"result": {"result": []}}, "page": "Ray Dashboard"}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -59,7 +60,7 @@ class Dashboard:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def posts(self) -> list[str]:
-        return [path for method, path in self.requests if method != "GET"]
+        return [path for method, path, _auth in self.requests if method != "GET"]
 
     def close(self):
         self.server.shutdown()
@@ -177,3 +178,6 @@ def test_who_may_see_and_resize_a_ray_cluster(hub_factory, dashboard):
     r = call(hub, "POST", "/user/ada/ray-dashboard/api/jobs/", ada, json=job)  # `ray job submit` with a token
     assert r.status_code == 200, r.text
     assert dashboard.posts() == ["/api/jobs/", "/api/jobs/"]
+    # every call reached Ray with the cluster's token in place of the caller's credentials
+    token = hub.server_model("ada")["state"]["ray"]["token"]
+    assert {auth for _method, _path, auth in dashboard.requests} == {f"Bearer {token}"}

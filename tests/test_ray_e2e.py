@@ -19,6 +19,7 @@ import pytest
 import requests
 from nbclient import NotebookClient
 
+from cloudhop.spawner.ray.commands import LOCAL_ONLY_ENV
 from cloudhop.spawner.ray.ports import claim_block
 
 pytestmark = pytest.mark.e2e
@@ -72,7 +73,7 @@ def session_procs(sid: int) -> list[psutil.Process]:
 
 def ray_procs_of(bases: set[int]) -> list[str]:
     """Command lines of live processes belonging to the Ray nodes on these port blocks."""
-    marks = [f"cloudhop-ray-{b}" for b in bases] + [f"--port-base={b}" for b in bases]
+    marks = [f"/ray-{b}" for b in bases] + [f"--port-base={b}" for b in bases]
     found = []
     for p in psutil.process_iter(["cmdline", "name"]):
         try:
@@ -131,11 +132,17 @@ def test_ray_cluster_lifecycle(hub_factory):
     assert "JUPYTERHUB_API_TOKEN" not in env and SECRET not in json.dumps(env)
     worker_bases = _bases_of(worker_rec["pid"])
     assert worker_bases and head_base not in worker_bases
+    # on this machine the worker's Ray listens on loopback only, like the head's
+    exposed = [(p.pid, c.laddr) for p in session_procs(worker_rec["pid"]) for c in _listening(p)
+               if c.laddr.ip not in ("127.0.0.1", "::ffff:127.0.0.1")]
+    assert not exposed, exposed
 
-    # the example notebook runs on this cluster (its driver here joins through RAY_ADDRESS)
+    # the example notebook runs on this cluster (its driver here joins through RAY_ADDRESS,
+    # with the cluster's token, as the server's kernels do)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     old = dict(os.environ)
-    os.environ.update({"RAY_ADDRESS": address})
+    os.environ.update({"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": state["ray"]["token"],
+                       **LOCAL_ONLY_ENV})
     try:
         NotebookClient(nb, timeout=300, kernel_name="python3").execute(cwd=str(NOTEBOOK.parent))
     finally:
@@ -195,7 +202,7 @@ def test_ray_cluster_lifecycle(hub_factory):
     hub.stop_server("ada")
     wait_for(lambda: not ray_procs_of(bases), 30, "no Ray process of the server")
     assert not [p for p in psutil.process_iter(["name"]) if p.info["name"] == "raylet"
-                and any(f"cloudhop-ray-{b}" in " ".join(_cmdline(p)) for b in bases)]
+                and any(f"/ray-{b}" in " ".join(_cmdline(p)) for b in bases)]
     claim_block(head_base).release()
 
 
@@ -206,10 +213,17 @@ def _cmdline(p) -> list[str]:
         return []
 
 
+def _listening(p: psutil.Process) -> list:
+    try:
+        return [c for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    except psutil.Error:
+        return []
+
+
 def _bases_of(pid: int) -> set[int]:
     out = set()
     for p in session_procs(pid):
         for a in _cmdline(p):
-            if a.startswith("--temp-dir=") and "cloudhop-ray-" in a:
-                out.add(int(a.rsplit("cloudhop-ray-", 1)[1]))
+            if a.startswith("--temp-dir=") and "/ray-" in a:
+                out.add(int(a.rsplit("/ray-", 1)[1]))
     return out

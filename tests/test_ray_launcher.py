@@ -42,6 +42,11 @@ async def test_the_launcher_runs_on_explicit_arguments_and_its_callables():
     assert isinstance(wrapped, NotebookSpec)
     assert (wrapped.port_base, wrapped.cluster_id) == (VM_BASE, "spawn1-abc")
     assert "cloudhop.spawner.ray.head" in wrapped.spec.cmd and wrapped.spec.tags[CLUSTER_TAG] == "spawn1-abc"
+    # a new token per cluster, for the head in its environment, in no command line
+    token = wrapped.token
+    assert token and len(token) >= 40 and token != ray.wrap_notebook_spec(spec_for(SMALL), RAY).token
+    assert wrapped.spec.env["RAY_AUTH_TOKEN"] == token and wrapped.spec.env["RAY_AUTH_MODE"] == "token"
+    assert token not in " ".join(wrapped.spec.cmd)
 
     notebook = await cloud.launch(wrapped.spec)
     tags = {"cloudhop-user": "ada", TAG_ROLE: WORKER_ROLE}
@@ -53,11 +58,17 @@ async def test_the_launcher_runs_on_explicit_arguments_and_its_callables():
     assert {w.tags[CLUSTER_TAG] for w in workers} == {"spawn1-abc"} and all(w.tags["cloudhop-user"] == "ada"
                                                                           for w in workers)
     assert {n["role"] for n in ray.node_entries()} == {WORKER_ROLE} and len(ray.node_entries()) == 2
+    assert {w.env["RAY_AUTH_TOKEN"] for w in workers} == {token}, "the workers join with the head's token"
+    assert token not in str(ray.cluster.status()) and not any(token in e for e in seen.events)
 
     again = RayLauncher(lambda name: cloud)
     again.load_state(ray.to_state(), tags=tags)
     assert again.cluster.tags[CLUSTER_TAG] == "spawn1-abc" and again.cluster.needs_reattach
     assert [w["id"] for w in again.cluster.workers] == [w["id"] for w in ray.cluster.workers]
+    # a restarted hub launches further workers with the cluster's token
+    await again.cluster.scale(3)
+    assert cloud.specs[-1].role == WORKER_ROLE and cloud.specs[-1].env["RAY_AUTH_TOKEN"] == token
+    await again.stop()
 
     await ray.stop()
     assert ray.cluster is None and cloud.live() == {notebook.id}

@@ -4,6 +4,7 @@ cloud-init, and the head launcher's wrapping of the notebook command."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import socket
 
@@ -14,7 +15,8 @@ from cloudhop.spawner.offers import Offer
 from cloudhop.spawner.providers.base import TAG_ROLE, TAG_USER
 from cloudhop.spawner.ray import WORKER_RESOURCE, WORKER_ROLE
 from cloudhop.spawner.ray.commands import (
-    gpu_resource, head_address, head_command, head_start_args, worker_spec, worker_start_args,
+    LOCAL_ONLY_ENV, gpu_resource, head_address, head_command, head_start_args, ray_cli, temp_dir_for,
+    token_path_for, worker_spec, worker_start_args,
 )
 from cloudhop.spawner.ray.ports import (
     BLOCK_SIZE, LAYOUT, VM_BASE, VM_PORT_RANGE, WORKER_OFFSET, PortBlock, PortsBusy, candidate_bases,
@@ -93,6 +95,51 @@ def test_head_wraps_the_notebook_and_pins_its_ports():
     assert "--temp-dir=/tmp/cloudhop-ray-24064" in args
 
 
+def test_a_local_head_and_worker_listen_on_loopback_only_and_a_vm_node_on_rays_choice():
+    local = head_command(["jupyterhub-singleuser"], python="/py", port_base=24064, loopback=True)
+    assert local[:5] == ["/py", "-m", "cloudhop.spawner.ray.head", "--port-base=24064", "--loopback"]
+    assert "--loopback" not in head_command(["jupyterhub-singleuser"], python="python", port_base=6379)
+    args = head_start_args(PortBlock(24064), temp_dir="/t/ray-24064", loopback=True)
+    assert "--node-ip-address=127.0.0.1" in args and "--dashboard-host=127.0.0.1" in args
+    args = worker_start_args("127.0.0.1:24064", PortBlock(24192), temp_dir="/t/ray-24192", num_gpus=0,
+                             resources={}, loopback=True)
+    assert "--node-ip-address=127.0.0.1" in args
+    for vm in (head_start_args(PortBlock(VM_BASE), temp_dir="/t/ray-6379"),
+               worker_start_args("10.0.0.5:6379", PortBlock(VM_BASE), temp_dir="/t/ray-6379", num_gpus=1,
+                                 resources={})):
+        assert not any(a.startswith("--node-ip-address") for a in vm)
+    # `ray start` itself would turn 127.0.0.1 into the machine's address: a loopback node
+    # starts through the wrapper that keeps it
+    assert ray_cli("/py", loopback=True) == ["/py", "-m", "cloudhop.spawner.ray.loopback"]
+    assert ray_cli("/py") == ["/py", "-m", "ray.scripts.scripts"]
+    assert "--loopback" in worker_spec(offer=CPU_LOCAL, address="127.0.0.1:24064", request_id="r",
+                                       tags=TAGS, python="/py").cmd
+    assert "--loopback" not in worker_spec(offer=A10G, address="10.0.0.5:6379", request_id="r",
+                                           tags=TAGS, python="python").cmd
+    assert LOCAL_ONLY_ENV == {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def test_the_loopback_wrapper_keeps_loopback_and_passes_the_switch_to_rays_processes(monkeypatch):
+    from ray._private import services
+
+    from cloudhop.spawner.ray import loopback
+
+    monkeypatch.setattr(services, "resolve_ip_for_localhost", services.resolve_ip_for_localhost)
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")  # restored after the test
+    loopback.keep_loopback()
+    assert services.resolve_ip_for_localhost("127.0.0.1") == "127.0.0.1"
+    assert services.resolve_ip_for_localhost("10.0.0.5") == "10.0.0.5"
+    assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+
+
+def test_a_nodes_files_live_in_the_accounts_private_folder():
+    assert temp_dir_for(24064, "/tmp/cloudhop-u1000/") == "/tmp/cloudhop-u1000/ray-24064"
+    assert token_path_for("/tmp/cloudhop-u1000/ray-24064") == "/tmp/cloudhop-u1000/ray-24064.token"
+    # Ray's socket paths (session_<date>_<pid>/sockets/plasma_store) stay under 107 bytes
+    longest = temp_dir_for(32640, "/tmp/cloudhop-u4294967294") + "/session_2026-12-04_06-43-35_132493_4194304"
+    assert len(longest + "/sockets/plasma_store") < 107
+
+
 def test_head_address_is_loopback_locally_and_the_private_ip_on_a_vm():
     assert head_address("local", 24064, "127.0.0.1") == "127.0.0.1:24064"
     assert head_address("aws", VM_BASE, "3.4.5.6", "10.0.0.5") == f"10.0.0.5:{VM_BASE}"
@@ -111,6 +158,12 @@ def test_worker_spec_is_a_ray_worker_labelled_with_its_gpus_and_holds_no_secret(
     assert resources == {WORKER_RESOURCE: 1, gpu_resource("A10G"): 1}
     assert not any("TOKEN" in k or "SECRET" in k or k.startswith(("AWS_", "JUPYTERHUB_")) for k in spec.env)
     assert spec.env["CLOUDHOP_RAY_HEAD"] == "10.0.0.5:6379"
+    # with the cluster's token: Ray's variables, and still no hub token or credential
+    spec = worker_spec(offer=A10G, address="10.0.0.5:6379", request_id="r1-w0-aws", tags=TAGS,
+                       python="python", token="cluster-token-1")
+    assert spec.env["RAY_AUTH_MODE"] == "token" and spec.env["RAY_AUTH_TOKEN"] == "cluster-token-1"
+    assert not any(k.startswith(("AWS_", "JUPYTERHUB_")) for k in spec.env)
+    assert "cluster-token-1" not in " ".join(spec.cmd)
 
 
 def test_local_worker_claims_its_own_ports_and_a_share_of_the_cpus():
@@ -141,14 +194,18 @@ def test_worker_cloud_init_runs_ray_start_against_the_head_and_carries_no_secret
 def test_sweep_removes_only_dirs_of_dead_ray_nodes(tmp_path):
     from cloudhop.spawner.ray.node import sweep_stale_temp_dirs
 
-    free, held = candidate_bases()[:2]
+    free, held, lone = candidate_bases()[:3]
     lock = claim_block(held)
     try:
         for base in (free, held):
-            (tmp_path / f"cloudhop-ray-{base}" / "logs").mkdir(parents=True)
+            (tmp_path / f"ray-{base}" / "logs").mkdir(parents=True)
+            (tmp_path / f"ray-{base}-jupyter").mkdir()
+            (tmp_path / f"ray-{base}.token").write_text("t")
+        (tmp_path / f"ray-{lone}.token").write_text("t")  # a launcher killed before Ray started
         (tmp_path / "unrelated").mkdir()
-        assert sweep_stale_temp_dirs(str(tmp_path)) == [f"cloudhop-ray-{free}"]
-        assert (tmp_path / f"cloudhop-ray-{held}").is_dir() and (tmp_path / "unrelated").is_dir()
+        assert sweep_stale_temp_dirs(str(tmp_path)) == sorted([f"ray-{free}", f"ray-{lone}"])
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [f"ray-{held}", f"ray-{held}-jupyter", f"ray-{held}.token", "unrelated"])
     finally:
         lock.release()
 

@@ -42,7 +42,7 @@ class RayCluster:
                  provider_for: Callable[[str], Provider], tags: dict, python: str,
                  offers: list[Offer] | None = None, request_id: str = "ray",
                  image: str | None = None, spot: bool = False, zone: str | None = None,
-                 on_event: Callable[[str], None] | None = None,
+                 token: str | None = None, on_event: Callable[[str], None] | None = None,
                  on_change: Callable[[], None] | None = None, log=None):
         self.request = request
         self.address = address
@@ -54,6 +54,9 @@ class RayCluster:
         self.offers = list(offers or [])
         self.request_id = request_id
         self.image, self.spot, self.zone = image, spot, zone
+        #: the cluster's Ray token (:mod:`.auth`): each worker's launcher gets it; kept in
+        #: the state, never in :meth:`status` or a message
+        self.token = token
         self.on_event = on_event or (lambda msg: None)
         self.on_change = on_change or (lambda: None)
         self.log = log
@@ -89,7 +92,7 @@ class RayCluster:
                 offer=offer, address=self.address,
                 request_id=launch_id(f"{self.request_id}-w{rec['index']}", offer, self.spot),
                 tags=self.tags, python=self.python, image=self.image, zone=self.zone,
-                spot=self.spot,
+                spot=self.spot, token=self.token,
             )
 
         async def on_attempt(a: dict):
@@ -225,7 +228,7 @@ class RayCluster:
                         "gpu_count": self.request.gpu_count},
             "offers": [o.to_dict() for o in self.offers],
             "request_id": self.request_id, "next_index": self.next_index, "python": self.python,
-            "image": self.image, "spot": self.spot, "zone": self.zone,
+            "image": self.image, "spot": self.spot, "zone": self.zone, "token": self.token,
             "workers": [dict(w) for w in self.workers],
         }
 
@@ -236,7 +239,7 @@ class RayCluster:
             request=RayRequest(**state["request"]), address=state["address"],
             port_base=state["port_base"], offers=[Offer.from_dict(o) for o in state.get("offers", [])],
             request_id=state.get("request_id", "ray"), image=state.get("image"),
-            spot=state.get("spot", False), zone=state.get("zone"), **kw,
+            spot=state.get("spot", False), zone=state.get("zone"), token=state.get("token"), **kw,
         )
         cluster.workers = [dict(w) for w in state.get("workers", [])]
         cluster.next_index = state.get("next_index", len(cluster.workers))

@@ -1,12 +1,18 @@
-"""The Ray head launcher: ``python -m cloudhop.spawner.ray.head --port-base=N -- CMD...``.
+"""The Ray head launcher: ``python -m cloudhop.spawner.ray.head --port-base=N [--loopback] -- CMD...``.
 
 The notebook node's command when the server asks for a Ray cluster. It claims the
-port block the hub chose (refusing one another Ray node holds), starts
+port block the hub chose (refusing one another Ray node holds), moves the cluster's
+token from its environment into a private file (:func:`.auth.take_token`), starts
 ``ray start --head --block`` with every port pinned to that block and the dashboard on
-loopback, and runs ``CMD`` (``jupyterhub-singleuser ...``) beside it with:
+loopback (``--loopback``, the local provider: every port on loopback), and runs ``CMD``
+(``jupyterhub-singleuser ...``) beside it with:
 
 * ``RAY_ADDRESS`` - the head's GCS on loopback, so ``ray.init()`` in a kernel is a
   driver on this cluster (no Ray Client);
+* ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH`` - the cluster's token, which
+  ``ray.init()`` and the dashboard proxy send (never the token itself);
+* with ``--loopback``, :data:`.commands.LOCAL_ONLY_ENV`, so Ray in a kernel keeps
+  ``127.0.0.1`` as the head's address;
 * ``CLOUDHOP_RAY_DASHBOARD_PORT`` - for the server extension's dashboard proxy;
 * ``CLOUDHOP_RAY_HEAD`` - the GCS address.
 
@@ -27,11 +33,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
-from .commands import ENV_ADDRESS, ENV_DASHBOARD_PORT, ENV_HEAD, head_start_args, temp_dir_for
-from .node import RayNode, Signals, log, sweep_stale_temp_dirs
+from .auth import take_token
+from .commands import (
+    ENV_ADDRESS, ENV_DASHBOARD_PORT, ENV_HEAD, LOCAL_ONLY_ENV, head_start_args, temp_dir_for, token_path_for,
+)
+from .node import PrivateRootError, RayNode, Signals, log, private_root, remove_file, sweep_stale_temp_dirs
 from .ports import PortBlock, PortsBusy, claim_block
 
 
@@ -57,6 +65,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m cloudhop.spawner.ray.head")
     p.add_argument("--port-base", type=int, required=True, help="first port of the head's block")
     p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--loopback", action="store_true",
+                   help="every Ray port on loopback (a cluster on this machine only)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the notebook command")
     args = p.parse_args(argv)
     if args.cmd and args.cmd[0] == "--":
@@ -70,16 +80,22 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     signals = Signals()
     try:
+        root = private_root()
         lock = claim_block(args.port_base)
-    except PortsBusy as err:
+    except (PortsBusy, PrivateRootError) as err:
         log(f"cannot start the Ray head: {err}")
         return 3
-    sweep_stale_temp_dirs(tempfile.gettempdir())
+    sweep_stale_temp_dirs(root)
     block = PortBlock(args.port_base)
-    temp_dir = temp_dir_for(block.base, tempfile.gettempdir())
-    head = RayNode(head_start_args(block, temp_dir=temp_dir, num_cpus=args.num_cpus), temp_dir)
+    temp_dir = temp_dir_for(block.base, root)
+    # Ray, the notebook and its kernels inherit the token's path, never the token
+    token_file = take_token(os.environ, token_path_for(temp_dir))
+    if token_file is None:
+        log("no cluster token in the environment: this head accepts callers without one")
+    head = RayNode(head_start_args(block, temp_dir=temp_dir, num_cpus=args.num_cpus, loopback=args.loopback),
+                   temp_dir, loopback=args.loopback)
     head.start()
-    env = dict(os.environ)
+    env = dict(os.environ, **(LOCAL_ONLY_ENV if args.loopback else {}))
     env[ENV_ADDRESS] = env[ENV_HEAD] = f"127.0.0.1:{block.port}"
     env[ENV_DASHBOARD_PORT] = str(block.dashboard_port)
     env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
@@ -122,6 +138,8 @@ def main(argv=None) -> int:
                 notebook.kill()
                 code = notebook.wait()
         shutil.rmtree(temp_dir + "-jupyter", ignore_errors=True)
+        if token_file:
+            remove_file(token_file)
         lock.release()
     if signals.received or not code:
         return 0

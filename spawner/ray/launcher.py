@@ -12,7 +12,8 @@ A spawn with Ray, step by step:
    :meth:`server_price` prices notebook and workers for the policy's price rules;
 2. :meth:`wrap_notebook_spec` puts the head launcher in front of each notebook spec of
    the failover walk and returns a :class:`NotebookSpec` (spec, head port block,
-   cluster id);
+   cluster id, and the cluster's Ray token, :mod:`.auth`, which the spec's environment
+   hands to the head);
 3. once the notebook node runs, :meth:`start_workers` gets the launched offer's
    :class:`NotebookSpec` back, creates the :class:`RayCluster` and launches the workers.
 
@@ -27,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from ..limits import NOTHING, Usage
@@ -36,6 +37,7 @@ from ..options import LaunchRequest, RayRequest
 from ..policy import PolicyError, server_price as price_of_server
 from ..providers.base import LaunchSpec, Node, Provider
 from . import CLUSTER_TAG
+from .auth import new_token, node_env
 from .cluster import RayCluster
 from .commands import head_address, head_command, head_port_base, python_for
 from .ports import candidate_bases, find_free_block
@@ -49,12 +51,14 @@ HANDOUT_GRACE = 300.0
 @dataclass(frozen=True)
 class NotebookSpec:
     """What :meth:`RayLauncher.wrap_notebook_spec` returns for one offer: the notebook's
-    ``spec`` and, when a Ray head runs beside the notebook, the head's ``port_base``
-    and the ``cluster_id`` every node of the cluster is tagged with (None otherwise)."""
+    ``spec`` and, when a Ray head runs beside the notebook, the head's ``port_base``,
+    the ``cluster_id`` every node of the cluster is tagged with and the cluster's Ray
+    ``token`` (None otherwise)."""
 
     spec: LaunchSpec
     port_base: int | None = None
     cluster_id: str | None = None
+    token: str | None = field(default=None, repr=False)
 
 
 def worker_offers(offers: list[Offer], notebook_offer: Offer, request: LaunchRequest) -> list[Offer]:
@@ -127,9 +131,10 @@ class RayLauncher:
 
     def wrap_notebook_spec(self, spec: LaunchSpec, request: LaunchRequest) -> NotebookSpec:
         """``spec`` with the Ray head launcher wrapped around its command, on a port block
-        chosen here (a free one on this machine; the fixed one on a VM), tagged with the
-        cluster id (the notebook's launch id). For a provider with ``handles_ray`` the
-        spec only carries the request."""
+        chosen here (a free one on this machine, every port on loopback; the fixed one on
+        a VM), tagged with the cluster id (the notebook's launch id), with a new cluster
+        token in its environment for the head (:func:`.auth.node_env`). For a provider
+        with ``handles_ray`` the spec only carries the request."""
         provider = spec.offer.provider
         if not self.wants_ray(request, provider):
             return NotebookSpec(dataclasses.replace(spec, ray=request.ray))
@@ -138,9 +143,12 @@ class RayLauncher:
             base = _free_local_base()
         # every node of the cluster carries the tag (VM providers open Ray's ports
         # between the nodes that share it)
-        cmd = head_command(spec.cmd, python=python_for(provider, sys.executable), port_base=base)
-        wrapped = dataclasses.replace(spec, cmd=cmd, tags={**spec.tags, CLUSTER_TAG: spec.request_id})
-        return NotebookSpec(wrapped, port_base=base, cluster_id=spec.request_id)
+        cmd = head_command(spec.cmd, python=python_for(provider, sys.executable), port_base=base,
+                           loopback=provider == "local")
+        token = new_token()
+        wrapped = dataclasses.replace(spec, cmd=cmd, tags={**spec.tags, CLUSTER_TAG: spec.request_id},
+                                      env={**spec.env, **node_env(token)})
+        return NotebookSpec(wrapped, port_base=base, cluster_id=spec.request_id, token=token)
 
     # -- running --------------------------------------------------------------------
 
@@ -162,6 +170,7 @@ class RayLauncher:
             tags=_with_cluster(tags, cluster_id), python=python_for(offer.provider, sys.executable),
             offers=worker_offers(offers, offer, request), request_id=f"{spawn_id}-ray",
             image=request.image, spot=request.spot, zone=request.zone,
+            token=head.token if head else None,
             on_event=self.progress, on_change=self.save, log=self.log,
         )
         self.progress(f"Ray head at {address} (dashboard: ray-dashboard/ in your server)")

@@ -6,16 +6,23 @@ included. A node is stopped by signalling the processes that belong to it - the
 ``ray start`` process's descendants and anything whose command line names its own
 ``--temp-dir`` - SIGTERM first (the raylet then leaves the cluster cleanly), SIGKILL
 after a grace period.
+
+Every file of a node (Ray's temp dir, the notebook's Jupyter config, the cluster's
+token) lives in :func:`private_root`, a 0700 folder of the node's account, never under
+a name another account could make first in the shared temp folder.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -23,6 +30,31 @@ import psutil
 
 from ..procs import stop_processes
 from .commands import ray_cli
+
+
+class PrivateRootError(RuntimeError):
+    """The account's private folder exists but is not the account's own folder."""
+
+
+def private_root(base: str | None = None) -> str:
+    """``<temp folder>/cloudhop-u<uid>``, this account's folder for its Ray nodes: made
+    with mode 0700 or, if it exists, checked to be a real folder (not a link) this
+    account owns, its mode set back to 0700. Raises :class:`PrivateRootError` for a
+    folder another account made, naming it (a squatter cannot get files put there)."""
+    uid = os.getuid()
+    path = os.path.join(base or tempfile.gettempdir(), f"cloudhop-u{uid}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+        raise PrivateRootError(
+            f"{path} is not a folder of this account (uid {uid}); Ray will not use it. "
+            "Remove it, or set TMPDIR to another folder")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+    return path
 
 
 def log(msg: str) -> None:
@@ -80,8 +112,9 @@ class RayNode:
     """One ``ray start --block`` process and everything it starts; ``started`` is set
     once Ray reports the node up."""
 
-    def __init__(self, args: list[str], temp_dir: str, python: str = sys.executable):
-        self.argv = ray_cli(python) + list(args)
+    def __init__(self, args: list[str], temp_dir: str, python: str = sys.executable, *,
+                 loopback: bool = False):
+        self.argv = ray_cli(python, loopback=loopback) + list(args)
         self.temp_dir = temp_dir
         self.proc: subprocess.Popen | None = None
         self.started = threading.Event()
@@ -150,30 +183,44 @@ class RayNode:
 
 
 def sweep_stale_temp_dirs(root: str) -> list[str]:
-    """Remove temp dirs of Ray nodes that died without cleaning up (a worker killed
-    with SIGKILL, a crashed node): a dir whose port block no live launcher holds."""
+    """Remove, from the private folder ``root``, what Ray nodes left when they died
+    without cleaning up (a worker killed with SIGKILL, a crashed node): the temp dir,
+    Jupyter config and token of each block no live launcher holds. Returns the temp
+    dirs' names (``ray-<base>``)."""
+    from .commands import token_path_for
     from .ports import PortsBusy, claim_block
 
-    removed = []
     try:
         names = os.listdir(root)
     except OSError:
-        return removed
-    for name in names:
-        base = name[len("cloudhop-ray-"):]
-        if not (name.startswith("cloudhop-ray-") and base.isdigit()):
-            continue
+        return []
+    bases = sorted({int(m.group(1)) for m in map(_LEFT_BEHIND.fullmatch, names) if m})
+    removed = []
+    for base in bases:
         try:
-            lock = claim_block(int(base))
+            lock = claim_block(base)
         except (PortsBusy, OSError):
-            continue  # held: a live Ray node's dir
+            continue  # held: a live Ray node's files
         try:
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-            shutil.rmtree(os.path.join(root, name + "-jupyter"), ignore_errors=True)
-            removed.append(name)
+            path = os.path.join(root, f"ray-{base}")
+            shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(path + "-jupyter", ignore_errors=True)
+            remove_file(token_path_for(path))
+            removed.append(f"ray-{base}")
         finally:
             lock.release()
     return removed
+
+
+#: what a Ray node on block N leaves in the private folder
+_LEFT_BEHIND = re.compile(r"ray-(\d+)(?:-jupyter|\.token)?")
+
+
+def remove_file(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _name(p: psutil.Process) -> str:

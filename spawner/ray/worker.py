@@ -1,22 +1,28 @@
 """The Ray worker launcher: ``python -m cloudhop.spawner.ray.worker --address=HEAD ...``.
 
 A worker node's command. It claims a port block (``--ports=auto``, on a machine shared
-with other Ray nodes) or uses the fixed block (``--ports=6379``, a VM), waits for the
-head's GCS to accept connections (the notebook node and its workers boot together),
-runs ``ray start --address=HEAD --block`` with the GPU count and resources it was
-given, and exits when Ray does. SIGTERM stops this Ray node only.
+with other Ray nodes) or uses the fixed block (``--ports=6379``, a VM), moves the
+cluster's token from its environment into a private file (:func:`.auth.take_token`),
+waits for the head's GCS to accept connections and register (the notebook node and its
+workers boot together), runs ``ray start --address=HEAD --block`` with the GPU count
+and resources it was given (``--loopback``, the local provider: every port on
+loopback), and exits when Ray does. SIGTERM stops this Ray node only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-import tempfile
 import time
 
-from .commands import temp_dir_for, worker_start_args
-from .node import HeadWatch, RayNode, Signals, log, sweep_stale_temp_dirs, wait_for_port
+from .auth import take_token
+from .commands import temp_dir_for, token_path_for, worker_start_args
+from .node import (
+    HeadWatch, PrivateRootError, RayNode, Signals, log, private_root, remove_file, sweep_stale_temp_dirs,
+    wait_for_port,
+)
 from .ports import BLOCK_SIZE, PortBlock, PortsBusy, candidate_bases, claim_block, claim_free_block
 
 
@@ -27,6 +33,8 @@ def parse_args(argv):
     p.add_argument("--num-cpus", type=int, default=None)
     p.add_argument("--resources", default="{}", help="JSON of custom resources")
     p.add_argument("--ports", default="auto", help="'auto' (claim a free block) or a block base")
+    p.add_argument("--loopback", action="store_true",
+                   help="every Ray port on loopback (a cluster on this machine only)")
     p.add_argument("--restarts", type=int, default=2,
                    help="times to start Ray again after it exits with an error")
     p.add_argument("--head-timeout", type=float, default=600.0,
@@ -37,6 +45,11 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     signals = Signals()
+    try:
+        root = private_root()
+    except PrivateRootError as err:
+        log(f"cannot start: {err}")
+        return 3
     try:
         # never the head's block: the head's launcher may not have claimed it yet
         head_port = int(args.address.rpartition(":")[2])
@@ -52,7 +65,10 @@ def main(argv=None) -> int:
         except PortsBusy as err:
             log(f"cannot start: {err}")
             return 3
-    sweep_stale_temp_dirs(tempfile.gettempdir())
+    sweep_stale_temp_dirs(root)
+    temp_dir = temp_dir_for(block.base, root)
+    # before any Ray client here (the head watch): it sends the token from the file
+    token_file = take_token(os.environ, token_path_for(temp_dir))
     log(f"waiting for the head at {args.address}")
     deadline = time.monotonic() + args.head_timeout
     # short waits, so SIGTERM is noticed at once
@@ -60,14 +76,17 @@ def main(argv=None) -> int:
     while not (wait_for_port(args.address, 1) and head.registered(2)):
         if signals.received or time.monotonic() > deadline:
             log("the head never answered" if not signals.received else "stopped before the head answered")
+            if token_file:
+                remove_file(token_file)
+            lock.release()
             return 4 if not signals.received else 0
         time.sleep(1)
     log("the head is up; joining")
     node = RayNode(
-        worker_start_args(args.address, block, temp_dir=temp_dir_for(block.base, tempfile.gettempdir()),
-                          num_gpus=args.num_gpus, num_cpus=args.num_cpus,
-                          resources=json.loads(args.resources)),
-        temp_dir=temp_dir_for(block.base, tempfile.gettempdir()),
+        worker_start_args(args.address, block, temp_dir=temp_dir, num_gpus=args.num_gpus,
+                          num_cpus=args.num_cpus, resources=json.loads(args.resources),
+                          loopback=args.loopback),
+        temp_dir=temp_dir, loopback=args.loopback,
     )
     node.start()
     code, restarts = 0, 0
@@ -87,6 +106,8 @@ def main(argv=None) -> int:
             time.sleep(0.5)
     finally:
         node.stop()
+        if token_file:
+            remove_file(token_file)
         lock.release()
     # Ray ending on its own means this worker is gone: say so with a non-zero code
     return 0 if signals.received else (code or 1)
