@@ -12,10 +12,13 @@ renders the same text, so tests read it back. The VM it describes
    file and ``spec.cmd``, listening on ``spec.port``.
 
 What it carries: the ``JUPYTERHUB_*``/``CLOUDHOP_*``/``RAY_*`` variables from
-``spec.env`` — the server's own API token among them — and nothing else. Any other
-variable is dropped here, and names that look like cloud credentials are refused even
-with an allowed prefix, so a credential can never reach a node's user-data (which any
-process on the VM can read from the metadata service).
+``spec.env`` — the server's own API token and, for a node of a Ray cluster, the
+cluster's Ray token (``RAY_AUTH_TOKEN``, :mod:`.ray.auth`) among them, both only in the
+root-only env file — and nothing else. Any other variable is dropped here, and names
+that look like cloud credentials are refused even with an allowed prefix, so a
+credential can never reach a node's user-data (which any process on the VM can read
+from the metadata service, and anyone allowed to read the instance through the cloud's
+API: no cloud secret store is used yet).
 """
 
 from __future__ import annotations
@@ -118,7 +121,8 @@ def render_user_data(spec, *, image: str, hub_connect_url: str | None = None) ->
 
     ``image`` is the single-user container image; ``hub_connect_url`` is the hub's
     address as nodes see it (``http://hub.example.org:8081``), used for the hub API
-    and activity URLs. The result holds the server's own API token and no other secret.
+    and activity URLs. The result holds the server's own API token (and a Ray node's
+    cluster token) in the root-only env file, and no other secret.
     """
     gpus = bool(getattr(spec.offer, "gpu_count", 0))
     env = node_env(spec, hub_connect_url=hub_connect_url)
