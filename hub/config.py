@@ -31,6 +31,12 @@ class CloudhopStore(LoggingConfigurable):
         '{"bucket": ..., "region": ..., "prefix": ..., "endpoint_url": ...}, all but the '
         "bucket optional. Empty: the data dir.",
     ).tag(config=True)
+    quota_gib = Number(
+        100.0, rule=dict(minimum=0, unit="GiB"),
+        help="GiB of snapshots each user may keep (chunks they share with their own earlier "
+        "snapshots count once; snapshots are not removed by themselves). An upload past it is "
+        "refused with a 413 naming the quota and the usage. 0: no limit.",
+    ).tag(config=True)
 
     @validate("port")
     def _check_port(self, proposal):

@@ -16,6 +16,8 @@ a user reads and writes only their own snapshots - and which of them it may use 
 
     POST api/users/{user}/chunks/missing    {"ids": [...]} -> {"missing": [...], "upload": target}
     POST api/users/{user}/chunks            chunk pack (local backend) -> {"stored": n}
+    POST api/users/{user}/chunks/uploads    {"ids": [...], "sizes": [...]} -> presigned
+                                            upload URLs (bucket backend)
     POST api/users/{user}/chunks/download   {"ids": [...]} -> target
     POST api/users/{user}/chunks/pack       {"ids": [...]} -> chunk pack (local backend)
     GET  api/users/{user}/snapshots         -> {"snapshots": [{"id", "created", "files", "bytes"}]}
@@ -31,12 +33,22 @@ The chunk pack and the restore report are defined once, in
 and its clients alike.
 
 A *target* is ``{"kind": "pack", "url": <relative url>}`` (send or fetch through the
-service) or ``{"kind": "presigned", "urls": {id: url}}`` (straight to the bucket).
+service) or, with a bucket, ``{"kind": "presigned", "urls": {id: url}}`` (straight to the
+bucket; for uploads, ``{"kind": "presigned", "url"}`` names where to ask for those URLs,
+each signed for its chunk's exact length).
+
+Limits (docs/migration.md, "Store limits"): a request names each chunk once (duplicate
+ids are dropped), at most :data:`~cloudhop.extensions.snapshot.protocol.MAX_IDS` of them,
+in at most :data:`JSON_MAX` bytes of JSON; a chunk is at most ``MAX_CHUNK`` bytes, a
+manifest ``MANIFEST_MAX``, a pack ``PACK_MAX`` of chunk data (a pack reply is streamed,
+one chunk in memory at a time); each user keeps at most ``c.CloudhopStore.quota_gib``
+(:mod:`.store_quota`), enforced where bytes come in: chunk packs, upload URLs, manifests.
 
 Run by the hub (see :func:`add_store_service`) as ``python -m cloudhop.hub.snapshot_store``;
 configured by environment: ``CLOUDHOP_STORE_BACKEND`` (``local`` or ``s3``),
 ``CLOUDHOP_STORE_DIR`` (local), ``CLOUDHOP_STORE_S3_BUCKET`` / ``_ENDPOINT`` /
-``_REGION`` / ``_PREFIX`` plus the usual AWS credential variables (s3).
+``_REGION`` / ``_PREFIX`` plus the usual AWS credential variables (s3);
+``CLOUDHOP_STORE_QUOTA_GIB`` (each user's quota, 0 for none).
 """
 
 from __future__ import annotations
@@ -52,23 +64,27 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
 from jupyterhub.services.auth import HubAuth, check_scopes
-from tornado import httpserver, ioloop, web
+from tornado import httpserver, ioloop, iostream, web
 
 from cloudhop.extensions.snapshot.protocol import (
-    REPORT_MAX, PackError, RestoreReport, encode_pack, iter_pack,
+    MANIFEST_MAX, MAX_CHUNK, MAX_IDS, PACK_HEADER, PACK_MAX, REPORT_MAX, PackError, RestoreReport, iter_pack,
+    pack_header,
 )
+from cloudhop.spawner.validate import SettingError, require_number
 
 from .services import add_service, exit_with_hub, hub_credentials
 from .store_backends import (
     Backend, BackendError, LocalBackend, S3Backend, check_chunk_id, check_snapshot_id,
     manifest_chunk_ids, new_snapshot_id,
 )
+from .store_quota import GIB, QuotaExceeded, Quotas, charge
 
 SERVICE_NAME = "cloudhop-store"
 log = logging.getLogger("cloudhop.store")
-#: the largest request body the service accepts (a chunk pack is at most ~17 MiB)
-MAX_BODY = 64 << 20
-MAX_IDS = 5000
+#: the largest request body the service accepts: a full chunk pack (a client sends ~17 MiB)
+MAX_BODY = PACK_MAX + MAX_IDS * PACK_HEADER.size
+#: the largest JSON body naming chunk ids (MAX_IDS ids and sizes take ~400 KB)
+JSON_MAX = 1 << 20
 #: the custom JupyterHub scope that says which of a user's snapshots a token may use
 SNAPSHOTS_SCOPE = "custom:cloudhop-store:snapshots"
 #: seconds the store trusts the hub's answer about a token: a revoked or expired token
@@ -111,9 +127,10 @@ class StoreHandler(web.RequestHandler):
     """Base: authenticates the token with the hub, checks the path's user is its owner,
     and keeps the token's :class:`Grant` (``self.grant``)."""
 
-    def initialize(self, backend: Backend, hub_auth: HubAuth):
+    def initialize(self, backend: Backend, hub_auth: HubAuth, quotas: Quotas):
         self.backend = backend
         self.hub_auth = hub_auth
+        self.quotas = quotas
 
     def check_xsrf_cookie(self):
         # token-only API (no cookies are read), so there is no cross-site form to forge
@@ -197,6 +214,9 @@ class StoreHandler(web.RequestHandler):
         self.finish(json.dumps({"status": status_code, "message": message}))
 
     def json_body(self) -> dict:
+        if len(self.request.body) > JSON_MAX:
+            raise web.HTTPError(413, f"the request body is {len(self.request.body)} bytes; "
+                                     f"this store takes at most {JSON_MAX} bytes of JSON")
         try:
             data = json.loads(self.request.body or b"{}")
         except ValueError:
@@ -206,13 +226,43 @@ class StoreHandler(web.RequestHandler):
         return data
 
     def ids(self) -> list[str]:
-        ids = self.json_body().get("ids")
-        if not isinstance(ids, list) or len(ids) > MAX_IDS:
-            raise web.HTTPError(400, f"ids must be a list of at most {MAX_IDS} chunk ids")
+        """The chunk ids the request names (``{"ids": [...]}``), each once, in order: a
+        reply never repeats a chunk however often it was asked for."""
+        return list(self.chunk_request())
+
+    def chunk_request(self, sized: bool = False) -> dict[str, int | None]:
+        """``{id: size}`` of the request's distinct chunk ids (at most ``MAX_IDS``); with
+        ``sized``, ``sizes`` must give each id's length (a list beside ``ids``, each a
+        byte count up to ``MAX_CHUNK``), else the sizes are None."""
+        body = self.json_body()
+        ids, sizes = body.get("ids"), body.get("sizes")
+        if not isinstance(ids, list):
+            raise web.HTTPError(400, "ids must be a list of chunk ids")
+        if sized and not (isinstance(sizes, list) and len(sizes) == len(ids)):
+            raise web.HTTPError(400, "sizes must be a list of each chunk's length in bytes, one per id")
+        out: dict[str, int | None] = {}
+        for i, cid in enumerate(ids):
+            try:
+                cid = check_chunk_id(cid)
+            except BackendError as err:
+                raise web.HTTPError(400, str(err)) from None
+            size = sizes[i] if sized else None
+            if sized and not (isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= MAX_CHUNK):
+                raise web.HTTPError(413 if isinstance(size, int) and size > MAX_CHUNK else 400,
+                                    f"sizes[{i}] must be a chunk's length, 0 to {MAX_CHUNK} bytes, "
+                                    f"not {str(size)[:40]}")
+            if out.setdefault(cid, size) != size:
+                raise web.HTTPError(400, f"sizes: chunk {cid[:12]}... is given two lengths")
+            if len(out) > MAX_IDS:
+                raise web.HTTPError(400, f"ids: at most {MAX_IDS} distinct chunk ids per request")
+        return out
+
+    async def take_quota(self, nbytes: int) -> None:
+        """Count ``nbytes`` about to be stored for the user, or refuse (413)."""
         try:
-            return [check_chunk_id(c) for c in ids]
-        except BackendError as err:
-            raise web.HTTPError(400, str(err)) from None
+            await self.quotas.take(self.user, nbytes)
+        except QuotaExceeded as err:
+            raise web.HTTPError(413, str(err)) from None
 
     async def call(self, fn, *args):
         """Run a (blocking) backend call in a thread, mapping its errors to HTTP."""
@@ -241,21 +291,52 @@ class ChunksHandler(StoreHandler):
     async def post(self, user):
         if not self.backend.through_service:
             raise web.HTTPError(405, "this store takes chunks at presigned URLs")
+        chunks: dict[str, memoryview] = {}
         try:
-            items = list(iter_pack(self.request.body))
+            for cid, data in iter_pack(self.request.body):
+                if len(data) > MAX_CHUNK:
+                    raise web.HTTPError(413, f"chunk {cid[:12]}... is {len(data)} bytes; "
+                                             f"this store takes chunks of at most {MAX_CHUNK} bytes")
+                chunks[cid] = data
+                if len(chunks) > MAX_IDS:
+                    raise web.HTTPError(400, f"a chunk pack holds at most {MAX_IDS} chunks")
         except PackError as err:
             raise web.HTTPError(400, str(err)) from None
 
-        def store():
+        def check():
             import blake3  # the service's own dependency; the hub's config does not need it
 
-            for cid, data in items:
+            for cid, data in chunks.items():
                 if blake3.blake3(data).hexdigest() != cid:
                     raise BackendError(f"chunk {cid[:12]}... does not match its id")
-                self.backend.put_chunk(self.user, cid, data)
+            return self.backend.missing(self.user, list(chunks))
 
-        await self.call(store)
-        self.finish_json({"stored": len(items)})
+        new = await self.call(check)
+        # only chunks the user does not keep yet count against the quota
+        cost = sum(charge(len(chunks[cid])) for cid in new)
+        await self.take_quota(cost)
+        try:
+            await self.call(lambda: [self.backend.put_chunk(self.user, cid, chunks[cid]) for cid in new])
+        except BaseException:
+            self.quotas.give_back(self.user, cost)
+            raise
+        self.finish_json({"stored": len(chunks)})
+
+
+class UploadsHandler(StoreHandler):
+    """Presigned upload URLs (bucket backends): each signed for its chunk's length, and
+    their bytes reserved against the user's quota."""
+
+    async def post(self, user):
+        if self.backend.through_service:
+            raise web.HTTPError(405, "this store takes chunks through the service (POST .../chunks)")
+        sizes = self.chunk_request(sized=True)
+        try:
+            await self.quotas.reserve(self.user, {cid: charge(n) for cid, n in sizes.items()},
+                                      getattr(self.backend, "expires", 3600))
+        except QuotaExceeded as err:
+            raise web.HTTPError(413, str(err)) from None
+        self.finish_json(await self.call(self.backend.presign_uploads, self.user, sizes))
 
 
 class DownloadHandler(StoreHandler):
@@ -271,13 +352,26 @@ class PackHandler(StoreHandler):
             raise web.HTTPError(405, "this store serves chunks at presigned URLs")
         ids = self.ids()
         await self.check_chunks(ids)
-
-        def read():
-            return encode_pack((cid, self.backend.get_chunk(self.user, cid)) for cid in ids)
-
-        body = await self.call(read)
+        sizes = await self.call(lambda: [self.backend.chunk_size(self.user, cid) for cid in ids])
+        if sum(sizes) > PACK_MAX:
+            raise web.HTTPError(413, f"these {len(ids)} chunks hold {sum(sizes)} bytes; a pack carries "
+                                     f"at most {PACK_MAX} bytes of chunks: ask for fewer at a time")
         self.set_header("Content-Type", "application/octet-stream")
-        self.finish(body)
+        self.set_header("Content-Length", str(sum(sizes) + len(ids) * PACK_HEADER.size))
+        # streamed: one chunk in memory at a time, the next read once the last was sent
+        for cid, size in zip(ids, sizes):
+            data = await self.call(self.backend.get_chunk, self.user, cid)
+            if len(data) != size:  # changed underneath: end the reply short, the client sees it
+                log.warning("chunk %s... of %s changed while it was sent", cid[:12], self.user)
+                self.request.connection.close()
+                return
+            self.write(pack_header(cid, size))
+            self.write(data)
+            try:
+                await self.flush()
+            except iostream.StreamClosedError:
+                return
+        self.finish()
 
 
 class SnapshotsHandler(StoreHandler):
@@ -302,10 +396,14 @@ class SnapshotsHandler(StoreHandler):
         if not self.grant.full and len(self.grant.servers) != 1:
             raise web.HTTPError(403, "a token for several servers cannot tell which one a snapshot is for")
         body = self.request.body
+        if len(body) > MANIFEST_MAX:
+            raise web.HTTPError(413, f"the manifest is {len(body)} bytes; this store keeps manifests "
+                                     f"of at most {MANIFEST_MAX} bytes")
         _, ids = await self.call(manifest_chunk_ids, body)
         missing = await self.call(self.backend.missing, self.user, sorted(ids))
         if missing:
             raise web.HTTPError(409, f"{len(missing)} chunk(s) of this snapshot are not in the store")
+        await self.take_quota(charge(len(body)))
         sid = new_snapshot_id()
         if not self.grant.full:
             # made with a server's token: that server (a move's target) may restore it
@@ -375,12 +473,14 @@ class HealthHandler(web.RequestHandler):
         self.finish({"ok": True})
 
 
-def make_app(backend: Backend, hub_auth: HubAuth, prefix: str) -> web.Application:
-    """The store's tornado application; ``prefix`` ends with ``/``."""
+def make_app(backend: Backend, hub_auth: HubAuth, prefix: str, *, quota_bytes: int | None = None) -> web.Application:
+    """The store's tornado application; ``prefix`` ends with ``/``; ``quota_bytes``: what
+    each user may keep (None: no limit)."""
     u = r"(?P<user>[^/]+)"
-    kw = {"backend": backend, "hub_auth": hub_auth}
+    kw = {"backend": backend, "hub_auth": hub_auth, "quotas": Quotas(backend, quota_bytes)}
     routes = [
         (rf"{prefix}api/users/{u}/chunks/missing", MissingHandler, kw),
+        (rf"{prefix}api/users/{u}/chunks/uploads", UploadsHandler, kw),
         (rf"{prefix}api/users/{u}/chunks/download", DownloadHandler, kw),
         (rf"{prefix}api/users/{u}/chunks/pack", PackHandler, kw),
         (rf"{prefix}api/users/{u}/chunks", ChunksHandler, kw),
@@ -402,12 +502,26 @@ def backend_from_env(env=os.environ) -> Backend:
     raise SystemExit(f"CLOUDHOP_STORE_BACKEND must be 'local' or 's3', not {kind!r}")
 
 
+def quota_from_env(env=os.environ) -> int | None:
+    """Each user's quota in bytes from ``CLOUDHOP_STORE_QUOTA_GIB`` (unset or 0: none)."""
+    text = env.get("CLOUDHOP_STORE_QUOTA_GIB", "").strip() or "0"
+    try:
+        value = float(text)
+    except ValueError:
+        value = text  # refused below, by name
+    try:
+        gib = require_number(value, "CLOUDHOP_STORE_QUOTA_GIB", minimum=0, unit="GiB")
+    except SettingError as err:
+        raise SystemExit(str(err)) from None
+    return int(gib * GIB) or None
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s cloudhop-store] %(message)s")
     url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE_NAME}/")
     backend = backend_from_env()
-    app = make_app(backend, HubAuth(cache_max_age=AUTH_CACHE_SECONDS), prefix)
+    app = make_app(backend, HubAuth(cache_max_age=AUTH_CACHE_SECONDS), prefix, quota_bytes=quota_from_env())
     server = httpserver.HTTPServer(app, max_body_size=MAX_BODY)
     server.listen(url.port or 80, url.hostname or "127.0.0.1")
     log.info("snapshot store (%s backend) on %s%s", type(backend).__name__, url.geturl(), prefix)
@@ -479,7 +593,10 @@ def add_store_service(c, *, data_dir: str, port: int, public_url: str | None = N
     them as ``CLOUDHOP_STORE_URL``);
     ``s3``: ``{"bucket", "endpoint_url"?, "region"?, "prefix"?}`` for a bucket (default:
     a directory under ``data_dir``). Credentials are forwarded from ``env`` to the
-    service's environment only. Also defines Cloudhop's custom scopes and lets every user
+    service's environment only. Each user's quota is ``c.CloudhopStore.quota_gib``
+    (:class:`.config.CloudhopStore`, read from ``c``).
+
+    Also defines Cloudhop's custom scopes and lets every user
     use the service and move their servers (:data:`.tokens_api.USER_SCOPES`), gives
     servers' tokens only the scopes a move needs (:data:`.tokens_api.SERVER_TOKEN_SCOPES`),
     adds the hub's offers and token APIs (:mod:`.offers_api`, :mod:`.tokens_api`), revokes
@@ -495,6 +612,9 @@ def add_store_service(c, *, data_dir: str, port: int, public_url: str | None = N
             if s3.get(key):
                 environment[f"CLOUDHOP_STORE_S3_{var}"] = s3[key]
         environment.update(hub_credentials(env))
+    from .config import CloudhopStore
+
+    environment["CLOUDHOP_STORE_QUOTA_GIB"] = repr(CloudhopStore(config=c).quota_gib)
     add_service(c, {
         "name": SERVICE_NAME,
         "url": f"http://127.0.0.1:{port}",

@@ -8,7 +8,8 @@ A backend is synchronous (the service calls it in a thread). Two kinds:
 * :class:`LocalBackend` - a directory on the hub; chunks flow through the service.
 * :class:`S3Backend` - any S3-compatible bucket through boto3; chunks go straight
   between the user's server and the bucket through presigned URLs for keys under that
-  user's prefix. The credentials stay in the service's environment.
+  user's prefix, an upload's URL signed for the chunk's exact length. The credentials
+  stay in the service's environment.
 
 Cloud SDKs: among Cloudhop's products only the provider modules
 (``spawner/providers/``) import one, each its own cloud's. :class:`S3Backend` is the
@@ -26,6 +27,7 @@ import re
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 from urllib.parse import quote
 
 from cloudhop.spawner.schema import SNAPSHOT as _SNAPSHOT
@@ -85,7 +87,15 @@ class Backend:
         raise NotImplementedError
 
     def upload_target(self, user: str, ids: list[str], service_url: str) -> dict:
+        """Where the client sends missing chunks: ``{"kind": "pack", "url"}`` (a chunk
+        pack, to the service) or ``{"kind": "presigned", "url"}`` (where the client asks
+        for the upload URLs, giving each chunk's length: :meth:`presign_uploads`)."""
         return {"kind": "pack", "url": f"{service_url}api/users/{quote(user, safe='')}/chunks"}
+
+    def presign_uploads(self, user: str, sizes: dict[str, int]) -> dict:
+        """``{"kind": "presigned", "urls": {id: url}}``: one upload URL per chunk, each
+        valid only for a body of exactly ``sizes[id]`` bytes (presigned backends only)."""
+        raise NotImplementedError
 
     def download_target(self, user: str, ids: list[str], service_url: str) -> dict:
         return {"kind": "pack", "url": f"{service_url}api/users/{quote(user, safe='')}/chunks/pack"}
@@ -94,6 +104,16 @@ class Backend:
         raise NotImplementedError
 
     def get_chunk(self, user: str, cid: str) -> bytes:
+        raise NotImplementedError
+
+    def chunk_size(self, user: str, cid: str) -> int:
+        """A stored chunk's length; raises BackendError(404) when missing (backends that
+        serve chunks through the service)."""
+        raise NotImplementedError
+
+    def sizes(self, user: str) -> Iterator[tuple[str, int]]:
+        """``(name, bytes)`` of every object in ``user``'s namespace (a chunk's name is
+        its id); what the user's quota counts (:mod:`.store_quota`)."""
         raise NotImplementedError
 
     def put_object(self, user: str, name: str, body: bytes) -> None:
@@ -140,6 +160,20 @@ class LocalBackend(Backend):
                 return f.read()
         except FileNotFoundError:
             raise BackendError(f"chunk {cid[:12]}... not found", 404) from None
+
+    def chunk_size(self, user, cid):
+        try:
+            return os.stat(self._chunk_path(user, cid)).st_size
+        except FileNotFoundError:
+            raise BackendError(f"chunk {cid[:12]}... not found", 404) from None
+
+    def sizes(self, user):
+        for folder, _, names in os.walk(os.path.join(self.root, "users", user_dir(user))):
+            for name in names:
+                try:
+                    yield name, os.lstat(os.path.join(folder, name)).st_size
+                except FileNotFoundError:  # a temporary file renamed meanwhile
+                    continue
 
     def put_object(self, user, name, body):
         self._write(self._object_path(user, name), body)
@@ -204,23 +238,34 @@ class S3Backend(Backend):
         with ThreadPoolExecutor(self.workers) as pool:
             return [c for c, gone in zip(ids, pool.map(absent, ids)) if gone]
 
-    def _presign(self, method: str, user: str, ids: list[str]) -> dict:
+    def _presign(self, method: str, user: str, ids: list[str], sizes: dict[str, int] | None = None) -> dict:
+        def params(cid):
+            out = {"Bucket": self.bucket, "Key": self._key(user, "chunks", check_chunk_id(cid))}
+            if sizes is not None:
+                # signed: the bucket refuses a body of any other length
+                out["ContentLength"] = sizes[cid]
+            return out
+
         return {
             "kind": "presigned",
-            "urls": {
-                c: self.s3.generate_presigned_url(
-                    method, Params={"Bucket": self.bucket, "Key": self._key(user, "chunks", check_chunk_id(c))},
-                    ExpiresIn=self.expires,
-                )
-                for c in ids
-            },
+            "urls": {c: self.s3.generate_presigned_url(method, Params=params(c), ExpiresIn=self.expires)
+                     for c in ids},
         }
 
     def upload_target(self, user, ids, service_url):
-        return self._presign("put_object", user, ids)
+        return {"kind": "presigned", "url": f"{service_url}api/users/{quote(user, safe='')}/chunks/uploads"}
+
+    def presign_uploads(self, user, sizes):
+        return self._presign("put_object", user, list(sizes), sizes)
 
     def download_target(self, user, ids, service_url):
         return self._presign("get_object", user, ids)
+
+    def sizes(self, user):
+        prefix = f"{self.prefix}users/{user_dir(user)}/"
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"].rsplit("/", 1)[-1], item["Size"]
 
     def put_object(self, user, name, body):
         self.s3.put_object(Bucket=self.bucket, Key=self._key(user, "snapshots", name), Body=body)

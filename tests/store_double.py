@@ -48,10 +48,12 @@ class WhoAmI(web.RequestHandler):
 
 class StoreHarness:
     """Runs the store (given backend) plus the whoami double; ``tokens`` maps a token to
-    ``(user name, scopes)`` (see :func:`scopes_of`)."""
+    ``(user name, scopes)`` (see :func:`scopes_of`); ``app_options`` go to ``make_app``
+    (``quota_bytes``)."""
 
-    def __init__(self, backend, tokens: dict[str, tuple[str, list[str]]]):
+    def __init__(self, backend, tokens: dict[str, tuple[str, list[str]]], **app_options):
         self.backend = backend
+        self.app_options = app_options
         self.tokens = {t: {"kind": "user", "name": n, "scopes": scopes_of(n, s)} for t, (n, s) in tokens.items()}
         self.loop = asyncio.new_event_loop()
         self.hub_port = free_port()
@@ -68,8 +70,8 @@ class StoreHarness:
             self._servers[0].listen(self.hub_port, "127.0.0.1")
             auth = HubAuth(api_url=f"http://127.0.0.1:{self.hub_port}/hub/api", api_token="service-token",
                            access_scopes={ACCESS}, cache_max_age=0)
-            store = httpserver.HTTPServer(make_app(self.backend, auth, f"/services/{SERVICE_NAME}/"),
-                                          max_body_size=MAX_BODY)
+            store = httpserver.HTTPServer(make_app(self.backend, auth, f"/services/{SERVICE_NAME}/",
+                                                   **self.app_options), max_body_size=MAX_BODY)
             store.listen(self.port, "127.0.0.1")
             self._servers.append(store)
 

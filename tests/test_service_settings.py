@@ -16,7 +16,7 @@ from cloudhop.hub.up import EMBEDDED_CONFIG
 
 def test_defaults():
     store, reaper = CloudhopStore(), CloudhopReaper()
-    assert (store.port, store.s3) == (0, {})
+    assert (store.port, store.s3, store.quota_gib) == (0, {}, 100.0)
     assert (reaper.enabled, reaper.interval, reaper.grace) == (True, 300, 900)
 
 
@@ -40,6 +40,8 @@ def test_good_values_are_kept():
     (CloudhopStore, "s3", {"bucket": "b", "prefix": 5}, r"^c\.CloudhopStore\.s3\['prefix'\] must be a string, not 5"),
     (CloudhopStore, "s3", {"bucket": "b", "endpoint_url": "minio:9000"},
      r"^c\.CloudhopStore\.s3\['endpoint_url'\] must be an http:// or https:// URL"),
+    (CloudhopStore, "quota_gib", -1, r"^c\.CloudhopStore\.quota_gib must be a number of GiB >= 0, not -1"),
+    (CloudhopStore, "quota_gib", "lots", r"^c\.CloudhopStore\.quota_gib must be a number of GiB >= 0, not 'lots'"),
     (CloudhopReaper, "interval", 0, r"^c\.CloudhopReaper\.interval must be a number of seconds > 0, not 0"),
     (CloudhopReaper, "interval", "soon", r"^c\.CloudhopReaper\.interval must be a number of seconds > 0, not 'soon'"),
     (CloudhopReaper, "grace", -5, r"^c\.CloudhopReaper\.grace must be a number of seconds >= 0, not -5"),
@@ -68,9 +70,11 @@ def services(c: Config) -> dict:
 
 def test_the_hub_config_reads_both_sections(tmp_path, monkeypatch):
     c = load_embedded(tmp_path, monkeypatch, "c.CloudhopStore.port = 10111\n"
-                      "c.CloudhopStore.s3 = {'bucket': 'snaps'}\nc.CloudhopReaper.grace = 60\n")
+                      "c.CloudhopStore.s3 = {'bucket': 'snaps'}\nc.CloudhopReaper.grace = 60\n"
+                      "c.CloudhopStore.quota_gib = 2.5\n")
     store = services(c)["cloudhop-store"]
     assert store["url"] == "http://127.0.0.1:10111"
+    assert store["environment"]["CLOUDHOP_STORE_QUOTA_GIB"] == "2.5"
     assert store["environment"]["CLOUDHOP_STORE_S3_BUCKET"] == "snaps"
     reaper = json.loads(services(c)["cloudhop-reaper"]["environment"]["CLOUDHOP_REAPER_SETTINGS"])
     assert (reaper["interval"], reaper["grace"]) == (300, 60)

@@ -16,7 +16,7 @@ from cloudhop.extensions.snapshot import (
 from cloudhop.extensions.snapshot.snapshot import workspace_dest
 from cloudhop.hub.store_backends import LocalBackend, S3Backend
 
-from .store_double import ACCESS, StoreHarness, free_port
+from .store_double import ACCESS, StoreHarness
 
 TOKENS = {"tok-alice": ("alice", [ACCESS]), "tok-bob": ("bob", [ACCESS]), "tok-noaccess": ("carol", [])}
 
@@ -172,24 +172,14 @@ def test_store_refuses_a_chunk_that_does_not_match_its_id_and_a_manifest_with_mi
 
 
 @pytest.fixture
-def s3_store(tmp_path, monkeypatch):
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
+def s3_store(monkeypatch):
+    pytest.importorskip("boto3")
+    from s3_presign_double import checked_bucket
 
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
-        s3.create_bucket(Bucket="snaps")
+    with checked_bucket(monkeypatch) as s3:
         backend = S3Backend(s3, "snaps", prefix="cloudhop")
         with StoreHarness(backend, TOKENS) as h:
             yield h, s3
-    finally:
-        server.stop()
 
 
 def test_s3_backend_chunks_go_straight_to_the_bucket_through_presigned_urls(s3_store, tmp_path):
@@ -197,10 +187,10 @@ def test_s3_backend_chunks_go_straight_to_the_bucket_through_presigned_urls(s3_s
     ws = tmp_path / "ws"
     make_workspace(ws, n_files=4, size=300_000)
     c = client(h)
-    ids = [r.id for r in Chunker().chunk_file(ws / "dir0" / "f0.bin")[1]]
-    missing, upload = c.missing(ids)
+    refs = Chunker().chunk_file(ws / "dir0" / "f0.bin")[1]
+    missing, upload = c.missing([r.id for r in refs])
     assert upload["kind"] == "presigned"
-    for url in upload["urls"].values():
+    for url in c.upload_urls(upload, {r.id: r.length for r in refs}).values():
         # scoped to alice's prefix, signed, and no hub token in it
         assert "/snaps/cloudhop/users/u-alice/chunks/" in url and "Signature" in url and "tok-" not in url
 

@@ -14,11 +14,13 @@ from typing import Iterator
 import blake3
 from pyfastcdc.cy import FastCDC
 
+from .protocol import MAX_CHUNK
+
 #: FastCDC sizes (bytes): average 256 KiB keeps a 1 GiB workspace at ~4k chunks while a
-#: small edit re-sends well under a megabyte.
+#: small edit re-sends well under a megabyte. The largest, MAX_CHUNK, is the store's
+#: limit too (defined in :mod:`.protocol`).
 MIN_CHUNK = 64 << 10
 AVG_CHUNK = 256 << 10
-MAX_CHUNK = 1 << 20
 
 HASH_HEX_LEN = 64
 
@@ -49,6 +51,8 @@ class Chunker:
     """Cuts files into content-defined chunks and hashes them."""
 
     def __init__(self, avg_size: int = AVG_CHUNK, min_size: int = MIN_CHUNK, max_size: int = MAX_CHUNK):
+        if max_size > MAX_CHUNK:
+            raise ValueError(f"max_size: the store takes chunks of at most {MAX_CHUNK} bytes, not {max_size}")
         self._cdc = FastCDC(avg_size=avg_size, min_size=min_size, max_size=max_size)
 
     def chunk_file(self, path: str | os.PathLike) -> tuple[str, list[ChunkRef]]:

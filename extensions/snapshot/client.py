@@ -2,7 +2,9 @@
 
 Synchronous (``requests``); async callers run it in a thread. The hub token goes only
 to the store's own URL: presigned bucket URLs handed out by the store are used bare.
-The chunk pack and the restore report are defined in :mod:`.protocol`.
+The chunk pack, the restore report and the limits the store keeps (chunk, manifest and
+pack sizes, ids per request) are defined in :mod:`.protocol`; this client stays inside
+them.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from urllib.parse import quote, urljoin
 import requests
 
 from .chunking import hash_bytes
-from .protocol import RestoreReport, encode_pack, iter_pack
+from .protocol import MANIFEST_MAX, MAX_IDS, PACK_IDS, RestoreReport, encode_pack, iter_pack
 
-#: chunk ids per has/missing query, bytes per uploaded pack
-QUERY_BATCH = 2000
+#: chunk ids per has/missing query (at most the store's MAX_IDS), bytes per uploaded pack
+#: (and per batch of presigned uploads)
+QUERY_BATCH = min(2000, MAX_IDS)
 PACK_BYTES = 16 << 20
 
 
@@ -89,20 +92,29 @@ class StoreClient:
     def missing(self, ids: list[str]) -> tuple[list[str], dict]:
         """Which of ``ids`` the store lacks, and where to send them.
 
-        Returns ``(missing, upload)``; ``upload`` is ``{"kind": "pack", "url": ...}`` or
-        ``{"kind": "presigned", "urls": {id: url}}``."""
+        Returns ``(missing, upload)``; ``upload`` is ``{"kind": "pack", "url": ...}`` (send
+        packs there) or ``{"kind": "presigned", "url": ...}`` (ask there for upload URLs,
+        each signed for one chunk's length; :meth:`upload` does)."""
         missing: list[str] = []
         upload: dict = {}
         for i in range(0, len(ids), QUERY_BATCH):
             reply = self._json("POST", "chunks/missing", {"ids": ids[i:i + QUERY_BATCH]})
             missing += reply["missing"]
-            up = reply.get("upload") or {}
-            if up.get("kind") == "presigned":
-                upload.setdefault("kind", "presigned")
-                upload.setdefault("urls", {}).update(up.get("urls") or {})
-            else:
-                upload = up
+            upload = reply.get("upload") or upload
         return missing, upload
+
+    def upload_urls(self, upload: dict, sizes: dict[str, int]) -> dict[str, str]:
+        """Presigned upload URLs for chunks of the given lengths (``upload`` from
+        :meth:`missing`); each takes a body of exactly that many bytes."""
+        urls: dict[str, str] = {}
+        items = list(sizes.items())
+        for i in range(0, len(items), QUERY_BATCH):
+            part = items[i:i + QUERY_BATCH]
+            reply = self._request("POST", urljoin(self.base_url, upload["url"]),
+                                  data=json.dumps({"ids": [c for c, _ in part], "sizes": [n for _, n in part]}),
+                                  headers={"Content-Type": "application/json"}).json()
+            urls.update(reply["urls"])
+        return urls
 
     def upload(self, ids: list[str], read: Callable[[str], bytes], upload: dict,
                on_sent: Callable[[int], None] | None = None) -> int:
@@ -111,21 +123,6 @@ class StoreClient:
         if not ids:
             return 0
         sent = 0
-        if upload.get("kind") == "presigned":
-            urls = upload["urls"]
-
-            def put(cid):
-                data = read(cid)
-                self._request("PUT", urls[cid], data=data)
-                return len(data)
-
-            with ThreadPoolExecutor(self.workers) as pool:
-                for n in bounded_map(pool, put, ids, self.workers * 2):
-                    sent += n
-                    if on_sent:
-                        on_sent(n)
-            return sent
-        url = urljoin(self.base_url, upload["url"])
 
         def packs():
             batch, size = [], 0
@@ -133,11 +130,33 @@ class StoreClient:
                 data = read(cid)
                 batch.append((cid, data))
                 size += len(data)
-                if size >= PACK_BYTES:
+                if size >= PACK_BYTES or len(batch) >= MAX_IDS:
                     yield batch, size
                     batch, size = [], 0
             if batch:
                 yield batch, size
+
+        if upload.get("kind") == "presigned":
+            with ThreadPoolExecutor(self.workers) as puts, ThreadPoolExecutor(2) as batches:
+
+                def put(item):
+                    (cid, data), url = item
+                    # requests sends Content-Length: len(data), the length the URL is signed for
+                    self._request("PUT", url, data=data)
+
+                def send(item):
+                    batch, size = item
+                    urls = self.upload_urls(upload, {cid: len(data) for cid, data in batch})
+                    list(puts.map(put, [(c, urls[c[0]]) for c in batch]))
+                    return size
+
+                # reading the next batch overlaps sending the previous one
+                for n in bounded_map(batches, send, packs(), 2):
+                    sent += n
+                    if on_sent:
+                        on_sent(n)
+            return sent
+        url = urljoin(self.base_url, upload["url"])
 
         def post(item):
             batch, size = item
@@ -174,9 +193,9 @@ class StoreClient:
                         on_chunk(cid, memoryview(data))
                 continue
             url = urljoin(self.base_url, target["url"])
-            # packs of about PACK_BYTES each; the next one downloads while this one is written
-            step = max(1, PACK_BYTES // (256 << 10))
-            parts = [batch[j:j + step] for j in range(0, len(batch), step)]
+            # packs of PACK_IDS chunks (within the store's PACK_MAX whatever their sizes);
+            # the next one downloads while this one is written
+            parts = [batch[j:j + PACK_IDS] for j in range(0, len(batch), PACK_IDS)]
 
             def fetch(part):
                 return part, self._request("POST", url, data=json.dumps({"ids": part}),
@@ -200,6 +219,10 @@ class StoreClient:
     # -- snapshots --------------------------------------------------------------------
     def put_manifest(self, manifest_json: bytes) -> str:
         """Store a manifest whose chunks are all uploaded; returns the new snapshot id."""
+        if len(manifest_json) > MANIFEST_MAX:
+            raise StoreError(f"the snapshot's manifest is {len(manifest_json)} bytes; the store keeps "
+                             f"manifests of at most {MANIFEST_MAX} bytes (about 400,000 chunks): "
+                             "leave large folders out of the snapshot", 413)
         resp = self._request("POST", self._url("snapshots"), data=manifest_json,
                              headers={"Content-Type": "application/json"})
         return resp.json()["id"]

@@ -10,6 +10,12 @@ header or trailer; an empty body is an empty pack. :func:`encode_pack` writes on
 :func:`iter_pack` reads one and raises :class:`PackError` for a truncated or garbled body.
 Neither checks a chunk's data against its id: the receiver hashes it.
 
+*Limits* both sides keep (the store refuses more, its clients never send more):
+:data:`MAX_CHUNK` (the chunker cuts no larger chunk), :data:`MAX_IDS` distinct chunk ids
+per request, :data:`PACK_MAX` bytes of chunk data per pack either way (a download asks
+for at most :data:`PACK_IDS` chunks, which always fit), :data:`MANIFEST_MAX` bytes of
+manifest. See docs/migration.md ("Store limits").
+
 Restore *report* (a migration target writes it beside the snapshot,
 ``PUT .../snapshots/{id}/report``; the source reads it back to verify the move):
 :class:`RestoreReport`, with :meth:`RestoreReport.from_json` as the one check both the
@@ -26,6 +32,16 @@ from typing import Iterable, Iterator
 #: one pack record's header: raw chunk id, data length
 PACK_HEADER = struct.Struct(">32sQ")
 ID_BYTES = 32
+#: the largest chunk (bytes): the chunker's maximum, and the largest chunk the store takes
+MAX_CHUNK = 1 << 20
+#: the most distinct chunk ids one request may name (which are missing, download, pack)
+MAX_IDS = 5000
+#: the most chunk data (bytes) in one pack: an upload's body, a download's reply
+PACK_MAX = 64 << 20
+#: chunk ids per pack download: that many chunks fit in a pack whatever their sizes
+PACK_IDS = PACK_MAX // MAX_CHUNK
+#: the largest manifest the store keeps (bytes of JSON): ~400,000 chunks, ~100 GiB of files
+MANIFEST_MAX = 32 << 20
 #: the largest restore report the store keeps (bytes of JSON)
 REPORT_MAX = 4 << 20
 #: a report's states: the target is still restoring, has finished, or has given up
@@ -36,17 +52,23 @@ class PackError(ValueError):
     """A chunk pack (or a chunk id given to one) is malformed."""
 
 
+def pack_header(cid: str, length: int) -> bytes:
+    """The header of one pack record: chunk ``cid`` (hex) of ``length`` bytes follows;
+    a sender that streams a pack writes it, then the data."""
+    try:
+        raw = bytes.fromhex(cid)
+    except (TypeError, ValueError):
+        raw = b""
+    if len(raw) != ID_BYTES:
+        raise PackError(f"chunk id {str(cid)[:16]!r} is not {ID_BYTES * 2} hex digits")
+    return PACK_HEADER.pack(raw, length)
+
+
 def encode_pack(items: Iterable[tuple[str, bytes]]) -> bytes:
     """The pack of ``(hex chunk id, data)`` items, in order."""
     out = bytearray()
     for cid, data in items:
-        try:
-            raw = bytes.fromhex(cid)
-        except (TypeError, ValueError):
-            raw = b""
-        if len(raw) != ID_BYTES:
-            raise PackError(f"chunk id {str(cid)[:16]!r} is not {ID_BYTES * 2} hex digits")
-        out += PACK_HEADER.pack(raw, len(data))
+        out += pack_header(cid, len(data))
         out += data
     return bytes(out)
 
