@@ -9,6 +9,9 @@ The pieces, each one idea:
 * :mod:`.node`, :mod:`.head`, :mod:`.worker` - the small launchers that run on a node:
   they start ``ray start --block`` and, on SIGTERM, stop exactly that Ray node (never
   ``ray stop``, which would stop every user's Ray on the machine);
+* :mod:`.auth` - the cluster's Ray token (token authentication is on for every
+  cluster): made by the hub, moved by each launcher into a private file;
+* :mod:`.loopback` - ``ray start`` for a node on this machine, every port on loopback;
 * :mod:`.cluster` - :class:`RayCluster`, the worker lifecycle the spawner drives
   (launch through the same failover list as the notebook, poll, scale, stop, state);
 * :mod:`.launcher` - :class:`RayLauncher`, the one object the spawner calls for a
