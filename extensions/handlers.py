@@ -18,7 +18,7 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from .hubclient import HubError
-from .migrate import Busy, Migrator, OptionError, Restorer
+from .migrate import Busy, Migrator, NotAccepted, OptionError, Restorer
 
 
 class CloudhopHandler(APIHandler):
@@ -79,6 +79,28 @@ class MigrationHandler(MigrationAPIHandler):
         m = self.migrator.migrations.get(mid)
         if m is None:
             raise web.HTTPError(404, "no such migration")
+        self.finish(json.dumps(m.to_json()))
+        self.migrator.seen(m)
+
+
+class AcceptHandler(MigrationAPIHandler):
+    """``POST .../migrations/{id}/accept``: the user accepts what a move awaiting it left
+    out, so this server stops (200 with the move, now ``done``); 409 when the move does not
+    wait for that or its target no longer runs, 502 when the hub cannot say."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, mid):
+        self.check_owner()
+        m = self.migrator.migrations.get(mid)
+        if m is None:
+            raise web.HTTPError(404, "no such migration")
+        try:
+            await self.migrator.accept(m)
+        except NotAccepted as err:
+            raise web.HTTPError(409, str(err), reason="not awaiting accept") from None
+        except HubError as err:
+            raise web.HTTPError(502, f"could not ask the hub whether the target runs: {err}") from None
         self.finish(json.dumps(m.to_json()))
         self.migrator.seen(m)
 

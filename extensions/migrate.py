@@ -13,6 +13,11 @@ Source (:class:`Migrator`), one migration at a time:
    snapshot);
 4. ``verifying`` - every file's BLAKE3 and every kernel's variable list must match;
 5. ``done`` - ``target_url`` is set; shortly after, the source asks the hub to stop it.
+   When the snapshot left out something of the user's (anything in ``skipped`` that is
+   not a cache: :func:`left_out`) and the move was not sent ``accept_skipped``, the move
+   reads ``awaiting-accept`` instead: target and source both run until the user accepts
+   (:meth:`Migrator.accept`, then ``done`` and the source stops) or stops the target.
+   The move's snapshot stays in the store either way.
 
 Any failure or timeout stops (and removes) the target and leaves the source running
 and unchanged: state ``failed`` with ``error``. The server's own token cannot start or
@@ -38,26 +43,45 @@ from dataclasses import dataclass, field
 from traitlets import Float, List, Unicode, default, validate
 from traitlets.config import Configurable
 
-from cloudhop.spawner.schema import OPTIONS, OptionError, check_shape
+from cloudhop.spawner.schema import MOVE_OPTIONS, OPTIONS, OptionError, check_shape
 from cloudhop.spawner.validate import SettingError, check_number, require_url, setting_name
 
 from .hubclient import HubClient, HubError
 from .kernelstate import checkpoint_kernel, restore_kernel
 from .snapshot import Excludes, Manifest, StoreClient, restore_snapshot, take_snapshot
-from .snapshot.excludes import DEFAULT_MAX_FILE_BYTES, DEFAULT_PATTERNS
+from .snapshot.excludes import DEFAULT_MAX_FILE_BYTES, DEFAULT_PATTERNS, summary
 from .snapshot.protocol import KernelReport, RestoreReport
 from .snapshot.snapshot import workspace_dest
 
 log = logging.getLogger("cloudhop.migrate")
 KERNEL_PREFIX = ".cloudhop/kernels"
-STATES = ("snapshotting", "launching", "restoring", "verifying", "done", "failed")
+STATES = ("snapshotting", "launching", "restoring", "verifying", "awaiting-accept", "done", "failed")
 
-#: user_options a move may carry: the spawner's schema, less ``restore`` (the move sets it)
-MOVABLE = tuple(o for o in OPTIONS if o.name != "restore")
+#: user_options a move may carry: the spawner's schema, less ``restore`` (the move sets it),
+#: plus the move's own options (``accept_skipped``), which stay with the source
+MOVABLE = tuple(o for o in OPTIONS if o.name != "restore") + MOVE_OPTIONS
 
 
 class Busy(RuntimeError):
     """A migration of this server is already running."""
+
+
+class NotAccepted(RuntimeError):
+    """An accept the move cannot take: it does not wait for one, or its target no longer
+    runs (the move has then failed and this server keeps running)."""
+
+
+def split_options(options: dict) -> tuple[dict, dict]:
+    """``(the new server's user_options, the move's own options)`` of checked options."""
+    own = {o.name for o in MOVE_OPTIONS}
+    return ({k: v for k, v in options.items() if k not in own},
+            {k: v for k, v in options.items() if k in own})
+
+
+def left_out(skipped: list[dict]) -> list[dict]:
+    """The workspace paths a move left out that are the user's: every ``skipped`` entry
+    of the snapshot (those with a ``kind``) that is not a cache its tool rebuilds."""
+    return [s for s in skipped if "kind" in s and not s.get("cache")]
 
 
 def check_options(raw) -> dict:
@@ -79,6 +103,8 @@ def target_name(options: dict, mid: str) -> str:
 class Migration:
     id: str
     options: dict
+    #: the move's own options (:data:`~cloudhop.spawner.schema.MOVE_OPTIONS`)
+    move_options: dict = field(default_factory=dict)
     state: str = "snapshotting"
     target_server: str | None = None
     target_url: str | None = None
@@ -95,6 +121,7 @@ class Migration:
 
     @property
     def running(self) -> bool:
+        """Not over yet; a move awaiting the user's accept is not (its target runs)."""
         return self.state not in ("done", "failed")
 
     def to_json(self) -> dict:
@@ -103,7 +130,8 @@ class Migration:
             "target_url": self.target_url, "bytes_total": self.bytes_total,
             "bytes_sent": self.bytes_sent, "variables": self.variables, "skipped": self.skipped,
             "error": self.error, "snapshot": self.snapshot_id, "options": self.options,
-            "started": self.started, "finished": self.finished,
+            "move_options": self.move_options, "started": self.started, "finished": self.finished,
+            "left_out": summary(left_out(self.skipped)),
         }
 
 
@@ -135,9 +163,12 @@ class CloudhopMigration(Configurable):
                            "most a day): it must outlast the snapshot, the launch and the restore."
                            ).tag(config=True)
     exclude = List(Unicode(), list(DEFAULT_PATTERNS),
-                   help="Glob patterns of workspace paths a snapshot leaves out.").tag(config=True)
+                   help="Glob patterns of workspace paths a snapshot leaves out. The default lists caches "
+                   "their tools rebuild; anything else left out is the user's, and a move that leaves it "
+                   "out keeps its source running until the user accepts.").tag(config=True)
     max_file_bytes = Float(DEFAULT_MAX_FILE_BYTES, help="Files larger than this (bytes) are left out "
-                           "of a snapshot, with a warning.").tag(config=True)
+                           "of a snapshot and listed in the move's skipped; the move keeps its source "
+                           "running until the user accepts.").tag(config=True)
     #: seconds between looks at the hub and the store while waiting (not a setting)
     poll_interval = 1.0
 
@@ -215,7 +246,8 @@ class Migrator:
         """Check the options' shape here, then their values with the hub (the same offers
         and policy as a spawn), so a typo fails before the snapshot. A hub without the
         check endpoint, or out of reach, leaves it to the spawn itself."""
-        options = check_options(options)
+        options, _ = split_options(check_options(options))
+        await self._drop_gone_targets()
         try:
             await self.hub.check_options(options)
         except HubError as err:
@@ -224,10 +256,14 @@ class Migrator:
 
     def start(self, options: dict) -> Migration:
         """Check, register and start a migration; raises Busy or OptionError."""
-        options = check_options(options)
-        if any(m.running for m in self.migrations.values()):
-            raise Busy("a migration of this server is already running")
-        m = Migration(id=uuid.uuid4().hex[:12], options=options)
+        options, move_options = split_options(check_options(options))
+        for other in self.migrations.values():
+            if other.state == "awaiting-accept":
+                raise Busy(f"a move of this server to {other.target_server!r} waits for you to accept what it "
+                           f"left out (POST cloudhop/api/migrations/{other.id}/accept) or to stop that server")
+            if other.running:
+                raise Busy("a migration of this server is already running")
+        m = Migration(id=uuid.uuid4().hex[:12], options=options, move_options=move_options)
         self.migrations[m.id] = m
         task = asyncio.ensure_future(self._run(m))
         self._tasks.add(task)
@@ -254,10 +290,12 @@ class Migrator:
             report = await self._wait_report(m, store, move)
             m.state = "verifying"
             self._verify(m, manifest, kernels, report)
-            m.read_done = asyncio.Event()
-            m.state = "done"
-            m.finished = time.time()
-            log.info("migration %s done: %s", m.id, m.target_url)
+            if left_out(m.skipped) and not m.move_options.get("accept_skipped"):
+                m.state = "awaiting-accept"
+                log.info("migration %s: %s runs; %d paths were left out, so this server runs until the "
+                         "user accepts", m.id, m.target_url, len(left_out(m.skipped)))
+            else:
+                self._done(m)
         except Exception as err:  # noqa: BLE001 - every failure is reported in the state
             m.error = str(err) or type(err).__name__
             log.warning("migration %s failed while %s: %s", m.id, m.state, m.error)
@@ -275,15 +313,65 @@ class Migrator:
             if store is not None:
                 store.close()
         if m.state == "done":
-            try:
-                await asyncio.wait_for(m.read_done.wait(), self.settings.stop_delay)
-            except asyncio.TimeoutError:
-                pass
-            await asyncio.sleep(0.5)  # let the reply that saw "done" go out
-            try:
-                await self.hub.stop_server(self.hub.server_name)
-            except HubError as err:
-                log.warning("migration %s: could not stop this server: %s", m.id, err)
+            await self._stop_source(m)
+
+    @staticmethod
+    def _done(m: Migration) -> None:
+        m.read_done = asyncio.Event()
+        m.state = "done"
+        m.finished = time.time()
+        log.info("migration %s done: %s", m.id, m.target_url)
+
+    async def _stop_source(self, m: Migration) -> None:
+        """Stop this server once a client has read ``done`` (or after ``stop_delay``)."""
+        try:
+            await asyncio.wait_for(m.read_done.wait(), self.settings.stop_delay)
+        except asyncio.TimeoutError:
+            pass
+        await asyncio.sleep(0.5)  # let the reply that saw "done" go out
+        try:
+            await self.hub.stop_server(self.hub.server_name)
+        except HubError as err:
+            log.warning("migration %s: could not stop this server: %s", m.id, err)
+
+    async def _target_runs(self, m: Migration) -> bool:
+        """Whether the move's target server is ready (this server's own token reads the
+        user's server models); HubError when the hub cannot say."""
+        model = await self.hub.server(m.target_server)
+        return bool(model and model.get("ready"))
+
+    def _target_gone(self, m: Migration) -> None:
+        m.state = "failed"
+        m.finished = time.time()
+        m.error = (f"awaiting-accept: the target server {m.target_server!r} no longer runs; this server "
+                   "keeps running")
+
+    async def _drop_gone_targets(self) -> None:
+        """A move awaiting the user's accept whose target was stopped meanwhile has failed:
+        it no longer blocks a new move."""
+        for m in list(self.migrations.values()):
+            if m.state == "awaiting-accept":
+                try:
+                    if not await self._target_runs(m):
+                        self._target_gone(m)
+                except HubError:
+                    pass  # the hub cannot say: the move keeps waiting
+
+    async def accept(self, m: Migration) -> None:
+        """The user accepts what move ``m`` left out: it reads ``done`` and this server
+        stops shortly after (the target runs on). Raises :class:`NotAccepted` when ``m``
+        does not await an accept or its target no longer runs (``m`` has then failed;
+        this server keeps running), HubError when the hub cannot say whether it runs."""
+        if m.state != "awaiting-accept":
+            raise NotAccepted(f"the move is {m.state}; it does not wait for an accept")
+        if not await self._target_runs(m):
+            self._target_gone(m)
+            raise NotAccepted(m.error.removeprefix("awaiting-accept: "))
+        m.move_options["accept_skipped"] = True
+        self._done(m)
+        task = asyncio.ensure_future(self._stop_source(m))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _checkpoint(self, m: Migration, workdir: str) -> list[dict]:
         """Checkpoint each session's kernel into ``workdir``; one dict per kernel."""
@@ -316,7 +404,7 @@ class Migrator:
         )
         m.snapshot_id = sid
         m.bytes_total, m.bytes_sent = stats.bytes_total, stats.bytes_sent
-        m.skipped += [{"name": w.split(":")[0], "path": None, "reason": w, "rebuilt": None} for w in stats.warnings]
+        m.skipped += [s.to_json() for s in stats.skipped]  # workspace paths: path, kind, size, reason, cache
         return manifest
 
     async def _launch(self, m: Migration, move: HubClient) -> None:

@@ -8,6 +8,11 @@ happen between cells, so neither call blocks: progress is followed from a backgr
 thread and shown in the cell's widgets (or printed, without ipywidgets). When the
 migration is done, the widgets send the browser to the new server (a JavaScript output,
 which JupyterLab runs because the kernel's own output is trusted) and keep a link to it.
+
+A move that left out something of the user's (a file over the size limit, a path the
+operator excludes) stops at ``awaiting-accept``: the new server runs, this one too. The
+widgets then list what was left out and ask whether to stop this server anyway
+(:meth:`MigrationHandle.accept`), or to keep it running.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ import urllib.error
 import urllib.request
 
 FINAL = ("done", "failed")
+#: a move whose target runs while this server waits for the user to accept what it left out
+WAITING = "awaiting-accept"
+#: how many left-out paths the question names
+SHOWN = 10
 
 
 class CloudhopAPIError(RuntimeError):
@@ -91,9 +100,17 @@ class MigrationHandle:
         self.last = _api("GET", f"migrations/{self.id}")
         return self.last
 
+    def accept(self) -> dict:
+        """Accept what a move in ``awaiting-accept`` left out: this server stops shortly
+        after (the new server runs on). Raises CloudhopAPIError when the move does not
+        wait for that, or its new server no longer runs."""
+        self.last = _api("POST", f"migrations/{self.id}/accept", {})
+        return self.last
+
     def wait(self, timeout: float = 3600, interval: float = 1.0) -> dict:
+        """Poll until the move ends, or waits for :meth:`accept`."""
         deadline = time.monotonic() + timeout
-        while self.last["state"] not in FINAL and time.monotonic() < deadline:
+        while self.last["state"] not in FINAL + (WAITING,) and time.monotonic() < deadline:
             time.sleep(interval)
             try:
                 self.status()
@@ -107,7 +124,7 @@ class MigrationHandle:
 
 def _follow(handle: MigrationHandle, show) -> None:
     def loop():
-        while handle.last["state"] not in FINAL:
+        while handle.last["state"] not in FINAL + (WAITING,):
             time.sleep(1)
             try:
                 handle.status()
@@ -125,6 +142,9 @@ def _text(m: dict) -> str:
         return f"done: your project is at {m['target_url']} (this server stops now)"
     if state == "failed":
         return f"failed: {m.get('error')} - this server is unchanged"
+    if state == WAITING:
+        return (f"the new server runs at {m['target_url']}; this server keeps running because "
+                f"{m.get('left_out') or 'something'} of yours {_were(m)} left out")
     total = m.get("bytes_total") or 0
     sent = f" ({m.get('bytes_sent', 0) / 2**20:.1f} of {total / 2**20:.1f} MiB sent)" if total else ""
     return f"{state}{sent}"
@@ -146,12 +166,15 @@ def migrate(provider: str | None = None, region: str | None = None, gpu: str | N
 
         label = w.HTML(f"<b>Cloudhop</b>: {_text(handle.last)}")
         nav = w.Output()
-        display(label, nav)
         follow = _browser_follower(nav)
 
         def show(m):
             label.value = f"<b>Cloudhop</b>: {_link(m)}"
+            ask(handle, m)
             follow(m)
+
+        prompt, ask = _accept_prompt(show)
+        display(label, prompt, nav)
     except ImportError:
         def show(m):
             print("Cloudhop:", _text(m), flush=True)
@@ -159,11 +182,85 @@ def migrate(provider: str | None = None, region: str | None = None, gpu: str | N
     return handle
 
 
+def _mine(m: dict) -> list[dict]:
+    """The ``skipped`` entries of ``m`` that are the user's paths (not caches, not variables)."""
+    return [s for s in m.get("skipped") or [] if "kind" in s and not s.get("cache")]
+
+
+def _were(m: dict) -> str:
+    return "was" if len(_mine(m)) == 1 else "were"
+
+
+def left_out_lines(m: dict) -> list[str]:
+    """The paths of the user's a move left out (not caches), as ``"data/big.bin (2 MiB:
+    over the size limit of 1 MiB)"``: at most :data:`SHOWN`, then how many more."""
+    from .snapshot.excludes import human_bytes
+
+    mine = _mine(m)
+    lines = [f"{s['path']} ({human_bytes(s['size']) if s.get('size') is not None else 'size unknown'}: "
+             f"{s['reason']})" for s in mine[:SHOWN]]
+    if len(mine) > SHOWN:
+        lines.append(f"and {len(mine) - SHOWN} more (the move's skipped lists them all)")
+    return lines
+
+
+def question(m: dict) -> str:
+    """The HTML question a move awaiting the user's accept asks."""
+    import html
+
+    items = "".join(f"<li><code>{html.escape(line)}</code></li>" for line in left_out_lines(m))
+    return (f"<b>{html.escape(m.get('left_out') or 'Some files')} {_were(m)} left out</b> "
+            f"of the move:<ul>{items}</ul>The new server runs. Stop this server anyway? What was left out "
+            "goes with it unless you copy it first (its terminal and file browser still work).")
+
+
+def _accept_prompt(show):
+    """``(box, update)``: the question and its two buttons, shown by ``update(handle, m)``
+    while the move ``m`` awaits the user's accept; stopping this server calls
+    :meth:`MigrationHandle.accept`, then ``show`` follows the move as before."""
+    import html
+
+    import ipywidgets as w
+
+    text = w.HTML("")
+    stop = w.Button(description="Stop this server", button_style="danger", icon="power-off")
+    keep = w.Button(description="Keep it running")
+    box = w.VBox([text, w.HBox([stop, keep])], layout=w.Layout(display="none"))
+    current: dict = {}
+
+    def update(handle, m):
+        current["handle"] = handle
+        box.layout.display = "" if m["state"] == WAITING and not current.get("kept") else "none"
+        if m["state"] == WAITING:
+            text.value = question(m)
+
+    def on_stop(_):
+        stop.disabled = keep.disabled = True
+        handle = current["handle"]
+        try:
+            handle.accept()
+        except CloudhopAPIError as err:
+            text.value = question(handle.last) + f"<br><span style='color:#b00'>{html.escape(str(err))}</span>"
+            stop.disabled = keep.disabled = False
+            return
+        box.layout.display = "none"
+        show(handle.last)
+        _follow(handle, show)
+
+    def on_keep(_):
+        current["kept"] = True
+        box.layout.display = "none"
+
+    stop.on_click(on_stop)
+    keep.on_click(on_keep)
+    return box, update
+
+
 def _link(m: dict) -> str:
     import html
 
     text = html.escape(_text(m))
-    if m["state"] == "done" and m.get("target_url"):
+    if m["state"] in ("done", WAITING) and m.get("target_url"):
         url = html.escape(m["target_url"], quote=True)
         return f'{text} - <a href="{url}" target="_top">open the new server</a>'
     return text
@@ -192,7 +289,8 @@ def _browser_follower(out):
 
 def panel():
     """An ipywidgets panel: where this server runs, a target picker (the offers the hub
-    lets this user launch), a Move button and progress."""
+    lets this user launch), a Move button, progress and, when a move left out something of
+    the user's, what and whether to stop this server anyway."""
     import ipywidgets as w
 
     info = _api("GET", "info")
@@ -212,14 +310,19 @@ def panel():
     status = w.HTML("")
     nav = w.Output()
     follow = _browser_follower(nav)
+    live: dict = {}
 
     def show(m):
         total = m.get("bytes_total") or 0
-        bar.value = 1 if m["state"] == "done" else (min(1, m.get("bytes_sent", 0) / total) if total else bar.value)
-        bar.bar_style = {"done": "success", "failed": "danger"}.get(m["state"], "info")
+        arrived = m["state"] in ("done", WAITING)
+        bar.value = 1 if arrived else (min(1, m.get("bytes_sent", 0) / total) if total else bar.value)
+        bar.bar_style = {"done": "success", "failed": "danger", WAITING: "warning"}.get(m["state"], "info")
         status.value = _link(m)
         move.disabled = m["state"] not in FINAL or m["state"] == "done"
+        ask(live["handle"], m)
         follow(m)
+
+    prompt, ask = _accept_prompt(show)
 
     def on_click(_):
         move.disabled = True
@@ -229,8 +332,9 @@ def panel():
             status.value = f"<span style='color:#b00'>{err}</span>"
             move.disabled = False
             return
+        live["handle"] = handle
         show(handle.last)
         _follow(handle, show)
 
     move.on_click(on_click)
-    return w.VBox([here, note, w.HBox([target, move]), bar, status, nav])
+    return w.VBox([here, note, w.HBox([target, move]), bar, prompt, status, nav])

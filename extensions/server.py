@@ -4,6 +4,7 @@
 
     POST {server}/cloudhop/api/migrations          user_options -> 202 {"id", ...}; 409 if one runs
     GET  {server}/cloudhop/api/migrations/{id}     the migration's state (see migrate.Migration)
+    POST {server}/cloudhop/api/migrations/{id}/accept   stop this server although the move left files out
     GET  {server}/cloudhop/api/restore             this server's restore report (a migration target)
     GET  {server}/cloudhop/api/info                where this server runs (provider, region, GPU)
     GET  {server}/cloudhop/api/offers              offers this user may move to (policy-filtered, from the hub)
@@ -20,6 +21,7 @@ import os
 from jupyter_server.utils import url_path_join
 
 from . import ray_api
+from .handlers import AcceptHandler
 from .handlers import InfoHandler, MigrationHandler, MigrationsHandler, OffersHandler, RestoreHandler
 from .hubclient import HubClient
 from .kernelenv import keep_token_from_children
@@ -44,6 +46,7 @@ def _load_jupyter_server_extension(serverapp):
     serverapp.web_app.add_handlers(".*$", [
         (url_path_join(base, "migrations"), MigrationsHandler, kw),
         (url_path_join(base, r"migrations/([0-9a-f]{1,32})"), MigrationHandler, kw),
+        (url_path_join(base, r"migrations/([0-9a-f]{1,32})/accept"), AcceptHandler, kw),
         (url_path_join(base, "restore"), RestoreHandler, kw),
         (url_path_join(base, "info"), InfoHandler, kw),
         (url_path_join(base, "offers"), OffersHandler, kw),

@@ -220,6 +220,13 @@ OPTIONS = (
     Option("restore", "name", pattern=SNAPSHOT, matched=False),
 )
 
+#: options of a move only (``POST {server}/cloudhop/api/migrations``), never of a spawn
+#: (the hub neither sees nor checks them): ``accept_skipped`` lets the move stop its
+#: source although it left out something of the user's (docs/migration.md)
+MOVE_OPTIONS = (
+    Option("accept_skipped", "bool", matched=False, default=False),
+)
+
 SCHEMA = {o.name: o for o in OPTIONS}
 RAY_SCHEMA = {o.name: o for o in RAY_OPTIONS}
 FIELDS = tuple(SCHEMA)

@@ -8,6 +8,10 @@ every path by walking from an open descriptor of its root, one component at a ti
 operation and the next is refused as well, and an operation already under way keeps
 writing into the directory it opened, never into the link's target.
 
+Links a restore makes itself (:meth:`Confined.symlink`) are made with ``symlinkat`` in a
+folder reached the same way, under a temporary name renamed into place: making a link
+never writes through one, and never replaces anything but a regular file or a link.
+
 Refusals raise :class:`UnsafePath`, whose message names the component and what it is
 ("'data' is a symbolic link in the target"). The root itself is trusted (a server's own
 root directory, which may itself be a link); everything below it is not. Needs ``dir_fd``
@@ -17,6 +21,7 @@ support (Linux, the BSDs, macOS). See docs/security.md.
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from contextlib import contextmanager
 from typing import Iterator
@@ -123,6 +128,51 @@ class Confined:
         """Remove the file at ``path`` (a link on the way raises UnsafePath)."""
         with self.parent(path) as (dir_fd, name):
             os.unlink(name, dir_fd=dir_fd)
+
+    def mkdir(self, path: str, mode: int) -> None:
+        """Make the folder ``path`` (and those on the way) if missing and set its permission
+        bits to ``mode``; a link or anything but a folder there raises UnsafePath."""
+        with self.parent(path, create=True) as (dir_fd, name):
+            try:
+                os.mkdir(name, 0o700, dir_fd=dir_fd)
+            except FileExistsError:
+                pass  # a link or a file there is refused by the open below
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+            except OSError as err:
+                raise self._refusal(dir_fd, path.split("/"), err, stat.S_IFDIR) from None
+            try:
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+
+    def symlink(self, target: str, path: str) -> None:
+        """Make ``path`` a symbolic link to ``target``. The folders on the way are made
+        (never through a link); a regular file or link already at ``path`` is replaced
+        (renamed over: nothing is written through it), anything else there is refused."""
+        with self.parent(path, create=True) as (dir_fd, name):
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if st is not None:
+                if stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=dir_fd) == target:
+                    return
+                if not (stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                    raise UnsafePath(f"{path!r} is a {file_kind(st.st_mode)} in the target, "
+                                     "not a symbolic link or a regular file")
+            temp = f".{name}.cloudhop-{secrets.token_hex(4)}"
+            os.symlink(target, temp, dir_fd=dir_fd)
+            try:
+                os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except OSError:
+                os.unlink(temp, dir_fd=dir_fd)
+                raise
+
+    def readlink(self, path: str) -> str:
+        """The text of the symbolic link at ``path`` (OSError when it is not one)."""
+        with self.parent(path) as (dir_fd, name):
+            return os.readlink(name, dir_fd=dir_fd)
 
     @staticmethod
     def _refusal(dir_fd: int, parts: list[str], err: OSError, wanted: int) -> OSError:

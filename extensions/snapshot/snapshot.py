@@ -5,8 +5,10 @@ it lacks, uploads only those and stores the manifest. ``restore_snapshot`` downl
 the chunks a destination lacks, writes each file to a temporary name beside its final
 place, checks the file's BLAKE3 by reading it back, and only then renames it into place:
 a reader never sees a half-written file, and a failed restore leaves no partial file.
-A restore writes regular files only, with permission bits only, and never through a
-symbolic link in the destination (:mod:`.confined`); see docs/security.md.
+A snapshot also holds symbolic links (as links, never followed) and folders with nothing
+else kept in them (:mod:`.excludes`); a restore makes them after every file is in place.
+A restore writes with permission bits only, and never through a symbolic link in the
+destination, its own included (:mod:`.confined`); see docs/security.md.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import secrets
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import blake3
@@ -25,8 +27,8 @@ import blake3
 from .chunking import Chunker, hash_bytes
 from .client import StoreClient
 from .confined import Confined, RestoreError, UnsafePath
-from .excludes import Excludes
-from .manifest import FileEntry, Manifest, check_mode, check_path
+from .excludes import Excludes, Skipped
+from .manifest import FileEntry, Manifest, check_entry, check_link, check_path, check_tree, link_hash
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,13 @@ class SnapshotStats:
     chunks_sent: int = 0
     #: chunk bytes uploaded plus the manifest
     bytes_sent: int = 0
-    warnings: list[str] = field(default_factory=list)
+    #: every workspace path left out (:class:`~.excludes.Skipped`)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        """:attr:`skipped` as lines, ``"<path>: <reason>"``."""
+        return [str(s) for s in self.skipped]
 
 
 def fd_hash(fd: int) -> str:
@@ -75,18 +83,23 @@ def take_snapshot(
     excludes = excludes or Excludes()
     chunker = chunker or Chunker()
     stats = SnapshotStats()
-    sources: list[tuple[str, str, int]] = []  # (manifest path, absolute path, mode)
-    for rel, st in excludes.walk(root):
-        sources.append((rel, os.path.join(os.fspath(root), rel), st.st_mode & 0o7777))
-    stats.warnings = list(excludes.warnings)
+    sources = [(found, os.path.join(os.fspath(root), found.path)) for found in excludes.walk(root)]
+    stats.skipped = list(excludes.skipped)
     for prefix, directory in (extra or {}).items():
-        for rel, st in Excludes(patterns=(), max_file_bytes=1 << 62).walk(directory):
-            sources.append((f"{prefix.strip('/')}/{rel}", os.path.join(directory, rel), st.st_mode & 0o7777))
+        for found in Excludes(patterns=(), max_file_bytes=1 << 62).walk(directory):
+            sources.append((replace(found, path=f"{prefix.strip('/')}/{found.path}"),
+                            os.path.join(directory, found.path)))
 
     where: dict[str, tuple[str, int, int]] = {}
     manifest = Manifest(meta=dict(meta or {}))
-    for rel, path, mode in sources:
-        check_path(rel)
+    for found, path in sources:
+        rel, mode = check_path(found.path), found.stat.st_mode & 0o7777
+        if found.kind == "link":
+            manifest.files.append(FileEntry.symlink(rel, found.link))
+            continue
+        if found.kind == "dir":
+            manifest.files.append(FileEntry.folder(rel, mode))
+            continue
         digest, refs = chunker.chunk_file(path)
         for ref in refs:
             where.setdefault(ref.id, (path, ref.offset, ref.length))
@@ -159,16 +172,28 @@ def restore_snapshot(
       when it appears while the restore runs;
     - a failure removes this restore's temporary files; files already put in place stay.
 
-    A destination file that already has the right content is left as it is (its mode set)."""
+    A destination file that already has the right content is left as it is (its mode set).
+
+    Link and folder entries (:func:`~.manifest.check_entry`) are made after every file is
+    in place, folders first: a link is made in its folder with ``symlinkat`` and renamed
+    over what is there (a regular file or a link; anything else fails the restore), its
+    text read back and checked; no entry may lie below a link
+    (:func:`~.manifest.check_tree`), so nothing is ever written through one. The result
+    maps a link to the BLAKE3 of its text and a folder to that of nothing."""
+    check_tree(manifest.files)
     wanted: list[tuple[FileEntry, int, Place]] = []
+    others: list[tuple[FileEntry, int, Place]] = []
     for entry in manifest.files:
-        mode = check_mode(entry.path, entry.mode)
+        mode = check_entry(entry)
         place = dest_for(entry.path)
         if place is None:
             continue
         if not isinstance(place, Place):
             raise TypeError(f"dest_for must return a Place or None, not {type(place).__name__}")
-        wanted.append((entry, mode, place))
+        if entry.kind == "link":
+            check_link(place.path, entry.link)
+        (wanted if entry.kind == "file" else others).append((entry, mode, place))
+    others.sort(key=lambda item: item[0].kind != "dir")
 
     roots: dict[str, Confined] = {}
     plan: list[tuple[FileEntry, int, Confined, str, str]] = []  # (entry, mode, root, final, temp)
@@ -226,6 +251,10 @@ def restore_snapshot(
                     os.close(fd)
                 tree.replace(temp, final)
             done[entry.path] = digest
+        for entry, mode, place in others:
+            if place.root not in roots:
+                roots[place.root] = Confined(place.root)
+            done[entry.path] = _make(roots[place.root], place.path, entry, mode)
     finally:
         for _, _, tree, _, temp in plan:
             try:
@@ -253,6 +282,19 @@ def _holds(tree: Confined, path: str, entry: FileEntry, mode: int) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def _make(tree: Confined, path: str, entry: FileEntry, mode: int) -> str:
+    """Make the link or folder ``entry`` at ``path``; returns its hash as made."""
+    with _refusing(entry.path):
+        if entry.kind == "dir":
+            tree.mkdir(path, mode)
+            return entry.hash
+        tree.symlink(entry.link, path)
+        digest = link_hash(tree.readlink(path))
+    if digest != entry.hash:
+        raise RestoreError(f"{entry.path}: the restored link does not match its checksum")
+    return digest
 
 
 @contextmanager

@@ -225,8 +225,8 @@ def test_the_snapshot_leaves_out_fifos_and_sockets_and_lists_them(tmp_path, stor
     finally:
         sock.close()
     assert [f.path for f in manifest.files] == ["a.txt"]
-    assert "pipe: FIFO left out (a snapshot holds regular files only)" in stats.warnings
-    assert "sock: socket left out (a snapshot holds regular files only)" in stats.warnings
+    assert "pipe: not a regular file (a FIFO)" in stats.warnings
+    assert "sock: not a regular file (a socket)" in stats.warnings
 
 
 # -- paths in the manifest -------------------------------------------------------------
