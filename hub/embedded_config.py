@@ -49,10 +49,8 @@ c.CloudhopSpawner.hub_id = hub_id(data_dir)  # random, kept: the reaper uses it 
 from cloudhop.spawner.providers.workspaces import cloudhop_up_settings  # noqa: E402
 
 c.LocalProvider.update(cloudhop_up_settings(data_dir, c.CloudhopSpawner.hub_id))
-# the Ray API (resize a server's Ray cluster) - docs/ray.md
-from cloudhop.hub.ray_api import handlers as _ray_handlers  # noqa: E402
-
-c.JupyterHub.extra_handlers = [*_ray_handlers()]
+# Cloudhop's hub APIs (offers, move and kernel tokens, Ray clusters - docs/ray.md) are
+# registered by the application `cloudhop up` runs (cloudhop.hub.app.CloudhopHub)
 
 # a first run and a workshop: one shared password for users, another for the admin
 c.JupyterHub.authenticator_class = "shared-password"
@@ -111,3 +109,10 @@ from cloudhop.hub.services import add_idle_culler  # noqa: E402
 
 if int(os.environ.get("CLOUDHOP_CULL_IDLE") or 0) > 0:
     add_idle_culler(c, timeout=int(os.environ["CLOUDHOP_CULL_IDLE"]))
+
+# the store's config function (shared with a plain `jupyterhub -f`) lists Cloudhop's hub
+# APIs in c.JupyterHub.extra_handlers; CloudhopHub registers them instead, so that
+# deprecated setting holds only the operator's own routes
+from cloudhop.hub.app import leave_routes_to_the_app  # noqa: E402
+
+leave_routes_to_the_app(c)

@@ -99,7 +99,12 @@ def hub_is_gone(parent: int) -> bool:
 
 
 def exit_with_hub(interval_ms: int = 1000) -> None:
-    """In a tornado service: stop the IOLoop once the hub that started us is gone."""
+    """In a tornado service: stop the IOLoop once the hub that started us is gone, and
+    when the hub stops us (JupyterHub sends SIGINT, then SIGTERM), so the service ends
+    at once and quietly instead of with a KeyboardInterrupt traceback in the hub's log.
+    Call it before the IOLoop starts."""
+    import signal
+
     from tornado import ioloop
 
     parent = hub_pid()
@@ -110,6 +115,8 @@ def exit_with_hub(interval_ms: int = 1000) -> None:
             loop.stop()
 
     ioloop.PeriodicCallback(check, interval_ms).start()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.asyncio_loop.add_signal_handler(sig, loop.stop)
 
 
 #: what the idle culler's token may do

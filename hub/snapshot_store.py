@@ -489,6 +489,8 @@ def make_app(backend: Backend, hub_auth: HubAuth, prefix: str, *, quota_bytes: i
         (rf"{prefix}api/users/{u}/snapshots/(?P<sid>[^/]+)/servers", GrantHandler, kw),
         (rf"{prefix}api/users/{u}/snapshots/(?P<sid>[^/]+)", SnapshotHandler, kw),
         (rf"{prefix}api/health", HealthHandler),
+        # JupyterHub's service health check asks the service's own URL every minute
+        (rf"{prefix}", HealthHandler),
     ]
     return web.Application(routes)
 

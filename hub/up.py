@@ -98,11 +98,11 @@ def run(args) -> int:
         "CLOUDHOP_EXTRA_CONFIG": str(Path(args.config).resolve()) if args.config else "",
         "CLOUDHOP_CULL_IDLE": str(args.cull_idle * 60),
     })
-    from jupyterhub.app import JupyterHub
+    from cloudhop.hub.app import CloudhopHub
 
     argv = ["-f", str(EMBEDDED_CONFIG)]
     if args.debug:
         argv.append("--debug")
     os.chdir(data_dir)  # nothing of the caller's folder (a stray jupyterhub_config.py) leaks in
-    JupyterHub.launch_instance(argv)
+    CloudhopHub.launch_instance(argv)
     return 0

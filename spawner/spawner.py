@@ -23,6 +23,8 @@ import sys
 import uuid
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader
+from sqlalchemy.orm import object_session
+from sqlalchemy.orm.exc import UnmappedInstanceError
 from jupyterhub.spawner import SpawnException, Spawner
 from jupyterhub.utils import random_port
 from traitlets import Float, List, Unicode, default, validate
@@ -69,6 +71,10 @@ def _zone_for(offer: Offer, request: LaunchRequest) -> str | None:
     return None
 
 
+def _options_applied_by_start(spawner, user_options) -> None:
+    """``Spawner.apply_user_options``: nothing; :meth:`CloudhopSpawner.start` applies them."""
+
+
 class CloudhopSpawner(Spawner):
     """Spawns a user's server on the provider, region and GPU they pick (or the
     cheapest that fits), with failover down a ranked list of offers."""
@@ -111,6 +117,13 @@ class CloudhopSpawner(Spawner):
     @default("options_from_form")
     def _default_options_from_form(self):
         return lambda formdata: options_from_form(formdata)
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        # JupyterHub's hook for user_options (it warns "unhandled user_options" without
+        # one). start() validates and applies them, against the offers it reads then
+        # (parse_request), so the hook has nothing to do; an operator's own still runs.
+        return _options_applied_by_start
 
     def __init__(self, **kw):
         super().__init__(**kw)
@@ -466,8 +479,11 @@ class CloudhopSpawner(Spawner):
         """Write state to the hub's database now, so a hub killed mid-start still knows
         which nodes this server owns."""
         orm = getattr(self, "orm_spawner", None)
-        db = getattr(self, "db", None)
-        if orm is None or db is None:
+        try:  # the session the hub loaded this server's row with (Spawner.db is deprecated)
+            db = object_session(orm) if orm is not None else None
+        except UnmappedInstanceError:  # not a database row (a test's stand-in)
+            db = None
+        if db is None:
             return
         try:
             orm.state = self.get_state()

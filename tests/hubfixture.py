@@ -41,7 +41,7 @@ def free_port() -> int:
 
 class HubProcess:
     def __init__(self, tmp_path: Path, extra_config: str = "", env: dict | None = None,
-                 data_dir: Path | None = None, name: str = "hub"):
+                 data_dir: Path | None = None, name: str = "hub", python: str | None = None):
         self.tmp_path = Path(tmp_path)
         self.data_dir = Path(data_dir or self.tmp_path / f"{name}-data")
         self.port = free_port()
@@ -54,6 +54,8 @@ class HubProcess:
         self.extra_config = extra_config
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
+        #: the Python that runs ``cloudhop up`` (another virtual environment's, say)
+        self.python = python or sys.executable
 
     # -- process ---------------------------------------------------------------
 
@@ -74,8 +76,9 @@ class HubProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "CLOUDHOP_"))}
         env.update(self.env)
         log = open(self.log_path, "ab")
+        started_at = log.tell()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloudhop.hub.cli", "up", "--port", str(self.port),
+            [self.python, "-m", "cloudhop.hub.cli", "up", "--port", str(self.port),
              "--data-dir", str(self.data_dir), "--config", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
@@ -83,6 +86,9 @@ class HubProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.log()}")
+            if not self._says_running(started_at):  # no request before its routes are in place
+                time.sleep(0.3)
+                continue
             try:
                 if requests.get(f"{self.url}/hub/api/", timeout=2).status_code == 200:
                     return self
@@ -90,6 +96,12 @@ class HubProcess:
                 pass
             time.sleep(0.3)
         raise TimeoutError(f"hub did not answer in {timeout}s:\n{self.log()}")
+
+    def _says_running(self, offset: int) -> bool:
+        """Whether the hub has logged, after ``offset``, that it is running."""
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return b"JupyterHub is now running at" in f.read()
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 30) -> None:
         """Stop the hub (and the proxy it started); user servers keep running."""
