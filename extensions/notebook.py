@@ -178,6 +178,9 @@ def migrate(provider: str | None = None, region: str | None = None, gpu: str | N
     except ImportError:
         def show(m):
             print("Cloudhop:", _text(m), flush=True)
+            if m["state"] == WAITING:
+                print("".join(f"  {line}\n" for line in left_out_lines(m))
+                      + "Stop this server anyway with .accept() on the move this call returned.", flush=True)
     _follow(handle, show)
     return handle
 

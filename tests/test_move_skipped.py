@@ -387,3 +387,26 @@ def test_the_panel_asks_before_stopping_this_server_and_goes_on_once_the_user_ac
             ['window.top.location.assign("/user/ada/site-b-abc123/");']
     finally:
         api.close()
+
+
+def test_migrate_without_widgets_prints_what_was_left_out_and_accept_goes_on(monkeypatch, capsys):
+    import sys
+    import time
+
+    api = ServerAPI()
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_URL", api.url)
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "secret")
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import fails: text output
+    try:
+        move = notebook.migrate(provider="local", region="site-b")
+        printed = ""
+        deadline = time.monotonic() + 30
+        while "accept()" not in printed and time.monotonic() < deadline:
+            time.sleep(0.1)
+            printed += capsys.readouterr().out
+        assert "this server keeps running because 2 files (1 GiB) of yours were left out" in printed
+        assert "  data/<big>.bin (1 GiB: over the size limit of 1 GiB)\n" in printed
+        assert api.accepted == 0
+        assert move.accept()["state"] == "done" and api.accepted == 1
+    finally:
+        api.close()
