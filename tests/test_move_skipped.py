@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 from project_double import look_at, make_project
+from test_notebook_panel import widgets_of
 from traitlets.config import Config
 
 from cloudhop.extensions import migrate, notebook
@@ -347,12 +348,6 @@ class ServerAPI:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-def widgets_of(widget):
-    yield widget
-    for child in getattr(widget, "children", ()):
-        yield from widgets_of(child)
 
 
 def test_the_panel_asks_before_stopping_this_server_and_goes_on_once_the_user_accepts(monkeypatch):
