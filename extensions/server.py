@@ -21,6 +21,7 @@ import os
 from jupyter_server.utils import url_path_join
 
 from . import ray_api
+from .examples import offer_examples
 from .handlers import AcceptHandler
 from .handlers import InfoHandler, MigrationHandler, MigrationsHandler, OffersHandler, RestoreHandler
 from .hubclient import HubClient
@@ -52,4 +53,5 @@ def _load_jupyter_server_extension(serverapp):
         (url_path_join(base, "offers"), OffersHandler, kw),
     ])
     ray_api.load(serverapp)  # Ray status, resize and dashboard routes (docs/ray.md)
+    offer_examples(serverapp)  # the example notebooks, once per new workspace (examples.py)
     serverapp.log.info("Cloudhop server extension loaded")

@@ -27,13 +27,14 @@ c.JupyterHub.db_url = f"sqlite:///{data_dir / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
 c.ConfigurableHTTPProxy.pid_file = str(data_dir / "jupyterhub-proxy.pid")
 
-# the npm proxy when it is on PATH, else the Python port shipped as a dependency
+# the npm proxy when it is on PATH, else the Python port shipped as a dependency, run with
+# event streams passed on as they come (cloudhop.hub.proxy: the spawn progress page)
 _node_proxy = shutil.which("configurable-http-proxy")
 _py_proxy = Path(sys.executable).with_name("configurable-http-proxy")
 if _node_proxy and Path(_node_proxy).resolve() != _py_proxy.resolve() and b"node" in Path(_node_proxy).read_bytes()[:200]:
     c.ConfigurableHTTPProxy.command = [_node_proxy]
-elif _py_proxy.exists():
-    c.ConfigurableHTTPProxy.command = [str(_py_proxy)]
+else:
+    c.ConfigurableHTTPProxy.command = [sys.executable, "-m", "cloudhop.hub.proxy"]
 
 # user servers survive a hub restart; the hub re-attaches from its database
 c.JupyterHub.cleanup_servers = False
@@ -78,6 +79,13 @@ if _extra:
 from cloudhop.hub.services import settle_operator_settings  # noqa: E402
 
 settle_operator_settings(c)
+# Cloudhop's name on every hub page and where each server runs on Home (hub/templates),
+# after the operator's own template folders, so an operator's template still wins
+import cloudhop.hub  # noqa: E402
+from cloudhop.hub.services import setting  # noqa: E402
+
+c.JupyterHub.template_paths = [*setting(c, "JupyterHub", "template_paths", []),
+                               str(Path(cloudhop.hub.__file__).parent / "templates")]
 # the hub's and the proxy's APIs on ports of this data folder's own, so two hubs coexist
 keep_internal_ports(c, data_dir)
 

@@ -73,13 +73,25 @@ def detect_gpus(nvml_module: str = "pynvml") -> list[GPU]:
 
     ``nvml_module`` is the import path of an NVML binding with pynvml's API (the tests
     pass a double)."""
+    return probe_gpus(nvml_module)[0]
+
+
+def probe_gpus(nvml_module: str = "pynvml") -> tuple[list[GPU], str | None]:
+    """:func:`detect_gpus`'s GPUs and, when there are none, why, in words a user reads
+    beside "No GPU" in the spawn form: ``no NVIDIA GPU found on this machine (NVML:
+    NVML Shared Library Not Found)``."""
     try:
         nvml = importlib.import_module(nvml_module)
+    except Exception as err:  # nvidia-ml-py missing: CPU only
+        log.info("No NVIDIA GPUs visible (%s); offering CPU only", err)
+        return [], f"no NVIDIA GPU found on this machine (NVML could not be loaded: {err})"
+    try:
         nvml.nvmlInit()
     except Exception as err:  # no library, no driver, no device: CPU only
         log.info("No NVIDIA GPUs visible (%s); offering CPU only", err)
-        return []
+        return [], f"no NVIDIA GPU found on this machine (NVML: {_text(err) or type(err).__name__})"
     gpus: list[GPU] = []
+    why = None
     try:
         for i in range(nvml.nvmlDeviceGetCount()):
             handle = nvml.nvmlDeviceGetHandleByIndex(i)
@@ -91,12 +103,15 @@ def detect_gpus(nvml_module: str = "pynvml") -> list[GPU]:
                 gpus.append(_gpu(nvml, handle, str(i)))
     except Exception as err:
         log.warning("NVML failed while listing GPUs: %s", err)
+        why = f"NVML failed while listing this machine's GPUs ({_text(err) or type(err).__name__})"
     finally:
         try:
             nvml.nvmlShutdown()
         except Exception:
             pass
-    return gpus
+    if not gpus and why is None:
+        why = "no NVIDIA GPU found on this machine (NVML sees none)"
+    return gpus, (why if not gpus else None)
 
 
 def _gpu(nvml, handle, index: str) -> GPU:

@@ -19,7 +19,7 @@ from .offers import NO_GPU, Offer, matching, same_gpu
 from .providers import PROVIDERS
 from .schema import (
     FIELDS, FORM_TRUE, MAX_GPUS, MAX_RAY_WORKERS, OPTIONS, RAY_FIELDS, RAY_OPTIONS, RAY_SCHEMA,
-    SCHEMA, OptionError, choices, name, show, unknown_keys,
+    SCHEMA, OptionError, choices, name, quote_all, show, unknown_keys,
 )
 
 __all__ = [
@@ -125,6 +125,9 @@ def parse_options(raw, offers: list[Offer], *, providers: Iterable[str] = PROVID
 
     provider = SCHEMA["provider"].check(raw.get("provider")) or "auto"
     if provider != "auto" and provider not in providers:
+        if provider in PROVIDERS:  # one Cloudhop knows, not one this hub launches on
+            raise OptionError("provider", f"{show(provider)} is not enabled on this hub; enabled: "
+                              f"{quote_all(providers) or 'none'}")
         raise choices("provider", provider, ["auto", *providers])
     pool = matching(offers, provider=provider)
     if provider != "auto" and not pool:

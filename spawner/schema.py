@@ -78,23 +78,37 @@ def show(value) -> str:
     return html.escape(text, quote=False)
 
 
-def choices(field: str, value, valid: Iterable[str]) -> OptionError:
-    """The error for a value not among ``valid``: a "did you mean" and the choices."""
-    valid = sorted(set(valid), key=str.casefold)
-    msg = f"unknown {field} {show(value)}"
+def closest(value, valid: Iterable[str]) -> str | None:
+    """The choice of ``valid`` closest to ``value`` (exact spelling first, then any case),
+    or None when none is close."""
+    valid = list(valid)
     close = difflib.get_close_matches(str(value), valid, n=1, cutoff=0.5)
     if not close:
         low = {v.casefold(): v for v in valid}
-        close = difflib.get_close_matches(str(value).casefold(), list(low), n=1, cutoff=0.5)
-        close = [low[c] for c in close]
-    if close:
-        msg += f"; did you mean {html.escape(close[0], quote=False)!r}?"
+        close = [low[c] for c in difflib.get_close_matches(str(value).casefold(), list(low), n=1, cutoff=0.5)]
+    return close[0] if close else None
+
+
+def quote_all(names: Iterable[str], limit: int = 20) -> str:
+    """``'none', 'T4'``: each name quoted (so a choice called ``none`` never reads as "no
+    choices"), HTML-escaped, at most ``limit`` of them and how many more."""
+    names = list(names)
+    shown = ", ".join(html.escape(repr(str(n)), quote=False) for n in names[:limit])
+    return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
+
+
+def choices(field: str, value, valid: Iterable[str]) -> OptionError:
+    """The error for a value not among ``valid``: the value, the closest choice and the
+    choices, each quoted: ``unknown gpu 'T5'; did you mean 'T4'? Valid choices: 'none',
+    'T4'.`` (every "unknown value" message of the options is made here)."""
+    valid = sorted(set(valid), key=str.casefold)
+    msg = f"unknown {field} {show(value)}"
+    close = closest(value, valid)
+    msg += f"; did you mean {html.escape(repr(close), quote=False)}?" if close else "."
     if valid:
-        shown = ", ".join(html.escape(v, quote=False) for v in valid[:20])
-        more = f" (and {len(valid) - 20} more)" if len(valid) > 20 else ""
-        msg += f" Valid choices: {shown}{more}."
+        msg += f" Valid choices: {quote_all(valid)}."
     else:
-        msg += " No choices are available."
+        msg += " There is nothing to choose from here."
     return OptionError(field, msg)
 
 

@@ -30,6 +30,7 @@ from jupyterhub.utils import random_port
 from traitlets import Float, List, Unicode, default, validate
 
 from .failover import launch_first, launch_id
+from .form_reasons import no_gpu_reasons, provider_choices
 from .limits import Usage, usage_of, user_lock
 from .offers import Offer
 from .options import LaunchRequest, options_from_form
@@ -44,6 +45,7 @@ from .providers.base import (
 )
 from .ray import WORKER_ROLE
 from .ray.launcher import NotebookSpec, RayLauncher, resized_request
+from .refusal import Refused, forget_after_refusal, never_ran, refused, shown_plainly
 from .state import NOTEBOOK_ROLE, STATE_VERSION, Attempt, NodeRef, StateVersionError, check_version
 
 # One provider instance per (name, config) per hub process: they hold the status caches
@@ -134,8 +136,11 @@ class CloudhopSpawner(Spawner):
         self.nodes: list[dict] = []
         #: the failover walk of the last spawn (:meth:`.state.Attempt.to_dict`)
         self.attempts: list[dict] = []
+        #: this spawn's progress events; a new list per spawn (see :meth:`progress`)
         self._events: list[dict] = []
         self._event_added = asyncio.Event()
+        #: a named server that has never run: a refused first start removes it (:mod:`.refusal`)
+        self._never_ran = never_ran(self)
         self._policy: Policy | None = None
         #: USD/hour of the server as checked at its spawn, Ray workers included (None: unknown)
         self._price_hour: float | None = None
@@ -207,22 +212,35 @@ class CloudhopSpawner(Spawner):
 
     async def get_options_form(self):
         statuses = await self.provider_status()
-        offers = await self.user_offers(statuses)
+        every = await self.all_offers(statuses)
+        offers = self.policy.filter_offers(every, self.user_groups())
         template = _jinja(tuple(self.template_paths)).get_template(self.form_template)
         last = dict(self.orm_spawner.user_options or {}) if self.orm_spawner else {}
         auto = self.auto_offer(offers, last)
         dicts = [o.to_dict() for o in offers]
-        allowed = set(self.policy.allowed_providers(self.providers, self.user_groups()))
-        providers = [p for p in statuses if p["name"] in allowed]
+        # every provider, with why the user cannot pick it (:mod:`.form_reasons`)
+        providers = provider_choices(statuses, self.policy.allowed_providers(self.providers, self.user_groups()))
         # what a provider wants every user to know before choosing it (the local provider
         # without isolation: users see each other's files); optional, so getattr
         notices = [n for p in providers if p["available"]
                    and (n := getattr(self.provider(p["name"]), "form_notice", None))]
+        no_gpu = no_gpu_reasons(every, offers, self._no_gpu_reason)
         return template.render(
             offers=dicts, offers_json=json.dumps(dicts), providers=providers,
             last=last, auto=auto.to_dict() if auto else None,
             max_gpus=MAX_GPUS, max_ray_workers=MAX_RAY_WORKERS, notices=notices,
+            no_gpu_json=json.dumps(no_gpu),
         )
+
+    def _no_gpu_reason(self, provider: str, region: str) -> str | None:
+        """The provider's own reason why ``region`` has no GPU (``no_gpu_reason``, which
+        the local provider has), None when it gives none."""
+        explain = getattr(self.provider(provider), "no_gpu_reason", None)
+        try:
+            return explain(region) if explain else None
+        except Exception as err:  # a reason must never break the form
+            self.log.warning("No GPU reason of %s/%s: %s", provider, region, err)
+            return None
 
     def auto_offer(self, offers: list[Offer], last: dict) -> Offer | None:
         """What "Auto (cheapest that fits)" picks: for the last-used GPU and count
@@ -246,7 +264,7 @@ class CloudhopSpawner(Spawner):
             )
         except OptionError as err:
             reason = "policy" if isinstance(err, PolicyError) else "bad-option"
-            raise SpawnException(str(err), reason=reason, status_code=err.status_code) from None
+            raise Refused(str(err), reason=reason, status_code=err.status_code) from None
 
     def _first_price(self, request: LaunchRequest, offers: list[Offer]) -> float | None:
         """What the cheapest match costs in the request's price mode, its Ray workers
@@ -327,12 +345,17 @@ class CloudhopSpawner(Spawner):
         self.log.info("%s: %s", self._log_name, message)
 
     async def progress(self):
-        sent = 0
+        """This spawn's events, from its first. A stream opened before ``start`` runs (the
+        hub marks a spawn pending first) switches to the new spawn's list as soon as
+        ``start`` makes it, so it neither replays the last spawn nor skips this one's."""
+        events, sent = self._events, 0
         while True:
-            while sent < len(self._events):
-                yield self._events[sent]
+            if self._events is not events:
+                events, sent = self._events, 0
+            while sent < len(events):
+                yield events[sent]
                 sent += 1
-            if not self._spawn_pending and sent >= len(self._events):
+            if not self._spawn_pending and self._events is events:
                 return
             self._event_added.clear()
             try:
@@ -401,7 +424,16 @@ class CloudhopSpawner(Spawner):
             self._progress(f"{attempt.offer}: node {attempt.node} launched", 40)
 
     async def start(self):
-        self._events.clear()
+        self._events = []  # a new list: see progress()
+        try:
+            return await self._start()
+        except SpawnException as err:
+            shown_plainly(err)
+            if refused(err) and self._never_ran:
+                forget_after_refusal(self)
+            raise
+
+    async def _start(self):
         self.attempts = []
         request = await self.parse_request()
         self.request = request
@@ -413,15 +445,16 @@ class CloudhopSpawner(Spawner):
         if ray is not None:
             ranked = ray.filter_plan(request, ranked, offers)
         if not ranked:
-            raise SpawnException("No offer matches the request", reason="no-offer", status_code=400)
+            raise Refused("No offer matches the request", reason="no-offer", status_code=400)
         # the user's totals are checked, and this server's nodes recorded, under the
         # user's lock: two spawns started at once are checked one after the other
         async with user_lock(self.user):
             try:
                 prices = self.check_limits(request, ranked, offers, usage_of(self.user, exclude=self))
             except PolicyError as err:
-                raise SpawnException(str(err), reason="budget" if err.rule == "budget" else "policy",
-                                     status_code=err.status_code) from None
+                raise Refused(str(err), reason="budget" if err.rule == "budget" else "policy",
+                              status_code=err.status_code) from None
+            self._never_ran = False  # past every refusal: from here on it is a server that ran
             ranked = [o for o in ranked if o.key in prices]
             node, spawn_id, head = await self._launch(request, ranked, offers, ray, prices)
         node = await self._wait_serving(node)
@@ -577,6 +610,7 @@ class CloudhopSpawner(Spawner):
 
     def clear_state(self):
         super().clear_state()
+        self._events = []  # the hub clears state before a spawn and after a stop
         self.request = self.offer = self.node = self._price_hour = None
         self.nodes = []
         self.attempts = []

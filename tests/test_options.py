@@ -38,7 +38,7 @@ def test_defaults_and_normalisation():
 
 def test_did_you_mean_and_choices():
     msg = refused("provider", provider="awz")
-    assert "did you mean 'aws'" in msg and "Valid choices: auto, aws, local" in msg
+    assert "did you mean 'aws'" in msg and "Valid choices: 'auto', 'aws', 'local'." in msg
     assert "did you mean 'us-east-1'" in refused("region", provider="aws", region="us-east-2")
     assert "did you mean 'A100-80GB'" in refused("gpu", gpu="a100-80gb-x")
     assert "available counts: 1, 2" in refused("gpu_count", provider="local", gpu="T4", gpu_count=3)

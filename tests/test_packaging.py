@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"cloudhop": "cloudhop", "hub": "cloudhop.hub", "spawner": "cloudhop.spawner",
-           "extensions": "cloudhop.extensions"}
+           "extensions": "cloudhop.extensions", "notebooks": "cloudhop.notebooks"}
 
 
 def test_every_package_folder_is_listed_in_pyproject():

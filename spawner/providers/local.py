@@ -41,7 +41,7 @@ from pathlib import Path
 import psutil
 from traitlets import Dict, Enum, Float, Unicode, default, validate
 
-from ..gpus import GPU, detect_gpus
+from ..gpus import GPU, probe_gpus
 from ..hubid import kept_secret
 from ..offers import NO_GPU, Offer
 from ..procs import stop_processes
@@ -192,6 +192,7 @@ class LocalProvider(Provider):
     def __init__(self, **kw):
         super().__init__(**kw)
         self._gpus: list[GPU] | None = None
+        self._no_gpus_why: str | None = None
         self._procs: dict[str, subprocess.Popen] = {}
         self._lock = asyncio.Lock()
         if self.isolation == "none":
@@ -252,8 +253,20 @@ class LocalProvider(Provider):
     @property
     def gpus(self) -> list[GPU]:
         if self._gpus is None:
-            self._gpus = detect_gpus(self.nvml_module)
+            self._gpus, self._no_gpus_why = probe_gpus(self.nvml_module)
         return self._gpus
+
+    def no_gpu_reason(self, region: str) -> str | None:
+        """Why local region ``region`` offers no GPU (the spawn form shows it beside "No
+        GPU"), None when it has some."""
+        if self.region_gpus(region):
+            return None
+        if not self.gpus:
+            return self._no_gpus_why
+        if self.region(region).gpus == "none":
+            return f"region {region!r} is set up without GPUs (c.LocalProvider.regions)"
+        return (f"none of the GPUs region {region!r} names is on this machine "
+                "(c.LocalProvider.regions)")
 
     def region(self, name: str) -> Region:
         conf = self.regions[name]

@@ -6,11 +6,14 @@
   "use strict";
   var offers = JSON.parse(document.getElementById("ch-offers-data").textContent || "[]");
   var last = JSON.parse(document.getElementById("ch-last-data").textContent || "{}");
+  // "provider/region" -> why that place offers no GPU (spawner/form_reasons.py)
+  var noGpu = JSON.parse((document.getElementById("ch-no-gpu-data") || {}).textContent || "{}");
   var $ = function (id) { return document.getElementById(id); };
   var el = {
     provider: $("ch-provider"), region: $("ch-region"), gpu: $("ch-gpu"), count: $("ch-count"),
     spot: $("ch-spot"), rows: $("ch-offer-rows"), more: $("ch-more"), zone: $("ch-zone"),
-    auto: $("ch-auto-pick"), rayGpu: $("ch-ray-gpu")
+    auto: $("ch-auto-pick"), rayGpu: $("ch-ray-gpu"),
+    gpuWhy: $("ch-gpu-why"), zoneWhy: $("ch-zone-why"), rayWhy: $("ch-ray-why")
   };
   var MAX_ROWS = 25;
   var lastRay = last.ray || {};
@@ -75,16 +78,37 @@
     updateGpus();
   }
 
+  function noGpuReasons(pool) {
+    // why none of the places in pool offers a GPU: each provider's own reason
+    return uniq(pool.map(function (o) { return noGpu[o.provider + "/" + o.region]; }).filter(Boolean));
+  }
+
+  function whyNoGpu(pool) {
+    // why the GPU list offers no GPU for the current choices ("" when it offers some)
+    if (pool.some(function (o) { return o.gpu !== "none"; })) { return ""; }
+    if (el.spot.checked && !el.spot.disabled) {
+      var all = offers.filter(function (o) {
+        return (el.provider.value === "auto" || o.provider === el.provider.value) && (!el.region.value || o.region === el.region.value);
+      });
+      if (all.some(function (o) { return o.gpu !== "none"; })) { return "no GPU offer here has a spot price; uncheck Spot"; }
+    }
+    if (!pool.length) { return el.provider.value === "auto" ? "no offer is open to you on this hub" : "no offer of this provider and region is open to you"; }
+    return noGpuReasons(pool).join("; ") || "no offer with a GPU matches these choices";
+  }
+
   function updateGpus() {
     var pool = filtered(1);
     var models = uniq(pool.map(function (o) { return o.gpu; }));
     models.sort(function (a, b) { return a === "none" ? -1 : b === "none" ? 1 : fold(a) < fold(b) ? -1 : 1; });
+    var why = whyNoGpu(pool);
     var items = models.map(function (m) {
       var mem = pool.filter(function (o) { return o.gpu === m; })[0].gpu_memory_gib;
-      return { value: m, label: m === "none" ? "No GPU (CPU only)" : m + (mem ? " (" + num(mem) + " GiB)" : "") };
+      return { value: m, label: m === "none" ? "No GPU (CPU only)" + (why ? ": " + why : "") : m + (mem ? " (" + num(mem) + " GiB)" : "") };
     });
     if (!items.length) { items = [{ value: "", label: "nothing available", disabled: true }]; }
     fill(el.gpu, items, el.gpu.value, pending.gpu); pending.gpu = "";
+    el.gpu.title = why ? "Why no GPU: " + why : "";
+    el.gpuWhy.textContent = why ? "Why no GPU: " + why : "";
     updateCounts();
   }
 
@@ -153,7 +177,11 @@
     fill(el.zone, [{ value: "", label: "Any zone" }].concat(zones.map(function (z) { return { value: z, label: z }; })),
          el.zone.value, pending.zone);
     pending.zone = "";
-    el.zone.disabled = !o;
+    el.zone.disabled = !o || !zones.length;
+    var why = !o ? "pick a machine in the table to choose its zone"
+      : !zones.length ? "no zones to choose for this offer" : "";
+    el.zone.title = why;
+    el.zoneWhy.textContent = why;
   }
 
   function updateAuto(pool) {
@@ -173,8 +201,11 @@
 
   function fillRay() {
     var models = uniq(offers.map(function (o) { return o.gpu; })).filter(function (m) { return m !== "none"; }).sort();
+    var why = models.length ? "" : (noGpuReasons(offers).join("; ") || "no offer open to you has a GPU");
     fill(el.rayGpu, [{ value: "none", label: "No GPU" }].concat(models.map(function (m) { return { value: m, label: m }; })),
          el.rayGpu.getAttribute("data-last") || "none");
+    el.rayGpu.title = why ? "Why no GPU: " + why : "";
+    el.rayWhy.textContent = why ? "Why no GPU: " + why : "";
   }
 
   el.provider.addEventListener("change", updateRegions);

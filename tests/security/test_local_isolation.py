@@ -356,7 +356,7 @@ def hub_processes(hub) -> dict[str, psutil.Process]:
     for p in [root, *root.children(recursive=True)]:
         cmd = " ".join(p.cmdline())
         for name, needle in (("hub", "cloudhop.hub.cli up"), ("proxy", "configurable-http-proxy"),
-                             ("store", "cloudhop.hub.snapshot_store"), ("reaper", "cloudhop.hub.reaper")):
+                             ("proxy", "cloudhop.hub.proxy"), ("store", "cloudhop.hub.snapshot_store"), ("reaper", "cloudhop.hub.reaper")):
             if needle in cmd and p.uids().real == 0:
                 found.setdefault(name, p)
     return found
