@@ -450,10 +450,17 @@ class Migrator:
             got = restored.get(k["path"])
             if got is None:
                 raise RuntimeError(f"no session for {k['path']} on the target")
-            missing = set(k["variables"]) - set(got.variables)
+            new = [sk for sk in got.skipped if sk not in k["skipped"]]
+            # a variable the source or the target listed as skipped, with its reason, is
+            # not missing: the move reports it and goes on (unless it is strict)
+            listed = {sk.get("name") for sk in k["skipped"] + got.skipped}
+            missing = set(k["variables"]) - set(got.variables) - listed
             if missing:
                 raise RuntimeError(f"{k['path']}: variables missing on the target: {', '.join(sorted(missing))}")
-            m.skipped += [dict(sk, path=k["path"]) for sk in got.skipped if sk not in k["skipped"]]
+            if m.move_options.get("strict") and (k["skipped"] or new):
+                what = "; ".join(f"{sk.get('name')}: {sk.get('reason')}" for sk in k["skipped"] + new)
+                raise RuntimeError(f"{k['path']}: not moved as they were (strict move): {what}")
+            m.skipped += [dict(sk, path=k["path"]) for sk in new]
 
 
 class Restorer:

@@ -236,9 +236,11 @@ OPTIONS = (
 
 #: options of a move only (``POST {server}/cloudhop/api/migrations``), never of a spawn
 #: (the hub neither sees nor checks them): ``accept_skipped`` lets the move stop its
-#: source although it left out something of the user's (docs/migration.md)
+#: source although it left out something of the user's; ``strict`` fails the move when
+#: a kernel's variable or module state could not be moved as it was (docs/migration.md)
 MOVE_OPTIONS = (
     Option("accept_skipped", "bool", matched=False, default=False),
+    Option("strict", "bool", matched=False, default=False),
 )
 
 SCHEMA = {o.name: o for o in OPTIONS}

@@ -70,7 +70,7 @@ async def test_checkpoint_and_restore_into_a_fresh_kernel(kernels, tmp_path):
     src, src_km = await kernels()
     await run(src, STATE)
     await run(src, "db = sqlite3.connect(':memory:')\nlabel = 'made ' + str(x)")  # unpicklable: replayed
-    await run(src, "gen = (i for i in range(x))")  # generator: pickle and dill both refuse
+    await run(src, "gen = (i for i in range(x))")  # a generator not started: rebuilt from its code and range
     await run(src, "x = 43")  # the replayed cell read x; its newer value must win
     before_count = await run(src, "print(len(In))")
 
@@ -79,7 +79,7 @@ async def test_checkpoint_and_restore_into_a_fresh_kernel(kernels, tmp_path):
     assert {"x", "arr", "d", "df", "square", "Point", "p", "np", "pd", "col", "db"} <= set(result["variables"])
     skipped = {s["name"]: s for s in result["skipped"]}
     assert "sqlite3.Connection" in skipped["db"]["reason"] and skipped["db"]["rebuilt"] == "by re-running In[2]"
-    assert skipped["gen"]["rebuilt"] is not None  # In[3] reads only x and range
+    assert "gen" in result["variables"] and "gen" not in skipped
     # the checkpoint left the user's kernel as it was: no new history, no new names
     assert await run(src, "print(len(In))") == str(int(before_count) + 1) + "\n"
     assert "_cloudhop" not in await run(src, "print([n for n in globals() if 'cloudhop' in n])")
@@ -102,7 +102,7 @@ print(json.dumps({
         "x": 43, "sum": float(sum(range(1_000_000))), "shape": [1000, 1000], "dtype": "float32",
         "writable": True, "strided": True, "alias": True, "d": [1, [1, 2, 3], [1.0] * 5],
         "df": {"n": [0, 1, 2, 3, 4], "s": list("abcde")}, "square": 49, "p": [1, 2, True],
-        "counter": 2, "db": 42, "label": "made 42", "np": "numpy", "gen": sum(range(43)),  # replayed with the x of the checkpoint
+        "counter": 2, "db": 42, "label": "made 42", "np": "numpy", "gen": sum(range(42)),  # as made, when x was 42
     }
     # large arrays are mapped copy-on-write from the checkpoint: they outlive its files,
     # and writing to them never changes the checkpoint
@@ -137,7 +137,8 @@ async def test_variables_that_share_objects_still_share_them_after_a_restore(ker
     assert {"cfg", "data", "trainer", "view", "lonely", "Trainer"} <= set(result["variables"])
     entries = json.loads((tmp_path / "c" / "state.json").read_text())["entries"]
     groups = [sorted(e["names"]) for e in entries if e["kind"] in ("pickle", "dill") and "names" in e]
-    assert groups == [["cfg", "data", "trainer", "view"]], "only the variables that share go together"
+    # only the variables that share go together; the notebook's class goes with its instance
+    assert groups == [["Trainer", "cfg", "data", "trainer", "view"]]
     dst, dst_km = await kernels()
     await restore_kernel(dst_km.get_connection_info(), str(tmp_path / "c"))
     out = await run(dst, "cfg['lr'] = 0.5\ndata[0] = -1.0\n"
@@ -286,3 +287,225 @@ plain = [torch.ones(2)]
         assert got == ["Tensor", "cpu", "[1.0, 2.0, 3.0] 7"]
     else:
         assert "weights" not in notes and got == ["Tensor", "cuda", "[1.0, 2.0, 3.0] 7"]
+
+
+DEFINITIONS = """
+import abc, enum
+from dataclasses import dataclass, field
+
+class Validated(abc.ABC):
+    def __set_name__(self, owner, name):
+        self.storage_name = name
+    def __set__(self, instance, value):
+        instance.__dict__[self.storage_name] = self.validate(self.storage_name, value)
+    @abc.abstractmethod
+    def validate(self, name, value): ...
+
+class Quantity(Validated):
+    def validate(self, name, value):
+        if value <= 0:
+            raise ValueError(f'{name} must be > 0')
+        return value
+
+class LineItem:
+    weight = Quantity()
+    def __init__(self, weight):
+        self.weight = weight
+
+class Vector:
+    __slots__ = ('__x', '__y')
+    def __init__(self, x, y):
+        self.__x, self.__y = float(x), float(y)
+    @property
+    def x(self):
+        return self.__x
+    def __repr__(self):
+        return f'Vector({self.__x}, {self.__y})'
+
+class Vector3(Vector):
+    __slots__ = ('z',)
+    def __init__(self, x, y, z):
+        super().__init__(x, y)
+        self.z = z
+
+Suit = enum.IntEnum('Suit', 'spades hearts')
+
+@dataclass(order=True)
+class Card:
+    rank: int
+    suit: Suit = Suit.spades
+    seen = set()
+    def __post_init__(self):
+        type(self).seen.add(self.rank)
+
+def make_averager():
+    series = []
+    def averager(value):
+        series.append(value)
+        return sum(series) / len(series)
+    return averager
+
+scale = 2
+def scaled(v):
+    return v * scale          # reads the global when called
+double = lambda v: v * 2
+
+item, v3, card = LineItem(10), Vector3(1, 2, 3), Card(7, Suit.hearts)
+avg = make_averager()
+avg(10), avg(20)
+"""
+
+CHECK_DEFINITIONS = """
+import json
+try:
+    LineItem(-1)
+    refused = False
+except ValueError as err:
+    refused = str(err)
+try:
+    Validated()
+    abstract = False
+except TypeError:
+    abstract = True
+try:
+    v3.x = 5
+except AttributeError as err:
+    no_setter = str(err)
+scale = 5
+print(json.dumps({
+  "descriptor": [type(LineItem.__dict__['weight']) is Quantity, issubclass(Quantity, Validated),
+                 isinstance(item, LineItem), item.weight, refused, abstract],
+  "slots": [repr(v3), isinstance(v3, Vector), v3.z, v3.x, no_setter, type(v3).__mro__[1] is Vector],
+  "enum": [card.suit is Suit.hearts, list(Suit), isinstance(card, Card), card < Card(8), sorted(Card.seen)],
+  "closure": avg(30), "late_global": scaled(3), "lambda": double(4),
+}, default=str))
+"""
+
+
+async def test_what_the_notebook_defined_comes_back_as_one_set_of_classes_and_functions(kernels, tmp_path):
+    src, src_km = await kernels()
+    await run(src, DEFINITIONS)
+    result = await checkpoint_kernel(src_km.get_connection_info(), str(tmp_path / "c"))
+    assert not result["skipped"]
+    expected = json.loads(await run(src, CHECK_DEFINITIONS))
+    dst, dst_km = await kernels()
+    restored = await restore_kernel(dst_km.get_connection_info(), str(tmp_path / "c"))
+    assert not restored["skipped"] and set(result["variables"]) <= set(restored["variables"])
+    # the instances are of the restored classes, the descriptor still validates, the
+    # closure keeps its list, a function reads the namespace it finds on the target
+    got = json.loads(await run(dst, CHECK_DEFINITIONS))
+    assert got == expected
+    assert got["closure"] == 20.0 and got["late_global"] == 15 and got["slots"][4] == \
+        "property 'x' of 'Vector3' object has no setter"
+
+
+RANDOM = """
+import random, numpy as np, pandas as pd, warnings
+random.seed(1); np.random.seed(2)
+random.random(); np.random.rand(3)
+rng = np.random.default_rng(3); rng.random()
+np.set_printoptions(precision=3)
+pd.set_option("display.max_rows", 7)
+warnings.filterwarnings("ignore", message="quiet please")
+"""
+DRAW = ("import json, warnings\nwarnings.warn('quiet please')\n"
+        "print(json.dumps([random.random(), np.random.rand(2).tolist(), rng.random(), repr(np.array([1/3])), "
+        "pd.get_option('display.max_rows')]))")
+
+
+async def test_random_streams_and_library_settings_continue_after_a_restore(kernels, tmp_path):
+    src, src_km = await kernels()
+    await run(src, RANDOM)
+    result = await checkpoint_kernel(src_km.get_connection_info(), str(tmp_path / "c"))
+    assert {"random", "numpy.random", "numpy.printoptions", "pandas.options", "warnings.filters"} <= \
+        set(result["modules"])
+    expected = await run(src, DRAW)
+    dst, dst_km = await kernels()
+    await restore_kernel(dst_km.get_connection_info(), str(tmp_path / "c"))
+    reply = await dst.execute_interactive(DRAW, output_hook=lambda m: None, timeout=60)
+    assert reply["content"]["status"] == "ok"
+    assert await run(dst, DRAW.replace("warnings.warn('quiet please')\n", "")) != expected  # streams moved on
+    again, again_km = await kernels()
+    await restore_kernel(again_km.get_connection_info(), str(tmp_path / "c"))
+    got = []
+
+    def hook(msg):
+        if msg["msg_type"] == "stream":
+            got.append((msg["content"]["name"], msg["content"]["text"]))
+
+    await again.execute_interactive(DRAW, output_hook=hook, timeout=60)
+    assert got == [("stdout", expected)], "same draws, same print options, the warning still filtered"
+    assert json.loads(expected)[3:] == ["array([0.333])", 7]
+
+
+GENERATORS = """
+def countdown(n, step=1):
+    while n > 0:
+        yield n
+        n -= step
+fresh = countdown(5, step=2)           # not started: rebuilt from its code and arguments
+k = 10
+offset = (i + k for i in range(3))     # not started, reads a global
+done = (i for i in [1, 2]); list(done) # finished
+half = (i * i for i in [1, 2, 3, 4]); next(half)      # part-way, one loop over a list: continues
+running = countdown(9); next(running)  # part-way through a function: cannot move
+"""
+
+
+async def test_generators_move_when_they_would_continue_and_are_listed_when_not(kernels, tmp_path):
+    src, src_km = await kernels()
+    await run(src, GENERATORS)
+    result = await checkpoint_kernel(src_km.get_connection_info(), str(tmp_path / "c"))
+    skipped = {s["name"]: s for s in result["skipped"]}
+    assert set(skipped) == {"running"}
+    assert "part-way through" in skipped["running"]["reason"] and skipped["running"]["rebuilt"] is None
+    assert {"fresh", "offset", "done", "half"} <= set(result["variables"])
+    dst, dst_km = await kernels()
+    restored = await restore_kernel(dst_km.get_connection_info(), str(tmp_path / "c"))
+    assert "running" in {s["name"] for s in restored["skipped"]}
+    out = await run(dst, "k = 20\nprint(list(fresh), list(offset), list(done), list(half), 'running' in globals(), "
+                         "fresh.__qualname__, type(done).__name__)")
+    assert out == "[5, 3, 1] [20, 21, 22] [] [4, 9, 16] False countdown generator\n"
+
+
+def _verified(move_options, source_skipped, target_variables, target_skipped):
+    """Run the source's check of a target's restore report for one kernel."""
+    from cloudhop.extensions.migrate import Migration, Migrator
+    from cloudhop.extensions.snapshot import Manifest
+    from cloudhop.extensions.snapshot.protocol import KernelReport, RestoreReport
+
+    m = Migration(id="m1", options={}, move_options=move_options)
+    kernels = [{"path": "a.ipynb", "variables": ["x", "model", "db"], "skipped": source_skipped}]
+    report = RestoreReport(snapshot="s", state="done", kernels=[
+        KernelReport(path="a.ipynb", kernel_name="python3", variables=target_variables, skipped=target_skipped)])
+    Migrator._verify(m, Manifest(), kernels, report)
+    return m
+
+
+GEN = {"name": "gen", "reason": "generator gen is part-way through; it cannot be moved", "rebuilt": None}
+DB = {"name": "db", "reason": "TypeError: cannot pickle 'sqlite3.Connection' object", "rebuilt": "by re-running In[2]"}
+
+
+def test_a_move_reports_what_could_not_be_moved_and_goes_on_unless_strict():
+    # the source skipped gen; the target could not re-run the cell that made db: both listed
+    failed_db = dict(DB, reason="could not be restored: OperationalError: unable to open database", rebuilt=None)
+    m = _verified({}, [GEN, DB], ["x", "model"], [GEN, DB, failed_db])
+    assert [s["name"] for s in m.skipped] == ["db"] and m.skipped[0]["path"] == "a.ipynb"
+    # a variable gone without a reason fails the move
+    with pytest.raises(RuntimeError, match="variables missing on the target: model"):
+        _verified({}, [GEN], ["x", "db"], [GEN])
+    # strict: anything not moved as it was fails it, from the source or the target
+    with pytest.raises(RuntimeError, match=r"not moved as they were \(strict move\): gen: generator gen"):
+        _verified({"strict": True}, [GEN], ["x", "model", "db"], [GEN])
+    with pytest.raises(RuntimeError, match="strict move.*db: could not be restored"):
+        _verified({"strict": True}, [], ["x", "model"], [failed_db])
+    assert not _verified({"strict": True}, [], ["x", "model", "db"], []).skipped
+
+
+def test_strict_is_a_move_option_not_sent_to_the_new_server():
+    from cloudhop.extensions.migrate import check_options, split_options
+    from cloudhop.spawner.schema import OptionError
+
+    assert split_options(check_options({"region": "b", "strict": True})) == ({"region": "b"}, {"strict": True})
+    with pytest.raises(OptionError, match="^strict: must be true or false"):
+        check_options({"region": "b", "strict": "yes"})

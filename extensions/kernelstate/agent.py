@@ -20,8 +20,18 @@ Entry kinds: ``module`` (re-imported; aliases keep their name), ``pickle`` / ``d
 variables that share objects, pickled together as a tuple so the pickler's memo keeps
 what they share shared), ``tensor`` (PyTorch: raw bytes, dtype,
 shape, device; a CUDA tensor goes back to a GPU when the kernel has one), ``alias``
-(another name for an object saved earlier) and ``replay`` (a history cell re-run to
-rebuild what could not be saved).
+(another name for an object saved earlier), ``replay`` (a history cell re-run to
+rebuild what could not be saved) and ``modstate`` (the state kept inside a library
+module: random streams, settings; see :mod:`.modstate`), loaded last.
+
+Classes and functions defined in the notebook (``__main__``) are saved by value with
+dill, their globals being the notebook's namespace again on the target. An object that
+holds one of them is saved in one group with it, so a restored instance is an instance
+of the restored class, a subclass keeps the restored base, a descriptor stays an
+instance of the restored descriptor class. Generators are rebuilt from their code and
+frame when that gives the same values (not started, finished, or a generator
+expression part-way through over an iterator that pickles); other generators part-way
+through are listed in ``skipped`` and not replayed (a replay would restart them).
 
 Tensors inside other objects (an ``nn.Module``, an optimizer, a dict or list) are
 pickled as calls to :func:`rebuild_tensor` with the same raw bytes (out of band) and
@@ -32,6 +42,7 @@ one, else the CPU, and the variable is listed in ``skipped``.
 
 import ast
 import builtins
+import importlib
 import io
 import json
 import os
@@ -47,6 +58,24 @@ MAP_MIN = 1 << 20
 ALIGN = 64
 #: names that belong to IPython, never to the user
 _IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
+
+
+class CannotMove(pickle.PicklingError):
+    """An object that cannot be moved, and that replaying the cell that made it would
+    not rebuild as it is (a generator part-way through)."""
+
+
+def _modstate():
+    """The :mod:`.modstate` module: installed beside this one in a kernel, or imported
+    from the package."""
+    mod = sys.modules.get("_cloudhop_kernelstate_modstate")
+    if mod is None:
+        mod = importlib.import_module(__package__ + ".modstate")
+    return mod
+
+
+def _main_module():
+    return sys.modules["__main__"]
 
 
 def _shell():
@@ -179,24 +208,98 @@ def _reduce_tensor(obj):
 _picklers = {}
 
 
-def _tensor_pickler(base):
-    """``base`` (a pickler class) that saves nested torch tensors with :func:`rebuild_tensor`."""
-    if base not in _picklers:
-        class TensorPickler(base):
+def _pickler_class(base, by_value):
+    """``base`` (a pickler class) that saves nested torch tensors with
+    :func:`rebuild_tensor`, generators with :func:`rebuild_generator` and, when
+    ``by_value``, the classes the notebook defined with :func:`make_class`."""
+    if (base, by_value) not in _picklers:
+        class KernelPickler(base):
             def reducer_override(self, obj):
-                if _plain_tensor(obj):
+                if by_value and isinstance(obj, type) and obj.__module__ == "__main__":
+                    return _reduce_class(obj)
+                if type(obj) is types.GeneratorType:
+                    return _reduce_generator(obj)
+                if "torch" in sys.modules and _plain_tensor(obj):
                     return _reduce_tensor(obj)
                 return NotImplemented
 
-        _picklers[base] = TensorPickler
-    return _picklers[base]
+        _picklers[base, by_value] = KernelPickler
+    return _picklers[base, by_value]
+
+
+#: what a class's ``__dict__`` holds that is not its state: made anew with the class
+_CLASS_MADE = {"__dict__", "__weakref__", "__module__", "__qualname__", "__slots__", "_abc_impl"}
+
+
+def _slot_names(cls):
+    slots = cls.__dict__.get("__slots__", ())
+    slots = (slots,) if isinstance(slots, str) else slots
+    private = "_" + cls.__name__.lstrip("_")
+    return {private + s if s.startswith("__") and not s.endswith("__") else s for s in slots}
+
+
+def _reduce_class(cls):
+    """A class the notebook defined, by value, in two steps as pickle allows: an empty
+    class of the same metaclass, name and bases (members too, for an enum), memoized
+    before its dictionary is saved, so the methods, descriptors and instances in it that
+    name the class find this one (dill would save such a class by name, which fails on
+    the target); then its dictionary, set by :func:`fill_class`."""
+    enum = sys.modules.get("enum")
+    body = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    if "__slots__" in cls.__dict__:
+        body["__slots__"] = cls.__dict__["__slots__"]
+    members = None
+    if enum is not None and isinstance(cls, enum.EnumMeta):
+        members = {name: member._value_ for name, member in cls.__members__.items() if member._name_ == name}
+        if "__init__" in cls.__dict__:
+            body["__init__"] = cls.__dict__["__init__"]
+    made = _CLASS_MADE | _slot_names(cls)
+    state = {k: v for k, v in cls.__dict__.items() if k not in made}
+    args = (type(cls), cls.__name__, cls.__bases__, body, members, cls.__dict__.get("__orig_bases__"))
+    return make_class, args, state, None, None, fill_class
+
+
+def make_class(meta, name, bases, body, members, orig_bases=None):
+    """The empty class :func:`_reduce_class` saves first (an enum with its members).
+    A class whose metaclass refuses its resolved bases (a ``TypedDict``) is made from
+    the bases as written (``__orig_bases__``)."""
+    if members is None:
+        try:
+            return types.new_class(name, bases, {"metaclass": meta}, lambda ns: ns.update(body))
+        except TypeError:
+            if orig_bases is None:
+                raise
+            return types.new_class(name, orig_bases, {}, lambda ns: ns.update(body))
+    namespace = meta.__prepare__(name, bases)
+    for key, value in list(body.items()) + list(members.items()):
+        namespace[key] = value
+    return meta(name, bases, namespace)
+
+
+def fill_class(cls, state):
+    """Set a class's saved dictionary on the class :func:`make_class` made (an enum
+    keeps what making it set up: its members and their tables). Properties are told
+    their name again, as making a class does (their error messages use it)."""
+    import enum
+
+    keep = set(cls.__dict__) if isinstance(cls, enum.EnumMeta) else set()
+    for key, value in state.items():
+        if key not in keep:
+            setattr(cls, key, value)
+            if isinstance(value, property):
+                value.__set_name__(cls, key)
+    return cls
 
 
 def _dumps(obj, use_dill):
     """Pickle ``obj`` with protocol 5; returns ``(data, oob, memo)``: contiguous buffers
     go out of band (``oob``), ``memo`` is the pickler's ``{id: (index, object)}`` of every
     object it memoized (which objects this one shares with others; holding it keeps
-    their ids unique)."""
+    their ids unique).
+
+    dill saves what the notebook defined by value, each function with the notebook's
+    namespace as its globals (``recurse`` off: the globals are not copied, so a function
+    sees the restored variables and later assignments, as it did here)."""
     oob = []
 
     def keep(pb):
@@ -211,15 +314,90 @@ def _dumps(obj, use_dill):
     if use_dill:
         import dill
 
-        base, extra = dill.Pickler, {"recurse": True}
+        base, extra = dill.Pickler, {"recurse": False, "byref": False}
     else:
         base, extra = pickle.Pickler, {}
-    if "torch" in sys.modules:  # tensors nested in the object: raw bytes plus a device record
-        base = _tensor_pickler(base)
-    pickler = base(out, protocol=5, buffer_callback=keep, **extra)
+    pickler = _pickler_class(base, use_dill)(out, protocol=5, buffer_callback=keep, **extra)
+    if use_dill:
+        pickler._main = _main_module()  # the notebook's namespace is saved by reference
     pickler.dump(obj)
     memo = pickler.memo if isinstance(pickler.memo, dict) else pickler.memo.copy()
     return out.getvalue(), oob, memo
+
+
+def _loads(data, bufs, use_dill):
+    if not use_dill:
+        return pickle.loads(data, buffers=bufs)
+    import dill
+
+    unpickler = dill.Unpickler(io.BytesIO(data), buffers=bufs)
+    unpickler._main = _main_module()  # functions get this notebook's namespace as globals
+    return unpickler.load()
+
+
+def _genexpr_resumable(code):
+    """Whether a generator expression part-way through continues exactly as a new one
+    over its (advanced) iterator: one loop, nothing else on the value stack."""
+    import dis
+
+    return code.co_name == "<genexpr>" and sum(i.opname == "FOR_ITER" for i in dis.get_instructions(code)) == 1
+
+
+def _reduce_generator(gen):
+    """How a generator is pickled: its code, module, closure values and arguments (not
+    started), or its code alone (finished); raises :class:`CannotMove` when it is
+    part-way through and would not continue where it was."""
+    import inspect
+
+    code, state = gen.gi_code, inspect.getgeneratorstate(gen)
+    names = (gen.__name__, gen.__qualname__)
+    if state == inspect.GEN_CLOSED:
+        return rebuild_generator, (code, None, None, None, None) + names
+    if state == inspect.GEN_RUNNING:
+        raise CannotMove("the generator is running")
+    frame = gen.gi_frame
+    local = frame.f_locals
+    if state == inspect.GEN_SUSPENDED and not _genexpr_resumable(code):
+        raise CannotMove(f"generator {gen.__qualname__} is part-way through; it cannot be moved "
+                         "(re-running the cell that made it would start it again)")
+    missing = [n for n in code.co_freevars if n not in local]
+    if missing:
+        raise CannotMove(f"generator {gen.__qualname__}: its closure ({', '.join(missing)}) cannot be read")
+    n_args = code.co_argcount + code.co_kwonlyargcount
+    args = [local[n] for n in code.co_varnames[:code.co_argcount]]
+    kwargs = {n: local[n] for n in code.co_varnames[code.co_argcount:n_args]}
+    extra = code.co_varnames[n_args:]
+    if code.co_flags & inspect.CO_VARARGS:
+        args += list(local[extra[0]])
+        extra = extra[1:]
+    if code.co_flags & inspect.CO_VARKEYWORDS:
+        kwargs.update(local[extra[0]])
+    module = frame.f_globals.get("__name__", "__main__")
+    closure = [local[n] for n in code.co_freevars]
+    return rebuild_generator, (code, module, closure, args, kwargs) + names
+
+
+def rebuild_generator(code, module, closure, args, kwargs, name, qualname):
+    """A generator running ``code`` (in ``module``'s namespace) from the start with
+    ``args``; a finished one (closed before it runs) when ``module`` is None."""
+    if module is None:
+        n_args = code.co_argcount + code.co_kwonlyargcount
+        cells = tuple(types.CellType() for _ in code.co_freevars) or None
+        fn = types.FunctionType(code, {}, name, None, cells)
+        gen = fn(*[iter(())] * code.co_argcount, **dict.fromkeys(code.co_varnames[code.co_argcount:n_args]))
+        gen.close()
+    else:
+        cells = tuple(types.CellType(v) for v in closure) or None
+        fn = types.FunctionType(code, _module_dict(module), name, None, cells)
+        gen = fn(*args, **kwargs)
+    gen.__name__, gen.__qualname__ = name, qualname
+    return gen
+
+
+def _module_dict(name):
+    if name == "__main__":
+        return _main_module().__dict__
+    return importlib.import_module(name).__dict__
 
 
 def _write(data, oob, objects, buffers, use_dill):
@@ -242,13 +420,17 @@ _CONTAINERS = frozenset((list, dict, set, bytearray))
 
 def _shareable(o):
     """Whether two variables holding ``o`` share something a restore must keep shared:
-    a mutable container, an array, a tensor or an instance (not an immutable value, and
-    not what pickle saves by reference: functions, compiled ones too, and classes)."""
+    a mutable container, an array, a tensor, an instance, or a class or function the
+    notebook defined (dill saves those by value: one copy per stream). Not an immutable
+    value, and not what pickle saves by reference (functions, compiled ones too, and
+    classes of modules)."""
     t = type(o)
     if t in _CONTAINERS:
         return bool(o)  # an empty one is often a class-level default every instance names
-    if t in _ATOMIC or isinstance(o, _VALUES) or hasattr(o, "__qualname__"):
+    if t in _ATOMIC or isinstance(o, _VALUES):
         return False
+    if hasattr(o, "__qualname__"):
+        return _defined_in_main(o)
     return hasattr(o, "__dict__") or _array_like(o)
 
 
@@ -363,7 +545,7 @@ def checkpoint(directory, ns=None, history=None, hidden=None):
     os.makedirs(directory, exist_ok=True)
     objects = _Writer(os.path.join(directory, "objects.bin"))
     buffers = _Writer(os.path.join(directory, "buffers.bin"))
-    first, later, failed = [], [], {}
+    first, later, failed, final = [], [], {}, set()
     # pass 1: pickle each variable on its own, in memory; pass 2 writes them, those that
     # share objects (a model and its optimizer, a dict holding an array) as one group so
     # they keep sharing them after a restore
@@ -403,6 +585,8 @@ def checkpoint(directory, ns=None, history=None, hidden=None):
                 seen[id(obj)] = name
             except Exception as err:  # noqa: BLE001 - reported per variable
                 failed[name] = f"{type(err).__name__}: {err}"[:300]
+                if isinstance(err, CannotMove):
+                    final.add(name)
 
         members = {}
         for slot in slots:
@@ -418,6 +602,7 @@ def checkpoint(directory, ns=None, history=None, hidden=None):
             entry = _write_group(group, objects, buffers) if len(group) > 1 else None
             for one in ([entry] if entry else [_write_one(m, objects, buffers) for m in group]):
                 (first if one.pop("main") else later).append(one)
+        modules, module_failed = _save_modstate(objects, buffers)
     finally:
         for slot in slots:
             _release(slot.get("oob", ()))
@@ -427,7 +612,8 @@ def checkpoint(directory, ns=None, history=None, hidden=None):
     entries = first + later
     saved = {n for e in entries for n in _names(e)}
     skipped = []
-    for index, source, names, bad in _plan_replays(failed, history, saved):
+    replayable = {n: r for n, r in failed.items() if n not in final}
+    for index, source, names, bad in _plan_replays(replayable, history, saved):
         if bad is None:
             entries.append({"kind": "replay", "cell": index, "source": source, "names": names})
             for n in names:
@@ -438,16 +624,37 @@ def checkpoint(directory, ns=None, history=None, hidden=None):
                 failed[n] += f" (In[{index}] made it but also reads {', '.join(bad)})"
     for n, reason in sorted(failed.items()):
         skipped.append({"name": n, "reason": reason, "rebuilt": None})
+    for n, reason in sorted(module_failed.items()):
+        skipped.append({"name": n, "reason": f"module state: {reason}", "rebuilt": None})
+    entries += modules  # last: replayed cells may draw from the random streams
     state = {"format": FORMAT, "python": list(sys.version_info[:3]), "entries": entries, "skipped": skipped}
     with open(os.path.join(directory, "state.json"), "w") as f:
         json.dump(state, f)
     variables = sorted({n for e in entries for n in _names(e)})
-    return {"variables": variables, "skipped": skipped, "bytes": objects.pos + buffers.pos,
-            "seconds": time.perf_counter() - started}
+    return {"variables": variables, "skipped": skipped, "modules": [e["name"] for e in modules],
+            "bytes": objects.pos + buffers.pos, "seconds": time.perf_counter() - started}
+
+
+def _save_modstate(objects, buffers):
+    """One ``modstate`` entry per library state :mod:`.modstate` read; returns the
+    entries and ``{name: reason}`` for what could not be read or saved."""
+    states, failed = _modstate().capture()
+    entries = []
+    for name, (module, state) in states.items():
+        try:
+            data, oob, _memo = _dumps(state, False)
+        except Exception as err:  # noqa: BLE001 - reported, the other states are saved
+            failed[name] = f"{type(err).__name__}: {err}"[:300]
+            continue
+        entries.append(dict(_write(data, oob, objects, buffers, False), kind="modstate", name=name, module=module))
+    return entries, failed
 
 
 def _names(entry):
-    """The variables an entry restores (a group or a replay has several)."""
+    """The variables an entry restores (a group or a replay has several; module state
+    none)."""
+    if entry["kind"] == "modstate":
+        return []
     return entry["names"] if "names" in entry else [entry["name"]]
 
 
@@ -556,25 +763,22 @@ def restore(directory, ns=None, map_buffers=True):
             name = entry.get("name")
             try:
                 if kind == "module":
-                    import importlib
-
                     ns[name] = importlib.import_module(entry["module"])
                 elif kind == "alias":
                     if entry["of"] in ns:
                         ns[name] = ns[entry["of"]]
                 elif kind == "tensor":
                     ns[name] = _load_tensor(entry, buffers, skipped)
-                elif kind in ("pickle", "dill"):
+                elif kind in ("pickle", "dill", "modstate"):
                     offset, length = entry["data"]
                     data = objects.read_into_new(offset, length)
                     bufs = [buffers.buffer(o, n) for o, n in entry["buffers"]]
-                    loads = pickle.loads
-                    if kind == "dill":
-                        import dill
-
-                        loads = dill.loads
                     del _left_on_cpu[:]
-                    value = loads(data, buffers=bufs)
+                    value = _loads(data, bufs, kind == "dill")
+                    if kind == "modstate":
+                        for what, reason in _modstate().apply({name: (entry["module"], value)}).items():
+                            skipped.append({"name": what, "reason": f"module state: {reason}", "rebuilt": None})
+                        continue
                     if "names" in entry:  # a group: its values were pickled as one tuple
                         ns.update(zip(entry["names"], value))
                         loaded.update(entry["names"])
@@ -592,9 +796,9 @@ def restore(directory, ns=None, map_buffers=True):
                     continue
                 loaded.add(name)
             except Exception as err:  # noqa: BLE001 - reported per variable
-                what = ", ".join(entry.get("names") or [name])
-                skipped.append({"name": what, "reason": f"could not be restored: {type(err).__name__}: {err}"[:300],
-                                "rebuilt": None})
+                reason = f"could not be restored: {type(err).__name__}: {err}"[:300]
+                for what in entry.get("names") or [name]:
+                    skipped.append({"name": what, "reason": reason, "rebuilt": None})
     finally:
         objects.close()
         buffers.close()

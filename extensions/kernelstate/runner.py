@@ -1,7 +1,8 @@
 """Run :mod:`.agent` inside a kernel over its execute channel (server side).
 
 The agent's source is installed once per kernel as the module ``_cloudhop_kernelstate``
-(re-installed when the source changes). Calls are executed ``silent`` with no history,
+(re-installed when the source changes), beside :mod:`.modstate` as
+``_cloudhop_kernelstate_modstate``. Calls are executed ``silent`` with no history,
 so the user's ``In``/``Out``, execution count and notebook output stay untouched, and
 the result comes back through ``user_expressions`` rather than printed output.
 """
@@ -16,8 +17,10 @@ from pathlib import Path
 from jupyter_client.asynchronous import AsyncKernelClient
 
 MODULE = "_cloudhop_kernelstate"
-_SOURCE = (Path(__file__).with_name("agent.py")).read_text()
-_HASH = hashlib.sha256(_SOURCE.encode()).hexdigest()[:16]
+#: the modules installed in the kernel, in order: (module name, source)
+_SOURCES = tuple((name, Path(__file__).with_name(file).read_text())
+                 for name, file in ((f"{MODULE}_modstate", "modstate.py"), (MODULE, "agent.py")))
+_HASH = hashlib.sha256("\0".join(src for _name, src in _SOURCES).encode()).hexdigest()[:16]
 
 
 class KernelStateError(RuntimeError):
@@ -26,12 +29,15 @@ class KernelStateError(RuntimeError):
 
 def _install_code() -> str:
     # one expression, so the user's namespace gains no names
+    installs = ", ".join(
+        f"(lambda m: (s.modules.__setitem__({name!r}, m), "
+        f"exec(compile({src!r}, {'<cloudhop-' + name + '>'!r}, 'exec'), m.__dict__), "
+        f"setattr(m, 'SOURCE_HASH', {_HASH!r})))(t.ModuleType({name!r}))"
+        for name, src in _SOURCES
+    )
     return (
         f"(lambda s, t: None if getattr(s.modules.get({MODULE!r}), 'SOURCE_HASH', None) == {_HASH!r} "
-        f"else (lambda m: (s.modules.__setitem__({MODULE!r}, m), "
-        f"exec(compile({_SOURCE!r}, '<cloudhop-kernelstate>', 'exec'), m.__dict__), "
-        f"setattr(m, 'SOURCE_HASH', {_HASH!r})))(t.ModuleType({MODULE!r})))"
-        f"(__import__('sys'), __import__('types'))\n"
+        f"else ({installs}))(__import__('sys'), __import__('types'))\n"
     )
 
 
