@@ -180,3 +180,120 @@ def test_form_in_chromium_narrows_choices_and_starts_a_local_server(hub_factory)
             assert errors == []
         finally:
             browser.close()
+
+
+# -- reasons, errors, progress and Home, in a browser --------------------------------
+
+SHOTS = OUTPUT / "screenshots"
+
+GATE = """
+import os, sys, time
+while not os.path.exists(sys.argv[1]):  # the test opens the gate once it has seen the progress page
+    time.sleep(0.1)
+os.execv(sys.executable, [sys.executable, "-m", "jupyterhub.singleuser", *sys.argv[2:]])
+"""
+
+
+def reasons_config(tmp_path) -> str:
+    (tmp_path / "gate.py").write_text(GATE)
+    return f"""
+import sys
+c.CloudhopSpawner.providers = ["local", "aws"]
+c.Spawner.cmd = [sys.executable, {str(tmp_path / "gate.py")!r}, {str(tmp_path / "open")!r}]
+c.Spawner.default_url = "/tree"
+c.LocalProvider.nvml_module = "fakes.nvml"  # NVML that finds no driver, on any machine
+c.LocalProvider.isolation = "none"  # the gate lies in the test's private folder
+"""
+
+
+def no_cloud_credentials(tmp_path) -> dict:
+    nowhere = tmp_path / "no-credentials"
+    return {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": "",
+            "AWS_SHARED_CREDENTIALS_FILE": str(nowhere / "aws-credentials"),
+            "AWS_CONFIG_FILE": str(nowhere / "aws-config"), "AWS_EC2_METADATA_DISABLED": "true",
+            "CLOUDHOP_FAKE_GPUS": "", "PYTHONPATH": str(Path(__file__).parent)}
+
+
+@pytest.mark.e2e
+@pytest.mark.browser
+def test_the_form_says_why_errors_read_plainly_progress_shows_and_home_says_where(hub_factory, tmp_path):
+    sync_api = _chromium_or_skip()
+    env = no_cloud_credentials(tmp_path)
+    env.pop("CLOUDHOP_FAKE_GPUS")  # unset: the NVML double finds no driver
+    hub = hub_factory(extra_config=reasons_config(tmp_path), env=env)
+    password = (hub.data_dir / "user_password").read_text().strip()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            errors = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(f"{hub.url}/hub/login")
+            page.fill("#username_input", "zoe")
+            page.fill("#password_input", password)
+            page.click("#login_submit")
+
+            # the form: why there is no GPU, why AWS cannot be picked, which providers
+            # are not enabled, why the zone is greyed out
+            page.goto(f"{hub.url}/hub/spawn/zoe/gpu1")
+            page.wait_for_selector("#ch-offer-rows tr")
+            assert "Cloudhop" in page.title() and page.is_visible("#cloudhop-name")
+            page.select_option("#ch-provider", "local")
+            no_gpu = "no NVIDIA GPU found on this machine (NVML: NVML Shared Library Not Found)"
+            assert page.inner_text("#ch-gpu-why") == f"Why no GPU: {no_gpu}"
+            labels = page.eval_on_selector_all("#ch-gpu option", "els => els.map(e => e.textContent)")
+            assert labels == ["No GPU (CPU only): why below"]
+            assert page.get_attribute("#ch-gpu", "title") == f"Why no GPU: {no_gpu}"
+            assert page.inner_text("#ch-ray-why") == f"Why no GPU: {no_gpu}"
+            aws = page.locator("#ch-provider option[value=aws]")
+            assert aws.is_disabled() and "credentials" in aws.inner_text()
+            assert "AWS: " in page.inner_text("#ch-unavailable")
+            assert " ".join(page.inner_text("#ch-not-enabled").split()) == (
+                "GCP, OCI and Kubernetes are not enabled on this hub; an admin adds them with "
+                "c.CloudhopSpawner.providers.")
+            assert page.is_disabled("#ch-zone")
+            assert page.inner_text("#ch-zone-why") == "pick a machine in the table to choose its zone"
+            page.locator("#ch-offer-rows tr[data-key='local/local/cpu'] input[type=radio]").check()
+            assert page.is_disabled("#ch-zone")
+            assert page.inner_text("#ch-zone-why") == "no zones to choose for this offer"
+            page.screenshot(path=str(SHOTS / "form-reasons.png"), full_page=True)
+
+            # a value the form never offers (sent as a forged form would): the form again,
+            # with the field, the value and the choices, and no class name; no gpu1 left
+            page.evaluate("""() => { const o = document.createElement("option");
+                o.value = "Z9"; o.textContent = "Z9"; document.getElementById("ch-gpu").appendChild(o); }""")
+            page.select_option("#ch-gpu", "Z9")
+            page.click("#spawn_form button[type=submit]")
+            page.wait_for_selector(".spawn-error-msg")
+            message = page.inner_text(".spawn-error-msg")
+            assert message == "Error: gpu: unknown gpu 'Z9'. Valid choices: 'none'.", message
+            assert "SpawnException" not in page.content()
+            page.screenshot(path=str(SHOTS / "form-error.png"), full_page=True)
+            assert hub.server_model("zoe", "gpu1") is None
+            assert "gpu1" not in hub.api("GET", "/users/zoe?include_stopped_servers=1").json()["servers"]
+
+            # the progress page shows the plan while the server is still held at the gate
+            page.goto(f"{hub.url}/hub/spawn/zoe/cpu1")
+            page.wait_for_selector("#ch-offer-rows tr")
+            page.select_option("#ch-provider", "local")
+            page.click("#spawn_form button[type=submit]")
+            page.wait_for_url(re.compile(r".*/hub/spawn-pending/zoe/cpu1.*"), timeout=60_000)
+            page.click("#progress-details summary")
+            page.wait_for_function(
+                "() => document.getElementById('progress-log').textContent.includes('Plan:')", timeout=30_000)
+            assert not hub.server_model("zoe", "cpu1")["ready"]
+            assert "Launching on local/local/cpu" in page.inner_text("#progress-log")
+            page.screenshot(path=str(SHOTS / "progress.png"), full_page=True)
+            (tmp_path / "open").touch()
+            page.wait_for_url(re.compile(r".*/user/zoe/cpu1/.*"), timeout=120_000)
+
+            # Home: where the server runs
+            page.goto(f"{hub.url}/hub/home")
+            where = page.inner_text("tr[data-server-name=cpu1] .cloudhop-where-col")
+            assert " ".join(where.split()) == "local · local · no GPU · $0.00/h"
+            page.screenshot(path=str(SHOTS / "home.png"), full_page=True)
+            assert errors == []
+        finally:
+            (tmp_path / "open").touch()
+            browser.close()

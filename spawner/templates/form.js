@@ -103,7 +103,7 @@
     var why = whyNoGpu(pool);
     var items = models.map(function (m) {
       var mem = pool.filter(function (o) { return o.gpu === m; })[0].gpu_memory_gib;
-      return { value: m, label: m === "none" ? "No GPU (CPU only)" + (why ? ": " + why : "") : m + (mem ? " (" + num(mem) + " GiB)" : "") };
+      return { value: m, label: m === "none" ? "No GPU (CPU only)" + (why ? ": why below" : "") : m + (mem ? " (" + num(mem) + " GiB)" : "") };
     });
     if (!items.length) { items = [{ value: "", label: "nothing available", disabled: true }]; }
     fill(el.gpu, items, el.gpu.value, pending.gpu); pending.gpu = "";
