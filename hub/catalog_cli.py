@@ -27,6 +27,7 @@ from traitlets.config import Config
 from cloudhop.spawner.catalog import CATALOG_PROVIDERS, CatalogError, catalog_offers, check_path, default_data_dir, record_check
 from cloudhop.spawner.catalog.check import normalise_entries
 
+from .cli import plain
 from .offers_cli import UsageError, did_you_mean, load_config, refuse
 
 
@@ -34,12 +35,12 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "catalog",
         help="check the offer catalog against a cloud account",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = p.add_subparsers(dest="catalog_command", metavar="ACTION")
     check = actions.add_parser("check", help="record which catalog offers this account can launch",
-                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                               description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     check.add_argument("--provider", required=True, metavar="P", help=f"one of {', '.join(CATALOG_PROVIDERS)}")
     check.add_argument("--region", action="append", metavar="R", help="check only this region (repeatable); default: every catalog region")
     check.add_argument("--data-dir", metavar="DIR", help=f"where to record the result (default: {default_data_dir()})")

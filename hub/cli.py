@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 #: modules that add a subcommand, in the order ``--help`` lists them
@@ -13,6 +14,21 @@ SUBCOMMANDS = [
     "cloudhop.hub.offers_cli",
     "cloudhop.hub.catalog_cli",
 ]
+
+
+def plain(doc: str | None) -> str:
+    """A docstring as ``--help`` shows it: reST markup made plain text (double and single
+    backquotes dropped, ``:mod:`a.b``` -> a.b, ``:class:`~a.B``` -> B, a ``::`` that
+    opens a literal block -> ``:``)."""
+
+    def role(m: re.Match) -> str:
+        return m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2)
+
+    text = re.sub(r":[a-z]+:`(~?)([^`]+)`", role, doc or "")
+    text = re.sub(r"``([^`]+)``", r"\1", text)
+    text = re.sub(r"`([^`]+)`", r"\1", text)
+    text = re.sub(r"[ \t]*::$", ":", text, flags=re.M)
+    return text.strip() + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:

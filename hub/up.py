@@ -21,6 +21,8 @@ from pathlib import Path
 
 import platformdirs
 
+from .cli import plain
+
 EMBEDDED_CONFIG = Path(__file__).with_name("embedded_config.py")
 
 
@@ -28,7 +30,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "up",
         help="run JupyterHub with the embedded defaults (local provider, no cloud account needed)",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--ip", type=_ip, default="127.0.0.1", help="address the hub's public proxy listens on (default: %(default)s)")

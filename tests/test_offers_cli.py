@@ -41,7 +41,7 @@ def run(capsys, *argv):
 
 
 def test_h100x8_json_lists_clouds_cheapest_first_at_catalog_prices(capsys):
-    code, out, _ = run(capsys, "offers", "--gpu", "H100", "--count", "8", "--json")
+    code, out, _ = run(capsys, "offers", "--all", "--gpu", "H100", "--count", "8", "--json")
     assert code == 0
     offers = json.loads(out)
     assert {o["provider"] for o in offers} == {"aws", "gcp"}  # the data has no OCI H100 shape
@@ -57,14 +57,14 @@ def test_h100x8_json_lists_clouds_cheapest_first_at_catalog_prices(capsys):
 
 
 def test_a100x8_spans_aws_gcp_and_oci(capsys):
-    code, out, _ = run(capsys, "offers", "--gpu", "a100", "--count", "8", "--json")
+    code, out, _ = run(capsys, "offers", "--all", "--gpu", "a100", "--count", "8", "--json")
     offers = json.loads(out)
     assert code == 0 and {o["provider"] for o in offers} == {"aws", "gcp", "oci"}
     assert offers[0]["price_hour"] == min(o["price_hour"] for o in offers)
 
 
 def test_spot_sorts_by_spot_price_and_drops_offers_without_one(capsys):
-    code, out, _ = run(capsys, "offers", "--gpu", "L4", "--spot", "--max-price", "0.3", "--json")
+    code, out, _ = run(capsys, "offers", "--all", "--gpu", "L4", "--spot", "--max-price", "0.3", "--json")
     offers = json.loads(out)
     assert code == 0 and offers
     spots = [o["spot_price_hour"] for o in offers]
@@ -82,7 +82,7 @@ def test_provider_region_and_max_price_filter(capsys):
 
 
 def test_table_is_readable_and_marks_partial_prices(capsys):
-    code, out, _ = run(capsys, "offers", "--gpu", "T4", "--count", "1", "--region", "us-central1")
+    code, out, _ = run(capsys, "offers", "--all", "--gpu", "T4", "--count", "1", "--region", "us-central1")
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["PROVIDER", "REGION", "INSTANCE"]
@@ -97,14 +97,16 @@ def test_local_offers_are_listed(capsys):
     assert code == 0 and any(o["provider"] == "local" for o in offers)
 
 
-def test_config_sets_providers_and_overrides(tmp_path, capsys):
+def test_config_sets_providers_and_overrides(tmp_path, capsys, oci_config):
     extra = tmp_path / "ours.csv"
     extra.write_text(
         "cloud,instance_type,accelerator,accelerator_count,accelerator_memory_gib,vcpus,memory_gib,price_hour,spot_price_hour,region,zones\n"
         "oci,BM.GPU.H100.8,H100,8,80.0,112,2048,80.0,,us-ashburn-1,AD-1\n"
     )
     cfg = tmp_path / "hub_config.py"
-    cfg.write_text(f"c.CloudhopSpawner.providers = ['oci']\nc.Catalog.override_paths = [{str(extra)!r}]\n")
+    cfg.write_text(f"c.CloudhopSpawner.providers = ['oci']\nc.Catalog.override_paths = [{str(extra)!r}]\n"
+                   f"c.OCIProvider.config_file = {str(oci_config / 'config')!r}\n"
+                   "c.OCIProvider.subnet_id = 'ocid1.subnet.oc1..test'\n")
     code, out, _ = run(capsys, "offers", "--gpu", "H100", "--config", str(cfg), "--json")
     assert code == 0 and [(o["provider"], o["price_hour"]) for o in json.loads(out)] == [("oci", 80.0)]
 
@@ -185,7 +187,7 @@ def test_catalog_check_errors(tmp_path, capsys, argv, code, says):
 
 def test_the_installed_command_runs(tmp_path):
     env = {**os.environ, "CLOUDHOP_DATA_DIR": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-m", "cloudhop.hub.cli", "offers", "--gpu", "H100", "--count", "8", "--json"],
+    proc = subprocess.run([sys.executable, "-m", "cloudhop.hub.cli", "offers", "--all", "--gpu", "H100", "--count", "8", "--json"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)[0]["provider"] == "gcp"
@@ -242,3 +244,114 @@ def test_catalog_check_against_the_compute_api_with_the_real_gcp_client(tmp_path
         ("g2-standard-4", "us-central1"): ["us-central1-a", "us-central1-b"],
         ("n1-standard-8+T4x1", "us-central1"): ["us-central1-a"],
     }
+
+
+# -- what this hub can launch, grouped rows, plain help, near misses -----------------------
+
+
+@pytest.fixture
+def no_aws_credentials(tmp_path, monkeypatch):
+    """No AWS credentials anywhere boto3 looks (environment, files, instance metadata)."""
+    for var in [v for v in os.environ if v.startswith("AWS_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def test_only_the_providers_this_hub_can_launch_unless_all(capsys):
+    # a plain `cloudhop up` enables the local provider only
+    code, out, err = run(capsys, "offers", "--json")
+    assert code == 0 and {o["provider"] for o in json.loads(out)} == {"local"}
+    assert "Not shown, as this hub cannot launch them: aws, gcp, oci (not enabled on this hub" in err
+    code, out, _ = run(capsys, "offers")
+    table_lines = out.splitlines()
+    assert all(line.split()[0] in ("PROVIDER", "local") for line in table_lines[1:-2])
+    assert table_lines[-1].startswith("Not shown, as this hub cannot launch them: aws, gcp, oci")
+    assert "--all lists them too" in table_lines[-1]
+    code, out, err = run(capsys, "offers", "--all", "--json")
+    assert {o["provider"] for o in json.loads(out)} == {"local", "aws", "gcp", "oci"} and "Not shown" not in err
+
+
+def test_an_enabled_provider_the_hub_cannot_use_is_left_out_with_its_reason(tmp_path, capsys, monkeypatch,
+                                                                            no_aws_credentials):
+    cfg = tmp_path / "hub_config.py"
+    cfg.write_text("c.CloudhopSpawner.providers = ['local', 'aws']\n")
+    code, out, err = run(capsys, "offers", "--config", str(cfg), "--json")
+    assert code == 0 and {o["provider"] for o in json.loads(out)} == {"local"}
+    assert "aws (no AWS credentials found" in err and "gcp, oci (not enabled on this hub" in err
+    # with credentials (as the spawn form asks: found, not tried) the hub can launch on AWS
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE00")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")
+    code, out, err = run(capsys, "offers", "--config", str(cfg), "--json")
+    assert {o["provider"] for o in json.loads(out)} == {"local", "aws"} and "aws (" not in err
+    assert "not-a-real-secret" not in out + err
+
+
+def test_provider_flag_lists_a_provider_the_hub_cannot_launch_and_says_so(capsys):
+    code, out, _ = run(capsys, "offers", "--provider", "gcp", "--gpu", "L4", "--count", "1")
+    assert code == 0 and "g2-standard-4" in out
+    assert "gcp is listed because --provider names it, but this hub cannot launch it: not enabled" in out
+
+
+def test_identical_offers_in_several_regions_share_a_row(capsys):
+    code, out, _ = run(capsys, "offers", "--all", "--provider", "oci", "--gpu", "A100", "--count", "8", "--json")
+    offers = json.loads(out)
+    groups: dict = {}
+    for o in offers:
+        groups.setdefault((o["instance_type"], o["price_hour"], o["spot_price_hour"]), []).append(o["region"])
+    assert any(len(regions) > 3 for regions in groups.values()), "the data has OCI shapes in many regions"
+    code, out, _ = run(capsys, "offers", "--all", "--provider", "oci", "--gpu", "A100", "--count", "8")
+    rows = [line for line in out.splitlines()[1:] if line.startswith("oci  ")]
+    assert len(rows) == len(groups)
+    for (shape, _, _), regions in groups.items():
+        (row,) = [r for r in rows if f"  {shape}  " in r]
+        assert ", ".join(regions[:3]) in row
+        assert (f"+{len(regions) - 3} more" in row) == (len(regions) > 3)
+    assert f"{len(offers)} offer(s) in {len(groups)} row(s)" in out
+
+
+def test_help_is_plain_text():
+    import argparse
+    import re
+
+    from cloudhop.hub.cli import build_parser
+
+    def parsers(p):
+        yield p
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    for parser in parsers(build_parser()):
+        text = parser.format_help()
+        assert "`" not in text and not re.search(r":(mod|class|func|meth|data|attr):", text), (parser.prog, text)
+
+
+def test_no_match_names_the_nearest_counts_and_models(capsys):
+    code, out, _ = run(capsys, "offers", "--all", "--gpu", "H100", "--json")
+    counts = sorted({o["gpu_count"] for o in json.loads(out)})
+    assert 3 not in counts and len(counts) > 1
+    code, out, _ = run(capsys, "offers", "--all", "--gpu", "H100", "--count", "3")
+    assert code == 0
+    assert out.startswith(f"No offer matches H100 x 3. Nearest: H100 x {', '.join(map(str, counts))}")
+    # the models with the asked count
+    code, out, _ = run(capsys, "offers", "--all", "--count", "16", "--json")
+    sixteen = {o["gpu"] for o in json.loads(out)}
+    assert sixteen and "H100" not in sixteen
+    code, out, _ = run(capsys, "offers", "--all", "--gpu", "H100", "--count", "16")
+    assert out.startswith("No offer matches H100 x 16. Nearest: H100 x ")
+    assert all(f"{gpu} x 16" in out for gpu in sixteen)
+    # only a flag stands in the way: the cheapest that the other flags would give
+    code, out, _ = run(capsys, "offers", "--all", "--gpu", "L4", "--max-price", "0.01")
+    assert "No offer matches L4 at most 0.01 $/h. Without --region, --spot and --max-price: L4 x " in out
+
+
+def test_no_match_on_this_hub_says_which_providers_have_it(capsys):
+    code, out, _ = run(capsys, "offers", "--gpu", "H100", "--count", "8")
+    first = out.splitlines()[0]
+    assert first.startswith("No offer matches H100 x 8.")
+    assert "aws" in first and "gcp" in first and "this hub cannot launch them (--all lists them)" in first
+    code, out, _ = run(capsys, "offers", "--gpu", "H100", "--count", "3")
+    assert "Nearest on " in out and "which this hub cannot launch" in out and "H100 x 1, 2, 4, 8" in out
