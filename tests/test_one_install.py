@@ -36,6 +36,30 @@ def readme_install_command() -> str:
     return line.split("&&")[0].strip()
 
 
+# -- what the package declares ---------------------------------------------------------------
+
+
+def _name(requirement: str) -> str:
+    import re
+
+    return re.split(r"[\[<>=!~ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_the_default_hubs_needs_are_plain_dependencies_and_the_old_extras_add_nothing():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needs = {"pyfastcdc", "blake3", "dill", "ray", "jupyter-server-proxy", "boto3",
+             "google-cloud-compute", "oci", "jupyterhub-kubespawner", "pyyaml"}
+    assert needs <= {_name(r) for r in project["dependencies"]}
+    assert any(r.startswith("ray[default]") for r in project["dependencies"])  # the dashboard
+    extras = project["optional-dependencies"]
+    # kept, empty, so `pip install "cloudhop[aws,ray]"` of images and scripts still works
+    for old in ("aws", "gcp", "oci", "kubernetes", "ray", "migrate", "all"):
+        assert extras[old] == [], old
+    assert not any(_name(r) == "cloudhop" for r in extras["test"])
+
+
 # -- the extension's stand-in, without a server ------------------------------------------
 
 
