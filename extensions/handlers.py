@@ -9,6 +9,7 @@ is shared with (:meth:`CloudhopHandler.check_owner`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 
@@ -17,8 +18,11 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
+from . import gpustats
 from .hubclient import HubError
 from .migrate import Busy, Migrator, NotAccepted, OptionError, Restorer
+from .notebook import offer_choices
+from .price import PriceLookup
 
 
 class CloudhopHandler(APIHandler):
@@ -116,18 +120,38 @@ class RestoreHandler(MigrationAPIHandler):
 
 
 class InfoHandler(MigrationAPIHandler):
+    """Where this server runs (from the ``CLOUDHOP_*`` variables set at launch), what it
+    costs (:class:`~.price.PriceLookup`: ``price_hour``, ``spot``, ``started``,
+    ``spend``, ``price_note``) and its moves."""
+
+    def initialize(self, migrator: Migrator, restorer: Restorer | None = None, price: PriceLookup | None = None):
+        super().initialize(migrator, restorer)
+        self.price = price
+
     @web.authenticated
     @authorized
     async def get(self):
         self.check_owner()
         env = os.environ
+        cost = await self.price.get() if self.price is not None else {}
         self.finish(json.dumps({
             "user": env.get("JUPYTERHUB_USER"), "server": env.get("JUPYTERHUB_SERVER_NAME", ""),
             "provider": env.get("CLOUDHOP_PROVIDER"), "region": env.get("CLOUDHOP_REGION"),
             "instance_type": env.get("CLOUDHOP_INSTANCE_TYPE"), "gpu": env.get("CLOUDHOP_GPU"),
-            "gpu_count": int(env.get("CLOUDHOP_GPU_COUNT") or 0),
+            "gpu_count": int(env.get("CLOUDHOP_GPU_COUNT") or 0), **cost,
             "migrations": [m.to_json() for m in self.migrator.migrations.values()],
         }))
+
+
+class GPUsHandler(CloudhopHandler):
+    """This server's GPUs now (:func:`~.gpustats.sample`, NVML read in a thread)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        self.check_owner()
+        reading = await asyncio.get_running_loop().run_in_executor(None, gpustats.sample)
+        self.finish(json.dumps(reading))
 
 
 class OffersHandler(MigrationAPIHandler):
@@ -139,4 +163,12 @@ class OffersHandler(MigrationAPIHandler):
             offers = await self.migrator.hub.offers()
         except HubError as err:
             raise web.HTTPError(502, f"could not read offers from the hub: {err}") from None
-        self.finish(json.dumps({"offers": offers}))
+        env = os.environ
+        here = (env.get("CLOUDHOP_PROVIDER"), env.get("CLOUDHOP_REGION"), env.get("CLOUDHOP_GPU") or "none",
+                int(env.get("CLOUDHOP_GPU_COUNT") or 0))
+        # a move's choices as cloudhop.panel() lists them (cheapest first), less this place
+        targets = [{"label": label, "options": o} for label, o in offer_choices(offers)
+                   if (o["provider"], o["region"], o["gpu"], o["gpu_count"]) != here]
+        settings = self.migrator.settings
+        left_out = {"patterns": list(settings.exclude), "max_file_bytes": int(settings.max_file_bytes)}
+        self.finish(json.dumps({"offers": offers, "targets": targets, "left_out": left_out}))

@@ -6,8 +6,10 @@
     GET  {server}/cloudhop/api/migrations/{id}     the migration's state (see migrate.Migration)
     POST {server}/cloudhop/api/migrations/{id}/accept   stop this server although the move left files out
     GET  {server}/cloudhop/api/restore             this server's restore report (a migration target)
-    GET  {server}/cloudhop/api/info                where this server runs (provider, region, GPU)
-    GET  {server}/cloudhop/api/offers              offers this user may move to (policy-filtered, from the hub)
+    GET  {server}/cloudhop/api/info                where this server runs (provider, region, GPU), its price and spend
+    GET  {server}/cloudhop/api/gpus                live use of this server's GPUs (NVML), or why there are none
+    GET  {server}/cloudhop/api/offers              offers this user may move to (policy-filtered, from the hub),
+                                                   a move's targets cheapest first, and what a move leaves out
 
 The handlers are in :mod:`.handlers` (the server's owner only, under JupyterHub); the
 Ray routes in :mod:`.ray_api`; the move's settings (``c.CloudhopMigration.*``) in
@@ -23,10 +25,11 @@ from jupyter_server.utils import url_path_join
 from . import ray_api
 from .examples import offer_examples
 from .handlers import AcceptHandler
-from .handlers import InfoHandler, MigrationHandler, MigrationsHandler, OffersHandler, RestoreHandler
+from .handlers import GPUsHandler, InfoHandler, MigrationHandler, MigrationsHandler, OffersHandler, RestoreHandler
 from .hubclient import HubClient
 from .kernelenv import keep_token_from_children
 from .migrate import CloudhopMigration, Migrator, Restorer
+from .price import PriceLookup
 
 
 def _load_jupyter_server_extension(serverapp):
@@ -49,7 +52,8 @@ def _load_jupyter_server_extension(serverapp):
         (url_path_join(base, r"migrations/([0-9a-f]{1,32})"), MigrationHandler, kw),
         (url_path_join(base, r"migrations/([0-9a-f]{1,32})/accept"), AcceptHandler, kw),
         (url_path_join(base, "restore"), RestoreHandler, kw),
-        (url_path_join(base, "info"), InfoHandler, kw),
+        (url_path_join(base, "info"), InfoHandler, dict(kw, price=PriceLookup(hub))),
+        (url_path_join(base, "gpus"), GPUsHandler),
         (url_path_join(base, "offers"), OffersHandler, kw),
     ])
     ray_api.load(serverapp)  # Ray status, resize and dashboard routes (docs/ray.md)
