@@ -164,7 +164,22 @@ async def test_rbac_grants_every_call_the_provider_makes(tmp_path):
     finally:
         fake.stop()
     needed = {_needed(m, p) for m, p in fake.requests}
-    assert {n[1] for n in needed} >= {"nodes", "pods", "persistentvolumeclaims", "rayclusters", "events"}
+    assert {n[1] for n in needed} >= {"nodes", "pods", "persistentvolumeclaims", "rayclusters", "events",
+                                      "secrets", "networkpolicies"}
     for group, resource, verb, cluster_scoped in needed:
         granted = cluster_role if cluster_scoped else role
         assert (group, resource, verb) in granted, f"rbac.yaml lacks {verb} {resource} ({group or 'core'})"
+
+
+def test_notebooks_may_reach_only_ray_heads_client_and_dashboard_ports():
+    """The chart's one opening for notebooks into the cluster: Ray heads' client and
+    dashboard ports (whose head admits them is the head's NetworkPolicy and token)."""
+    from cloudhop.spawner.kube import manifests
+
+    values = yaml.safe_load((HELM / "values.yaml").read_text())
+    (rule,) = values["singleuser"]["networkPolicy"]["egress"]
+    (peer,) = rule["to"]
+    assert peer == {"podSelector": {"matchLabels": {"app.kubernetes.io/managed-by": "cloudhop",
+                                                    "cloudhop-role": "ray-worker", "ray.io/node-type": "head"}}}
+    assert sorted((p["port"], p["protocol"]) for p in rule["ports"]) == sorted(
+        [(manifests.RAY_CLIENT_PORT, "TCP"), (manifests.RAY_DASHBOARD_PORT, "TCP")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -205,3 +206,99 @@ async def test_manifests_use_only_fields_the_kubernetes_api_knows():
         for template in (rc["spec"]["headGroupSpec"]["template"], rc["spec"]["workerGroupSpecs"][0]["template"]):
             model = api.deserialize(SimpleNamespace(data=json.dumps(template)), "V1PodTemplateSpec")
             assert manifests.to_json(model) == template
+
+
+# -- a Ray server's token: a Secret, mounted as a file; its NetworkPolicy ---------------
+
+
+def _token_mount(spec: dict, container: dict, secret: str) -> None:
+    """``container`` of a pod ``spec`` reads the token from Secret ``secret`` as a
+    read-only file and runs Ray with token authentication."""
+    (volume,) = [v for v in spec["volumes"] if v["name"] == manifests.RAY_TOKEN_VOLUME]
+    assert volume["secret"] == {"secretName": secret, "defaultMode": 0o400,
+                                "items": [{"key": "token", "path": "token"}]}
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == manifests.RAY_TOKEN_VOLUME]
+    assert mount == {"name": "ray-token", "mountPath": "/var/run/secrets/cloudhop/ray", "readOnly": True}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RAY_AUTH_MODE"] == "token"
+    assert env["RAY_AUTH_TOKEN_PATH"] == "/var/run/secrets/cloudhop/ray/token" == manifests.RAY_TOKEN_PATH
+    assert "RAY_AUTH_TOKEN" not in env
+    # the image's non-root user reads the root-owned file through the pod's fsGroup
+    assert spec["securityContext"]["fsGroup"] == manifests.RAY_TOKEN_FS_GROUP
+
+
+def test_every_pod_of_a_ray_cluster_mounts_its_token():
+    rc = manifests.ray_cluster("cloudhop-ray-ana", image="i", ray_version="2.60.0", workers=2,
+                               worker_plan=gpu_plan(GKE, "L4", 1), labels={}, annotations={},
+                               token_secret="cloudhop-ray-ana-token")
+    head = rc["spec"]["headGroupSpec"]["template"]["spec"]
+    worker = rc["spec"]["workerGroupSpecs"][0]["template"]["spec"]
+    for spec in (head, worker):
+        _token_mount(spec, spec["containers"][0], "cloudhop-ray-ana-token")
+    # without a Secret (a caller that makes none) nothing is mounted
+    bare = manifests.ray_cluster("r", image="i", ray_version="2.60.0", workers=0,
+                                 worker_plan=gpu_plan(GKE, "none", 0), labels={}, annotations={})
+    assert "volumes" not in bare["spec"]["headGroupSpec"]["template"]["spec"]
+
+
+def test_the_notebook_pod_of_a_ray_server_mounts_the_token_beside_its_workspace():
+    plan = gpu_plan(GKE, "L4", 1)
+    pod = _pod(plan, env={"JUPYTERHUB_API_TOKEN": "server-token", "RAY_AUTH_MODE": "disabled"},
+               ray_token_secret="cloudhop-ray-ana-token")
+    (c,) = pod["spec"]["containers"]
+    _token_mount(pod["spec"], c, "cloudhop-ray-ana-token")  # RAY_AUTH_MODE=token wins over the env's
+    assert any(v.get("persistentVolumeClaim") for v in pod["spec"]["volumes"])
+    # a profile's own fsGroup is kept
+    kept = _pod(replace(plan, make_pod_kwargs={"fs_gid": 2000}), ray_token_secret="s")
+    assert kept["spec"]["securityContext"]["fsGroup"] == 2000
+    # a server without Ray has none of it
+    plain = _pod(plan)
+    assert manifests.RAY_TOKEN_VOLUME not in {v["name"] for v in plain["spec"]["volumes"]}
+    assert "RAY_AUTH_MODE" not in {e["name"] for e in plain["spec"]["containers"][0]["env"]}
+
+
+def test_the_token_secret_is_immutable_and_owned_by_the_notebook_pod():
+    secret = manifests.ray_token_secret("cloudhop-ray-ana-token", "t0ken", labels={"a": "b"}, annotations={},
+                                        owner={"name": "cloudhop-ana-1234", "uid": "0b7c-uid"})
+    assert secret["kind"] == "Secret" and secret["type"] == "Opaque" and secret["immutable"] is True
+    assert secret["data"] == {"token": "dDBrZW4="} and "stringData" not in secret
+    assert secret["metadata"]["ownerReferences"] == [{
+        "apiVersion": "v1", "kind": "Pod", "name": "cloudhop-ana-1234", "uid": "0b7c-uid",
+        "blockOwnerDeletion": True, "controller": False}]
+    assert manifests.ray_token_secret_name("cloudhop-ray-ana") == "cloudhop-ray-ana-token"
+
+
+def test_the_network_policy_admits_only_the_peers():
+    policy = manifests.ray_network_policy(
+        "cloudhop-ray-ana", ray_pods={"cloudhop.io/pod": "p"}, peers={"cloudhop-request": "r"},
+        labels={}, annotations={}, owner={"name": "p", "uid": "u"})
+    assert policy["apiVersion"] == "networking.k8s.io/v1" and policy["kind"] == "NetworkPolicy"
+    assert policy["spec"] == {"podSelector": {"matchLabels": {"cloudhop.io/pod": "p"}},
+                              "policyTypes": ["Ingress"],
+                              "ingress": [{"from": [{"podSelector": {"matchLabels": {"cloudhop-request": "r"}}}]}]}
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == "u"
+
+
+async def test_ray_guard_manifests_use_only_fields_the_kubernetes_api_knows():
+    """The Secret, the NetworkPolicy and the pods that mount the token, round-tripped
+    through the client's models (a misspelt field would be dropped)."""
+    from types import SimpleNamespace
+
+    from kubernetes_asyncio.client import ApiClient
+
+    plan = gpu_plan(NVIDIA, "A100-80GB", 2)
+    owner = {"name": "p", "uid": "u"}
+    rc = manifests.ray_cluster("r", image="i", ray_version="2.60.0", workers=2, worker_plan=plan,
+                               labels={}, annotations={}, token_secret="r-token")
+    bodies = [
+        (manifests.ray_token_secret("r-token", "t", labels={}, annotations={}, owner=owner), "V1Secret"),
+        (manifests.ray_network_policy("r", ray_pods={"a": "b"}, peers={"c": "d"}, labels={}, annotations={},
+                                      owner=owner), "V1NetworkPolicy"),
+        (_pod(plan, ray_token_secret="r-token"), "V1Pod"),
+        (rc["spec"]["headGroupSpec"]["template"], "V1PodTemplateSpec"),
+        (rc["spec"]["workerGroupSpecs"][0]["template"], "V1PodTemplateSpec"),
+    ]
+    async with ApiClient() as api:
+        for body, kind in bodies:
+            model = api.deserialize(SimpleNamespace(data=json.dumps(body)), kind)
+            assert manifests.to_json(model) == body, kind

@@ -330,3 +330,112 @@ async def test_an_unreachable_cluster_is_not_retried_by_every_form(fake, make_pr
     assert "no Kubernetes cluster reachable" in first and "HTTP 503" in first
     calls = len(fake.requests)
     assert await provider.check_available() == first and len(fake.requests) == calls
+
+
+# -- a Ray server's token and NetworkPolicy ---------------------------------------------
+
+
+def _ray_objects(fake) -> tuple[str, str, dict, dict]:
+    """(pod name, RayCluster name, its Secret, its NetworkPolicy) of the one Ray server."""
+    (pod_name,) = fake.names("pods", NS)
+    (ray_name,) = fake.names("rayclusters", NS)
+    return (pod_name, ray_name, fake.get("secrets", NS, f"{ray_name}-token"),
+            fake.get("networkpolicies", NS, ray_name))
+
+
+def _mounted_secrets(spec: dict) -> set:
+    return {v["secret"]["secretName"] for v in spec.get("volumes") or [] if v.get("secret")}
+
+
+async def test_a_ray_server_gets_a_token_secret_owned_by_its_pod(fake, make_provider):
+    provider = make_provider()
+    offer = await offer_of(provider, "L4", 1)
+    node = await provider.launch(spec_for(offer, ray=RayRequest(workers=1, gpu="L4", gpu_count=1)))
+    pod_name, ray_name, secret, policy = _ray_objects(fake)
+    pod = fake.get("pods", NS, pod_name)
+    owner = [{"apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": pod["metadata"]["uid"],
+              "blockOwnerDeletion": True, "controller": False}]
+    assert secret["metadata"]["ownerReferences"] == owner and secret["immutable"] is True
+    token = fake.secret_data(NS, f"{ray_name}-token")["token"]
+    assert len(token) >= 43  # 256 random bits
+    assert policy["metadata"]["ownerReferences"] == owner
+    # the notebook, the head and the workers mount it, and run Ray with token authentication
+    rc = fake.get("rayclusters", NS, ray_name)
+    specs = [pod["spec"], rc["spec"]["headGroupSpec"]["template"]["spec"],
+             rc["spec"]["workerGroupSpecs"][0]["template"]["spec"]]
+    for spec in specs:
+        assert _mounted_secrets(spec) == {f"{ray_name}-token"}
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"].startswith("/var/run/secrets/")
+    # the server stops: the RayCluster, the Secret and the NetworkPolicy are deleted by name
+    await provider.terminate(node.id)
+    for resource in ("pods", "rayclusters", "secrets", "networkpolicies"):
+        assert fake.names(resource, NS) == [], resource
+    assert ("DELETE", f"/api/v1/namespaces/{NS}/secrets/{ray_name}-token") in fake.requests
+    assert ("DELETE", f"/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/{ray_name}") in fake.requests
+
+
+async def test_a_pod_deleted_without_the_hub_takes_its_ray_token(fake, make_provider):
+    provider = make_provider()
+    offer = await offer_of(provider, "L4", 1)
+    await provider.launch(spec_for(offer, ray=RayRequest(workers=1)))
+    pod_name, *_ = _ray_objects(fake)
+    fake.delete("pods", NS, pod_name)  # e.g. kubectl delete pod: the garbage collector follows the owner
+    for resource in ("rayclusters", "secrets", "networkpolicies"):
+        assert fake.names(resource, NS) == [], resource
+
+
+async def test_a_restarted_hub_keeps_the_clusters_token(fake, make_provider):
+    first = make_provider()
+    offer = await offer_of(first, "L4", 1)
+    ray = RayRequest(workers=1, gpu="L4", gpu_count=1)
+    node = await first.launch(spec_for(offer, ray=ray))
+    _, ray_name, secret, _ = _ray_objects(fake)
+    token = fake.secret_data(NS, f"{ray_name}-token")["token"]
+    await first.close()
+
+    second = make_provider()  # a restarted hub, from the state's node id alone
+    assert (await second.status(node.id)).id == node.id
+    fake.delete("rayclusters", NS, ray_name)  # the first try stopped before its RayCluster
+    again = await second.launch(spec_for(offer, ray=ray))  # the same request id
+    assert again.id == node.id
+    assert fake.secret_data(NS, f"{ray_name}-token")["token"] == token
+    assert fake.get("secrets", NS, f"{ray_name}-token")["metadata"]["uid"] == secret["metadata"]["uid"]
+    assert _mounted_secrets(fake.get("rayclusters", NS, ray_name)["spec"]["headGroupSpec"]["template"]["spec"]) \
+        == {f"{ray_name}-token"}
+    await second.terminate(node.id)
+    assert fake.names("secrets", NS) == [] and fake.names("networkpolicies", NS) == []
+
+
+async def test_a_failed_ray_launch_leaves_no_token_behind(fake, make_provider):
+    fake.ray_crd = False
+    provider = make_provider()
+    offer = await offer_of(provider, "L4", 1)
+    with pytest.raises(CapacityError):
+        await provider.launch(spec_for(offer, ray=RayRequest(workers=1)))
+    assert fake.names("secrets", NS) == [] and fake.names("networkpolicies", NS) == []
+    # deleted by the provider, not only by the garbage collector following the pod
+    assert any(m == "DELETE" and "/secrets/" in p for m, p in fake.requests)
+
+
+async def test_without_rights_on_the_guards_a_stop_still_deletes_the_pod(fake, make_provider):
+    """A hub whose RBAC predates the Secret's and NetworkPolicy's rules still stops a
+    server; the owner references take what it could not delete."""
+    provider = make_provider()
+    offer = await offer_of(provider, "L4", 1)
+    node = await provider.launch(spec_for(offer, ray=RayRequest(workers=0)))
+    fake.faults[("DELETE", "secrets")] = [403]
+    fake.faults[("DELETE", "networkpolicies")] = [403]
+    await provider.terminate(node.id)
+    for resource in ("pods", "rayclusters", "secrets", "networkpolicies"):
+        assert fake.names(resource, NS) == [], resource
+
+
+async def test_the_network_policy_can_be_turned_off(fake, make_kube_provider):
+    provider = make_kube_provider()
+    provider.ray_network_policy = False
+    offer = await offer_of(provider, "L4", 1)
+    node = await provider.launch(spec_for(offer, ray=RayRequest(workers=0)))
+    assert fake.names("networkpolicies", NS) == [] and len(fake.names("secrets", NS)) == 1
+    await provider.terminate(node.id)
+    assert fake.names("secrets", NS) == []

@@ -33,8 +33,22 @@ restarted hub find pods. Status reads the pod each time (one GET; the hub polls 
 
 Ray: with ``spec.ray`` a KubeRay ``RayCluster`` (``ray.io/v1``) is created after the
 pod, owned by it (it goes when the pod goes, even without the hub), with a worker group
-of the requested GPU; the notebook's ``RAY_ADDRESS`` points at its head service.
-``terminate`` deletes it explicitly as well.
+of the requested GPU; the notebook's ``RAY_ADDRESS`` points at its head service. Before
+the RayCluster come what guards it, owned by the pod too:
+
+* a Secret with the cluster's own Ray token (:func:`cloudhop.spawner.ray.auth.new_token`),
+  which the head, the workers and the notebook pod mount as a file, with
+  ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH`` in their environment
+  (:mod:`cloudhop.spawner.kube.manifests`); the token is in no pod spec, RayCluster,
+  environment variable or log. The Secret is the token's only record: KubeRay, not the
+  hub, starts every Ray node, so the hub never needs it again, and a restarted hub (or a
+  retried launch) finds the same Secret by name and keeps it;
+* a NetworkPolicy (``ray_network_policy``) letting only the pods of the same server
+  (the notebook pod and the cluster's own pods, by their hub, user, server and request
+  labels) connect to the cluster's pods.
+
+``terminate`` deletes the RayCluster, the Secret and the NetworkPolicy explicitly as
+well.
 
 Credentials: the hub's kubeconfig or service account stays in the hub; user pods get
 no service-account token (``automountServiceAccountToken: false``) and error messages
@@ -59,6 +73,7 @@ from ..kube import profiles as z2jh
 from ..kube.cluster import CPU_OFFER, ClusterConfig, ClusterConfigError, cluster_offers, parse_cluster
 from ..kube.plan import PodPlan
 from ..offers import NO_GPU, Offer
+from ..ray.auth import TOKEN_VAR, new_token
 from .aliases import Renamed
 from ..validate import check_number
 from .base import (
@@ -159,6 +174,12 @@ class KubernetesProvider(Provider):
     ).tag(config=True)
     ray_worker_resources = Dict(
         {"cpu": "4", "memory": "16Gi"}, help="CPU and memory of each Ray worker pod (GPUs come from the request).",
+    ).tag(config=True)
+    ray_network_policy = Bool(
+        True, help="""Give each Ray cluster a NetworkPolicy admitting only its own server's
+        pods (the notebook and the cluster's pods). Needs the hub's rights to create and
+        delete NetworkPolicies (hub/helm/rbac.yaml) and a network plugin that enforces
+        them; the cluster's Ray token is required either way.""",
     ).tag(config=True)
 
     refresh_interval = Float(
@@ -269,6 +290,11 @@ class KubernetesProvider(Provider):
 
         return client.CustomObjectsApi(api)
 
+    def _networking(self, api):
+        from kubernetes_asyncio import client
+
+        return client.NetworkingV1Api(api)
+
     # -- errors and retries ------------------------------------------------------
 
     def _translate(self, cluster: str, what: str, err: BaseException) -> ProviderError:
@@ -289,6 +315,23 @@ class KubernetesProvider(Provider):
                 return TransientError(msg)
             return ProviderError(msg)
         return TransientError(f"cluster {cluster}: {what} failed ({type(err).__name__}: {err})")
+
+    @staticmethod
+    async def _unread(fn, *args, **kwargs):
+        """Await the API call ``fn(*args, **kwargs)`` without reading a successful
+        answer's body: the client logs every body it reads (at debug level), and the
+        answer to a Secret's create is the Secret. A failure is raised as the client
+        raises it (its body is the API's Status, which holds no data)."""
+        from kubernetes_asyncio.client.exceptions import ApiException
+        from kubernetes_asyncio.client.rest import RESTResponse
+
+        resp = await fn(*args, _preload_content=False, **kwargs)
+        try:
+            if not 200 <= resp.status <= 299:
+                raise ApiException(http_resp=RESTResponse(resp, await resp.read()))
+            return resp.status
+        finally:
+            resp.release()
 
     async def _call(self, cluster: str, what: str, fn, *args, ok=(), **kwargs):
         """Await ``fn(*args, **kwargs)``, retrying throttling, 5xx and connection errors
@@ -545,8 +588,10 @@ class KubernetesProvider(Provider):
         # the spawner leaves spec.image unset where the profile's image must win
         # (CloudhopSpawner.image_for, the policy's image_override)
         image = spec.image or plan.image or self.singleuser_image
-        # the same allow-list as a VM's user-data: no hub credential reaches a pod
+        # the same allow-list as a VM's user-data: no hub credential reaches a pod, and
+        # no Ray token either (a Ray server's pods mount theirs from a Secret)
         env = allowed_env(spec.env)
+        env.pop(TOKEN_VAR, None)
 
         ray = getattr(spec, "ray", None) if spec.role == "notebook" else None
         ray_name = None
@@ -564,6 +609,9 @@ class KubernetesProvider(Provider):
             pod_name, plan=plan, image=image, cmd=spec.cmd, env=env, port=spec.port,
             labels=labels, annotations=annotations, pvc_name=pvc_name,
             mount_path=self.workspace_mount_path,
+            # the Secret is made right after the pod (it is owned by it); the kubelet
+            # waits for it before starting the container
+            ray_token_secret=manifests.ray_token_secret_name(ray_name) if ray_name else None,
         )
         created = await self._call(cluster.name, "creating the pod", core.create_namespaced_pod,
                                    namespace, body, ok=(409,))
@@ -576,7 +624,8 @@ class KubernetesProvider(Provider):
             try:
                 await self._create_ray(cluster, ray, ray_name, pod, image, tags, pod_name)
             except ProviderError as err:
-                # no half-made server: the pod goes too
+                # no half-made server: the pod goes too, and what guards its cluster
+                await self._delete_ray(cluster, namespace, ray_name)
                 await self._delete_pod(cluster, namespace, pod_name)
                 if isinstance(err, NodeNotFound):
                     raise CapacityError(
@@ -601,6 +650,9 @@ class KubernetesProvider(Provider):
         return name
 
     async def _create_ray(self, cluster, ray, ray_name, pod, image, tags, pod_name) -> None:
+        """The server's Ray cluster: its token's Secret and its NetworkPolicy first (so no
+        Ray pod ever runs without them), then the RayCluster; each kept if an earlier
+        try made it (a 409), so a retried launch keeps the first token."""
         namespace = self._namespaces[cluster.name]
         ray_tags = {**tags, TAG_ROLE: "ray-worker"}
         labels, annotations = kl.tag_labels(ray_tags)
@@ -608,6 +660,22 @@ class KubernetesProvider(Provider):
         # the head off from its workers
         labels = {**labels, **kl.MANAGED_BY, LABEL_POD: pod_name}
         meta = pod.get("metadata") or {}
+        owner = {"name": meta.get("name"), "uid": meta.get("uid")} if meta.get("uid") else None
+        api = await self._api(cluster)
+        secret = manifests.ray_token_secret(
+            manifests.ray_token_secret_name(ray_name), new_token(),
+            labels=labels, annotations=annotations, owner=owner)
+        await self._call(cluster.name, "creating the Ray token's Secret", self._unread,
+                         self._core(api).create_namespaced_secret, namespace, secret, ok=(409,))
+        if self.ray_network_policy:
+            # every pod of this server carries these labels, Ray pods and notebook alike
+            peers = {k: v for k, v in kl.tag_labels(tags)[0].items()
+                     if k in (TAG_HUB, TAG_USER, TAG_SERVER, TAG_REQUEST)}
+            policy = manifests.ray_network_policy(
+                ray_name, ray_pods={**kl.MANAGED_BY, LABEL_POD: pod_name, TAG_ROLE: "ray-worker"},
+                peers={**kl.MANAGED_BY, **peers}, labels=labels, annotations=annotations, owner=owner)
+            await self._call(cluster.name, "creating the Ray cluster's NetworkPolicy",
+                             self._networking(api).create_namespaced_network_policy, namespace, policy, ok=(409,))
         body = manifests.ray_cluster(
             ray_name,
             image=self.ray_image or image,
@@ -616,15 +684,34 @@ class KubernetesProvider(Provider):
             worker_plan=self._ray_plan(cluster, ray),
             labels=labels,
             annotations=annotations,
-            owner={"name": meta.get("name"), "uid": meta.get("uid")} if meta.get("uid") else None,
+            owner=owner,
+            token_secret=manifests.ray_token_secret_name(ray_name),
             head_cpu=self.ray_head_resources.get("cpu"),
             head_memory=self.ray_head_resources.get("memory"),
             worker_cpu=self.ray_worker_resources.get("cpu"),
             worker_memory=self.ray_worker_resources.get("memory"),
         )
-        custom = self._custom(await self._api(cluster))
-        await self._call(cluster.name, "creating the RayCluster", custom.create_namespaced_custom_object,
+        await self._call(cluster.name, "creating the RayCluster", self._custom(api).create_namespaced_custom_object,
                          RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL, body, ok=(409,))
+
+    async def _delete_ray(self, cluster: ClusterConfig, namespace: str, ray_name: str) -> None:
+        """Delete a Ray cluster, its token's Secret and its NetworkPolicy (each may be
+        gone already). The pod's garbage collection would take them too; deleting
+        them here does not wait for it, nor count on the pod still being there."""
+        api = await self._api(cluster)
+        await self._call(cluster.name, "deleting the RayCluster", self._custom(api).delete_namespaced_custom_object,
+                         RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL, ray_name, ok=(404,))
+        guards = [("the Ray token's Secret", self._core(api).delete_namespaced_secret,
+                   manifests.ray_token_secret_name(ray_name))]
+        if self.ray_network_policy:
+            guards.append(("the Ray cluster's NetworkPolicy",
+                           self._networking(api).delete_namespaced_network_policy, ray_name))
+        for what, delete, name in guards:
+            try:
+                await self._call(cluster.name, f"deleting {what}", self._unread, delete, name, namespace, ok=(404,))
+            except CredentialsError as err:
+                # RBAC without the right: the pod's owner reference still takes it
+                self.log.warning("%s; left to garbage collection with the pod", err.message)
 
     async def status(self, node_id: str) -> Node:
         cluster, namespace, pod_name = self._split(node_id)
@@ -659,15 +746,17 @@ class KubernetesProvider(Provider):
     async def terminate(self, node_id: str) -> None:
         cluster, namespace, pod_name = self._split(node_id)
         api = await self._api(cluster)
-        custom = self._custom(api)
-        rays = await self._call(cluster.name, "listing RayClusters", custom.list_namespaced_custom_object,
+        rays = await self._call(cluster.name, "listing RayClusters", self._custom(api).list_namespaced_custom_object,
                                 RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL,
                                 label_selector=f"{LABEL_POD}={pod_name}", ok=(404,))
-        for item in (rays.get("items") or []) if isinstance(rays, dict) else []:
-            await self._call(cluster.name, "deleting the RayCluster", custom.delete_namespaced_custom_object,
-                             RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL, item["metadata"]["name"], ok=(404,))
+        names = {item["metadata"]["name"] for item in ((rays.get("items") or []) if isinstance(rays, dict) else [])}
         pod = await self._call(cluster.name, "reading the pod", self._core(api).read_namespaced_pod,
                                pod_name, namespace, ok=(404,))
+        if hasattr(pod, "metadata") and (pod.metadata.annotations or {}).get(ANNOTATION_RAY):
+            # the pod names its cluster even when the RayCluster was never made
+            names.add(pod.metadata.annotations[ANNOTATION_RAY])
+        for ray_name in sorted(names):
+            await self._delete_ray(cluster, namespace, ray_name)
         await self._delete_pod(cluster, namespace, pod_name)
         if self.delete_workspace_on_stop and hasattr(pod, "metadata"):
             for volume in pod.spec.volumes or []:

@@ -8,9 +8,13 @@ through a generated kubeconfig (``FakeKubernetes.kubeconfig(path)``):
     GET|DELETE     /api/v1/namespaces/{ns}/pods/{name}
     GET|POST       /api/v1/namespaces/{ns}/persistentvolumeclaims
     GET|DELETE     /api/v1/namespaces/{ns}/persistentvolumeclaims/{name}
+    GET|POST       /api/v1/namespaces/{ns}/secrets
+    GET|DELETE     /api/v1/namespaces/{ns}/secrets/{name}
     GET            /api/v1/namespaces/{ns}/events                 (fieldSelector involvedObject.name=)
     GET|POST       /apis/ray.io/v1/namespaces/{ns}/rayclusters
     GET|DELETE     /apis/ray.io/v1/namespaces/{ns}/rayclusters/{name}
+    GET|POST       /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies
+    GET|DELETE     /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{name}
 
 Bodies are the API's JSON: objects get ``metadata.uid``, ``resourceVersion`` and
 ``creationTimestamp``; lists are ``{"kind": "PodList", "items": [...]}``; errors are
@@ -18,6 +22,13 @@ Bodies are the API's JSON: objects get ``metadata.uid``, ``resourceVersion`` and
 "AlreadyExists", "code": 409, ...}``). Label selectors support ``k=v``, ``k!=v``, ``k``
 and ``!k``; field selectors ``status.phase!=X``, ``spec.nodeName=X`` and
 ``involvedObject.name=X``.
+
+Secrets are kept as the API server keeps them: ``stringData`` is folded into ``data``
+(base64) and never stored, and a ``data`` value that is not base64 is refused (422)
+(there is no update call, so nothing changes a Secret). ``metadata.ownerReferences`` must name
+``apiVersion``, ``kind``, ``name`` and ``uid`` (422 otherwise); when an object goes, the
+garbage collector's work is done at once: every object owning it by uid goes too (a
+background cascade, as for a delete without ``propagationPolicy``).
 
 There is no kubelet: a created pod stays ``Pending`` until the test calls
 ``set_phase``. A delete removes the pod at once, or with ``graceful_delete = True``
@@ -28,6 +39,8 @@ the kubeconfig's bearer token (401 otherwise); ``requests`` logs (method, path).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import itertools
 import json
@@ -47,7 +60,10 @@ KINDS = {
     "persistentvolumeclaims": ("PersistentVolumeClaim", "v1"),
     "rayclusters": ("RayCluster", "ray.io/v1"),
     "events": ("Event", "v1"),
+    "secrets": ("Secret", "v1"),
+    "networkpolicies": ("NetworkPolicy", "networking.k8s.io/v1"),
 }
+_OWNER_FIELDS = ("apiVersion", "kind", "name", "uid")
 
 
 def _now() -> str:
@@ -203,7 +219,14 @@ class FakeKubernetes:
     def finish_deletions(self) -> None:
         with self.lock:
             for key in [k for k, v in self.objects.items() if v["metadata"].get("deletionTimestamp")]:
-                del self.objects[key]
+                self._remove(key)
+
+    def secret_data(self, namespace: str, name: str) -> dict | None:
+        """A Secret's data, decoded (None when there is no such Secret)."""
+        obj = self.get("secrets", namespace, name)
+        if obj is None:
+            return None
+        return {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
 
     # -- API semantics ------------------------------------------------------------
 
@@ -220,6 +243,24 @@ class FakeKubernetes:
             return 422, status_body(422, "Invalid", f"{kind} \"\" is invalid: metadata.name: Required value")
         if body.get("kind") not in (None, kind):
             return 400, status_body(400, "BadRequest", f"kind {body.get('kind')!r} does not match {kind}")
+        for i, ref in enumerate(meta.get("ownerReferences") or []):
+            missing = [f for f in _OWNER_FIELDS if not (ref or {}).get(f)]
+            if missing:
+                return 422, status_body(422, "Invalid", f'{kind} "{name}" is invalid: '
+                                        f"metadata.ownerReferences[{i}].{missing[0]}: Required value")
+        if resource == "secrets":
+            body = dict(body)
+            data = dict(body.get("data") or {})
+            for key, value in data.items():
+                try:
+                    base64.b64decode(str(value), validate=True)
+                except (binascii.Error, ValueError):
+                    return 422, status_body(422, "Invalid", f'Secret "{name}" is invalid: data[{key}]: '
+                                            "Invalid value: illegal base64 data")
+            for key, value in (body.pop("stringData", None) or {}).items():
+                data[key] = base64.b64encode(str(value).encode()).decode()
+            body["data"] = data
+            body.setdefault("type", "Opaque")
         with self.lock:
             if (resource, namespace, name) in self.objects:
                 return 409, status_body(409, "AlreadyExists", f'{resource} "{name}" already exists')
@@ -249,11 +290,22 @@ class FakeKubernetes:
                 obj["metadata"]["deletionTimestamp"] = _now()
                 obj["metadata"]["deletionGracePeriodSeconds"] = 1
                 return 200, copy.deepcopy(obj)
-            del self.objects[(resource, namespace, name)]
+            self._remove((resource, namespace, name))
             if resource == "pods":
                 return 200, copy.deepcopy(obj)
             return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                          "details": {"name": name, "kind": resource}}
+
+    def _remove(self, key: tuple) -> None:
+        """Remove an object and, as the garbage collector would, everything it owns
+        (with ``lock`` held)."""
+        obj = self.objects.pop(key, None)
+        if obj is None:
+            return
+        uid = obj["metadata"].get("uid")
+        for other, dependent in list(self.objects.items()):
+            if other[1] == key[1] and any(r.get("uid") == uid for r in dependent["metadata"].get("ownerReferences") or []):
+                self._remove(other)
 
     def list(self, resource: str, namespace: str | None, query: dict) -> tuple[int, dict]:
         labels = query.get("labelSelector", [""])[0]
@@ -275,8 +327,9 @@ class FakeKubernetes:
 _ROUTES = [
     (r"^/api/v1/nodes$", "nodes", False),
     (r"^/api/v1/pods$", "pods", False),
-    (r"^/api/v1/namespaces/(?P<ns>[^/]+)/(?P<res>pods|persistentvolumeclaims|events)(?:/(?P<name>[^/]+))?$", None, True),
+    (r"^/api/v1/namespaces/(?P<ns>[^/]+)/(?P<res>pods|persistentvolumeclaims|secrets|events)(?:/(?P<name>[^/]+))?$", None, True),
     (r"^/apis/ray\.io/v1/namespaces/(?P<ns>[^/]+)/(?P<res>rayclusters)(?:/(?P<name>[^/]+))?$", None, True),
+    (r"^/apis/networking\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/(?P<res>networkpolicies)(?:/(?P<name>[^/]+))?$", None, True),
 ]
 
 
