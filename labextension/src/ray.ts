@@ -28,14 +28,16 @@ export class RaySection {
     fill(
       this._body,
       h('p', {}, `${ray.alive} node(s) alive`, ray.address ? ` · head ${ray.address}` : null, ' · ', h('a', { href: ray.dashboard_url, target: '_blank', rel: 'noopener' }, 'Ray dashboard')),
-      h(
-        'table',
-        { class: 'ch-ray-nodes' },
-        h('tr', {}, h('th', {}, 'node'), h('th', {}, 'state'), h('th', {}, 'CPU'), h('th', {}, 'GPU')),
-        ray.nodes.map(n =>
-          h('tr', {}, h('td', {}, `${n.head ? 'head ' : ''}${n.ip}`), h('td', {}, n.state), h('td', {}, n.resources.CPU ?? 0), h('td', {}, n.resources.GPU ?? 0))
-        )
-      ),
+      ray.nodes.length
+        ? h(
+            'table',
+            { class: 'ch-ray-nodes' },
+            h('tr', {}, h('th', {}, 'node'), h('th', {}, 'state'), h('th', {}, 'CPU'), h('th', {}, 'GPU')),
+            ray.nodes.map(n =>
+              h('tr', {}, h('td', {}, `${n.head ? 'head ' : ''}${n.ip}`), h('td', {}, n.state), h('td', {}, n.resources.CPU ?? 0), h('td', {}, n.resources.GPU ?? 0))
+            )
+          )
+        : h('p', { class: 'ch-note' }, 'Ray lists no nodes yet.'),
       workers.length
         ? h('ul', { class: 'ch-ray-workers' }, workers.map(w => h('li', {}, `worker ${w.index}: ${w.state} on ${w.provider}/${w.region}${w.detail ? ` (${w.detail})` : ''}`)))
         : null,
