@@ -24,8 +24,9 @@ import sys
 import types
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-#: attributes that hold caches or interpreter internals, not values
-_SKIP_ATTRS = {"_abc_impl", "__weakref__", "__dict__", "_cache"}
+#: attributes that hold caches or interpreter internals, not values (``__slotnames__``:
+#: copyreg's cache on a class, filled in whenever an instance is pickled or copied)
+_SKIP_ATTRS = {"_abc_impl", "__weakref__", "__dict__", "_cache", "__slotnames__"}
 _ATOMS = (bool, int, float, complex, str, bytes, type(None))
 
 
@@ -224,8 +225,9 @@ def describe_namespace(ns, names, ignored=()):
     return out
 
 
-def main(path, ignored=()):
-    """Write the descriptions of the kernel's user variables to ``path``."""
+def main(path=None, ignored=()):
+    """Write the descriptions of the kernel's user variables to ``path`` as JSON (print
+    them without one)."""
     from IPython import get_ipython
 
     shell = get_ipython()
@@ -233,5 +235,9 @@ def main(path, ignored=()):
     hidden = set(shell.user_ns_hidden)
     names = sorted(n for n in ns if not n.startswith("_") and n not in hidden
                    and n not in ("In", "Out", "exit", "quit", "get_ipython", "open"))
+    described = describe_namespace(ns, names, ignored)
+    if path is None:
+        print(json.dumps(described))
+        return
     with open(path, "w") as f:
-        json.dump(describe_namespace(ns, names, ignored), f)
+        json.dump(described, f)

@@ -17,6 +17,7 @@ Run alone with ``pytest -m corpus -s`` (``-s`` shows the pass rate at the end).
 from __future__ import annotations
 
 import ast
+import asyncio
 import base64
 import hashlib
 import importlib.util
@@ -92,6 +93,14 @@ def reads(source: str) -> set[str]:
         return set()
 
 
+def describe_code(path: Path | None) -> str:
+    """Code that describes the kernel's variables (tests/fingerprint.py) into ``path``,
+    or prints them, without adding a name to the kernel's namespace."""
+    target = str(path) if path is not None else None
+    source = FINGERPRINT + f"\nmain({target!r}, {sorted(IGNORED_ATTRIBUTES)!r})\n"
+    return f"exec(compile({source!r}, '<fingerprint>', 'exec'), {{}})"
+
+
 class Kernel:
     """A kernel in ``cwd`` that runs cells as a notebook does and records their outputs."""
 
@@ -143,12 +152,17 @@ class Kernel:
     async def describe(self, path: Path) -> dict:
         """Every user variable described by value (tests/fingerprint.py), run silently
         in a namespace of its own."""
-        source = FINGERPRINT + f"\nmain({str(path)!r}, {sorted(IGNORED_ATTRIBUTES)!r})\n"
-        code = f"exec(compile({source!r}, '<fingerprint>', 'exec'), {{}})"
+        code = describe_code(path)
         reply = await self.kc.execute_interactive(code, silent=True, store_history=False, timeout=300,
                                                   output_hook=lambda msg: None)
         assert reply["content"]["status"] == "ok", reply["content"]
         return json.loads(path.read_text())
+
+    def text(self, outputs: list) -> str:
+        """A cell's outputs as the hub tests' kernel client reads them: streams and the
+        plain text of results."""
+        return "".join(o[1] if o[0] in ("stdout", "stderr") else o[1].get("text/plain", "")
+                       for o in outputs if o[0] != "error")
 
     async def stop(self):
         self.kc.stop_channels()
@@ -205,15 +219,21 @@ async def test_notebook_moved_mid_run_ends_with_the_same_variables_and_outputs(n
             await stayed.run(source)
         checkpoint = await checkpoint_kernel(stayed.info, str(tmp_path / "checkpoint"))
         shutil.copytree(here, there)  # the workspace as the snapshot took it
-        later_stayed = [await stayed.run(source) for source in cells[half:]]
-        values_stayed = await stayed.describe(tmp_path / "stayed.json")
 
-        started = time.monotonic()
-        moved = await Kernel.start(there)
-        restored = await restore_kernel(moved.info, str(tmp_path / "checkpoint"))
-        restore_seconds = time.monotonic() - started
-        later_moved = [await moved.run(source) for source in cells[half:]]
-        values_moved = await moved.describe(tmp_path / "moved.json")
+        async def finish(kernel, name):
+            outputs = [await kernel.run(source) for source in cells[half:]]
+            return outputs, await kernel.describe(tmp_path / f"{name}.json")
+
+        async def move():
+            nonlocal moved
+            started = time.monotonic()
+            moved = await Kernel.start(there)
+            restored = await restore_kernel(moved.info, str(tmp_path / "checkpoint"))
+            return restored, time.monotonic() - started, await finish(moved, "moved")
+
+        # the two runs of the rest are independent: one kernel each, side by side
+        (later_stayed, values_stayed), (restored, restore_seconds, (later_moved, values_moved)) = \
+            await asyncio.gather(finish(stayed, "stayed"), move())
     finally:
         await stayed.stop()
         if moved is not None:
@@ -245,3 +265,59 @@ async def test_notebook_moved_mid_run_ends_with_the_same_variables_and_outputs(n
     tally[notebook.stem] = {"ok": not problems, "equal": len(equal), "total": len(values_stayed),
                             "outputs": len(later_stayed), "skipped": sorted(skipped)}
     assert not problems, (f"{notebook.stem} (restored in {restore_seconds:.1f} s):\n" + "\n".join(problems))
+
+
+@pytest.mark.e2e
+@pytest.mark.corpus
+def test_a_corpus_notebook_moves_between_two_local_regions(hub_factory, tmp_path):
+    """The scikit-learn gallery's meta-estimators notebook, half run on a server in
+    site-a, moved (strict: nothing may be skipped) through a real hub to site-b, the
+    rest run there: same variables, same outputs as a run that never moved."""
+    import nbformat
+    from test_migration_e2e import REGIONS, UserAPI, wait_migration
+
+    notebook = CORPUS / "sklearn_metadata_routing.ipynb"
+    cells = code_cells(notebook)
+    if missing_modules(cells):
+        pytest.skip(f"needs {', '.join(missing_modules(cells))}")
+    half = len(cells) // 2
+
+    async def unmoved():
+        kernel = await Kernel.start(tmp_path)
+        try:
+            outputs = [kernel.text(await kernel.run(source)) for source in cells]
+            return outputs[half:], await kernel.describe(tmp_path / "stayed.json"), kernel.clean
+        finally:
+            await kernel.stop()
+
+    later_stayed, values_stayed, clean = asyncio.run(unmoved())
+
+    hub = hub_factory(REGIONS)
+    alice = UserAPI(hub, "alice")
+    hub.spawn("alice", {"provider": "local", "region": "site-a"})
+    r = alice("PUT", f"api/contents/{notebook.name}",
+              json={"type": "notebook", "content": nbformat.read(notebook, as_version=4)})
+    assert r.status_code in (200, 201), r.text
+    r = alice("POST", "api/sessions", json={"path": notebook.name, "type": "notebook", "name": notebook.name,
+                                            "kernel": {"name": "python3"}})
+    kernel = hub.kernel("alice", kernel_id=r.json()["kernel"]["id"])
+    for source in cells[:half]:
+        kernel.execute(source)
+    kernel.close()
+
+    r = alice("POST", "cloudhop/api/migrations", json={"provider": "local", "region": "site-b", "strict": True})
+    assert r.status_code == 202, r.text
+    m = wait_migration(alice, r.json()["id"])
+    assert m["state"] == "done", (m, hub.log())
+    assert {"ExampleClassifier", "MetaClassifier", "meta_est", "rng", "X"} <= set(m["variables"][notebook.name])
+    assert not [s for s in m["skipped"] if s.get("path") == notebook.name]
+
+    sessions = alice("GET", "api/sessions", server=m["target_server"]).json()
+    kernel = hub.kernel("alice", server=m["target_server"], kernel_id=sessions[0]["kernel"]["id"])
+    later_moved = [clean(kernel.execute(source)) for source in cells[half:]]
+    values_moved = json.loads(kernel.execute(describe_code(None), timeout=120))
+    kernel.close()
+    assert later_moved == [clean(text) for text in later_stayed]
+    differ = [n for n in values_stayed if values_moved.get(n) != values_stayed[n]]
+    assert not differ, [f"{n}: {first_difference(values_stayed[n], values_moved.get(n))}" for n in differ]
+    assert set(values_moved) == set(values_stayed)

@@ -227,8 +227,9 @@ def _pickler_class(base, by_value):
     return _picklers[base, by_value]
 
 
-#: what a class's ``__dict__`` holds that is not its state: made anew with the class
-_CLASS_MADE = {"__dict__", "__weakref__", "__module__", "__qualname__", "__slots__", "_abc_impl"}
+#: what a class's ``__dict__`` holds that is not its state: made anew with the class,
+#: or a cache (``__slotnames__``: copyreg's, filled in when an instance is pickled)
+_CLASS_MADE = {"__dict__", "__weakref__", "__module__", "__qualname__", "__slots__", "_abc_impl", "__slotnames__"}
 
 
 def _slot_names(cls):
