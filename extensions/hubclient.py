@@ -8,7 +8,8 @@ inherit). That token cannot start or stop the user's other servers
 (:data:`cloudhop.hub.tokens_api.SERVER_TOKEN_SCOPES`): for a move it asks the hub for a
 short-lived token of its own (:meth:`HubClient.move_token`), which starts and follows the
 one new server (:meth:`HubClient.with_token`). The reaper calls with its service token
-(:data:`cloudhop.hub.reaper.SCOPES`) and no user.
+(:data:`cloudhop.hub.reaper.SCOPES`) and no user, the move reconciler with its own
+(:data:`cloudhop.hub.move_reconciler.SCOPES`).
 """
 
 from __future__ import annotations
@@ -153,6 +154,17 @@ class HubClient:
         """A short-lived token for a move of this server to the new server ``target``
         (:mod:`cloudhop.hub.tokens_api`): ``{"token", "target", "expires_at", "scopes"}``."""
         return await self.request("POST", self._own_path("moves"), {"target": target, "expires_in": expires_in})
+
+    async def report_move(self, change: dict) -> dict:
+        """Report a change of this server's move ``change["move"]`` to the hub's record
+        (:mod:`cloudhop.hub.tokens_api`): the ``phase`` it enters (and the ``error`` it
+        failed with), or, from the reconciler, ``settled``. Returns the record; a
+        refusal (409: the hub ended the move) raises HubError."""
+        return await self.request("PATCH", self._own_path("moves"), change, timeout=30)
+
+    async def moves(self) -> list[dict]:
+        """Every move the hub has not settled (the reconciler's token)."""
+        return (await self.request("GET", "/cloudhop/moves", timeout=30))["moves"]
 
     async def kernel_token(self) -> str:
         """A token for this server's kernels: this server's API only."""

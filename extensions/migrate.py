@@ -19,6 +19,12 @@ Source (:class:`Migrator`), one migration at a time:
    (:meth:`Migrator.accept`, then ``done`` and the source stops) or stops the target.
    The move's snapshot stays in the store either way.
 
+Each phase is shown in the state with the time it began (``timeline``) and recorded
+by the hub (:mod:`cloudhop.hub.move_book`) before the source acts in it; a phase the hub
+will not record (the hub restarted meanwhile and cut the move off, or the target no
+longer runs at ``done``) fails the move. The hub's reconciler cleans up after moves cut
+off by a fault (docs/migration.md, "Faults").
+
 Any failure or timeout stops (and removes) the target and leaves the source running
 and unchanged: state ``failed`` with ``error``. The server's own token cannot start or
 stop any server but itself; only the move's token reaches the target.
@@ -60,6 +66,20 @@ STATES = ("snapshotting", "launching", "restoring", "verifying", "awaiting-accep
 #: user_options a move may carry: the spawner's schema, less ``restore`` (the move sets it),
 #: plus the move's own options (``accept_skipped``), which stay with the source
 MOVABLE = tuple(o for o in OPTIONS if o.name != "restore") + MOVE_OPTIONS
+
+
+#: a folder a move waits in at each phase while a file named after the phase is there
+#: (tests hold a move at a phase to kill a process then); unset, nothing waits
+HOLD_ENV = "CLOUDHOP_MOVE_HOLD"
+
+
+async def hold(phase: str, env=os.environ) -> None:
+    """Wait while ``$CLOUDHOP_MOVE_HOLD/<phase>`` exists (a test's hold; see
+    :data:`HOLD_ENV`). A move waits here once the hub has recorded ``phase``; at
+    ``launching``, once the target was asked for."""
+    folder = env.get(HOLD_ENV)
+    while folder and os.path.exists(os.path.join(folder, phase)):
+        await asyncio.sleep(0.1)
 
 
 class Busy(RuntimeError):
@@ -116,6 +136,10 @@ class Migration:
     snapshot_id: str | None = None
     started: float = field(default_factory=time.time)
     finished: float | None = None
+    #: when each phase began (``{"snapshotting": t, "launching": t, ...}``)
+    timeline: dict = field(default_factory=dict)
+    #: the id of the hub's record of this move (None from a hub that keeps none)
+    hub_move: str | None = None
     #: set once a client has read the state "done" (the source may then stop)
     read_done: asyncio.Event | None = field(default=None, repr=False)
 
@@ -131,6 +155,7 @@ class Migration:
             "bytes_sent": self.bytes_sent, "variables": self.variables, "skipped": self.skipped,
             "error": self.error, "snapshot": self.snapshot_id, "options": self.options,
             "move_options": self.move_options, "started": self.started, "finished": self.finished,
+            "timeline": self.timeline,
             "left_out": summary(left_out(self.skipped)),
         }
 
@@ -233,13 +258,16 @@ class Migrator:
     def store(self, token: str) -> StoreClient:
         return StoreClient(self.settings.store_url, self.hub.user, token)
 
-    async def move_hub(self, target: str) -> HubClient:
+    async def move_hub(self, target: str, m: Migration | None = None) -> HubClient:
         """The hub client of a move to the new server ``target``: with the move's own
-        short-lived token, asked of the hub with this server's token."""
+        short-lived token, asked of the hub with this server's token (which also opens
+        the hub's record of move ``m``)."""
         try:
             grant = await self.hub.move_token(target, int(self.settings.token_lifetime))
         except HubError as err:
             raise RuntimeError(f"the hub gave no token for the snapshot store and the new server ({err})") from None
+        if m is not None:
+            m.hub_move = grant.get("move")
         return self.hub.with_token(grant["token"])
 
     async def check(self, options) -> None:
@@ -279,22 +307,25 @@ class Migrator:
         workdir = tempfile.mkdtemp(prefix="cloudhop-migrate-")
         move: HubClient | None = None
         store: StoreClient | None = None
+        m.timeline["snapshotting"] = m.started
         try:
             kernels = await self._checkpoint(m, workdir)
-            move = await self.move_hub(target_name(m.options, m.id))
+            move = await self.move_hub(target_name(m.options, m.id), m)
+            await hold("snapshotting")
             store = self.store(move.token)
             manifest = await self._snapshot(m, store, kernels, workdir)
-            m.state = "launching"
+            await self._enter(m, "launching", wait=False)  # held once the target was asked for
             await self._launch(m, move)
-            m.state = "restoring"
+            await self._enter(m, "restoring")
             report = await self._wait_report(m, store, move)
-            m.state = "verifying"
+            await self._enter(m, "verifying")
             self._verify(m, manifest, kernels, report)
             if left_out(m.skipped) and not m.move_options.get("accept_skipped"):
-                m.state = "awaiting-accept"
+                await self._enter(m, "awaiting-accept")
                 log.info("migration %s: %s runs; %d paths were left out, so this server runs until the "
                          "user accepts", m.id, m.target_url, len(left_out(m.skipped)))
             else:
+                await self._enter(m, "done")
                 self._done(m)
         except Exception as err:  # noqa: BLE001 - every failure is reported in the state
             m.error = str(err) or type(err).__name__
@@ -306,14 +337,51 @@ class Migrator:
                 try:
                     await move.stop_server(m.target_server, remove=True)
                 except HubError as stop_err:
-                    if stop_err.status != 404:
+                    if stop_err.status not in (403, 404):  # 403: the hub ended the move, its reconciler stops it
                         m.error += f" (and stopping the target failed: {stop_err})"
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
             if store is not None:
                 store.close()
+        if m.state == "failed":
+            await self._record_failure(m)
         if m.state == "done":
             await self._stop_source(m)
+
+    async def _record(self, m: Migration, phase: str) -> None:
+        """The hub records that ``m`` enters ``phase`` (HubError when it will not: 409,
+        or cannot: out of reach), then the timeline. A hub that keeps no records is not
+        asked."""
+        if m.hub_move:
+            await self.hub.report_move({"move": m.hub_move, "phase": phase})
+        m.timeline[phase] = time.time()
+
+    async def _enter(self, m: Migration, phase: str, *, wait: bool = True) -> None:
+        """``m`` enters ``phase`` once the hub has recorded it (else the move fails in the
+        phase it was in), and with ``wait`` a test's :func:`hold` may keep it there."""
+        try:
+            await self._record(m, phase)
+        except HubError as err:
+            raise RuntimeError(f"the hub ended the move ({err})") from None
+        m.state = phase
+        if wait:
+            await hold(phase)
+
+    async def _record_failure(self, m: Migration) -> None:
+        """Tell the hub that ``m`` failed, so its reconciler removes whatever is left of
+        the target; when the hub is out of reach, again for about half a minute (a hub
+        that restarts meanwhile has failed the move itself)."""
+        m.timeline["failed"] = m.finished
+        for delay in (0, 1, 2, 4, 8, 15) if m.hub_move else ():
+            await asyncio.sleep(delay)
+            try:
+                await self.hub.report_move({"move": m.hub_move, "phase": "failed", "error": m.error})
+                return
+            except HubError as err:
+                if err.status is not None:  # refused: the hub already ended it
+                    return
+        if m.hub_move:
+            log.warning("migration %s: the hub did not hear that it failed; its reconciler will", m.id)
 
     @staticmethod
     def _done(m: Migration) -> None:
@@ -367,6 +435,13 @@ class Migrator:
         if not await self._target_runs(m):
             self._target_gone(m)
             raise NotAccepted(m.error.removeprefix("awaiting-accept: "))
+        try:
+            await self._record(m, "done")
+        except HubError as err:
+            if err.status is None:
+                raise
+            self._target_gone(m)
+            raise NotAccepted(f"the hub ended the move ({err.message})") from None
         m.move_options["accept_skipped"] = True
         self._done(m)
         task = asyncio.ensure_future(self._stop_source(m))
@@ -413,6 +488,7 @@ class Migrator:
             await move.start_server(name, dict(m.options, restore=m.snapshot_id))
         except HubError as err:
             raise RuntimeError(f"the target server {name!r} failed to start ({err})") from None
+        await hold("launching")
         deadline = time.monotonic() + self.settings.launch_timeout
         while time.monotonic() < deadline:
             model = await move.server(name)

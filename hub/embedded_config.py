@@ -111,6 +111,12 @@ from cloudhop.hub.reaper import reaper_service_config  # noqa: E402
 
 reaper_service_config(c, data_dir=str(data_dir))
 
+# moves' records (moves.json) and their reconciler (docs/migration.md, "Faults"): stops
+# and removes what a move cut off by a fault left running; c.CloudhopMoves.* tunes it
+from cloudhop.hub.move_reconciler import add_move_reconciler  # noqa: E402
+
+add_move_reconciler(c, data_dir=str(data_dir))
+
 # idle culling (`cloudhop up --cull-idle MINUTES`): JupyterHub's idle culler stops
 # servers nobody has used for that long; stopping terminates their nodes and workers
 from cloudhop.hub.services import add_idle_culler  # noqa: E402

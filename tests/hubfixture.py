@@ -116,6 +116,27 @@ class HubProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
 
+    def kill(self, timeout: float = 30) -> None:
+        """SIGKILL the hub process alone, as a crash or the OOM killer would: its proxy
+        and users' servers are not signalled. Returns once it is gone and the services it
+        started have seen that and exited, so :meth:`start` (the same data folder and
+        ports) starts the next hub on their ports."""
+        import psutil
+
+        from cloudhop.hub.services import HUB_PID_ENV
+
+        def started_here(p) -> bool:
+            try:
+                return HUB_PID_ENV in p.environ()
+            except psutil.Error:
+                return False
+
+        services = [p for p in psutil.Process(self.proc.pid).children(recursive=True) if started_here(p)]
+        self.proc.kill()
+        self.proc.wait(timeout)
+        _gone, alive = psutil.wait_procs(services, timeout=timeout)
+        assert not alive, f"services outlived their hub: {[p.cmdline() for p in alive]}"
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-8000:]

@@ -67,8 +67,9 @@ def test_services_end_with_a_hub_killed_outright(hub_factory):
     hub = hub_factory()
     hub_proc = psutil.Process(hub.proc.pid)
     services = [p for p in hub_proc.children(recursive=True)
-                if any(m in " ".join(p.cmdline()) for m in ("cloudhop.hub.snapshot_store", "cloudhop.hub.reaper"))]
-    assert len(services) == 2, [p.cmdline() for p in hub_proc.children(recursive=True)]
+                if any(m in " ".join(p.cmdline()) for m in ("cloudhop.hub.snapshot_store", "cloudhop.hub.reaper",
+                                                            "cloudhop.hub.move_reconciler"))]
+    assert len(services) == 3, [p.cmdline() for p in hub_proc.children(recursive=True)]
     hub.proc.send_signal(signal.SIGKILL)  # the hub alone; services live in their own sessions
     hub.proc.wait(10)
     _gone, alive = psutil.wait_procs(services, timeout=15)
