@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import difflib
 import inspect
 import json
 import sys
@@ -34,7 +33,7 @@ from cloudhop.spawner.catalog import CatalogError, catalog_offers
 from cloudhop.spawner.offers import NO_GPU, Offer
 from cloudhop.spawner.optimizer import effective_price
 from cloudhop.spawner.providers import CATALOG_PROVIDERS, DEFAULT_LISTED, PROVIDERS
-from cloudhop.spawner.schema import MAX_GPUS
+from cloudhop.spawner.schema import MAX_GPUS, unknown_choice
 
 from .cli import plain
 from .offers_view import asked, hidden_line, no_match, table
@@ -94,12 +93,9 @@ def refuse(command: str, err: UsageError | CatalogError) -> int:
 
 
 def did_you_mean(flag: str, value: str, valid) -> UsageError:
-    valid = sorted(set(valid), key=str.casefold)
-    low = {v.casefold(): v for v in valid}
-    close = difflib.get_close_matches(value.casefold(), list(low), n=1, cutoff=0.5)
-    hint = f"; did you mean {low[close[0]]!r}?" if close else ""
-    shown = ", ".join(valid[:30]) + (f" (and {len(valid) - 30} more)" if len(valid) > 30 else "")
-    return UsageError(f"{flag}: unknown value {value!r}{hint} Valid: {shown or 'none'}.")
+    """``--gpu: unknown value 'H1OO'; did you mean 'H100'? Valid choices: ...``, worded
+    as the spawn form's option errors are (``schema.unknown_choice``)."""
+    return UsageError(f"{flag}: {unknown_choice('value', value, valid, limit=30)}")
 
 
 def parse_count(text: str | None) -> int | None:

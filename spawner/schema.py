@@ -70,12 +70,15 @@ class OptionError(ValueError):
 # -- the checks every option is made of ---------------------------------------------
 
 
-def show(value) -> str:
-    """A user's value as a message quotes it: ``repr``, shortened, HTML-escaped."""
+def brief(value) -> str:
+    """A user's value as a message quotes it: ``repr``, shortened."""
     text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return html.escape(text, quote=False)
+    return text[:57] + "..." if len(text) > 60 else text
+
+
+def show(value) -> str:
+    """:func:`brief`, HTML-escaped."""
+    return html.escape(brief(value), quote=False)
 
 
 def closest(value, valid: Iterable[str]) -> str | None:
@@ -89,27 +92,33 @@ def closest(value, valid: Iterable[str]) -> str | None:
     return close[0] if close else None
 
 
-def quote_all(names: Iterable[str], limit: int = 20) -> str:
+def quote_all(names: Iterable[str], limit: int = 20, escape: bool = True) -> str:
     """``'none', 'T4'``: each name quoted (so a choice called ``none`` never reads as "no
-    choices"), HTML-escaped, at most ``limit`` of them and how many more."""
+    choices"), HTML-escaped unless ``escape`` is false, at most ``limit`` of them and how
+    many more."""
     names = list(names)
-    shown = ", ".join(html.escape(repr(str(n)), quote=False) for n in names[:limit])
-    return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
+    shown = ", ".join(repr(str(n)) for n in names[:limit])
+    shown += f" (and {len(names) - limit} more)" if len(names) > limit else ""
+    return html.escape(shown, quote=False) if escape else shown
+
+
+def unknown_choice(what: str, value, valid: Iterable[str], limit: int = 20) -> str:
+    """The plain-text sentence for a value not among ``valid``: the value, the closest
+    choice and the choices, each quoted: ``unknown gpu 'T5'; did you mean 'T4'? Valid
+    choices: 'none', 'T4'.`` Every "unknown value" message, of the options and of the
+    CLIs' flags, is made here."""
+    valid = sorted(set(valid), key=str.casefold)
+    msg = f"unknown {what} {brief(value)}"
+    close = closest(value, valid)
+    msg += f"; did you mean {close!r}?" if close else "."
+    if valid:
+        return msg + f" Valid choices: {quote_all(valid, limit, escape=False)}."
+    return msg + " There is nothing to choose from here."
 
 
 def choices(field: str, value, valid: Iterable[str]) -> OptionError:
-    """The error for a value not among ``valid``: the value, the closest choice and the
-    choices, each quoted: ``unknown gpu 'T5'; did you mean 'T4'? Valid choices: 'none',
-    'T4'.`` (every "unknown value" message of the options is made here)."""
-    valid = sorted(set(valid), key=str.casefold)
-    msg = f"unknown {field} {show(value)}"
-    close = closest(value, valid)
-    msg += f"; did you mean {html.escape(repr(close), quote=False)}?" if close else "."
-    if valid:
-        msg += f" Valid choices: {quote_all(valid)}."
-    else:
-        msg += " There is nothing to choose from here."
-    return OptionError(field, msg)
+    """The error for a value not among ``valid`` (:func:`unknown_choice`, HTML-escaped)."""
+    return OptionError(field, html.escape(unknown_choice(field, value, valid), quote=False))
 
 
 def name(field: str, value, *, optional: bool = True, pattern: re.Pattern = NAME) -> str | None:

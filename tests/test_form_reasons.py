@@ -52,6 +52,14 @@ def test_the_closest_choice_is_named():
     assert long.endswith("'r19' (and 5 more).")
 
 
+def test_the_clis_flags_word_an_unknown_value_the_same_way():
+    from cloudhop.hub.offers_cli import did_you_mean
+
+    assert str(did_you_mean("--gpu", "Z9", ["none", "T4"])) == "--gpu: unknown value 'Z9'. Valid choices: 'none', 'T4'."
+    assert str(did_you_mean("--gpu", "t5", ["T4"])) == "--gpu: unknown value 't5'; did you mean 'T4'? Valid choices: 'T4'."
+    assert str(did_you_mean("--region", "x", [])) == "--region: unknown value 'x'. There is nothing to choose from here."
+
+
 def test_values_and_choices_stay_escaped():
     msg = str(choices("gpu", "<b>", ["<i>"]))
     assert "<b>" not in msg and "<i>" not in msg and "&lt;i&gt;" in msg
