@@ -509,3 +509,19 @@ def test_strict_is_a_move_option_not_sent_to_the_new_server():
     assert split_options(check_options({"region": "b", "strict": True})) == ({"region": "b"}, {"strict": True})
     with pytest.raises(OptionError, match="^strict: must be true or false"):
         check_options({"region": "b", "strict": "yes"})
+
+
+async def test_checkpoints_of_the_previous_format_still_load_and_newer_ones_are_refused(kernels, tmp_path):
+    src, src_km = await kernels()
+    await run(src, "import random\nx = [1, 2]")
+    await checkpoint_kernel(src_km.get_connection_info(), str(tmp_path / "c"))
+    state_path = tmp_path / "c" / "state.json"
+    state = json.loads(state_path.read_text())
+    # format 1 (an older snapshot): the same entries, without module state
+    state_path.write_text(json.dumps(dict(state, format=1, entries=[e for e in state["entries"]
+                                                                    if e["kind"] != "modstate"])))
+    dst, dst_km = await kernels()
+    assert "x" in (await restore_kernel(dst_km.get_connection_info(), str(tmp_path / "c")))["variables"]
+    state_path.write_text(json.dumps(dict(state, format=3)))
+    with pytest.raises(KernelStateError, match=r"checkpoint format 3 is not one of \(1, 2\)"):
+        await restore_kernel(dst_km.get_connection_info(), str(tmp_path / "c"))

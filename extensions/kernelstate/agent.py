@@ -51,7 +51,10 @@ import sys
 import time
 import types
 
-FORMAT = 1
+#: the checkpoint format written (2: ``modstate`` entries, classes saved with
+#: :func:`make_class`); restore reads :data:`READABLE`, so older snapshots still load
+FORMAT = 2
+READABLE = (1, 2)
 #: buffers at least this large are restored from a private mapping of the checkpoint
 MAP_MIN = 1 << 20
 #: alignment of raw buffers in buffers.bin (so mapped arrays are aligned for SIMD)
@@ -752,8 +755,9 @@ def restore(directory, ns=None, map_buffers=True):
         ns = _shell().user_ns
     with open(os.path.join(directory, "state.json")) as f:
         state = json.load(f)
-    if state.get("format") != FORMAT:
-        raise ValueError(f"checkpoint format {state.get('format')} is not {FORMAT}")
+    if state.get("format") not in READABLE:
+        raise ValueError(f"checkpoint format {state.get('format')} is not one of {READABLE} "
+                         "(made by a newer Cloudhop?)")
     skipped = list(state["skipped"])
     objects = _Reader(os.path.join(directory, "objects.bin"))
     buffers = _Reader(os.path.join(directory, "buffers.bin"), map_large=map_buffers)
