@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import pytest
+from gated_server import gated_config, open_gate
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader
 
 from cloudhop.spawner.catalog import all_catalog_offers
@@ -90,6 +91,19 @@ c.GCPProvider.anonymous_credentials = True
 """
 
 
+def logged_in(browser, hub, user: str):
+    """A new page of ``browser`` logged in to ``hub`` as ``user`` with the shared
+    password, and the list the page's script errors go to."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    errors = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(f"{hub.url}/hub/login")
+    page.fill("#username_input", user)
+    page.fill("#password_input", (hub.data_dir / "user_password").read_text().strip())
+    page.click("#login_submit")
+    return page, errors
+
+
 def options(page, selector):
     return page.eval_on_selector_all(f"{selector} option", "els => els.map(e => e.value)")
 
@@ -99,18 +113,11 @@ def options(page, selector):
 def test_form_in_chromium_narrows_choices_and_starts_a_local_server(hub_factory):
     sync_api = _chromium_or_skip()
     hub = hub_factory(extra_config=HUB_CONFIG)
-    password = (hub.data_dir / "user_password").read_text().strip()
     OUTPUT.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            errors = []
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            page.goto(f"{hub.url}/hub/login")
-            page.fill("#username_input", "zoe")
-            page.fill("#password_input", password)
-            page.click("#login_submit")
+            page, errors = logged_in(browser, hub, "zoe")
             page.goto(f"{hub.url}/hub/spawn")
             page.wait_for_selector("#ch-offer-rows tr")
 
@@ -186,23 +193,12 @@ def test_form_in_chromium_narrows_choices_and_starts_a_local_server(hub_factory)
 
 SHOTS = OUTPUT / "screenshots"
 
-GATE = """
-import os, sys, time
-while not os.path.exists(sys.argv[1]):  # the test opens the gate once it has seen the progress page
-    time.sleep(0.1)
-os.execv(sys.executable, [sys.executable, "-m", "jupyterhub.singleuser", *sys.argv[2:]])
-"""
-
 
 def reasons_config(tmp_path) -> str:
-    (tmp_path / "gate.py").write_text(GATE)
-    return f"""
-import sys
+    return gated_config(tmp_path) + """
 c.CloudhopSpawner.providers = ["local", "aws"]
-c.Spawner.cmd = [sys.executable, {str(tmp_path / "gate.py")!r}, {str(tmp_path / "open")!r}]
 c.Spawner.default_url = "/tree"
 c.LocalProvider.nvml_module = "fakes.nvml"  # NVML that finds no driver, on any machine
-c.LocalProvider.isolation = "none"  # the gate lies in the test's private folder
 """
 
 
@@ -211,28 +207,20 @@ def no_cloud_credentials(tmp_path) -> dict:
     return {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": "",
             "AWS_SHARED_CREDENTIALS_FILE": str(nowhere / "aws-credentials"),
             "AWS_CONFIG_FILE": str(nowhere / "aws-config"), "AWS_EC2_METADATA_DISABLED": "true",
-            "CLOUDHOP_FAKE_GPUS": "", "PYTHONPATH": str(Path(__file__).parent)}
+            "PYTHONPATH": str(Path(__file__).parent)}  # the hub imports the NVML double
 
 
 @pytest.mark.e2e
 @pytest.mark.browser
 def test_the_form_says_why_errors_read_plainly_progress_shows_and_home_says_where(hub_factory, tmp_path):
     sync_api = _chromium_or_skip()
-    env = no_cloud_credentials(tmp_path)
-    env.pop("CLOUDHOP_FAKE_GPUS")  # unset: the NVML double finds no driver
-    hub = hub_factory(extra_config=reasons_config(tmp_path), env=env)
-    password = (hub.data_dir / "user_password").read_text().strip()
+    # no CLOUDHOP_FAKE_GPUS reaches the hub: the NVML double finds no driver
+    hub = hub_factory(extra_config=reasons_config(tmp_path), env=no_cloud_credentials(tmp_path))
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            errors = []
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            page.goto(f"{hub.url}/hub/login")
-            page.fill("#username_input", "zoe")
-            page.fill("#password_input", password)
-            page.click("#login_submit")
+            page, errors = logged_in(browser, hub, "zoe")
 
             # the form: why there is no GPU, why AWS cannot be picked, which providers
             # are not enabled, why the zone is greyed out
@@ -285,7 +273,7 @@ def test_the_form_says_why_errors_read_plainly_progress_shows_and_home_says_wher
             assert not hub.server_model("zoe", "cpu1")["ready"]
             assert "Launching on local/local/cpu" in page.inner_text("#progress-log")
             page.screenshot(path=str(SHOTS / "progress.png"), full_page=True)
-            (tmp_path / "open").touch()
+            open_gate(tmp_path)
             page.wait_for_url(re.compile(r".*/user/zoe/cpu1/.*"), timeout=120_000)
 
             # Home: where the server runs
@@ -295,5 +283,5 @@ def test_the_form_says_why_errors_read_plainly_progress_shows_and_home_says_wher
             page.screenshot(path=str(SHOTS / "home.png"), full_page=True)
             assert errors == []
         finally:
-            (tmp_path / "open").touch()
+            open_gate(tmp_path)
             browser.close()

@@ -8,33 +8,13 @@ from __future__ import annotations
 import json
 import re
 import sys
-import textwrap
 import threading
 import time
 
 import pytest
 import requests
-
-GATE = textwrap.dedent("""
-    # the test's server command: waits until the test opens the gate, then runs Jupyter
-    import os, sys, time
-    gate = sys.argv[1]
-    while not os.path.exists(gate):
-        time.sleep(0.1)
-    os.execv(sys.executable, [sys.executable, "-m", "jupyterhub.singleuser", *sys.argv[2:]])
-""")
-
-
-def login(hub, user: str) -> requests.Session:
-    """A browser-like session: the login form with its XSRF token, the shared password."""
-    s = requests.Session()
-    s.get(f"{hub.url}/hub/login", timeout=10)
-    password = (hub.data_dir / "user_password").read_text().strip()
-    r = s.post(f"{hub.url}/hub/login", data={"username": user, "password": password,
-                                             "_xsrf": s.cookies.get("_xsrf")}, timeout=30)
-    assert r.status_code == 200, r.text[:500]
-    return s
-
+from gated_server import gated_config, open_gate
+from test_e2e_form_providers import login
 
 def servers(hub, user: str) -> dict:
     """Every server of ``user``, running or not, as the Admin page lists them."""
@@ -46,19 +26,13 @@ def servers(hub, user: str) -> dict:
 @pytest.fixture
 def gated_hub(hub_factory, tmp_path):
     """A hub whose servers wait for ``tmp_path / "open"`` before Jupyter starts."""
-    (tmp_path / "gate.py").write_text(GATE)
-    return hub_factory(textwrap.dedent(f"""
-        import sys
-        c.Spawner.cmd = [sys.executable, {str(tmp_path / "gate.py")!r}, {str(tmp_path / "open")!r}]
-        # the gate file lies in the test's private folder: servers run as the hub's account
-        c.LocalProvider.isolation = "none"
-    """))
+    return hub_factory(gated_config(tmp_path))
 
 
 @pytest.mark.e2e
 def test_refused_spawns_leave_no_server_and_say_why_plainly(gated_hub, tmp_path):
     hub = gated_hub
-    (tmp_path / "open").touch()
+    open_gate(tmp_path)
     hub.ensure_user("ada")
 
     # REST: a bad GPU on a new named server: 400, a plain message, and no gpu1 anywhere
@@ -125,7 +99,7 @@ def test_progress_events_reach_the_browser_while_the_spawn_runs(gated_hub, tmp_p
         assert events[0]["message"] == "Server requested"
         model = hub.server_model("pat")
         assert model["pending"] == "spawn" and not model["ready"], "the plan came before the server"
-        (tmp_path / "open").touch()
+        open_gate(tmp_path)
         for line in lines:
             if line.startswith(b"data:"):
                 events.append(json.loads(line[5:]))
@@ -133,7 +107,7 @@ def test_progress_events_reach_the_browser_while_the_spawn_runs(gated_hub, tmp_p
         messages = [e["message"] for e in events]
         assert any(m.startswith("Launching on local/local/cpu") for m in messages), messages
     finally:
-        (tmp_path / "open").touch()
+        open_gate(tmp_path)
         post.join()
     assert answer["r"].status_code in (201, 202)
     hub.wait_ready("pat")
