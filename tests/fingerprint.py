@@ -203,8 +203,9 @@ class Describer:
 
 
 def _filled(cell):
+    """Whether a closure cell holds a value (an empty one raises when read)."""
     try:
-        cell.cell_contents
+        _ = cell.cell_contents
     except ValueError:
         return False
     return True

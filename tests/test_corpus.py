@@ -42,8 +42,8 @@ FINGERPRINT = (Path(__file__).resolve().parent / "fingerprint.py").read_text()
 #: may differ (they fail on the target with a NameError).
 EXCEPTIONS = {
     "fluent_generators": {
-        "it": ("part-way through", "a generator function's frame stopped mid-loop cannot be rebuilt; "
-                                   "replaying the cell would restart it"),
+        "it": ("part-way through", ("a generator function's frame stopped mid-loop cannot be rebuilt; "
+                                    "replaying the cell would restart it")),
     },
 }
 
@@ -108,7 +108,7 @@ class Kernel:
         self.km, self.kc, self.cwd = km, kc, cwd
 
     @classmethod
-    async def start(cls, cwd: Path) -> "Kernel":
+    async def start(cls, cwd: Path) -> Kernel:
         km = AsyncKernelManager(kernel_name="python3")
         await km.start_kernel(cwd=str(cwd), env=dict(os.environ, **KERNEL_ENV))
         kc = km.client()

@@ -520,7 +520,7 @@ async def test_checkpoints_of_the_previous_format_still_load_and_newer_ones_are_
     # format 1 (an older snapshot): the same entries, without module state
     state_path.write_text(json.dumps(dict(state, format=1, entries=[e for e in state["entries"]
                                                                     if e["kind"] != "modstate"])))
-    dst, dst_km = await kernels()
+    _dst, dst_km = await kernels()
     assert "x" in (await restore_kernel(dst_km.get_connection_info(), str(tmp_path / "c")))["variables"]
     state_path.write_text(json.dumps(dict(state, format=3)))
     with pytest.raises(KernelStateError, match=r"checkpoint format 3 is not one of \(1, 2\)"):
