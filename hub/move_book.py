@@ -58,6 +58,11 @@ KEEP_PER_USER = 20
 FILE_NAME = "moves.json"
 
 
+def source_stopped(phase: str) -> str:
+    """The error of a move whose source server stopped in ``phase``."""
+    return f"the source server stopped while the move was {phase}"
+
+
 class MoveConflict(Exception):
     """A phase the move cannot take now (409): ``str()`` says why."""
 

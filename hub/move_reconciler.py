@@ -14,8 +14,9 @@ the store. In detail, by the record's phase:
 * in flight (``snapshotting`` .. ``verifying``): the source server stopped (killed,
   culled, removed), or the move's token expired -> the move fails. (A hub restart
   already failed every move in flight when the new hub read the records.)
-* ``failed``: the target is stopped and removed (a pending one is waited for); once it is
-  gone the record is settled.
+* ``failed``: the target is stopped and removed (a start under way is interrupted; one
+  being stopped, or checked by a hub that just started, is waited for); once it is gone
+  the record is settled.
 * ``awaiting-accept`` (verified; both run until the user accepts what was left out):
   the target stopped -> the move fails (and the above removes it); the source stopped ->
   settled, the target runs on. Nothing is stopped while both run.
@@ -44,7 +45,7 @@ from cloudhop.spawner.validate import Number
 from traitlets import Bool, Unicode
 from traitlets.config import LoggingConfigurable
 
-from .move_book import AWAITING, FILE_NAME, IN_FLIGHT
+from .move_book import AWAITING, FILE_NAME, IN_FLIGHT, source_stopped
 from .services import add_service, hub_is_gone, hub_pid
 from .tokens_api import MOVES_SCOPE
 
@@ -86,12 +87,13 @@ class Action:
 
 
 def server_state(model: dict | None) -> str:
-    """``absent``, ``pending`` (starting, stopping, being checked), ``running`` or
-    ``stopped``, from the hub's model of a server (None: it has none)."""
+    """``absent``, ``starting``, ``pending`` (stopping, or being checked by a hub that
+    just started), ``running`` or ``stopped``, from the hub's model of a server (None:
+    it has none)."""
     if model is None:
         return "absent"
     if model.get("pending"):
-        return "pending"
+        return "starting" if model["pending"] == "spawn" else "pending"
     return "running" if model.get("ready") else "stopped"
 
 
@@ -105,11 +107,11 @@ def decide(move: dict, source: dict | None, target: dict | None, *, now: float,
     src, tgt = server_state(source), server_state(target)
     if phase in IN_FLIGHT:
         if src in ("absent", "stopped"):
-            return Action("fail", f"the source server stopped while the move was {phase}")
+            return Action("fail", source_stopped(phase))
         if isinstance(move.get("expires_at"), (int, float)) and now > move["expires_at"]:
             return Action("fail", f"the move's token expired while the move was {phase}")
         return Action("wait")
-    if phase == "failed":
+    if phase == "failed":  # a start under way is interrupted: a booting VM costs too
         if tgt == "absent":
             return Action("settle", "rolled back: the new server is gone; the source was not touched")
         return Action("wait") if tgt == "pending" else Action("remove-target")
@@ -122,11 +124,11 @@ def decide(move: dict, source: dict | None, target: dict | None, *, now: float,
     if phase == "done":
         if src in ("absent", "stopped"):
             return Action("settle", "finished: the source has stopped")
-        if src == "pending" or done_since is None or now - done_since < finish_after:
+        if src in ("pending", "starting") or done_since is None or now - done_since < finish_after:
             return Action("wait")
         if tgt == "running":
             return Action("stop-source")
-        if tgt == "pending":
+        if tgt in ("pending", "starting"):
             return Action("wait")
         return Action("settle", "the new server stopped after the move was done; the source keeps running")
     return Action("wait")

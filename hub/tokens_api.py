@@ -42,7 +42,8 @@ the server's earlier kernel token.
 
 Both kinds are revoked when their server stops (:func:`revoke_server_tokens`, the
 spawners' ``post_stop_hook`` as :func:`cloudhop.hub.snapshot_store.add_store_service`
-sets it), and the server's moves still in flight fail then. Registered with ``c.JupyterHub.extra_handlers`` by that function too.
+sets it), and the server's moves still in flight fail then. Registered with
+``c.JupyterHub.extra_handlers`` by that function too.
 """
 
 from __future__ import annotations
@@ -55,7 +56,14 @@ from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.utils import isoformat
 from tornado import web
 
-from .move_book import IN_FLIGHT, PHASES, MoveBook, MoveConflict, book_of
+from .move_book import (
+    IN_FLIGHT,
+    PHASES,
+    MoveBook,
+    MoveConflict,
+    book_of,
+    source_stopped,
+)
 from .snapshot_store import SERVICE_NAME, SNAPSHOTS_SCOPE
 
 #: the custom scope that lets a token ask for a move's token and the kernels' token
@@ -172,7 +180,7 @@ def revoke_server_tokens(spawner) -> None:
     if book is not None:
         cut = [m for m in book.of_source(user.name, spawner.name) if m["phase"] in IN_FLIGHT]
         for m in cut:
-            book.advance(m, "failed", f"the source server stopped while the move was {m['phase']}")
+            book.advance(m, "failed", source_stopped(m["phase"]))
         if cut:
             spawner.log.warning("%s stopped during %d move(s); they fail and roll back",
                                 spawner._log_name, len(cut))

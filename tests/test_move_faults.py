@@ -32,6 +32,7 @@ c.LocalProvider.regions = {{"site-a": {{"gpus": "none"}}, "site-b": {{"gpus": "n
 c.Spawner.poll_interval = 2  # a killed server is noticed within seconds
 c.Spawner.environment = {{"CLOUDHOP_MOVE_HOLD": {hold!r}, "JUPYTER_CONFIG_PATH": {hold!r}}}
 c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 1}}  # a spawn request answers while it is pending
+c.JupyterHub.init_spawners_timeout = 1  # a restarted hub answers while it checks a target still starting
 c.CloudhopMoves.interval = 1
 c.CloudhopMoves.finish_after = 3
 """

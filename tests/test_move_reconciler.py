@@ -11,7 +11,13 @@ import os
 import stat
 
 import pytest
-from cloudhop.hub.move_book import KEEP_PER_USER, KEEP_SECONDS, MoveBook, MoveConflict, book_of
+from cloudhop.hub.move_book import (
+    KEEP_PER_USER,
+    KEEP_SECONDS,
+    MoveBook,
+    MoveConflict,
+    book_of,
+)
 from cloudhop.hub.move_reconciler import (
     SCOPES,
     SERVICE_NAME,
@@ -28,7 +34,9 @@ from traitlets.config import Config
 
 RUNNING = {"ready": True, "pending": None}
 STOPPED = {"ready": False, "pending": None, "stopped": True}
-PENDING = {"ready": False, "pending": "spawn"}
+STARTING = {"ready": False, "pending": "spawn"}
+PENDING = {"ready": False, "pending": "stop"}
+CHECKED = {"ready": False, "pending": "check"}
 
 
 class Clock:
@@ -202,7 +210,7 @@ def move(phase, expires_at=5000.0):
 
 @pytest.mark.parametrize("phase", ["snapshotting", "launching", "restoring", "verifying"])
 @pytest.mark.parametrize("source, target, kind", [
-    (RUNNING, None, "wait"), (RUNNING, RUNNING, "wait"), (RUNNING, PENDING, "wait"),
+    (RUNNING, None, "wait"), (RUNNING, RUNNING, "wait"), (RUNNING, STARTING, "wait"),
     (None, RUNNING, "fail"), (STOPPED, RUNNING, "fail"), (STOPPED, None, "fail"),
 ])
 def test_a_move_in_flight_fails_once_its_source_stopped(phase, source, target, kind):
@@ -218,7 +226,8 @@ def test_a_move_in_flight_fails_once_its_token_expired():
 
 
 @pytest.mark.parametrize("target, kind", [(RUNNING, "remove-target"), (STOPPED, "remove-target"),
-                                          (PENDING, "wait"), (None, "settle")])
+                                          (STARTING, "remove-target"), (PENDING, "wait"), (CHECKED, "wait"),
+                                          (None, "settle")])
 def test_a_failed_moves_target_is_removed_and_its_source_never_touched(target, kind):
     for source in (RUNNING, STOPPED, None):
         assert decide(move("failed"), source, target, now=1000, done_since=None, finish_after=60).kind == kind
@@ -237,7 +246,8 @@ def test_a_verified_move_awaiting_accept_is_left_to_the_user_while_both_run(sour
     (RUNNING, RUNNING, 990, "wait"),          # the source still has time to stop itself
     (RUNNING, RUNNING, 900, "stop-source"),   # it did not: the move is finished for it
     (PENDING, RUNNING, 900, "wait"),          # it is stopping
-    (RUNNING, PENDING, 900, "wait"),
+    (RUNNING, STARTING, 900, "wait"),
+    (RUNNING, CHECKED, 900, "wait"),
     (RUNNING, STOPPED, 900, "settle"),        # the target went away: the source is kept
     (RUNNING, None, 900, "settle"),
 ])
