@@ -122,7 +122,9 @@ class RestoreHandler(MigrationAPIHandler):
 class InfoHandler(MigrationAPIHandler):
     """Where this server runs (from the ``CLOUDHOP_*`` variables set at launch), what it
     costs (:class:`~.price.PriceLookup`: ``price_hour``, ``spot``, ``started``,
-    ``spend``, ``price_note``) and its moves."""
+    ``spend``, ``price_note``), its moves, whether it was restored from a snapshot
+    (``restored``: ``restore`` has its report) and whether it has a Ray cluster (``ray``:
+    ``cloudhop/ray`` answers)."""
 
     def initialize(self, migrator: Migrator, restorer: Restorer | None = None, price: PriceLookup | None = None):
         super().initialize(migrator, restorer)
@@ -131,6 +133,8 @@ class InfoHandler(MigrationAPIHandler):
     @web.authenticated
     @authorized
     async def get(self):
+        from .ray_api import dashboard_port  # that module imports this one
+
         self.check_owner()
         env = os.environ
         cost = await self.price.get() if self.price is not None else {}
@@ -139,6 +143,7 @@ class InfoHandler(MigrationAPIHandler):
             "provider": env.get("CLOUDHOP_PROVIDER"), "region": env.get("CLOUDHOP_REGION"),
             "instance_type": env.get("CLOUDHOP_INSTANCE_TYPE"), "gpu": env.get("CLOUDHOP_GPU"),
             "gpu_count": int(env.get("CLOUDHOP_GPU_COUNT") or 0), **cost,
+            "restored": self.restorer is not None, "ray": dashboard_port() is not None,
             "migrations": [m.to_json() for m in self.migrator.migrations.values()],
         }))
 

@@ -417,6 +417,14 @@ def test_lab_shows_cloudhop_and_moves_the_server_from_the_sidebar(hub_factory):
                 # the move saved the notebook first: the output it had in the browser came along
                 assert "x is 42" in page.locator(".jp-Notebook .jp-Cell").first.inner_text()
 
+                # the target knows it was restored, and its sidebar names the snapshot
+                info = page.evaluate(SERVER_GET, f"/user/zoe/{target}/cloudhop/api/info")
+                assert info["restored"] is True and info["ray"] is False and info["region"] == "site-b"
+                if not page.locator("#cloudhop-sidebar").is_visible():
+                    page.click("[data-id='cloudhop-sidebar']")
+                page.locator("#cloudhop-sidebar .ch-restored").wait_for(timeout=30_000)
+                assert "Restored from snapshot" in page.locator("#cloudhop-sidebar .ch-restored").inner_text()
+
                 # and it is the notebook's session on the target, as the move recreated it
                 sessions = hub.server_api("GET", "zoe", "api/sessions", target).json()
                 (session,) = [s for s in sessions if s["path"] == "analysis.ipynb"]

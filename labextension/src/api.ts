@@ -20,6 +20,10 @@ export interface IInfo {
   started?: number | null;
   spend?: number | null;
   price_note?: string | null;
+  /** started from a snapshot: GET cloudhop/api/restore has its report */
+  restored?: boolean;
+  /** beside a Ray head: GET cloudhop/ray answers */
+  ray?: boolean;
   migrations: IMigration[];
 }
 

@@ -100,7 +100,9 @@ export class MoveSection {
     const result = await showDialog({
       title: 'Move this server',
       body: new TargetPicker(offers),
-      buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Move', className: 'ch-move-confirm' })],
+      buttons: offers.targets.length
+        ? [Dialog.cancelButton(), Dialog.okButton({ label: 'Move', className: 'ch-move-confirm' })]
+        : [Dialog.cancelButton({ label: 'Close' })],
       focusNodeSelector: 'input[name="ch-target"]:checked'
     });
     const target = result.value as ITarget | null;

@@ -2,6 +2,8 @@
 import { api, APIError, IRay } from './api';
 import { fill, h } from './dom';
 
+const NONE = 'No Ray cluster on this server: start a server with Ray workers from the spawn form.';
+
 export class RaySection {
   readonly node = h('section', { class: 'ch-section ch-ray' });
 
@@ -9,7 +11,12 @@ export class RaySection {
     this.node.append(h('h3', {}, 'Ray cluster'), this._body, this._message);
   }
 
-  async refresh(): Promise<void> {
+  /** Read the cluster; `present` false (this server has none) says so without asking. */
+  async refresh(present = true): Promise<void> {
+    if (!present) {
+      fill(this._body, h('p', { class: 'ch-note' }, NONE));
+      return;
+    }
     let ray: IRay;
     try {
       ray = await api.ray();
@@ -17,7 +24,7 @@ export class RaySection {
       const none = error instanceof APIError && error.status === 404;
       fill(
         this._body,
-        h('p', { class: 'ch-note' }, none ? 'No Ray cluster on this server: start a server with Ray workers from the spawn form.' : `Ray status unavailable: ${(error as Error).message}`)
+        h('p', { class: 'ch-note' }, none ? NONE : `Ray status unavailable: ${(error as Error).message}`)
       );
       return;
     }

@@ -43,12 +43,14 @@ export class CloudhopSidebar extends Widget {
 
   protected onAfterShow(msg: Message): void {
     void this._gpus.refresh();
-    void this._ray.refresh();
-    void this._snapshots.refresh();
-    void this.model.refresh();
+    void this.model.refresh().then(() => {
+      const info = this.model.info;
+      void this._ray.refresh(info?.ray ?? true);
+      void this._snapshots.refresh(info?.restored ?? true);
+    });
     this._timers.push(
       window.setInterval(() => void this._gpus.refresh(), 2000),
-      window.setInterval(() => void this._ray.refresh(), 10000)
+      window.setInterval(() => void this._ray.refresh(this.model.info?.ray ?? true), 10000)
     );
   }
 
@@ -77,7 +79,7 @@ export class CloudhopSidebar extends Widget {
     } else {
       rows.push(['Price', `unknown${info.price_note ? `: ${info.price_note}` : ''}`]);
     }
-    if (typeof info.spend === 'number') {
+    if (typeof info.spend === 'number' && info.spend > 0) {
       rows.push(['Spent', `${info.spend < 0.01 ? spendText(info.spend) : `about ${usd(info.spend)}`} since this server started`]);
     }
     fill(this._here, h('table', { class: 'ch-here' }, rows.map(([k, v]) => h('tr', {}, h('th', {}, k), h('td', {}, v)))));

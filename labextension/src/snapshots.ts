@@ -5,6 +5,8 @@
 import { api, APIError, IInfo, IRestoreReport } from './api';
 import { fill, h } from './dom';
 
+const FRESH = 'This server started empty, not from a snapshot.';
+
 export class SnapshotSection {
   readonly node = h('section', { class: 'ch-section ch-snapshots' });
 
@@ -12,13 +14,18 @@ export class SnapshotSection {
     this.node.append(h('h3', {}, 'Snapshots'), this._restored, this._taken);
   }
 
-  async refresh(): Promise<void> {
+  /** Read the restore report; `restored` false (a fresh server) says so without asking. */
+  async refresh(restored = true): Promise<void> {
+    if (!restored) {
+      fill(this._restored, h('p', { class: 'ch-note' }, FRESH));
+      return;
+    }
     let report: IRestoreReport;
     try {
       report = await api.restore();
     } catch (error) {
       const fresh = error instanceof APIError && error.status === 404;
-      fill(this._restored, h('p', { class: 'ch-note' }, fresh ? 'This server started empty, not from a snapshot.' : (error as Error).message));
+      fill(this._restored, h('p', { class: 'ch-note' }, fresh ? FRESH : (error as Error).message));
       return;
     }
     const files = Object.keys(report.files || {}).length;
