@@ -7,6 +7,7 @@ from __future__ import annotations
 import textwrap
 
 from hubfixture import TEST_SCOPES, HubProcess
+from isolation import TEST_ISOLATION
 
 
 class OwnPortsHub(HubProcess):
@@ -17,6 +18,7 @@ class OwnPortsHub(HubProcess):
                                              "services": ["cloudhop-test"]}})
             c.JupyterHub.last_activity_interval = 5
             c.Spawner.http_timeout = 60
+            c.LocalProvider.isolation = {TEST_ISOLATION!r}
         """) + textwrap.dedent(self.extra_config))
 
     def kept_ports(self) -> tuple[int, int]:
