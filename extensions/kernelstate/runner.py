@@ -47,7 +47,9 @@ async def run_agent(connection_info: dict, fn: str, *args, timeout: float = 600)
     Waits behind any cell the user is running (up to ``timeout`` seconds in all)."""
     kc = AsyncKernelClient()
     kc.load_connection_info(connection_info)
-    kc.start_channels()
+    # no heartbeat: on a loaded machine one missed beat (1 s) reads as "kernel died" and
+    # fails a move or a restore; a kernel that really is gone ends in wait_for_ready's timeout
+    kc.start_channels(hb=False)
     try:
         try:
             await kc.wait_for_ready(timeout=min(timeout, 60))
