@@ -44,6 +44,7 @@ HUB_ENDPOINTS = [
 #: the same for ``{u}``'s server (the server extension, its Ray routes and the dashboard proxy)
 SERVER_ENDPOINTS = [
     ("GET", "/user/{u}/cloudhop/api/info", None),
+    ("GET", "/user/{u}/cloudhop/api/gpus", None),
     ("GET", "/user/{u}/cloudhop/api/offers", None),
     ("GET", "/user/{u}/cloudhop/api/restore", None),
     ("GET", "/user/{u}/cloudhop/api/migrations/0123abcd", None),

@@ -34,6 +34,8 @@ from .manifest import ManifestError, check_link, file_kind
 CACHE_PATTERNS = (
     "__pycache__", ".ipynb_checkpoints", ".cache", ".pytest_cache", ".mypy_cache", ".ruff_cache",
     ".npm",
+    # JupyterLab's layout, which Lab rewrites as the user clicks (a move would race it)
+    ".jupyter/lab/workspaces",
 )
 #: the default of ``c.CloudhopMigration.exclude``
 DEFAULT_PATTERNS = CACHE_PATTERNS

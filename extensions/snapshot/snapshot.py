@@ -91,6 +91,8 @@ def take_snapshot(
                             os.path.join(directory, found.path)))
 
     where: dict[str, tuple[str, int, int]] = {}
+    #: each source file's path as the user knows it (the manifest's), for error messages
+    shown = {path: found.path for found, path in sources}
     manifest = Manifest(meta=dict(meta or {}))
     for found, path in sources:
         rel, mode = check_path(found.path), found.stat.st_mode & 0o7777
@@ -124,7 +126,8 @@ def take_snapshot(
         finally:
             os.close(fd)
         if len(data) != length or (verify and hash_bytes(data) != cid):
-            raise SnapshotError(f"{path} changed while it was being snapshotted; try again")
+            raise SnapshotError(f"{shown.get(path, os.path.basename(path))} changed while it was being "
+                                "snapshotted; try again")
         return data
 
     def sent(n: int) -> None:
