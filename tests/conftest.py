@@ -141,3 +141,11 @@ def snapshot_store(tmp_path):
             yield harness, client
         finally:
             client.close()
+
+
+@pytest.fixture(scope="session")
+def fresh_venv(tmp_path_factory):
+    """The README's install in a new virtual environment (:mod:`fresh_install`), once per session."""
+    from fresh_install import make_fresh_venv
+
+    return make_fresh_venv(tmp_path_factory.mktemp("fresh"))

@@ -284,9 +284,15 @@ def _refused(hub, token, path) -> str | None:
 
 @pytest.mark.e2e
 @pytest.mark.browser
-def test_lab_shows_cloudhop_and_moves_the_server_from_the_sidebar(hub_factory):
+@pytest.mark.install
+def test_lab_shows_cloudhop_and_moves_the_server_from_the_sidebar(hub_factory, fresh_venv):
+    """A new user's first ten minutes: the README's install in a fresh virtual environment,
+    `cloudhop up` from it, the form, Cloudhop in JupyterLab, the examples, a move."""
     sync_api = _chromium_or_skip()
-    hub = hub_factory(extra_config=HUB_CONFIG)
+    # the fresh environment is in a private temporary folder: other accounts cannot run
+    # its Python, so the servers run as the hub's account here
+    hub = hub_factory(python=str(fresh_venv / "bin" / "python"),
+                      extra_config=HUB_CONFIG + 'c.LocalProvider.isolation = "none"\n')
     password = (hub.data_dir / "user_password").read_text().strip()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as pw:
@@ -318,6 +324,10 @@ def test_lab_shows_cloudhop_and_moves_the_server_from_the_sidebar(hub_factory):
                     "() => document.querySelector('#cloudhop-status')?.textContent.includes('$0.50/h')", timeout=60_000)
                 assert status.inner_text().startswith("local · site-a · no GPU · $0.50/h"), status.inner_text()
                 page.locator("#jp-main-statusbar").screenshot(path=str(SCREENSHOTS / "lab-status-bar.png"))
+
+                # the example notebooks came with the new workspace, in the file browser
+                page.locator(".jp-DirListing-item", has_text="cloudhop-examples").first.wait_for(
+                    state="attached", timeout=60_000)
 
                 # owner only: another user's token gets none of it
                 hub.ensure_user("bob")

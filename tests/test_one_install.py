@@ -28,14 +28,6 @@ MODULES = ["blake3", "pyfastcdc", "dill", "ray", "jupyter_server_proxy", "boto3"
            "google.cloud.compute_v1", "oci", "kubespawner", "yaml", "cloudhop.extensions.server"]
 
 
-def readme_install_command() -> str:
-    """The install step of the README's quick start (``pip install -e . && cloudhop up``)."""
-    from test_readme import _code_lines
-
-    line = next(x for x in _code_lines((ROOT / "README.md").read_text()) if x.endswith("cloudhop up"))
-    return line.split("&&")[0].strip()
-
-
 # -- what the package declares ---------------------------------------------------------------
 
 
@@ -138,22 +130,6 @@ def test_a_server_missing_a_package_logs_it_and_its_api_says_so(tmp_path):
 
 
 # -- the README's install in a fresh virtual environment -------------------------------------
-
-
-@pytest.fixture(scope="module")
-def fresh_venv(tmp_path_factory):
-    """A new virtual environment with the README's install command run in the checkout."""
-    venv = tmp_path_factory.mktemp("fresh") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "CLOUDHOP_", "PYTHON"))}
-    env.update(VIRTUAL_ENV=str(venv), PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}")
-    command = readme_install_command()
-    assert command == "pip install -e ."
-    started = time.monotonic()
-    r = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    print(f"\n`{command}` into a fresh virtual environment: {time.monotonic() - started:.0f} s")
-    return venv
 
 
 @pytest.mark.e2e
