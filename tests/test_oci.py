@@ -9,8 +9,6 @@ import base64
 
 import pytest
 import traitlets
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cloudhop.spawner.providers.base import (
     RUNNING,
@@ -30,24 +28,6 @@ from tests.fakes.oci_api import AD_PREFIX, FakeOCI
 
 TENANCY = "ocid1.tenancy.oc1..aaaatest"
 SUBNET = "ocid1.subnet.oc1.eu-amsterdam-1.aaaatest"
-
-
-@pytest.fixture(scope="module")
-def oci_config(tmp_path_factory):
-    """An SDK config file with a real (throwaway) signing key, as ~/.oci/config has."""
-    d = tmp_path_factory.mktemp("oci")
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (d / "key.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    (d / "config").write_text(
-        "[DEFAULT]\n"
-        "user=ocid1.user.oc1..aaaatest\n"
-        "fingerprint=11:22:33:44:55:66:77:88:99:00:aa:bb:cc:dd:ee:ff\n"
-        f"tenancy={TENANCY}\n"
-        "region=eu-amsterdam-1\n"
-        f"key_file={d / 'key.pem'}\n"
-    )
-    return d
 
 
 @pytest.fixture
