@@ -4,7 +4,7 @@ A root hub runs each user's server as the user's own system account
 (``c.LocalProvider.isolation = "users"``), which works only when every user may read the
 hub's Python and Cloudhop's packages. CI builds its virtual environment where they can
 (``.ci/run``), so there every test runs with real isolation. On a developer's machine
-whose Python sits in a private folder (``/root/...``, a 0700 temporary folder), or as a
+whose Python sits in a private folder (a private home folder, a 0700 temporary folder), or as a
 non-root user, the tests fall back to ``"none"``; the isolation attack tests then skip
 with the reason (``python_unreachable``). ``CLOUDHOP_TEST_ISOLATION`` forces a mode.
 """
