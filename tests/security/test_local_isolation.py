@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -215,7 +216,12 @@ def test_another_accounts_process_environment_is_unreadable(make_account):
     account = make_account("proc-" + secrets.token_hex(3))
     hub_side = subprocess.Popen(["sleep", "60"], env={"CLOUD_SECRET": SECRET})
     try:
-        assert SECRET.encode() in Path(f"/proc/{hub_side.pid}/environ").read_bytes()  # root reads it
+        environ = Path(f"/proc/{hub_side.pid}/environ")
+        for _ in range(100):  # until the child has exec'd (before, its environ reads empty)
+            if SECRET.encode() in environ.read_bytes():
+                break
+            time.sleep(0.05)
+        assert SECRET.encode() in environ.read_bytes()  # root reads it
         probe = subprocess.run(
             ["/bin/sh", "-c", f"cat /proc/{hub_side.pid}/environ; echo rc=$?; cat /proc/self/environ"],
             capture_output=True, check=False, user=account.uid, group=account.gid, extra_groups=[account.gid],
