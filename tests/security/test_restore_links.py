@@ -14,34 +14,13 @@ import stat
 from types import SimpleNamespace
 
 import pytest
+from restore_victim import untouched
 
 from cloudhop.extensions import migrate
 from cloudhop.extensions.hubclient import HubClient
 from cloudhop.extensions.snapshot import FileEntry, Manifest, ManifestError, RestoreError, restore_snapshot, take_snapshot
 from cloudhop.extensions.snapshot.manifest import check_mode
 from cloudhop.extensions.snapshot.snapshot import workspace_dest
-
-
-@pytest.fixture
-def store(snapshot_store):
-    return snapshot_store[1]
-
-
-@pytest.fixture
-def outside(tmp_path):
-    """A folder outside every workspace, holding one file an attacker wants changed."""
-    d = tmp_path / "outside"
-    d.mkdir()
-    os.chmod(d, 0o755)
-    (d / "victim.txt").write_text("hello")
-    os.chmod(d / "victim.txt", 0o644)
-    return d
-
-
-def untouched(outside) -> bool:
-    victim = outside / "victim.txt"
-    return (sorted(os.listdir(outside)) == ["victim.txt"] and victim.read_text() == "hello"
-            and stat.S_IMODE(os.lstat(victim).st_mode) == 0o644 and stat.S_IMODE(os.lstat(outside).st_mode) == 0o755)
 
 
 def linked_workspace(tmp_path, store):

@@ -15,6 +15,7 @@ import stat
 from types import SimpleNamespace
 
 import pytest
+from restore_victim import untouched
 
 from cloudhop.extensions import migrate
 from cloudhop.extensions.hubclient import HubClient
@@ -24,27 +25,6 @@ from cloudhop.extensions.snapshot import (
 from cloudhop.extensions.snapshot.snapshot import workspace_dest
 
 BIG = random.Random(7).randbytes(3_000_000)  # a dozen chunks or so
-
-
-@pytest.fixture
-def store(snapshot_store):
-    return snapshot_store[1]
-
-
-@pytest.fixture
-def outside(tmp_path):
-    """A directory outside every workspace, holding one file an attacker wants changed."""
-    d = tmp_path / "outside"
-    d.mkdir()
-    (d / "victim.txt").write_text("hello")
-    os.chmod(d / "victim.txt", 0o644)
-    return d
-
-
-def untouched(outside) -> bool:
-    victim = outside / "victim.txt"
-    return (sorted(os.listdir(outside)) == ["victim.txt"] and victim.read_text() == "hello"
-            and stat.S_IMODE(os.lstat(victim).st_mode) == 0o644)
 
 
 def snapshot_of(tmp_path, store, files: dict[str, bytes], modes: dict[str, int] | None = None):
