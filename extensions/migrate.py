@@ -52,15 +52,15 @@ from traitlets.config import Configurable
 from cloudhop.spawner.schema import MOVE_OPTIONS, OPTIONS, OptionError, check_shape
 from cloudhop.spawner.validate import SettingError, check_number, require_url, setting_name
 
+from .capture import KERNEL_PREFIX, capture, checkpoint_kernels, kernel_skipped, source_meta
 from .hubclient import HubClient, HubError
-from .kernelstate import checkpoint_kernel, restore_kernel
-from .snapshot import Excludes, Manifest, StoreClient, restore_snapshot, take_snapshot
+from .kernelstate import restore_kernel
+from .snapshot import Excludes, Manifest, StoreClient, restore_snapshot
 from .snapshot.excludes import DEFAULT_MAX_FILE_BYTES, DEFAULT_PATTERNS, summary
 from .snapshot.protocol import KernelReport, RestoreReport
 from .snapshot.snapshot import workspace_dest
 
 log = logging.getLogger("cloudhop.migrate")
-KERNEL_PREFIX = ".cloudhop/kernels"
 STATES = ("snapshotting", "launching", "restoring", "verifying", "awaiting-accept", "done", "failed")
 
 #: user_options a move may carry: the spawner's schema, less ``restore`` (the move sets it),
@@ -313,7 +313,7 @@ class Migrator:
             move = await self.move_hub(target_name(m.options, m.id), m)
             await hold("snapshotting")
             store = self.store(move.token)
-            manifest = await self._snapshot(m, store, kernels, workdir)
+            manifest = await self._snapshot(m, store, kernels)
             await self._enter(m, "launching", wait=False)  # held once the target was asked for
             await self._launch(m, move)
             await self._enter(m, "restoring")
@@ -449,33 +449,21 @@ class Migrator:
         task.add_done_callback(self._tasks.discard)
 
     async def _checkpoint(self, m: Migration, workdir: str) -> list[dict]:
-        """Checkpoint each session's kernel into ``workdir``; one dict per kernel."""
-        kernels = []
-        sessions = await self.app.session_manager.list_sessions()
-        for i, s in enumerate(sorted(sessions, key=lambda s: s["path"])):
-            kernel = s.get("kernel") or {}
-            if not kernel.get("id") or kernel["id"] not in self.app.kernel_manager:
-                continue
-            info = self.app.kernel_manager.get_kernel(kernel["id"]).get_connection_info()
-            directory = os.path.join(workdir, str(i))
-            result = await checkpoint_kernel(info, directory, timeout=self.settings.kernel_timeout)
-            kernels.append({"path": s["path"], "name": s.get("name") or "", "type": s.get("type") or "notebook",
-                            "kernel_name": kernel.get("name") or "python3", "prefix": f"{KERNEL_PREFIX}/{i}",
-                            "variables": result["variables"], "skipped": result["skipped"], "dir": directory})
-            m.variables[s["path"]] = result["variables"]
-            m.skipped += [dict(sk, path=s["path"]) for sk in result["skipped"]]
+        """Checkpoint each session's kernel into ``workdir`` (:func:`.capture.checkpoint_kernels`)."""
+        kernels = await checkpoint_kernels(self.app, workdir, self.settings.kernel_timeout)
+        for k in kernels:
+            m.variables[k["path"]] = k["variables"]
+        m.skipped += kernel_skipped(kernels)
         return kernels
 
-    async def _snapshot(self, m: Migration, store: StoreClient, kernels: list[dict], workdir: str) -> Manifest:
+    async def _snapshot(self, m: Migration, store: StoreClient, kernels: list[dict]) -> Manifest:
+        """Snapshot the workspace and ``kernels`` (:func:`.capture.capture`) as move ``m``'s."""
         def progress(sent, total):
             m.bytes_sent, m.bytes_total = sent, total
 
-        meta = {"kind": "migration", "migration": m.id,
-                "kernels": [{k: v for k, v in kr.items() if k != "dir"} for kr in kernels],
-                "source": {k: os.environ.get(f"CLOUDHOP_{k.upper()}") for k in ("provider", "region", "gpu")}}
-        sid, manifest, stats = await asyncio.to_thread(
-            take_snapshot, self.app.root_dir, store, excludes=self.settings.excludes,
-            extra={kr["prefix"]: kr["dir"] for kr in kernels}, meta=meta, progress=progress,
+        sid, manifest, stats = await capture(
+            self.app, store, kernels, excludes=self.settings.excludes,
+            meta={"kind": "migration", "migration": m.id, "source": source_meta()}, progress=progress,
         )
         m.snapshot_id = sid
         m.bytes_total, m.bytes_sent = stats.bytes_total, stats.bytes_sent
