@@ -1,9 +1,17 @@
 """GPUs on this machine, found through NVML (``nvidia-ml-py``).
 
 A machine without NVIDIA GPUs, without a driver or without the NVML library is not an
-error: :func:`detect_gpus` returns an empty list and Cloudhop offers CPU only. MIG
-devices count as separate GPUs (each has its own UUID, which ``CUDA_VISIBLE_DEVICES``
-accepts).
+error: :func:`detect_gpus` returns an empty list and Cloudhop offers CPU only.
+
+GPU slices:
+
+- **MIG.** A GPU in MIG mode is listed as its MIG devices, never as a whole: each is a
+  GPU of its own, model ``<model>-MIG-<profile>`` (``A100-MIG-1g.10gb``, the form shows
+  "A100 1g.10gb") with its own memory and UUID (``MIG-...``), which
+  ``CUDA_VISIBLE_DEVICES`` accepts. CUDA uses one MIG device per process, so a server
+  gets one slice.
+- **Time-sharing** of whole GPUs is the local provider's (a region's ``share_gpus``):
+  NVML knows nothing of it.
 """
 
 from __future__ import annotations
@@ -27,6 +35,11 @@ class GPU:
     #: the catalog's spelling ("H100"), used to match offers
     model: str
     memory_gib: float
+
+    @property
+    def is_mig(self) -> bool:
+        """A MIG device (a slice of a GPU in MIG mode), not a whole GPU."""
+        return "/" in self.index
 
 
 # (pattern on NVML's name, catalog model); first match wins, so specific names first.

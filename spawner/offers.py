@@ -38,6 +38,8 @@ class Offer:
     note: str = ""
     #: how many of this offer can start now, when the provider knows (local GPUs, k8s)
     available: int | None = None
+    #: a time-shared GPU: how many servers may share each GPU at most (0: not shared)
+    gpu_shared_by: int = 0
 
     @property
     def key(self) -> str:
@@ -53,6 +55,7 @@ class Offer:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["zones"] = list(self.zones)
         d["key"] = self.key
+        d["gpu_label"] = gpu_label(self.gpu, self.gpu_shared_by)
         return d
 
     @classmethod
@@ -61,6 +64,25 @@ class Offer:
         kw = {k: v for k, v in data.items() if k in names}
         kw["zones"] = tuple(kw.get("zones") or ())
         return cls(**kw)
+
+
+#: the catalog name of a whole GPU that several servers time-share ends so: "A100-shared"
+#: (NVIDIA's device plugin names such a resource ``nvidia.com/gpu.shared``)
+SHARED_SUFFIX = "-shared"
+#: a MIG slice is "<model>-MIG-<profile>": "A100-MIG-1g.10gb"
+MIG_INFIX = "-MIG-"
+
+
+def gpu_label(gpu: str, shared_by: int = 0) -> str:
+    """How a person reads a GPU choice: ``A100 1g.10gb`` for a MIG slice, ``A100 (shared
+    by up to 4)`` for a time-shared GPU, the catalog name otherwise."""
+    if MIG_INFIX.casefold() in gpu.casefold():
+        i = gpu.casefold().index(MIG_INFIX.casefold())
+        return f"{gpu[:i]} {gpu[i + len(MIG_INFIX):]}"
+    if gpu.casefold().endswith(SHARED_SUFFIX) and len(gpu) > len(SHARED_SUFFIX):
+        base = gpu[: -len(SHARED_SUFFIX)]
+        return f"{base} (shared by up to {shared_by})" if shared_by else f"{base} (shared)"
+    return gpu
 
 
 def same_gpu(a: str, b: str) -> bool:

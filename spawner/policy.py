@@ -14,7 +14,8 @@ entry for users in none of the listed groups::
 
 Rules (each optional; a missing rule allows everything, but for ``images``):
 ``providers``, ``regions`` (shell-style patterns such as ``us-*``), ``gpus`` (catalog
-names, any case; ``"none"`` for CPU-only), ``images`` (the ``image`` option's allowed
+names, any case, or patterns; ``"none"`` for CPU-only; GPU slices by name:
+``"A100-MIG-1g.10gb"``, ``"L4-shared"``, ``"*-MIG-*"``), ``images`` (the ``image`` option's allowed
 values: exact names or shell-style patterns such as ``nvcr.io/nvidia/pytorch:*``, or
 ``"*"`` for any; **missing: no image option at all**, the provider's default image
 runs), ``image_override`` (True: an allowed image may replace the image a Kubernetes
@@ -102,7 +103,9 @@ class GroupPolicy:
         return self.regions is None or any(fnmatch.fnmatchcase(region, p) for p in self.regions)
 
     def allows_gpu(self, gpu: str) -> bool:
-        return self.gpus is None or gpu.casefold() in self._gpus_fold
+        fold = gpu.casefold()
+        return (self.gpus is None or fold in self._gpus_fold
+                or any(fnmatch.fnmatchcase(fold, p) for p in self._gpus_fold if "*" in p or "?" in p))
 
     def allows_count(self, count: int) -> bool:
         return self.max_gpus is None or count <= self.max_gpus

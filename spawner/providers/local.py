@@ -8,6 +8,13 @@ sites, and migration between two regions can be tried on one machine::
         "site-b": {"gpus": "4,5,6,7", "root": "/srv/site-b"},
     }
 
+*GPU slices*: a GPU in MIG mode is offered as its MIG devices, one per server
+(``A100-MIG-1g.10gb``, :mod:`..gpus`). A region with ``"share_gpus": 4`` time-shares
+each of its whole GPUs between up to 4 servers: its GPUs are offered as
+``<model>-shared`` ("A100 (shared by up to 4)"), one per server, each server placed on
+the least-used GPU and told its share in ``CLOUDHOP_GPU_SHARED_BY``. Time-sharing
+splits compute time, not memory: servers on one GPU see each other's memory use.
+
 Each node is a process (``jupyterhub-singleuser``, or ``ray start`` for a Ray worker)
 started in its own session, so it outlives a hub restart; its record is a small JSON
 file in :attr:`LocalProvider.state_dir`, which is how a restarted hub finds it again.
@@ -35,6 +42,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +51,7 @@ from traitlets import Dict, Enum, Float, Unicode, default, validate
 
 from ..gpus import GPU, probe_gpus
 from ..hubid import kept_secret
-from ..offers import NO_GPU, Offer
+from ..offers import NO_GPU, SHARED_SUFFIX, Offer
 from ..procs import stop_processes
 from ..validate import check_number
 from . import workspaces
@@ -68,6 +76,12 @@ class Region:
     #: "all", "none", or a list of NVML indices / UUIDs
     gpus: str | tuple
     root: str
+    #: servers that may time-share each whole GPU (1: a GPU is one server's)
+    share_gpus: int = 1
+
+
+#: the most servers a region may put on one time-shared GPU
+MAX_SHARE = 64
 
 
 class IsolationError(ProviderError):
@@ -90,7 +104,8 @@ class LocalProvider(Provider):
 
     regions = Dict(
         help="""Regions of this machine: name -> {"gpus": "all" | "none" | "0,1" (NVML
-        indices or GPU UUIDs), "root": folder holding that region's workspaces}. The
+        indices or GPU UUIDs), "root": folder holding that region's workspaces,
+        "share_gpus": N (each whole GPU time-shared by up to N servers)}. The
         default is one region, "local", with all GPUs. A region's root defaults to
         <default_root>/<region>.""",
     ).tag(config=True)
@@ -179,9 +194,13 @@ class LocalProvider(Provider):
                 raise ValueError(f"{where}: region names are letters, digits, '.', '_' and '-'")
             if not isinstance(conf, dict):
                 raise ValueError(f"{where} must be a dict like {{'gpus': 'all'}}, not {conf!r}")
-            unknown = set(conf) - {"gpus", "root"}
+            unknown = set(conf) - {"gpus", "root", "share_gpus"}
             if unknown:
-                raise ValueError(f"{where}: unknown setting(s) {sorted(unknown)}; valid: 'gpus', 'root'")
+                raise ValueError(f"{where}: unknown setting(s) {sorted(unknown)}; valid: 'gpus', 'root', 'share_gpus'")
+            share = conf.get("share_gpus", 1)
+            if isinstance(share, bool) or not isinstance(share, int) or not 1 <= share <= MAX_SHARE:
+                raise ValueError(f"{where}['share_gpus'] must be a whole number of servers per GPU "
+                                 f"from 1 to {MAX_SHARE}, not {share!r}")
             gpus = conf.get("gpus", "all")
             if not isinstance(gpus, (str, list, tuple)):
                 raise ValueError(f"{where}['gpus'] must be 'all', 'none' or '0,1', not {gpus!r}")
@@ -276,7 +295,8 @@ class LocalProvider(Provider):
         elif isinstance(gpus, list):
             gpus = tuple(str(g) for g in gpus)
         root = conf.get("root") or os.path.join(self.default_root, name)
-        return Region(name=name, gpus=gpus, root=os.path.abspath(os.path.expanduser(root)))
+        return Region(name=name, gpus=gpus, root=os.path.abspath(os.path.expanduser(root)),
+                      share_gpus=int(conf.get("share_gpus", 1)))
 
     def region_gpus(self, name: str) -> list[GPU]:
         sel = self.region(name).gpus
@@ -284,7 +304,8 @@ class LocalProvider(Provider):
             return list(self.gpus)
         if sel == "none":
             return []
-        return [g for g in self.gpus if g.index in sel or g.uuid in sel]
+        # a MIG device is in a region that names it or its GPU ("0" holds "0/0".."0/6")
+        return [g for g in self.gpus if g.index in sel or g.uuid in sel or g.index.split("/")[0] in sel]
 
     def offers(self) -> list[Offer]:
         mem = round(psutil.virtual_memory().total / 2**30, 1)
@@ -292,6 +313,7 @@ class LocalProvider(Provider):
         used = self._allocated()
         out = []
         for name in self.regions:
+            share = self.region(name).share_gpus
             out.append(Offer(
                 provider="local", region=name, instance_type="cpu", gpu=NO_GPU, gpu_count=0,
                 vcpus=cpus, memory_gib=mem, price_hour=self.cpu_price_hour,
@@ -301,9 +323,20 @@ class LocalProvider(Provider):
             for g in self.region_gpus(name):
                 by_model.setdefault(g.model, []).append(g)
             for model, gpus in sorted(by_model.items()):
-                free = sum(1 for g in gpus if g.uuid not in used)
                 rate = float(self.gpu_price_hour.get(model, 0.0))
-                for k in range(1, len(gpus) + 1):
+                if share > 1 and not gpus[0].is_mig:
+                    seats = sum(max(share - used[g.uuid], 0) for g in gpus)
+                    out.append(Offer(
+                        provider="local", region=name, instance_type=f"{model}{SHARED_SUFFIX}",
+                        gpu=model + SHARED_SUFFIX, gpu_count=1, gpu_memory_gib=gpus[0].memory_gib,
+                        vcpus=cpus, memory_gib=mem, price_hour=round(rate / share, 4),
+                        spot_price_hour=None, gpu_shared_by=share, available=seats,
+                        note=f"{seats} of {share * len(gpus)} shares free; each GPU shared by up to {share}",
+                    ))
+                    continue
+                free = sum(1 for g in gpus if not used[g.uuid])
+                # CUDA uses one MIG device per process: a MIG slice is one server's only GPU
+                for k in range(1, 2 if gpus[0].is_mig else len(gpus) + 1):
                     out.append(Offer(
                         provider="local", region=name, instance_type=f"{model}x{k}",
                         gpu=model, gpu_count=k, gpu_memory_gib=gpus[0].memory_gib,
@@ -340,8 +373,9 @@ class LocalProvider(Provider):
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return False
 
-    def _allocated(self) -> set[str]:
-        return {u for rec in self._records() if self._alive(rec) for u in rec.get("gpus", [])}
+    def _allocated(self) -> Counter:
+        """How many running nodes hold each GPU UUID (more than one only when shared)."""
+        return Counter(u for rec in self._records() if self._alive(rec) for u in rec.get("gpus", []))
 
     def _node(self, rec: dict, state: str | None = None, detail: str = "") -> Node:
         state = state or (RUNNING if self._alive(rec) else TERMINATED)
@@ -352,7 +386,8 @@ class LocalProvider(Provider):
         return Node(
             id=rec["id"], provider="local", region=rec["region"], state=state,
             ip="127.0.0.1", port=rec.get("port"), tags=rec.get("tags", {}),
-            info={"pid": rec["pid"], "gpus": rec.get("gpus", []), "workspace": rec.get("workspace"),
+            info={"pid": rec["pid"], "gpus": rec.get("gpus", []), "shared_by": rec.get("shared_by", 1),
+                  "workspace": rec.get("workspace"),
                   "role": rec.get("role")},
             detail=detail,
         )
@@ -376,13 +411,30 @@ class LocalProvider(Provider):
         if offer.gpu == NO_GPU or offer.gpu_count == 0:
             return []
         used = self._allocated()
-        free = [g for g in self.region_gpus(offer.region) if g.model.casefold() == offer.gpu.casefold() and g.uuid not in used]
+        share = self.region(offer.region).share_gpus
+        if share > 1 and offer.gpu.casefold().endswith(SHARED_SUFFIX):
+            model = offer.gpu[: -len(SHARED_SUFFIX)].casefold()
+            gpus = [g for g in self.region_gpus(offer.region) if g.model.casefold() == model and not g.is_mig]
+            open_ = sorted((g for g in gpus if used[g.uuid] < share), key=lambda g: used[g.uuid])
+            if not open_:
+                raise CapacityError(f"all {len(gpus)} shared {offer.gpu[: -len(SHARED_SUFFIX)]} GPU(s) in local region "
+                                    f"{offer.region!r} have {share} servers each", offer=offer)
+            return open_[:1]
+        free = [g for g in self.region_gpus(offer.region)
+                if g.model.casefold() == offer.gpu.casefold() and not used[g.uuid]
+                and not (share > 1 and not g.is_mig)]
         if len(free) < offer.gpu_count:
             raise CapacityError(
                 f"only {len(free)} {offer.gpu} GPU(s) free in local region {offer.region!r}, "
                 f"{offer.gpu_count} requested", offer=offer,
             )
         return free[: offer.gpu_count]
+
+    def _shared_by(self, offer: Offer) -> int:
+        """How many servers may share the GPU of a launch of ``offer`` (1: not shared)."""
+        if offer.gpu_count and offer.gpu.casefold().endswith(SHARED_SUFFIX):
+            return self.region(offer.region).share_gpus
+        return 1
 
     def _workspace(self, spec: LaunchSpec, root: str | None = None) -> Path:
         root = Path(root or self.region(spec.offer.region).root)
@@ -409,6 +461,7 @@ class LocalProvider(Provider):
         account = self._account(spec.tags.get(TAG_USER, "user"))
         workspace = self._prepare_workspace(spec, account)
         log_path = state_dir / f"{node_id}.log"
+        shared_by = self._shared_by(spec.offer)
         env = {
             # the process gets the spawner's env and nothing else of the hub's
             "HOME": str(workspace),
@@ -418,6 +471,8 @@ class LocalProvider(Provider):
             "CUDA_VISIBLE_DEVICES": ",".join(g.uuid for g in gpus),
             "CLOUDHOP_GPUS": json.dumps([g.model for g in gpus]),
         }
+        if shared_by > 1:
+            env["CLOUDHOP_GPU_SHARED_BY"] = str(shared_by)
         env.setdefault("PATH", os.path.dirname(sys.executable) + os.pathsep + os.defpath)
         if account is not None:
             env.update(account.env(str(workspace)))  # who it runs as is not the spawner's to say
@@ -441,7 +496,7 @@ class LocalProvider(Provider):
         rec = {
             "id": node_id, "region": spec.offer.region, "pid": proc.pid,
             "created": psutil.Process(proc.pid).create_time(), "port": spec.port,
-            "gpus": [g.uuid for g in gpus], "role": spec.role,
+            "gpus": [g.uuid for g in gpus], "role": spec.role, "shared_by": shared_by,
             "tags": {**spec.tags, TAG_REQUEST: spec.request_id, TAG_ROLE: spec.role},
             "workspace": str(workspace), "log": str(log_path), "started": time.time(),
         }

@@ -102,8 +102,9 @@
     models.sort(function (a, b) { return a === "none" ? -1 : b === "none" ? 1 : fold(a) < fold(b) ? -1 : 1; });
     var why = whyNoGpu(pool);
     var items = models.map(function (m) {
-      var mem = pool.filter(function (o) { return o.gpu === m; })[0].gpu_memory_gib;
-      return { value: m, label: m === "none" ? "No GPU (CPU only)" + (why ? ": why below" : "") : m + (mem ? " (" + num(mem) + " GiB)" : "") };
+      var first = pool.filter(function (o) { return o.gpu === m; })[0], mem = first.gpu_memory_gib;
+      // gpu_label names slices as people read them: "A100 1g.10gb", "L4 (shared by up to 4)"
+      return { value: m, label: m === "none" ? "No GPU (CPU only)" + (why ? ": why below" : "") : (first.gpu_label || m) + (mem ? " (" + num(mem) + " GiB)" : "") };
     });
     if (!items.length) { items = [{ value: "", label: "nothing available", disabled: true }]; }
     fill(el.gpu, items, el.gpu.value, pending.gpu); pending.gpu = "";

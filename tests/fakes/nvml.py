@@ -1,9 +1,11 @@
 """A test double of NVML with pynvml's API, for machines without NVIDIA GPUs.
 
 The devices come from the environment variable ``CLOUDHOP_FAKE_GPUS`` (JSON list of
-``{"name", "memory_gib", "uuid", "mig": [{"name", "memory_gib", "uuid"}...]}``), so a hub
-started in a subprocess sees the same fake GPUs as the test that set it. With the
-variable unset, ``nvmlInit`` fails the way it does on a machine without a driver.
+``{"name", "memory_gib", "uuid", "mig": [{"name", "memory_gib", "uuid"}...], "mig_mode"}``),
+so a hub started in a subprocess sees the same fake GPUs as the test that set it. A
+device with a ``mig`` list is MIG-capable; ``"mig_mode": 0`` says MIG is off (NVML then
+reports the whole GPU). With the variable unset, ``nvmlInit`` fails the way it does on a
+machine without a driver.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def nvmlDeviceGetMemoryInfo(h):
 def nvmlDeviceGetMigMode(h):
     if "mig" not in h:
         raise NVMLError("Not Supported")
-    return (1, 1)
+    mode = int(h.get("mig_mode", 1))
+    return (mode, mode)
 
 
 def nvmlDeviceGetMaxMigDeviceCount(h):
@@ -74,3 +77,23 @@ def fake_gpus_env(*names: str, memory_gib: float = 15.0) -> dict:
     """Environment for a hub whose local provider sees these fake GPUs."""
     gpus = [{"name": n, "memory_gib": memory_gib, "uuid": f"GPU-fake-{i:04d}"} for i, n in enumerate(names)]
     return {"CLOUDHOP_FAKE_GPUS": json.dumps(gpus)}
+
+
+#: NVIDIA's MIG profiles of an A100 80GB: profile -> (memory GiB, how many fit on one GPU)
+A100_80GB_MIG = {"1g.10gb": (9.75, 7), "2g.20gb": (19.62, 3), "3g.40gb": (39.38, 2), "7g.80gb": (79.25, 1)}
+
+
+def mig_gpu(i: int, profile: str = "1g.10gb", count: int | None = None, *,
+            name: str = "NVIDIA A100-SXM4-80GB") -> dict:
+    """One fake A100 80GB in MIG mode, cut into ``count`` slices of ``profile`` (as many
+    as fit by default), each with its own ``MIG-`` UUID."""
+    memory, fits = A100_80GB_MIG[profile]
+    count = fits if count is None else count
+    return {"name": name, "memory_gib": 80.0, "uuid": f"GPU-fake-{i:04d}",
+            "mig": [{"name": f"{name} MIG {profile}", "memory_gib": memory, "uuid": f"MIG-fake-{i:04d}-{j}"}
+                    for j in range(count)]}
+
+
+def fake_env(*gpus: dict) -> dict:
+    """Environment for a hub whose local provider sees these fake GPU dicts."""
+    return {"CLOUDHOP_FAKE_GPUS": json.dumps(list(gpus))}
