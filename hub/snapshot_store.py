@@ -74,9 +74,10 @@ from cloudhop.spawner.validate import SettingError, require_number
 
 from .services import add_service, exit_with_hub, hub_credentials
 from .store_backends import (
-    Backend, BackendError, LocalBackend, S3Backend, check_chunk_id, check_snapshot_id,
-    manifest_chunk_ids, new_snapshot_id,
+    Backend, BackendError, LocalBackend, S3Backend, check_chunk_id, check_snapshot_id, manifest_chunk_ids,
 )
+from . import snapshot_line
+from .snapshot_keeper import Keeper, Refused
 from .store_quota import GIB, QuotaExceeded, Quotas, charge
 
 SERVICE_NAME = "cloudhop-store"
@@ -90,6 +91,8 @@ SNAPSHOTS_SCOPE = "custom:cloudhop-store:snapshots"
 #: seconds the store trusts the hub's answer about a token: a revoked or expired token
 #: (a move's token) is refused at most this long after the hub stopped accepting it
 AUTH_CACHE_SECONDS = 10
+#: snapshots each server's line keeps (``c.CloudhopStore.keep_snapshots``)
+DEFAULT_KEEP = 5
 
 
 @dataclass(frozen=True)
@@ -127,10 +130,11 @@ class StoreHandler(web.RequestHandler):
     """Base: authenticates the token with the hub, checks the path's user is its owner,
     and keeps the token's :class:`Grant` (``self.grant``)."""
 
-    def initialize(self, backend: Backend, hub_auth: HubAuth, quotas: Quotas):
+    def initialize(self, backend: Backend, hub_auth: HubAuth, quotas: Quotas, keeper: Keeper):
         self.backend = backend
         self.hub_auth = hub_auth
         self.quotas = quotas
+        self.keeper = keeper
 
     def check_xsrf_cookie(self):
         # token-only API (no cookies are read), so there is no cross-site form to forge
@@ -271,6 +275,13 @@ class StoreHandler(web.RequestHandler):
         except BackendError as err:
             raise web.HTTPError(err.status, str(err)) from None
 
+    async def keep(self, coro):
+        """Await a :class:`.snapshot_keeper.Keeper` call, mapping its refusals to HTTP."""
+        try:
+            return await coro
+        except Refused as err:
+            raise web.HTTPError(err.status, str(err)) from None
+
     def finish_json(self, data, status: int = 200):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
@@ -280,7 +291,7 @@ class StoreHandler(web.RequestHandler):
 class MissingHandler(StoreHandler):
     async def post(self, user):
         ids = self.ids()
-        missing = await self.call(self.backend.missing, self.user, ids)
+        missing = await self.keep(self.keeper.missing(self.user, ids))
         upload = await self.call(self.backend.upload_target, self.user, missing, "")
         self.finish_json({"missing": missing, "upload": upload})
 
@@ -311,6 +322,7 @@ class ChunksHandler(StoreHandler):
                     raise BackendError(f"chunk {cid[:12]}... does not match its id")
             return self.backend.missing(self.user, list(chunks))
 
+        self.keeper.claims.claim(self.user, list(chunks))
         new = await self.call(check)
         # only chunks the user does not keep yet count against the quota
         cost = sum(charge(len(chunks[cid])) for cid in new)
@@ -331,6 +343,7 @@ class UploadsHandler(StoreHandler):
         if self.backend.through_service:
             raise web.HTTPError(405, "this store takes chunks through the service (POST .../chunks)")
         sizes = self.chunk_request(sized=True)
+        self.keeper.claims.claim(self.user, list(sizes))
         try:
             await self.quotas.reserve(self.user, {cid: charge(n) for cid, n in sizes.items()},
                                       getattr(self.backend, "expires", 3600))
@@ -343,7 +356,14 @@ class DownloadHandler(StoreHandler):
     async def post(self, user):
         ids = self.ids()
         await self.check_chunks(ids)
-        self.finish_json(await self.call(self.backend.download_target, self.user, ids, ""))
+        where, missing = await self.keep(self.keeper.locate(self.user, ids))
+        if self.backend.through_service or len(where) <= 1:
+            self.finish_json(await self.call(self.backend.download_target, next(iter(where), self.user), ids, ""))
+            return
+        urls = {}  # chunks borrowed from a class publication are signed for its keys
+        for ns, part in where.items():
+            urls.update((await self.call(self.backend.download_target, ns, part, ""))["urls"])
+        self.finish_json({"kind": "presigned", "urls": urls})
 
 
 class PackHandler(StoreHandler):
@@ -352,7 +372,9 @@ class PackHandler(StoreHandler):
             raise web.HTTPError(405, "this store serves chunks at presigned URLs")
         ids = self.ids()
         await self.check_chunks(ids)
-        sizes = await self.call(lambda: [self.backend.chunk_size(self.user, cid) for cid in ids])
+        where, _ = await self.keep(self.keeper.locate(self.user, ids))
+        home = {cid: ns for ns, part in where.items() for cid in part}
+        sizes = await self.call(lambda: [self.backend.chunk_size(home.get(cid, self.user), cid) for cid in ids])
         if sum(sizes) > PACK_MAX:
             raise web.HTTPError(413, f"these {len(ids)} chunks hold {sum(sizes)} bytes; a pack carries "
                                      f"at most {PACK_MAX} bytes of chunks: ask for fewer at a time")
@@ -360,7 +382,7 @@ class PackHandler(StoreHandler):
         self.set_header("Content-Length", str(sum(sizes) + len(ids) * PACK_HEADER.size))
         # streamed: one chunk in memory at a time, the next read once the last was sent
         for cid, size in zip(ids, sizes):
-            data = await self.call(self.backend.get_chunk, self.user, cid)
+            data = await self.call(self.backend.get_chunk, home.get(cid, self.user), cid)
             if len(data) != size:  # changed underneath: end the reply short, the client sees it
                 log.warning("chunk %s... of %s changed while it was sent", cid[:12], self.user)
                 self.request.connection.close()
@@ -377,20 +399,11 @@ class PackHandler(StoreHandler):
 class SnapshotsHandler(StoreHandler):
     async def get(self, user):
         allowed = await self.allowed_snapshots()
-
-        def listing():
-            out = []
-            for name in self.backend.list_objects(self.user, ".json"):
-                if name.endswith(".report.json") or (allowed is not None and name[:-5] not in allowed):
-                    continue
-                data = json.loads(self.backend.get_object(self.user, name))
-                files = [f for f in data.get("files") or [] if isinstance(f, dict)]
-                out.append({"id": name[:-5], "created": data.get("created"), "files": len(files),
-                            "bytes": sum(f["size"] for f in files
-                                         if isinstance(f.get("size"), int) and f["size"] >= 0)})
-            return out
-
-        self.finish_json({"snapshots": await self.call(listing)})
+        server = self.get_query_argument("server", None)
+        if server is not None and ("/" in server or len(server) > 255):
+            raise web.HTTPError(400, "server: must be the name of one of your servers ('' for the default one)")
+        self.finish_json({"snapshots": await self.call(
+            lambda: snapshot_line.list_snapshots(self.backend, self.user, server=server, allowed=allowed))})
 
     async def post(self, user):
         if not self.grant.full and len(self.grant.servers) != 1:
@@ -399,19 +412,17 @@ class SnapshotsHandler(StoreHandler):
         if len(body) > MANIFEST_MAX:
             raise web.HTTPError(413, f"the manifest is {len(body)} bytes; this store keeps manifests "
                                      f"of at most {MANIFEST_MAX} bytes")
-        _, ids = await self.call(manifest_chunk_ids, body)
-        missing = await self.call(self.backend.missing, self.user, sorted(ids))
-        if missing:
-            raise web.HTTPError(409, f"{len(missing)} chunk(s) of this snapshot are not in the store")
-        await self.take_quota(charge(len(body)))
-        sid = new_snapshot_id()
-        if not self.grant.full:
-            # made with a server's token: that server (a move's target) may restore it
-            (server,) = self.grant.servers
-            await self.add_to_index(server, sid)
-        await self.call(self.backend.put_object, self.user, f"{sid}.json", body)
-        log.info("snapshot %s stored for %s (%d chunks)", sid, self.user, len(ids))
-        self.finish_json({"id": sid}, 201)
+        # made with a server's token: that server's line, and that server may restore it
+        server = None if self.grant.full else next(iter(self.grant.servers))
+
+        async def before_write(sid):
+            await self.take_quota(charge(len(body)))
+            if server is not None:
+                await self.add_to_index(server, sid)
+
+        summary = await self.keep(self.keeper.store(self.user, body, server=server, before_write=before_write))
+        log.info("snapshot %s stored for %s (line %r)", summary["id"], self.user, summary["server"])
+        self.finish_json({"id": summary["id"], "server": summary["server"]}, 201)
 
 
 class SnapshotHandler(StoreHandler):
@@ -421,6 +432,17 @@ class SnapshotHandler(StoreHandler):
         body = await self.call(self.backend.get_object, self.user, f"{sid}.json")
         self.set_header("Content-Type", "application/json")
         self.finish(body)
+
+    async def delete(self, user, sid):
+        """Delete one of the user's snapshots (a token for all of them only); its chunks
+        go at the next collection."""
+        sid = self.sid(sid)
+        if not self.grant.full:
+            raise web.HTTPError(403, "only a token for all of this user's snapshots may delete one")
+        if not await self.keep(self.keeper.delete(self.user, sid)):
+            raise web.HTTPError(404, f"no snapshot {sid}")
+        self.set_status(204)
+        self.finish()
 
     @staticmethod
     def sid(sid: str) -> str:
@@ -473,11 +495,21 @@ class HealthHandler(web.RequestHandler):
         self.finish({"ok": True})
 
 
-def make_app(backend: Backend, hub_auth: HubAuth, prefix: str, *, quota_bytes: int | None = None) -> web.Application:
+def make_app(backend: Backend, hub_auth: HubAuth, prefix: str, *, quota_bytes: int | None = None,
+             keep: int = DEFAULT_KEEP, hub_key: str | None = None, grace: float | None = None,
+             keeper: Keeper | None = None) -> web.Application:
     """The store's tornado application; ``prefix`` ends with ``/``; ``quota_bytes``: what
-    each user may keep (None: no limit)."""
+    each user may keep (None: no limit); ``keep``: snapshots each server's line keeps;
+    ``hub_key``: the secret the hub's own calls carry (:mod:`.snapshot_hub_routes`;
+    None: no such routes); ``grace``: seconds a chunk is safe from collection after it was
+    claimed or stored (:mod:`.snapshot_gc`)."""
+    from .snapshot_hub_routes import hub_routes  # it builds on this module's handlers
+
     u = r"(?P<user>[^/]+)"
-    kw = {"backend": backend, "hub_auth": hub_auth, "quotas": Quotas(backend, quota_bytes)}
+    quotas = Quotas(backend, quota_bytes)
+    if keeper is None:
+        keeper = Keeper(backend, quotas, keep=keep, **({} if grace is None else {"grace": grace}))
+    kw = {"backend": backend, "hub_auth": hub_auth, "quotas": keeper.quotas, "keeper": keeper}
     routes = [
         (rf"{prefix}api/users/{u}/chunks/missing", MissingHandler, kw),
         (rf"{prefix}api/users/{u}/chunks/uploads", UploadsHandler, kw),
@@ -488,6 +520,7 @@ def make_app(backend: Backend, hub_auth: HubAuth, prefix: str, *, quota_bytes: i
         (rf"{prefix}api/users/{u}/snapshots/(?P<sid>[^/]+)/report", ReportHandler, kw),
         (rf"{prefix}api/users/{u}/snapshots/(?P<sid>[^/]+)/servers", GrantHandler, kw),
         (rf"{prefix}api/users/{u}/snapshots/(?P<sid>[^/]+)", SnapshotHandler, kw),
+        *(hub_routes(prefix, dict(kw, hub_key=hub_key)) if hub_key else []),
         (rf"{prefix}api/health", HealthHandler),
         # JupyterHub's service health check asks the service's own URL every minute
         (rf"{prefix}", HealthHandler),

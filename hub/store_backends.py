@@ -126,6 +126,24 @@ class Backend:
     def list_objects(self, user: str, suffix: str) -> list[str]:
         raise NotImplementedError
 
+    def delete_object(self, user: str, name: str) -> None:
+        """Remove an object; one already gone is no error."""
+        raise NotImplementedError
+
+    def list_chunks(self, user: str) -> Iterator[tuple[str, int, float]]:
+        """``(id, bytes, modified)`` of every chunk in ``user``'s namespace (``modified``:
+        Unix time it was stored), for garbage collection (:mod:`.snapshot_gc`)."""
+        raise NotImplementedError
+
+    def delete_chunks(self, user: str, ids: list[str]) -> None:
+        """Remove chunks; those already gone are no error."""
+        raise NotImplementedError
+
+    def copy_chunks(self, src: str, dst: str, ids: list[str]) -> None:
+        """Put ``src``'s chunks ``ids`` into ``dst``'s namespace, inside the store (a class
+        snapshot's publication, :mod:`.snapshot_classes`); those ``dst`` has are kept."""
+        raise NotImplementedError
+
 
 class LocalBackend(Backend):
     def __init__(self, root: str):
@@ -191,6 +209,47 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             return []
         return sorted(n for n in names if n.endswith(suffix))
+
+    def delete_object(self, user, name):
+        try:
+            os.unlink(self._object_path(user, name))
+        except FileNotFoundError:
+            pass
+
+    def list_chunks(self, user):
+        top = os.path.join(self.root, "users", user_dir(user), "chunks")
+        for folder, _, names in os.walk(top):
+            for name in names:
+                if not _CHUNK.fullmatch(name):  # a temporary file of a write under way
+                    continue
+                try:
+                    st = os.stat(os.path.join(folder, name))
+                except FileNotFoundError:
+                    continue
+                yield name, st.st_size, st.st_mtime
+
+    def delete_chunks(self, user, ids):
+        for cid in ids:
+            try:
+                os.unlink(self._chunk_path(user, cid))
+            except FileNotFoundError:
+                pass
+
+    def copy_chunks(self, src, dst, ids):
+        for cid in ids:
+            target = self._chunk_path(dst, cid)
+            if os.path.exists(target):
+                continue
+            os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+            temp = f"{target}.{secrets.token_hex(4)}.tmp"
+            try:
+                os.link(self._chunk_path(src, cid), temp)  # same disk: no second copy
+            except FileNotFoundError:
+                raise BackendError(f"chunk {cid[:12]}... not found", 404) from None
+            except OSError:
+                self._write(target, self.get_chunk(src, cid))
+                continue
+            os.replace(temp, target)
 
 
 class S3Backend(Backend):
@@ -279,6 +338,32 @@ class S3Backend(Backend):
             if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 raise BackendError(f"{name} not found", 404) from None
             raise
+
+    def delete_object(self, user, name):
+        self.s3.delete_object(Bucket=self.bucket, Key=self._key(user, "snapshots", name))
+
+    def list_chunks(self, user):
+        prefix = self._key(user, "chunks", "")
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                name = item["Key"][len(prefix):]
+                if _CHUNK.fullmatch(name):
+                    yield name, item["Size"], item["LastModified"].timestamp()
+
+    def delete_chunks(self, user, ids):
+        keys = [{"Key": self._key(user, "chunks", check_chunk_id(c))} for c in ids]
+        for i in range(0, len(keys), 1000):  # the most one DeleteObjects request takes
+            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys[i:i + 1000], "Quiet": True})
+
+    def copy_chunks(self, src, dst, ids):
+        have = set(ids) - set(self.missing(dst, ids))
+
+        def copy(cid):
+            self.s3.copy_object(Bucket=self.bucket, Key=self._key(dst, "chunks", cid),
+                                CopySource={"Bucket": self.bucket, "Key": self._key(src, "chunks", cid)})
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            list(pool.map(copy, [c for c in ids if c not in have]))
 
     def list_objects(self, user, suffix):
         prefix = self._key(user, "snapshots", "")

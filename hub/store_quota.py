@@ -86,6 +86,14 @@ class Quotas:
                 await self._scan(user, state)
             return state.total
 
+    async def recount(self, user: str) -> int:
+        """Scan ``user``'s namespace again (after a garbage collection freed some of it);
+        their usage."""
+        state = self._users.setdefault(user, _Usage())
+        async with state.lock:
+            await self._scan(user, state)
+            return state.total
+
     async def take(self, user: str, nbytes: int) -> None:
         """Count ``nbytes`` the service is about to write for ``user``, or raise
         :class:`QuotaExceeded` (nothing counted). :meth:`give_back` undoes it when the
@@ -123,6 +131,7 @@ class Quotas:
             await self._scan(user, state)
         if state.total + need > self.limit:
             raise QuotaExceeded(
+                f"snapshot quota full (used {human(state.total)} of {human(self.limit)}): "
                 f"the snapshot store's quota is {human(self.limit)} per user; {user} keeps "
                 f"{human(state.total)} and this upload needs {human(need)} more. Ask the hub's "
                 "operator to raise c.CloudhopStore.quota_gib or to remove old snapshots")

@@ -80,7 +80,7 @@ def test_snapshot_roundtrip_and_second_snapshot_sends_about_what_changed(local_s
         assert got[entry.path] == entry.hash
     assert os.stat(out / "run.sh").st_mode & 0o777 == 0o755
     assert (out / "empty").read_bytes() == b""
-    assert [s["id"] for s in c.list_snapshots()] == sorted([sid, sid2])
+    assert [s["id"] for s in c.list_snapshots()] == [sid2, sid]  # newest first
     # nothing left behind by the atomic writes
     assert not [p for p in out.rglob("*") if ".cloudhop-" in p.name]
 
