@@ -6,6 +6,7 @@
     GET  {server}/cloudhop/api/migrations/{id}     the migration's state (see migrate.Migration)
     POST {server}/cloudhop/api/migrations/{id}/accept   stop this server although the move left files out
     GET  {server}/cloudhop/api/restore             this server's restore report (a migration target)
+    POST {server}/cloudhop/api/snapshots           snapshot this server into its own line (hibernate.py)
     GET  {server}/cloudhop/api/info                where this server runs (provider, region, GPU), its price and spend
     GET  {server}/cloudhop/api/gpus                live use of this server's GPUs (NVML), or why there are none
     GET  {server}/cloudhop/api/offers              offers this user may move to (policy-filtered, from the hub),
@@ -26,6 +27,7 @@ from . import ray_api
 from .examples import offer_examples
 from .handlers import AcceptHandler
 from .handlers import GPUsHandler, InfoHandler, MigrationHandler, MigrationsHandler, OffersHandler, RestoreHandler
+from .hibernate import Hibernator, SnapshotsHandler
 from .hubclient import HubClient
 from .kernelenv import keep_token_from_children
 from .migrate import CloudhopMigration, Migrator, Restorer
@@ -52,6 +54,7 @@ def _load_jupyter_server_extension(serverapp):
         (url_path_join(base, r"migrations/([0-9a-f]{1,32})"), MigrationHandler, kw),
         (url_path_join(base, r"migrations/([0-9a-f]{1,32})/accept"), AcceptHandler, kw),
         (url_path_join(base, "restore"), RestoreHandler, kw),
+        (url_path_join(base, "snapshots"), SnapshotsHandler, {"hibernator": Hibernator(serverapp, hub, settings)}),
         (url_path_join(base, "info"), InfoHandler, dict(kw, price=PriceLookup(hub))),
         (url_path_join(base, "gpus"), GPUsHandler),
         (url_path_join(base, "offers"), OffersHandler, kw),

@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import json
 import sys
+import time
 import uuid
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader
@@ -27,8 +28,9 @@ from sqlalchemy.orm import object_session
 from sqlalchemy.orm.exc import UnmappedInstanceError
 from jupyterhub.spawner import SpawnException, Spawner
 from jupyterhub.utils import random_port
-from traitlets import Float, List, Unicode, default, validate
+from traitlets import Bool, Float, List, Unicode, default, validate
 
+from . import durable
 from .failover import launch_first, launch_id
 from .form_reasons import no_gpu_reasons, provider_choices
 from .limits import Usage, usage_of, user_lock
@@ -110,6 +112,30 @@ class CloudhopSpawner(Spawner):
     def _valid_poll_interval(self, proposal):
         return check_number(proposal, minimum=0, strict=True)
 
+    hibernate = Bool(
+        True, help="""Whether a stop first snapshots the server's workspace into the
+        snapshot store (and a start restores the newest snapshot of that server), so a
+        stop keeps everything on every provider (docs/durability.md). A stop whose
+        snapshot fails keeps the node and says why.""",
+    ).tag(config=True)
+
+    hibernate_kernels = Bool(
+        True, help="Whether a hibernating stop also keeps the state of the server's running "
+        "kernels (their variables), which the next start loads back.",
+    ).tag(config=True)
+
+    hibernate_timeout = Float(
+        1800, help="Seconds a stop waits for the server's snapshot before it keeps the node.",
+    ).tag(config=True)
+
+    restore_timeout = Float(
+        1800, help="Seconds a start waits for the server to restore its snapshot.",
+    ).tag(config=True)
+
+    @validate("hibernate_timeout", "restore_timeout")
+    def _valid_phase_timeout(self, proposal):
+        return check_number(proposal, minimum=0, strict=True, must="a number of seconds above 0")
+
     @default("hub_id")
     def _default_hub_id(self):
         from .hubid import default_hub_id  # random, kept beside the hub's cookie secret
@@ -144,6 +170,20 @@ class CloudhopSpawner(Spawner):
         self._policy: Policy | None = None
         #: USD/hour of the server as checked at its spawn, Ray workers included (None: unknown)
         self._price_hour: float | None = None
+        #: nodes a stop kept because their snapshot failed (:func:`.durable.kept_entry`);
+        #: they outlive the stop, in the state, until an admin discards them
+        self.kept: list[dict] = []
+        #: a snapshot already taken of this node (e.g. by the preemption agent): the
+        #: next stop takes no other one
+        self.hibernated_snapshot: str | None = None
+        #: the snapshot this spawn restores (None: it starts as the workspace is)
+        self.restore_id: str | None = None
+        #: whether the server finished starting (its restore included): only such a
+        #: server is snapshotted when it stops
+        self.serving = False
+        #: when a stop began its snapshot (in the state while it runs), else None
+        self.hibernating: float | None = None
+        self._restore_size: int | None = None
         #: the server's Ray head and workers (used only when the server asks for Ray)
         self.ray_launcher = RayLauncher(lambda name: self.provider(name), progress=self._progress,
                                         save=self._ray_changed, log=self.log)
@@ -382,8 +422,8 @@ class CloudhopSpawner(Spawner):
             "CLOUDHOP_GPU_COUNT": str(offer.gpu_count),
             "CLOUDHOP_HUB_ID": self.hub_id,
         })
-        if request.restore:
-            env["CLOUDHOP_RESTORE"] = request.restore
+        if self.restore_id:
+            env["CLOUDHOP_RESTORE"] = self.restore_id
         cmd = list(self.cmd)
         if offer.provider == "local" and cmd == ["jupyterhub-singleuser"]:
             # the hub's own interpreter, so a venv need not be on PATH
@@ -435,8 +475,11 @@ class CloudhopSpawner(Spawner):
 
     async def _start(self):
         self.attempts = []
+        self.serving = False
+        self.hibernated_snapshot = None
         request = await self.parse_request()
         self.request = request
+        self.restore_id = await self._pick_restore(request)
         offers = await self.user_offers()
         # whether this spawn goes through Ray is decided once, here
         ray = self.ray_launcher if request.ray is not None else None
@@ -461,8 +504,13 @@ class CloudhopSpawner(Spawner):
         if ray is not None:
             await ray.start_workers(request, self.offer, node, offers, spawn_id, head=head,
                                     tags=self.tags(WORKER_ROLE))
+        url = f"http://{node.ip}:{node.port or self.port}"
+        if self.restore_id:
+            await self._wait_restored(url)
+        self.serving = True
+        self._save_state()
         self._progress(f"Node {node.id} is up at {node.ip}:{node.port}; waiting for Jupyter to answer", 80)
-        return f"http://{node.ip}:{node.port or self.port}"
+        return url
 
     async def _launch(self, request: LaunchRequest, ranked: list[Offer], offers: list[Offer],
                       ray: RayLauncher | None, prices: dict) -> tuple[Node, str, NotebookSpec | None]:
@@ -553,6 +601,11 @@ class CloudhopSpawner(Spawner):
         return None
 
     async def stop(self, now: bool = False):
+        """Hibernate (snapshot the server, :meth:`_hibernate`), then terminate every node
+        the server owns. When the snapshot fails, nothing is terminated: the nodes are
+        kept (``kept`` in the state, with the reason) and the server reads stopped."""
+        if not await self._hibernate():
+            return
         if self.ray_cluster is not None:
             await self.ray_launcher.stop()
         # workers first, the notebook node last: nothing is left reachable half-stopped
@@ -564,11 +617,109 @@ class CloudhopSpawner(Spawner):
                 raise
         self.nodes = []
         self.node = None
+        self.hibernated_snapshot = None
+
+    # -- hibernate and resume (:mod:`.durable`) ----------------------------------
+
+    def _store_line(self) -> durable.StoreLine | None:
+        """This server's line in the snapshot store, read with its own token; None when
+        hibernation is off, or the hub runs no snapshot store."""
+        url = (self.environment or {}).get(durable.STORE_URL_ENV)
+        if not (self.hibernate and url and self.api_token):
+            return None
+        return durable.StoreLine(url.rstrip("/") + "/", self.user.name, self.api_token, self.name or "")
+
+    async def _pick_restore(self, request: LaunchRequest) -> str | None:
+        """The snapshot this spawn restores: the ``restore`` option's (404 when the
+        server's line has no such snapshot), none for ``"none"``, else the newest of the
+        server's line (None when it has none). A store that cannot say refuses the start
+        (503), so no start silently comes up without the user's last session."""
+        self._restore_size = None
+        choice = request.restore
+        if choice == durable.RESTORE_NONE:
+            return None
+        line = self._store_line()
+        if line is None:
+            return choice  # no store to ask: the server reports a bad id itself
+        try:
+            snap = await (line.find(choice) if choice else line.newest())
+        except durable.NoSuchSnapshot as err:
+            raise Refused(str(err), reason="no-snapshot", status_code=404) from None
+        except Exception as err:  # noqa: BLE001 - the store down, or out of reach
+            self.log.error("%s: the snapshot store could not list this server's snapshots: %s", self._log_name, err)
+            raise Refused("restore: the snapshot store did not answer, so your last session cannot be restored "
+                          "now; try again, or start with \"restore\": \"none\" to start empty",
+                          reason="store-unavailable", status_code=503) from None
+        if snap is None:
+            return None
+        self._restore_size = snap.get("bytes") or 0
+        return snap["id"]
+
+    async def _wait_restored(self, url: str) -> None:
+        """Wait until the server at ``url`` has restored :attr:`restore_id`, files and
+        kernels, showing the bytes as they come; a failed restore fails the spawn with
+        the server's reason (which names the file at fault)."""
+        size = durable.size_text(self._restore_size or 0)
+        where = "your last session" if not (self.request and self.request.restore) else f"snapshot {self.restore_id}"
+        self._progress(f"Restoring {size} from {where}", 85)
+
+        def progress(got: int, total: int) -> None:
+            self._progress(f"Restoring {size} from {where}: {durable.size_text(got)} of "
+                           f"{durable.size_text(total)}", 85)
+
+        try:
+            await durable.wait_restored(url + self.server.base_url, self.api_token, timeout=self.restore_timeout,
+                                        interval=self.node_poll_interval, progress=progress)
+        except durable.RestoreError as err:
+            raise SpawnException(f"Restoring {where} failed: {err}. The snapshot is kept; start again, or "
+                                 f"with \"restore\": \"none\" to start empty.",
+                                 reason="restore-failed", status_code=500) from None
+
+    async def _hibernate(self) -> bool:
+        """Snapshot the running server before its nodes go; True when they may go. A
+        server that never finished starting (or whose node is already snapshotted:
+        :attr:`hibernated_snapshot`) is not snapshotted. When the snapshot fails, the
+        nodes move to :attr:`kept` with the reason, and False: nothing is terminated."""
+        node = self.node
+        if self.hibernated_snapshot or not (self.serving and node and self.server and self._store_line()):
+            return True
+        started = time.time()
+        self.hibernating = started
+        self._save_state()  # a hub killed from here on restarts with the node kept, never terminated
+        url = f"http://{node.ip}:{node.port or self.port}{self.server.base_url}"
+        self.log.info("%s: stopping: snapshotting the workspace%s first", self._log_name,
+                      " and kernels" if self.hibernate_kernels else "")
+        try:
+            reply = await durable.hibernate(url, self.api_token, kernels=self.hibernate_kernels,
+                                            timeout=self.hibernate_timeout)
+        except durable.HibernateError as err:
+            refs = list(self.nodes) or [NodeRef(provider=node.provider, id=node.id, role=NOTEBOOK_ROLE,
+                                                region=node.region).to_dict()]
+            self.kept.append(durable.kept_entry(refs, f"snapshot failed: {err}"))
+            self.log.error("%s: stopped WITHOUT terminating node %s on %s: the snapshot failed: %s. "
+                           "Stop it again to retry, or discard it: cloudhop nodes terminate %s --discard",
+                           self._log_name, node.id, node.provider, err, node.id)
+            self.nodes, self.node, self.hibernating = [], None, None
+            self.ray_cluster = None
+            return False
+        self.hibernated_snapshot, self.hibernating = reply["id"], None
+        self.log.info("%s: hibernated into snapshot %s (%s in %s files, %s kernel(s), %.1f s); terminating",
+                      self._log_name, reply["id"], durable.size_text(reply.get("bytes") or 0), reply.get("files"),
+                      len(reply.get("kernels") or []), time.time() - started)
+        self._save_state()
+        return True
 
     # -- state ------------------------------------------------------------------
 
     def get_state(self):
         state = super().get_state()
+        if self.kept:
+            state.update({"version": STATE_VERSION, "kept": list(self.kept)})
+        # written only when set, so a state without them reads as before
+        for key, value in (("serving", self.serving), ("hibernating", self.hibernating),
+                           ("hibernated", self.hibernated_snapshot)):
+            if value and (self.node or self.nodes):
+                state[key] = value
         if self.node or self.nodes:
             state.update({
                 "version": STATE_VERSION,
@@ -597,6 +748,14 @@ class CloudhopSpawner(Spawner):
             self.ip, self.port = self.node.ip or self.ip, self.node.port or self.port
         self.nodes = list(state.get("nodes") or [])
         self.attempts = list(state.get("attempts") or [])
+        self.kept = [k for k in state.get("kept") or [] if isinstance(k, dict)]
+        self.serving = state.get("serving") is True
+        self.hibernated_snapshot = state.get("hibernated") if isinstance(state.get("hibernated"), str) else None
+        if state.get("hibernating") and self.nodes:
+            # the hub stopped (or was killed) while a stop took its snapshot: the node was
+            # not terminated; it keeps running, and the next stop snapshots it again
+            self.log.warning("%s: a stop was cut off while its snapshot was taken; the node is kept running "
+                             "(stop the server again to hibernate it)", self._log_name)
         self.ray_cluster = None
         if state.get("ray"):
             self.ray_launcher.load_state(state["ray"], tags=self.tags(WORKER_ROLE))
@@ -612,6 +771,8 @@ class CloudhopSpawner(Spawner):
         super().clear_state()
         self._events = []  # the hub clears state before a spawn and after a stop
         self.request = self.offer = self.node = self._price_hour = None
+        self.hibernated_snapshot = self.hibernating = self.restore_id = None
+        self.serving = False  # but ``kept`` stays: kept nodes outlive the stop that kept them
         self.nodes = []
         self.attempts = []
         self.ray_cluster = None

@@ -8,6 +8,10 @@ sites, and migration between two regions can be tried on one machine::
         "site-b": {"gpus": "4,5,6,7", "root": "/srv/site-b"},
     }
 
+A region with ``"ephemeral": True`` deletes a server's workspace when its notebook node
+is terminated, as a cloud VM's boot disk goes with the VM: a hibernating stop and the
+next start's restore (:mod:`..durable`) can then be tried on one machine.
+
 *GPU slices*: a GPU in MIG mode is offered as its MIG devices, one per server
 (``A100-MIG-1g.10gb``, :mod:`..gpus`). A region with ``"share_gpus": 4`` time-shares
 each of its whole GPUs between up to 4 servers: its GPUs are offered as
@@ -37,6 +41,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,9 +199,12 @@ class LocalProvider(Provider):
                 raise ValueError(f"{where}: region names are letters, digits, '.', '_' and '-'")
             if not isinstance(conf, dict):
                 raise ValueError(f"{where} must be a dict like {{'gpus': 'all'}}, not {conf!r}")
-            unknown = set(conf) - {"gpus", "root", "share_gpus"}
+            unknown = set(conf) - {"gpus", "root", "share_gpus", "ephemeral"}
             if unknown:
-                raise ValueError(f"{where}: unknown setting(s) {sorted(unknown)}; valid: 'gpus', 'root', 'share_gpus'")
+                raise ValueError(f"{where}: unknown setting(s) {sorted(unknown)}; valid: 'gpus', 'root', "
+                                 "'share_gpus', 'ephemeral'")
+            if not isinstance(conf.get("ephemeral", False), bool):
+                raise ValueError(f"{where}['ephemeral'] must be True or False, not {conf['ephemeral']!r}")
             share = conf.get("share_gpus", 1)
             if isinstance(share, bool) or not isinstance(share, int) or not 1 <= share <= MAX_SHARE:
                 raise ValueError(f"{where}['share_gpus'] must be a whole number of servers per GPU "
@@ -541,8 +549,25 @@ class LocalProvider(Provider):
         proc = self._procs.pop(node_id, None)
         if proc is not None:
             proc.poll()
+        if rec.get("role", "notebook") == "notebook" and self._ephemeral(rec.get("region")):
+            await asyncio.to_thread(self._delete_workspace, rec)
         path.unlink(missing_ok=True)
         self.log.info("local: terminated %s", node_id)
+
+    def _ephemeral(self, region) -> bool:
+        """Whether ``region`` deletes a server's workspace when its node stops, as a cloud
+        VM's boot disk goes with the VM (``"ephemeral": True`` in its settings)."""
+        return bool((self.regions.get(region) or {}).get("ephemeral"))
+
+    def _delete_workspace(self, rec: dict) -> None:
+        """Delete the workspace of the terminated notebook node ``rec`` (blocks). The
+        folder belongs to the user: ``shutil.rmtree`` works on descriptors and never
+        follows a link the user put there."""
+        workspace = rec.get("workspace")
+        if not workspace or not os.path.isabs(workspace):
+            return
+        shutil.rmtree(workspace, ignore_errors=True)
+        self.log.info("local: deleted the workspace of %s (region %s is ephemeral)", rec.get("id"), rec.get("region"))
 
     def _kill_tree(self, rec: dict) -> None:
         """SIGTERM the node's whole session and descendants, then SIGKILL stragglers.

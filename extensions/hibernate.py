@@ -1,0 +1,137 @@
+"""The server's half of a hibernating stop: ``POST {server}/cloudhop/api/snapshots``.
+
+::
+
+    POST {server}/cloudhop/api/snapshots   {"reason": "stop", "kernels": true}
+         -> 200 {"id", "bytes", "bytes_sent", "files", "kernels", "skipped", "seconds"}
+
+Takes a snapshot of the workspace and (with ``kernels``) the state of each session's
+kernel into the snapshot store, under this server's own line (stored with the server's
+own token, so the store indexes it for this server and only this server may restore
+it). The hub calls it with the server's token before it terminates the node
+(:mod:`cloudhop.spawner.durable`); the preemption agent calls :meth:`Hibernator.take`
+in-process. The capture itself is :mod:`.capture`, the one path moves use too.
+
+The manifest's ``meta``: ``kind`` (``"hibernate"`` here, or the caller's), ``server``
+(this server's name), ``source`` (provider, region, GPU), ``kernels`` (each session with
+its variables and what its checkpoint skipped), ``skipped`` (workspace paths left out
+and kernel variables not kept) and ``reason``.
+
+A failure answers with the reason as the message: 507 for a full quota (the store's
+"snapshot quota full (used X of Y)"), 502 when the store refused or could not be
+reached, 500 for anything else (a kernel that cannot be checkpointed); 409 while
+another snapshot of this server is being taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import tempfile
+import time
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+
+from .capture import capture, checkpoint_kernels, kernel_skipped, source_meta
+from .handlers import CloudhopHandler
+from .snapshot.client import StoreClient, StoreError
+
+log = logging.getLogger("cloudhop.hibernate")
+#: what may ask for a snapshot, and so name its reason
+REASONS = ("stop", "preempt", "manual")
+KINDS = ("hibernate", "preempt", "class", "migration")
+
+
+class Busy(RuntimeError):
+    """Another snapshot of this server is being taken."""
+
+
+class Hibernator:
+    """Takes snapshots of this server into its own line. ``settings``: the moves'
+    settings (:class:`~.migrate.CloudhopMigration`: store URL, excludes, kernel timeout)."""
+
+    def __init__(self, serverapp, hub, settings):
+        self.app = serverapp
+        self.hub = hub
+        self.settings = settings
+        self._lock = asyncio.Lock()
+
+    async def take(self, *, reason: str = "stop", kernels: bool = True, kind: str = "hibernate",
+                   extra_meta: dict | None = None) -> dict:
+        """Snapshot this server now; returns the answer of the endpoint. Raises
+        :class:`Busy` while another runs, StoreError when the store refuses."""
+        if self._lock.locked():
+            raise Busy("a snapshot of this server is already being taken")
+        async with self._lock:
+            started = time.monotonic()
+            workdir = tempfile.mkdtemp(prefix="cloudhop-hibernate-")
+            store = StoreClient(self.settings.store_url, self.hub.user, self.hub.token)
+            try:
+                found = await checkpoint_kernels(self.app, workdir, self.settings.kernel_timeout) if kernels else []
+                left_out = await asyncio.to_thread(self._left_out)
+                skipped = left_out + kernel_skipped(found)
+                meta = {**(extra_meta or {}), "kind": kind, "server": self.hub.server_name, "source": source_meta(),
+                        "reason": reason, "skipped": skipped}
+                sid, manifest, stats = await capture(self.app, store, found, excludes=self.settings.excludes,
+                                                     meta=meta)
+            finally:
+                store.close()
+                shutil.rmtree(workdir, ignore_errors=True)
+            answer = {
+                "id": sid, "bytes": stats.bytes_total, "bytes_sent": stats.bytes_sent, "files": stats.files,
+                "kernels": [{"path": k["path"], "variables": k["variables"], "skipped": k["skipped"]} for k in found],
+                "skipped": skipped, "seconds": round(time.monotonic() - started, 3),
+            }
+            log.info("snapshot %s of this server (%s): %d files, %d bytes (%d sent), %d kernel(s) in %.1f s",
+                     sid, reason, stats.files, stats.bytes_total, stats.bytes_sent, len(found), answer["seconds"])
+            return answer
+
+    def _left_out(self) -> list[dict]:
+        """The workspace paths a snapshot leaves out now (the excludes' walk; blocks)."""
+        excludes = self.settings.excludes
+        for _ in excludes.walk(self.app.root_dir):
+            pass
+        return [s.to_json() for s in excludes.skipped]
+
+
+class SnapshotsHandler(CloudhopHandler):
+    """``POST cloudhop/api/snapshots``: see the module's docstring."""
+
+    def initialize(self, hibernator: Hibernator):
+        self.hibernator = hibernator
+
+    @web.authenticated
+    @authorized
+    async def post(self):
+        self.check_owner()
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the body must be JSON like {\"reason\": \"stop\", \"kernels\": true}") from None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "the body must be a JSON object")
+        unknown = sorted(set(body) - {"reason", "kernels"})
+        if unknown:
+            raise web.HTTPError(400, f"{unknown[0]}: unknown field; valid: 'reason', 'kernels'")
+        reason, kernels = body.get("reason", "stop"), body.get("kernels", True)
+        if reason not in REASONS:
+            raise web.HTTPError(400, f"reason: must be one of {', '.join(REASONS)}, not {str(reason)[:40]!r}")
+        if not isinstance(kernels, bool):
+            raise web.HTTPError(400, f"kernels: must be true or false, not {str(kernels)[:40]!r}")
+        if not self.hibernator.settings.store_url or not self.hibernator.hub.configured:
+            raise web.HTTPError(503, "this server is not started by a Cloudhop hub; there is no store to snapshot to")
+        try:
+            answer = await self.hibernator.take(reason=reason, kernels=kernels)
+        except Busy as err:
+            raise web.HTTPError(409, str(err), reason="busy") from None
+        except StoreError as err:
+            status = 507 if err.status == 413 else 502
+            message = str(err).removeprefix("snapshot store: 413 ")
+            raise web.HTTPError(status, message) from None
+        except Exception as err:  # noqa: BLE001 - a kernel that cannot be checkpointed, a file that changed
+            log.exception("snapshot of this server failed")
+            raise web.HTTPError(500, f"the snapshot failed: {err}") from None
+        self.finish(json.dumps(answer))
