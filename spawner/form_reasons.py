@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from .offers import NO_GPU, Offer
-from .providers import PROVIDERS
+from .providers import PROVIDERS, SPECS
 
 #: the setting that enables providers, as the form names it to users
 PROVIDERS_SETTING = "c.CloudhopSpawner.providers"
@@ -27,7 +27,10 @@ PROVIDERS_SETTING = "c.CloudhopSpawner.providers"
 
 def label(name: str) -> str:
     """A provider's name as a sentence shows it without loading its class: ``AWS``,
-    ``Kubernetes``."""
+    ``Kubernetes``, ``Lambda Cloud``."""
+    spelled = {s.name: s.label for s in SPECS if s.label}
+    if name in spelled:
+        return spelled[name]
     return name.upper() if len(name) <= 3 else name.capitalize()
 
 

@@ -34,5 +34,7 @@ class NoCredentialsAWS(Provider, partial=True):
         raise CredentialsError("no AWS credentials found (looked for a profile and instance role)")
 
 
-class ScriptedLambda(Provider, partial=True):
-    name = "lambda"
+class ScriptedUncatalogued(Provider, partial=True):
+    """A provider Cloudhop has no catalog table for."""
+
+    name = "paperspace"

@@ -44,10 +44,11 @@ def test_h100x8_json_lists_clouds_cheapest_first_at_catalog_prices(capsys):
     code, out, _ = run(capsys, "offers", "--all", "--gpu", "H100", "--count", "8", "--json")
     assert code == 0
     offers = json.loads(out)
-    assert {o["provider"] for o in offers} == {"aws", "gcp"}  # the data has no OCI H100 shape
+    # the data has no OCI H100 shape
+    assert {o["provider"] for o in offers} == {"aws", "gcp", "lambda"}
     prices = [o["price_hour"] for o in offers]
     assert prices == sorted(prices)
-    truth = csv_prices("aws", "gcp", "oci")
+    truth = csv_prices("aws", "gcp", "oci", "lambda")
     for o in offers:
         for field in ("provider", "region", "instance_type", "gpu", "gpu_count", "gpu_memory_gib",
                       "vcpus", "memory_gib", "price_hour", "spot_price_hour"):
@@ -59,7 +60,7 @@ def test_h100x8_json_lists_clouds_cheapest_first_at_catalog_prices(capsys):
 def test_a100x8_spans_aws_gcp_and_oci(capsys):
     code, out, _ = run(capsys, "offers", "--all", "--gpu", "a100", "--count", "8", "--json")
     offers = json.loads(out)
-    assert code == 0 and {o["provider"] for o in offers} == {"aws", "gcp", "oci"}
+    assert code == 0 and {o["provider"] for o in offers} == {"aws", "gcp", "oci", "lambda"}
     assert offers[0]["price_hour"] == min(o["price_hour"] for o in offers)
 
 
@@ -117,7 +118,7 @@ def test_config_sets_providers_and_overrides(tmp_path, capsys, oci_config):
     (["--count", "-1"], "--count: must be from 0 to 16, not -1"),
     (["--count", "99"], "--count: must be from 0 to 16, not 99"),
     (["--provider", "gpc"], "--provider: unknown value 'gpc'; did you mean 'gcp'?"),
-    (["--provider", "lambda"], "--provider: unknown value 'lambda'"),
+    (["--provider", "paperspace"], "--provider: unknown value 'paperspace'"),
     (["--region", "asia-southeast-1"], "--region: unknown value 'asia-southeast-1'; did you mean 'asia-southeast1'?"),
     (["--max-price", "cheap"], "--max-price: must be a number of USD per hour, not 'cheap'"),
     (["--max-price", "-2"], "--max-price: must be a number of USD per hour >= 0"),
@@ -175,7 +176,7 @@ def test_catalog_check_of_one_region_keeps_the_others(tmp_path, capsys):
 @pytest.mark.parametrize("argv,code,says", [
     (["--provider", "awss"], 2, "--provider: unknown value 'awss'; did you mean 'aws'?"),
     (["--provider", "catalog_double:Nope"], 2, "--provider: cannot load 'catalog_double:Nope'"),
-    (["--provider", "catalog_double:ScriptedLambda"], 2, "which has no catalog rows"),
+    (["--provider", "catalog_double:ScriptedUncatalogued"], 2, "which has no catalog rows"),
     (["--provider", "aws", "--region", "mars-1"], 2, "--region: unknown value 'mars-1'"),
     (["--provider", "catalog_double:NoCredentialsAWS"], 1, "aws: credentials: no AWS credentials found"),
 ])
@@ -190,7 +191,7 @@ def test_the_installed_command_runs(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cloudhop.hub.cli", "offers", "--all", "--gpu", "H100", "--count", "8", "--json"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)[0]["provider"] == "gcp"
+    assert json.loads(proc.stdout)[0]["provider"] == "lambda"
 
 
 def test_local_gpus_are_listed_at_the_operator_rate(tmp_path, capsys, monkeypatch):
@@ -263,14 +264,14 @@ def test_only_the_providers_this_hub_can_launch_unless_all(capsys):
     # a plain `cloudhop up` enables the local provider only
     code, out, err = run(capsys, "offers", "--json")
     assert code == 0 and {o["provider"] for o in json.loads(out)} == {"local"}
-    assert "Not shown, as this hub cannot launch them: aws, gcp, oci (not enabled on this hub" in err
+    assert "Not shown, as this hub cannot launch them: aws, gcp, oci, lambda (not enabled on this hub" in err
     code, out, _ = run(capsys, "offers")
     table_lines = out.splitlines()
     assert all(line.split()[0] in ("PROVIDER", "local") for line in table_lines[1:-2])
-    assert table_lines[-1].startswith("Not shown, as this hub cannot launch them: aws, gcp, oci")
+    assert table_lines[-1].startswith("Not shown, as this hub cannot launch them: aws, gcp, oci, lambda")
     assert "--all lists them too" in table_lines[-1]
     code, out, err = run(capsys, "offers", "--all", "--json")
-    assert {o["provider"] for o in json.loads(out)} == {"local", "aws", "gcp", "oci"} and "Not shown" not in err
+    assert {o["provider"] for o in json.loads(out)} == {"local", "aws", "gcp", "oci", "lambda"} and "Not shown" not in err
 
 
 def test_an_enabled_provider_the_hub_cannot_use_is_left_out_with_its_reason(tmp_path, capsys, monkeypatch,
@@ -279,7 +280,7 @@ def test_an_enabled_provider_the_hub_cannot_use_is_left_out_with_its_reason(tmp_
     cfg.write_text("c.CloudhopSpawner.providers = ['local', 'aws']\n")
     code, out, err = run(capsys, "offers", "--config", str(cfg), "--json")
     assert code == 0 and {o["provider"] for o in json.loads(out)} == {"local"}
-    assert "aws (no AWS credentials found" in err and "gcp, oci (not enabled on this hub" in err
+    assert "aws (no AWS credentials found" in err and "gcp, oci, lambda (not enabled on this hub" in err
     # with credentials (as the spawn form asks: found, not tried) the hub can launch on AWS
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE00")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")

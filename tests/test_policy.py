@@ -24,7 +24,7 @@ GROUPS = {
 
 @pytest.fixture(scope="module")
 def offers():
-    return all_catalog_offers()
+    return all_catalog_offers(providers=CLOUDS)
 
 
 @pytest.fixture

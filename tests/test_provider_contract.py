@@ -19,6 +19,7 @@ from hubfixture import free_port
 from tests.cloudkit import HUB_ID, cheapest, spec_for
 from tests.fakes.gcp_compute import FakeCompute
 from tests.fakes.oci_api import FakeOCI
+from tests.new_clouds import NEW_CLOUDS
 
 FAST = {"status_cache_seconds": 0, "retry_base_delay": 0.01}
 OCI_SUBNET = "ocid1.subnet.oc1.eu-amsterdam-1.aaaatest"
@@ -36,7 +37,7 @@ def kubelet(api, namespace: str, stop: threading.Event) -> None:
                     pass
 
 
-@pytest.fixture(params=["aws", "gcp", "oci", "local", "kubernetes"])
+@pytest.fixture(params=["aws", "gcp", "oci", "lambda", "local", "kubernetes"])
 async def cloud(request, monkeypatch, tmp_path, oci_config, kube_api, make_kube_provider):
     """(provider, make_spec(user)) for one provider."""
     if request.param == "aws":
@@ -65,6 +66,9 @@ async def cloud(request, monkeypatch, tmp_path, oci_config, kube_api, make_kube_
                            regions=["eu-amsterdam-1"], **FAST),
                lambda user: spec_for(cheapest("oci", "eu-amsterdam-1", "A10", 1), user=user))
         fake.stop()
+    elif request.param in NEW_CLOUDS:
+        async with NEW_CLOUDS[request.param](monkeypatch) as made:
+            yield made
     elif request.param == "kubernetes":
         p = make_kube_provider()
         assert await p.check_available() is None

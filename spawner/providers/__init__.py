@@ -31,12 +31,14 @@ class ProviderSpec:
     otherwise the provider lists the hardware it sees itself (``Provider.offers()``).
     ``needs_setup``: it has no offers until the operator points it somewhere (a
     cluster), so the CLIs leave it out unless the hub's config enables it.
+    ``label``: how a sentence names it without loading its class (empty: from ``name``).
     """
 
     name: str
     path: str
     catalog: bool = False
     needs_setup: bool = False
+    label: str = ""
 
     @property
     def class_name(self) -> str:
@@ -50,6 +52,8 @@ SPECS = (
     ProviderSpec("aws", "cloudhop.spawner.providers.aws:AWSProvider", catalog=True),
     ProviderSpec("gcp", "cloudhop.spawner.providers.gcp:GCPProvider", catalog=True),
     ProviderSpec("oci", "cloudhop.spawner.providers.oci:OCIProvider", catalog=True),
+    ProviderSpec("lambda", "cloudhop.spawner.providers.lambda_cloud:LambdaProvider", catalog=True,
+                 label="Lambda Cloud"),
     ProviderSpec("kubernetes", "cloudhop.spawner.providers.kubernetes:KubernetesProvider",
                  needs_setup=True),
 )

@@ -1,0 +1,38 @@
+"""Each newer cloud provider (Lambda Cloud, ...) wired to its local API double, as the
+contract suite and the failover tests use them: ``async with NEW_CLOUDS[name](monkeypatch)
+as (provider, make_spec)``, where ``make_spec(user)`` is a launch spec for a cheap
+catalog offer of that cloud."""
+
+from __future__ import annotations
+
+import contextlib
+
+from cloudhop.spawner.catalog import catalog_offers
+from cloudhop.spawner.offers import matching
+from tests.cloudkit import spec_for
+
+FAST = {"status_cache_seconds": 0, "retry_base_delay": 0.01}
+
+
+def cheapest_in_catalog(provider: str, region: str, gpu: str, count: int):
+    found = matching(catalog_offers(provider), provider=provider, region=region, gpu=gpu, gpu_count=count)
+    return min(found, key=lambda o: o.price_hour)
+
+
+@contextlib.asynccontextmanager
+async def lambda_cloud(monkeypatch):
+    from cloudhop.spawner.providers.lambda_cloud import LambdaProvider
+    from tests.fakes.lambda_api import FakeLambda
+
+    fake = FakeLambda(key="contract-key")
+    url = fake.start()
+    monkeypatch.setenv("LAMBDA_API_KEY", "contract-key")
+    offer = cheapest_in_catalog("lambda", "us-east-1", "A10", 1)
+    try:
+        yield (LambdaProvider(api_endpoint=url + "/api/v1", ssh_key_name="k", **FAST),
+               lambda user: spec_for(offer, user=user))
+    finally:
+        fake.stop()
+
+
+NEW_CLOUDS = {"lambda": lambda_cloud}
