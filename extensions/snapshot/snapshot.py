@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import re
 import secrets
 import threading
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from typing import Callable
 import blake3
 
 from .chunking import Chunker, hash_bytes
-from .client import StoreClient
+from .client import StoreClient, StoreError
 from .confined import Confined, RestoreError, UnsafePath
 from .excludes import Excludes, Skipped
 from .manifest import FileEntry, Manifest, check_entry, check_link, check_path, check_tree, link_hash
@@ -35,6 +36,11 @@ log = logging.getLogger(__name__)
 
 class SnapshotError(RuntimeError):
     """A file changed while it was being snapshotted."""
+
+
+class ChunkError(StoreError, RestoreError):
+    """A restore's chunk was missing or corrupt in the store; the message names the files
+    it belongs to (a StoreError and a RestoreError alike, for callers that catch either)."""
 
 
 @dataclass
@@ -227,9 +233,11 @@ def restore_snapshot(
                 offset += length
         total = sum(e.size for e, *_ in plan)
         got = 0
+        received: set[str] = set()
 
         def on_chunk(cid: str, data) -> None:
             nonlocal got
+            received.add(cid)
             for entry, tree, temp, offset in places[cid]:
                 with _refusing(entry.path):
                     fd = tree.open(temp, os.O_WRONLY)
@@ -241,7 +249,10 @@ def restore_snapshot(
             if progress:
                 progress(got, total)
 
-        client.download(list(places), on_chunk)
+        try:
+            client.download(list(places), on_chunk)
+        except StoreError as err:  # a chunk missing or corrupt in the store: name its file
+            raise ChunkError(_chunk_failure(err, places, received), err.status) from None
         for entry, mode, tree, final, temp in plan:
             with _refusing(entry.path):
                 fd = tree.open(temp, os.O_RDONLY)
@@ -267,6 +278,17 @@ def restore_snapshot(
         for tree in roots.values():
             tree.close()
     return done
+
+
+def _chunk_failure(err: StoreError, places: dict, received: set[str]) -> str:
+    """The message of a restore whose chunk download failed with ``err``: the files the
+    failed chunk belongs to (the one ``err`` names, else those not received yet). No file
+    of the restore was put in place yet: each lies in a temporary file until all are in."""
+    named = re.search(r"\b([0-9a-f]{12,64})", str(err))
+    cids = [c for c in places if named and c.startswith(named.group(1))] or [c for c in places if c not in received]
+    paths = sorted({entry.path for cid in cids for entry, *_ in places[cid]})
+    shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    return f"{shown}: could not be restored ({err}); nothing of this restore was written"
 
 
 def _holds(tree: Confined, path: str, entry: FileEntry, mode: int) -> bool:

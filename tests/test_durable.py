@@ -1,0 +1,127 @@
+"""Durable workspaces without a hub: ephemeral local regions really delete a stopped
+server's workspace (and only then), a restore whose chunk is missing or corrupt names
+the file and puts nothing in the workspace, a stop's snapshot call says why it failed,
+and the settings are checked by name."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+from traitlets import TraitError
+
+from cloudhop.extensions.snapshot import Manifest, StoreClient, restore_snapshot, take_snapshot
+from cloudhop.extensions.snapshot.confined import RestoreError
+from cloudhop.extensions.snapshot.snapshot import workspace_dest
+from cloudhop.hub.store_backends import LocalBackend
+from cloudhop.spawner import durable
+from cloudhop.spawner.offers import Offer
+from cloudhop.spawner.providers.base import TAG_HUB, TAG_USER, LaunchSpec
+from cloudhop.spawner.providers.local import LocalProvider
+from cloudhop.spawner.spawner import CloudhopSpawner
+
+from .store_double import ACCESS, StoreHarness
+
+SLEEPER = ["/bin/sh", "-c", "sleep 120 & wait"]
+
+
+# -- ephemeral local regions ---------------------------------------------------------------
+
+@pytest.fixture
+def provider(tmp_path):
+    p = LocalProvider(default_root=str(tmp_path / "ws"), isolation="none", stop_timeout=3,
+                      regions={"gone": {"gpus": "none", "ephemeral": True}, "kept": {"gpus": "none"}})
+    yield p
+    for rec in p._records():
+        p._kill_tree(rec)
+
+
+def _spec(offer: Offer, rid: str, role: str = "notebook") -> LaunchSpec:
+    return LaunchSpec(request_id=rid, offer=offer, cmd=SLEEPER, env={"PATH": "/usr/bin:/bin"},
+                      tags={TAG_HUB: "hub-x", TAG_USER: "ada", "cloudhop-server": rid}, port=9999, role=role)
+
+
+async def test_an_ephemeral_region_deletes_the_workspace_when_its_node_stops(provider):
+    workspaces = {}
+    for region in ("gone", "kept"):
+        offer = next(o for o in provider.offers() if o.region == region)
+        node = await provider.launch(_spec(offer, f"srv-{region}"))
+        workspaces[region] = path = node.info["workspace"]
+        with open(os.path.join(path, "work.txt"), "w") as f:
+            f.write("made on the node\n")
+        os.symlink("/etc", os.path.join(path, "link-out"))  # a link is removed, never followed
+        await provider.terminate(node.id)
+    assert not os.path.exists(workspaces["gone"]), "an ephemeral region keeps no workspace"
+    assert open(os.path.join(workspaces["kept"], "work.txt")).read() == "made on the node\n"
+    assert os.path.isdir("/etc") and os.listdir("/etc")
+
+
+async def test_a_ray_worker_stopping_in_an_ephemeral_region_leaves_the_workspace(provider):
+    offer = next(o for o in provider.offers() if o.region == "gone")
+    node = await provider.launch(_spec(offer, "srv-ray", role="ray-worker"))
+    await provider.terminate(node.id)
+    assert os.path.isdir(node.info["workspace"])
+
+
+def test_the_ephemeral_setting_is_checked_by_name(tmp_path):
+    with pytest.raises((TraitError, ValueError), match=r"c.LocalProvider.regions\['r'\]\['ephemeral'\] must be True or False"):
+        LocalProvider(default_root=str(tmp_path), isolation="none", regions={"r": {"ephemeral": "yes"}})
+
+
+@pytest.mark.parametrize("name", ["hibernate_timeout", "restore_timeout"])
+def test_phase_timeouts_are_checked_by_name(name):
+    with pytest.raises(TraitError, match=rf"c.CloudhopSpawner.{name} must be a number of seconds above 0"):
+        CloudhopSpawner(**{name: 0})
+
+
+# -- a restore whose chunk is missing or corrupt ----------------------------------------
+
+@pytest.fixture
+def store(tmp_path):
+    with StoreHarness(LocalBackend(str(tmp_path / "store")), {"tok": ("alice", [ACCESS])}) as h:
+        yield h
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_a_bad_chunk_fails_the_restore_naming_its_file_and_writes_nothing(store, tmp_path, damage):
+    ws = tmp_path / "ws"
+    (ws / "data").mkdir(parents=True)
+    (ws / "a.txt").write_bytes(b"a" * 50_000)
+    (ws / "data" / "b.bin").write_bytes(os.urandom(300_000))
+    client = StoreClient(store.url, "alice", "tok")
+    sid, manifest, _ = take_snapshot(ws, client)
+    entry = next(e for e in manifest.files if e.path == "data/b.bin")
+    path = store.backend._chunk_path("alice", entry.chunks[-1][0])
+    if damage == "missing":
+        os.unlink(path)
+    else:
+        with open(path, "r+b") as f:
+            f.write(b"\0\1\2")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.txt").write_text("the workspace's own a.txt\n")
+    with pytest.raises(RestoreError, match=r"^data/b\.bin: could not be restored") as err:
+        restore_snapshot(Manifest.loads(client.get_manifest(sid)), client, workspace_dest(str(out)))
+    assert "a.txt" not in str(err.value).split(":")[0]
+    # nothing half-written: the workspace holds the files it held (at most an empty folder
+    # made on the way), no temporary file is left
+    assert sorted(p.name for p in out.rglob("*") if not p.is_dir()) == ["a.txt"]
+    assert (out / "a.txt").read_text() == "the workspace's own a.txt\n"
+    assert [s["id"] for s in client.list_snapshots()] == [sid], "the snapshot stays"
+
+
+# -- the stop's snapshot call --------------------------------------------------------------
+
+async def test_a_stop_whose_node_does_not_answer_says_so():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    with pytest.raises(durable.HibernateError, match="the node is unreachable"):
+        await durable.hibernate(f"http://127.0.0.1:{port}/user/ada/", "tok", kernels=True, timeout=5)
+
+
+def test_sizes_read_as_the_spawn_page_shows_them():
+    assert durable.size_text(int(1.25 * durable.GIB)) == "1.2 GiB"
+    assert durable.size_text(340 << 20) == "340.0 MiB"
+    assert durable.size_text(12) == "12 bytes"
