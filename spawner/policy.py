@@ -42,12 +42,14 @@ import datetime
 import difflib
 import fnmatch
 import html
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from traitlets import Any, Dict, TraitError, validate
+from traitlets import Any, Dict, TraitError, default, validate
 from traitlets.config import Configurable
 
+from .ledger import Ledger, ledger_for
 from .limits import NOTHING, Usage, request_gpus
 from .offers import Offer
 from .optimizer import effective_price
@@ -61,6 +63,8 @@ from .schema import OptionError
 RULES = ("providers", "regions", "gpus", "images", "image_override", "max_gpus", "max_ray_workers",
          "max_servers", "max_price_hour", "budget")
 PERIODS = ("day", "week", "month")
+BUDGET_KEYS = ("usd", "period", "lookahead_minutes", "per")
+BUDGET_PER = ("user", "group")
 DEFAULT_GROUP = "default"
 
 
@@ -92,6 +96,10 @@ class GroupPolicy:
     max_price_hour: float | None = None
     budget_usd: float | None = None
     budget_period: str = "month"
+    #: minutes of the new price (plus the user's other servers) that must fit in what is left
+    budget_lookahead: float = 60.0
+    #: "user": each member spends up to the budget; "group": the members together
+    budget_per: str = "user"
     _gpus_fold: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     # -- single offers --------------------------------------------------------
@@ -183,28 +191,35 @@ class GroupPolicy:
 
     def budget_violation(self, spent_usd: float, price_hour: float | None,
                          others_hour: float = 0.0) -> PolicyError | None:
-        """Refuse when this period's spend has reached the budget, or one more hour of
-        the chosen offer, with ``others_hour`` (USD/hour of the user's other servers),
-        would pass it. None when there is no budget."""
+        """Refuse when this period's spend has reached the budget, or ``budget_lookahead``
+        minutes of the chosen offer, with ``others_hour`` (USD/hour of the user's other
+        servers), would pass it. None when there is no budget."""
         if self.budget_usd is None:
             return None
         g = html.escape(self.group, quote=False)
         left = self.budget_usd - spent_usd
         if left <= 0:
+            whose = "" if self.budget_per == "group" else " on your servers"
             return PolicyError("budget", "budget", self.group,
-                               f"group {g!r} has spent ${spent_usd:.2f} of its ${self.budget_usd:.2f} budget this {self.budget_period}; "
-                               "no new servers until the next period")
-        if price_hour and others_hour and left >= price_hour and price_hour + others_hour > left:
+                               f"group {g!r} has spent ${spent_usd:.2f} of its ${self.budget_usd:.2f} budget this "
+                               f"{self.budget_period}{whose}; no new servers until the next period (budget)")
+        span, hours = _span(self.budget_lookahead), self.budget_lookahead / 60.0
+        if price_hour and others_hour and left >= price_hour * hours and (price_hour + others_hour) * hours > left:
             return PolicyError("budget", "budget", self.group,
-                               f"one hour at ${price_hour:.2f}/h for this server and ${others_hour:.2f}/h for your "
+                               f"{span} at ${price_hour:.2f}/h for this server and ${others_hour:.2f}/h for your "
                                f"other servers is more than the ${left:.2f} left of group {g!r}'s "
                                f"${self.budget_usd:.2f} budget this {self.budget_period} (budget); stop a server "
                                "or pick a cheaper offer")
-        if price_hour is not None and price_hour > left:
+        if price_hour is not None and price_hour * hours > left:
             return PolicyError("budget", "budget", self.group,
-                               f"one hour at ${price_hour:.2f}/h is more than the ${left:.2f} left of group {g!r}'s "
-                               f"${self.budget_usd:.2f} budget this {self.budget_period}; pick a cheaper offer")
+                               f"{span} at ${price_hour:.2f}/h is more than the ${left:.2f} left of group {g!r}'s "
+                               f"${self.budget_usd:.2f} budget this {self.budget_period} (budget); pick a cheaper offer")
         return None
+
+
+def _span(minutes: float) -> str:
+    """The lookahead in words: "one hour", "90 minutes"."""
+    return "one hour" if minutes == 60 else f"{minutes:g} minutes"
 
 
 def _q(value) -> str:
@@ -260,16 +275,22 @@ def parse_group_policy(group: str, raw) -> GroupPolicy:
         return kind(require_number(value, f"{where}[{key!r}]", minimum=0, integer=kind is int,
                                    what="a whole number" if kind is int else "a number"))
 
-    budget_usd, budget_period = None, "month"
+    budget_usd, budget_period, lookahead, per = None, "month", 60.0, "user"
     budget = raw.get("budget")
     if budget is not None:
-        if not isinstance(budget, dict) or set(budget) - {"usd", "period"} or "usd" not in budget:
-            raise TraitError(f"{where}['budget'] must be {{'usd': amount, 'period': 'day'|'week'|'month'}}, not {budget!r}")
+        if not isinstance(budget, dict) or set(budget) - set(BUDGET_KEYS) or "usd" not in budget:
+            raise TraitError(f"{where}['budget'] must be {{'usd': amount, 'period': 'day'|'week'|'month', "
+                             f"'lookahead_minutes': minutes, 'per': 'user'|'group'}}, not {budget!r}")
         usd = budget["usd"]
         require_number(usd, f"{where}['budget']['usd']", minimum=0, what="a number of USD")
         budget_period = budget.get("period", "month")
         if budget_period not in PERIODS:
             raise TraitError(f"{where}['budget']['period'] must be one of {', '.join(PERIODS)}, not {budget_period!r}")
+        lookahead = float(require_number(budget.get("lookahead_minutes", 60), f"{where}['budget']['lookahead_minutes']",
+                                         minimum=0, what="a number of minutes"))
+        per = budget.get("per", "user")
+        if per not in BUDGET_PER:
+            raise TraitError(f"{where}['budget']['per'] must be one of {', '.join(BUDGET_PER)}, not {per!r}")
         budget_usd = float(usd)
     gpus = names("gpus")
     images = raw.get("images")
@@ -292,6 +313,8 @@ def parse_group_policy(group: str, raw) -> GroupPolicy:
         max_price_hour=number("max_price_hour", float),
         budget_usd=budget_usd,
         budget_period=budget_period,
+        budget_lookahead=lookahead,
+        budget_per=per,
         _gpus_fold=frozenset(g.casefold() for g in gpus or ()),
     )
 
@@ -306,18 +329,68 @@ class Policy(Configurable):
         missing: no image option), image_override (an allowed image may replace a
         Kubernetes profile's), max_servers, max_gpus (Ray workers included),
         max_ray_workers (per server), max_price_hour (USD/hour), budget ({"usd": amount,
-        "period": "day"|"week"|"month"}); max_servers, max_gpus, max_price_hour and
+        "period": "day"|"week"|"month", "lookahead_minutes": 60, "per": "user"|"group"}:
+        a new server, resize or move is refused when the period's spend plus
+        lookahead_minutes of its price would pass usd; at 100% the servers stop); max_servers, max_gpus, max_price_hour and
         budget count all of the user's servers. A missing rule (or a missing "default")
         allows everything, but for images. A user in several groups may do what any one
         of them allows.""",
     ).tag(config=True)
 
     spend = Any(
-        None,
         help="""Callable ``spend(user_name, group, since) -> float`` giving the USD spent
-        since ``since`` (a UTC datetime) by the group's servers, for budget checks.
-        None: 0 (no accounting yet), so only a budget smaller than one hour is refused.""",
+        since ``since`` (a UTC datetime), for budget checks: by ``user_name`` for a
+        budget per user, by every member of ``group`` for one per group (``user_name``
+        None). Default: the hub's spend ledger (cloudhop.spawner.ledger). None: 0.""",
     ).tag(config=True)
+
+    @default("spend")
+    def _default_spend(self):
+        return LedgerSpend(ledger_for(self.config))
+
+    def ledger_budgets(self) -> dict[str, float]:
+        """The budgets admins set at runtime (group -> USD), when ``spend`` is the
+        ledger's; they replace the configured ``usd`` of groups that have a budget."""
+        ledger = getattr(self.spend, "ledger", None)
+        return ledger.budgets() if ledger is not None else {}
+
+    def with_budget(self, policy: GroupPolicy, overrides: dict) -> GroupPolicy:
+        if policy.budget_usd is not None and policy.group in overrides:
+            return dataclasses.replace(policy, budget_usd=float(overrides[policy.group]))
+        return policy
+
+    def spent(self, policy: GroupPolicy, user_name: str, now: datetime.datetime | None = None) -> float:
+        """What counts against ``policy``'s budget this period: ``user_name``'s spend, or
+        the whole group's for a budget per group."""
+        if policy.budget_usd is None or self.spend is None:
+            return 0.0
+        who = None if policy.budget_per == "group" else user_name
+        return float(self.spend(who, policy.group, period_start(policy.budget_period, now)))
+
+    def budget_status(self, groups: Iterable[str], user_name: str,
+                      now: datetime.datetime | None = None) -> dict:
+        """Where ``user_name`` stands against the budgets of their groups:
+        ``{"limited": bool, "fraction": float | None, "budgets": [...]}``. ``limited``: every
+        applicable policy has a budget (one without makes the user unlimited, by the
+        union rule); ``fraction``: spent / usd of the policy with the most room (None when
+        not limited); each budget ``{"group", "usd", "period", "per", "lookahead_minutes",
+        "spent", "left", "since"}``."""
+        overrides = self.ledger_budgets()
+        policies = [self.with_budget(p, overrides) for p in self.for_groups(groups)]
+        out = []
+        for p in policies:
+            if p.budget_usd is None:
+                continue
+            spent = self.spent(p, user_name, now)
+            out.append({"group": p.group, "usd": p.budget_usd, "period": p.budget_period, "per": p.budget_per,
+                        "lookahead_minutes": p.budget_lookahead, "spent": round(spent, 6),
+                        "left": round(p.budget_usd - spent, 6),
+                        "since": period_start(p.budget_period, now).isoformat()})
+        limited = bool(out) and len(out) == len(policies)
+        fraction = None
+        if limited:
+            fraction = min((b["spent"] / b["usd"]) if b["usd"] else float("inf") for b in out)
+        return {"limited": limited, "fraction": fraction, "budgets": out}
 
     @validate("groups")
     def _validate_groups(self, proposal):
@@ -374,17 +447,18 @@ class Policy(Configurable):
                      now: datetime.datetime | None = None, others: Usage = NOTHING,
                      spent: dict | None = None) -> None:
         """Refuse (:class:`PolicyError`, field ``budget``) when no applicable policy has
-        budget left for one more hour at ``price_hour`` beside ``others`` (the user's other
-        servers). ``spent``, when given, keeps each group's spend across calls, so
-        checking several offers asks ``spend`` once per group."""
+        budget left for its ``lookahead_minutes`` at ``price_hour`` beside ``others`` (the
+        user's other servers). ``spent``, when given, keeps each group's spend across calls,
+        so checking several offers asks ``spend`` once per group."""
         errors = []
         spent = {} if spent is None else spent
+        overrides = None
         for policy in self.for_groups(groups):
+            if policy.budget_usd is not None:
+                overrides = self.ledger_budgets() if overrides is None else overrides
+                policy = self.with_budget(policy, overrides)
             if policy.group not in spent:
-                spent[policy.group] = 0.0
-                if policy.budget_usd is not None and self.spend is not None:
-                    spent[policy.group] = float(self.spend(user_name, policy.group,
-                                                           period_start(policy.budget_period, now)))
+                spent[policy.group] = self.spent(policy, user_name, now)
             err = policy.budget_violation(spent[policy.group], price_hour, others.price_hour)
             if err is None:
                 return
@@ -405,6 +479,19 @@ def server_price(request: LaunchRequest, notebook: Offer, worker_offers: Iterabl
         parts.append(None if (p := effective_price(first, request.spot)) is None else p * workers)
     known = [p for p in parts if p is not None]
     return round(sum(known), 6) if known else None
+
+
+class LedgerSpend:
+    """``Policy.spend``'s default: the spend ledger's sums (a user's, or a group's when
+    ``user_name`` is None)."""
+
+    def __init__(self, ledger: Ledger):
+        self.ledger = ledger
+
+    def __call__(self, user_name: str | None, group: str, since: datetime.datetime) -> float:
+        if user_name is None:
+            return self.ledger.spent(group=group, since=since)
+        return self.ledger.spent(user=user_name, since=since)
 
 
 def validate_request(raw, offers: list[Offer], policy: Policy, groups: Iterable[str], *,

@@ -34,6 +34,8 @@ from . import durable
 from .failover import launch_first, launch_id
 from .form_reasons import no_gpu_reasons, provider_choices
 from .limits import Usage, usage_of, user_lock
+from . import spend
+from .ledger import Ledger, LedgerError, ledger_for
 from .offers import Offer
 from .options import LaunchRequest, options_from_form
 from .schema import MAX_GPUS, MAX_RAY_WORKERS, OptionError
@@ -493,10 +495,16 @@ class CloudhopSpawner(Spawner):
         # user's lock: two spawns started at once are checked one after the other
         async with user_lock(self.user):
             try:
+                self.ledger.check_writable()  # a server whose spend cannot be counted never starts
                 prices = self.check_limits(request, ranked, offers, usage_of(self.user, exclude=self))
             except PolicyError as err:
                 raise Refused(str(err), reason="budget" if err.rule == "budget" else "policy",
                               status_code=err.status_code) from None
+            except LedgerError as err:  # spend that cannot be counted is not spent
+                self.log.error("%s: refused: %s", self._log_name, err)
+                raise Refused("the hub cannot record spend now (its ledger cannot be written), so it starts no "
+                              "new servers; the operator has been told in the hub's log",
+                              reason="ledger", status_code=503) from None
             self._never_ran = False  # past every refusal: from here on it is a server that ran
             ranked = [o for o in ranked if o.key in prices]
             node, spawn_id, head = await self._launch(request, ranked, offers, ray, prices)
@@ -556,9 +564,20 @@ class CloudhopSpawner(Spawner):
                                                   policy=self.policy, groups=self.user_groups(),
                                                   user=self.user.name, others=usage_of(self.user, exclude=self))
 
+    @property
+    def ledger(self) -> Ledger:
+        """The spend ledger (:mod:`.ledger`) this server's nodes are recorded in."""
+        return ledger_for(self.config)
+
+    @property
+    def spend_usd(self) -> float | None:
+        """USD spent by the nodes this server runs now, since their launch (None: none run)."""
+        return spend.server_spend(self)
+
     def _save_state(self) -> None:
         """Write state to the hub's database now, so a hub killed mid-start still knows
-        which nodes this server owns."""
+        which nodes this server owns; its nodes' spend intervals follow (:mod:`.spend`)."""
+        spend.record(self)
         orm = getattr(self, "orm_spawner", None)
         try:  # the session the hub loaded this server's row with (Spawner.db is deprecated)
             db = object_session(orm) if orm is not None else None
@@ -598,6 +617,7 @@ class CloudhopSpawner(Spawner):
             return 1
         if self.ray_cluster is not None:
             await self.ray_launcher.refresh(self._log_name)  # a dead worker is reported, the server stays
+        spend.record(self)  # an interval a hub killed before its write missed opens now
         return None
 
     async def stop(self, now: bool = False):
@@ -618,6 +638,7 @@ class CloudhopSpawner(Spawner):
         self.nodes = []
         self.node = None
         self.hibernated_snapshot = None
+        spend.record(self)  # the terminated nodes' intervals close
 
     # -- hibernate and resume (:mod:`.durable`) ----------------------------------
 

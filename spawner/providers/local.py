@@ -58,7 +58,7 @@ from ..gpus import GPU, probe_gpus
 from ..hubid import kept_secret
 from ..offers import NO_GPU, SHARED_SUFFIX, Offer
 from ..procs import stop_processes
-from ..validate import check_number
+from ..validate import check_number, require_number
 from . import workspaces
 from .accounts import Account, check_template, ensure_account, system_username
 from .base import (
@@ -110,7 +110,8 @@ class LocalProvider(Provider):
     regions = Dict(
         help="""Regions of this machine: name -> {"gpus": "all" | "none" | "0,1" (NVML
         indices or GPU UUIDs), "root": folder holding that region's workspaces,
-        "share_gpus": N (each whole GPU time-shared by up to N servers)}. The
+        "share_gpus": N (each whole GPU time-shared by up to N servers), "price_hour":
+        USD per hour of a server there (replaces cpu_price_hour; GPUs' prices add to it)}. The
         default is one region, "local", with all GPUs. A region's root defaults to
         <default_root>/<region>.""",
     ).tag(config=True)
@@ -199,10 +200,12 @@ class LocalProvider(Provider):
                 raise ValueError(f"{where}: region names are letters, digits, '.', '_' and '-'")
             if not isinstance(conf, dict):
                 raise ValueError(f"{where} must be a dict like {{'gpus': 'all'}}, not {conf!r}")
-            unknown = set(conf) - {"gpus", "root", "share_gpus", "ephemeral"}
+            unknown = set(conf) - {"gpus", "root", "share_gpus", "ephemeral", "price_hour"}
             if unknown:
                 raise ValueError(f"{where}: unknown setting(s) {sorted(unknown)}; valid: 'gpus', 'root', "
-                                 "'share_gpus', 'ephemeral'")
+                                 "'share_gpus', 'ephemeral', 'price_hour'")
+            if "price_hour" in conf:
+                require_number(conf["price_hour"], f"{where}['price_hour']", minimum=0, what="a number of USD per hour")
             if not isinstance(conf.get("ephemeral", False), bool):
                 raise ValueError(f"{where}['ephemeral'] must be True or False, not {conf['ephemeral']!r}")
             share = conf.get("share_gpus", 1)
@@ -322,9 +325,12 @@ class LocalProvider(Provider):
         out = []
         for name in self.regions:
             share = self.region(name).share_gpus
+            # a region's own price (the machine's, per server) replaces cpu_price_hour and
+            # is added to each GPU's
+            base = float(self.regions[name].get("price_hour", 0.0))
             out.append(Offer(
                 provider="local", region=name, instance_type="cpu", gpu=NO_GPU, gpu_count=0,
-                vcpus=cpus, memory_gib=mem, price_hour=self.cpu_price_hour,
+                vcpus=cpus, memory_gib=mem, price_hour=float(self.regions[name].get("price_hour", self.cpu_price_hour)),
                 spot_price_hour=None, note="this machine", available=1,
             ))
             by_model: dict[str, list[GPU]] = {}
@@ -337,7 +343,7 @@ class LocalProvider(Provider):
                     out.append(Offer(
                         provider="local", region=name, instance_type=f"{model}{SHARED_SUFFIX}",
                         gpu=model + SHARED_SUFFIX, gpu_count=1, gpu_memory_gib=gpus[0].memory_gib,
-                        vcpus=cpus, memory_gib=mem, price_hour=round(rate / share, 4),
+                        vcpus=cpus, memory_gib=mem, price_hour=round(base + rate / share, 4),
                         spot_price_hour=None, gpu_shared_by=share, available=seats,
                         note=f"{seats} of {share * len(gpus)} shares free; each GPU shared by up to {share}",
                     ))
@@ -348,7 +354,7 @@ class LocalProvider(Provider):
                     out.append(Offer(
                         provider="local", region=name, instance_type=f"{model}x{k}",
                         gpu=model, gpu_count=k, gpu_memory_gib=gpus[0].memory_gib,
-                        vcpus=cpus, memory_gib=mem, price_hour=round(rate * k, 4),
+                        vcpus=cpus, memory_gib=mem, price_hour=round(base + rate * k, 4),
                         spot_price_hour=None, note=f"{free} of {len(gpus)} free",
                         available=free // k,
                     ))

@@ -1,0 +1,85 @@
+"""A server's spend: its nodes as ledger intervals (:mod:`.ledger`), and what it cost.
+
+:func:`record` keeps the ledger's open intervals of one server equal to the nodes its
+state lists (``spawner.nodes``: the notebook node and each Ray worker; and the nodes a
+stop kept because their snapshot failed, ``spawner.kept``). The spawner
+calls it whenever it saves its state (a launch, a worker added or removed), after a
+stop, and at each poll (so a hub killed between a launch and its ledger write opens the
+interval at its next poll, from the launch time the state keeps). Each node is priced at
+launch: the notebook at its offer's price in the request's mode (spot or on-demand),
+a worker at its own offer's price in the cluster's mode; an unknown price counts as 0.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .ledger import LedgerError, Wanted
+from .optimizer import effective_price
+from .state import NOTEBOOK_ROLE, NodeRef
+
+
+def _launched_at(spawner, node_id: str, now: float) -> float:
+    """When the notebook node was launched: its attempt's start, else the node's own
+    ``launched_at``, else now."""
+    for attempt in spawner.attempts or []:
+        if attempt.get("node") == node_id and isinstance(attempt.get("started"), (int, float)):
+            return float(attempt["started"])
+    node = spawner.node
+    launched = (node.info or {}).get("launched_at") if node is not None and node.id == node_id else None
+    return float(launched) if isinstance(launched, (int, float)) else now
+
+
+def wanted(spawner, now: float | None = None) -> list[Wanted]:
+    """The intervals ``spawner``'s nodes should have open, priced."""
+    now = time.time() if now is None else now
+    spot = bool(spawner.request and spawner.request.spot)
+    cluster = spawner.ray_cluster
+    workers = {w.get("id"): w for w in (cluster.workers if cluster is not None else [])}
+    offers = {o.key: o for o in (cluster.offers if cluster is not None else [])}
+    out = []
+    # nodes a stop kept (its snapshot failed) still run, and still cost
+    kept = [n for k in getattr(spawner, "kept", None) or [] for n in k.get("nodes") or [] if isinstance(n, dict)]
+    for ref in map(NodeRef.from_dict, [*(spawner.nodes or []), *kept]):
+        if not ref.provider or not ref.id:
+            continue
+        if ref.role == NOTEBOOK_ROLE:
+            offer, mode, t0 = spawner.offer, spot, _launched_at(spawner, ref.id, now)
+        else:
+            w = workers.get(ref.id) or {}
+            offer, mode = offers.get(w.get("offer")), bool(cluster is not None and cluster.spot)
+            t0 = float(w["started"]) if isinstance(w.get("started"), (int, float)) else now
+        price = effective_price(offer, mode) if offer is not None else None
+        out.append(Wanted(provider=ref.provider, node=ref.id, role=ref.role or NOTEBOOK_ROLE,
+                          region=ref.region, offer=offer.key if offer is not None else None,
+                          usd_hour=float(price or 0.0), t0=t0))
+    return out
+
+
+def groups_of(spawner) -> list[str]:
+    """The policy groups a server's spend counts for: those that apply to its user."""
+    return [p.group for p in spawner.policy.for_groups(spawner.user_groups())]
+
+
+def record(spawner) -> bool:
+    """Bring the ledger in line with ``spawner``'s nodes; False (and an error in the log)
+    when the ledger cannot be written: the next save or poll tries again."""
+    try:
+        spawner.ledger.sync_server(spawner.user.name, spawner.name or "", groups_of(spawner), wanted(spawner))
+    except LedgerError as err:
+        spawner.log.error("Spend of %s is not recorded: %s", spawner._log_name, err)
+        return False
+    return True
+
+
+def server_spend(spawner, now: float | None = None) -> float | None:
+    """USD spent by the server's nodes now running (since their launch); None when it
+    runs none."""
+    if not spawner.nodes:
+        return None
+    try:
+        rows = spawner.ledger.intervals(user=spawner.user.name, server=spawner.name or "", open_only=True)
+    except LedgerError:
+        return None
+    now = time.time() if now is None else now
+    return round(sum(i.usd(i.t0, now) for i in rows), 4)
