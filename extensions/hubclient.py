@@ -199,3 +199,8 @@ class HubClient:
             if not nxt:
                 return out
             offset = nxt["offset"]
+    async def report_activity(self, body: dict) -> dict:
+        """Report this server's activity and GPU readings (:mod:`cloudhop.hub.culling_api`);
+        returns the hub's answer, ``{"cull": ...}``."""
+        return await self.request("POST", self._own_path("activity"), body, timeout=20)
+

@@ -9,6 +9,7 @@
     POST {server}/cloudhop/api/snapshots           snapshot this server into its own line (hibernate.py)
     GET  {server}/cloudhop/api/info                where this server runs (provider, region, GPU), its price and spend
     GET  {server}/cloudhop/api/gpus                live use of this server's GPUs (NVML), or why there are none
+    GET|POST {server}/cloudhop/api/activity        the cull the hub plans; POST: keep running (activity.py)
     GET  {server}/cloudhop/api/offers              offers this user may move to (policy-filtered, from the hub),
                                                    a move's targets cheapest first, and what a move leaves out
 
@@ -23,7 +24,7 @@ import os
 
 from jupyter_server.utils import url_path_join
 
-from . import ray_api
+from . import activity, ray_api
 from .examples import offer_examples
 from .handlers import AcceptHandler
 from .handlers import GPUsHandler, InfoHandler, MigrationHandler, MigrationsHandler, OffersHandler, RestoreHandler
@@ -62,3 +63,4 @@ def _load_jupyter_server_extension(serverapp):
     ray_api.load(serverapp)  # Ray status, resize and dashboard routes (docs/ray.md)
     offer_examples(serverapp)  # the example notebooks, once per new workspace (examples.py)
     serverapp.log.info("Cloudhop server extension loaded")
+    activity.load(serverapp, hub)  # activity reports and the cull warning (activity.py)

@@ -117,8 +117,10 @@ from cloudhop.hub.move_reconciler import add_move_reconciler  # noqa: E402
 
 add_move_reconciler(c, data_dir=str(data_dir))
 
-# idle culling (`cloudhop up --cull-idle MINUTES`): JupyterHub's idle culler stops
-# servers nobody has used for that long; stopping terminates their nodes and workers
+# idle culling (cloudhop.hub.culling): the groups' idle_minutes (per GPU type) and
+# max_hours in c.Policy.groups, and `cloudhop up --cull-idle MINUTES` for the rest; a
+# bad rule stops the hub here, naming it. A cull is a normal stop of the server.
+from cloudhop.hub.culling import CullSettings  # noqa: E402
 from cloudhop.hub.services import add_idle_culler  # noqa: E402
 
 if int(os.environ.get("CLOUDHOP_CULL_IDLE") or 0) > 0:
@@ -129,4 +131,6 @@ if int(os.environ.get("CLOUDHOP_CULL_IDLE") or 0) > 0:
 # deprecated setting holds only the operator's own routes
 from cloudhop.hub.app import leave_routes_to_the_app  # noqa: E402
 
+elif CullSettings.from_config(c).any_limit:
+    add_idle_culler(c)
 leave_routes_to_the_app(c)

@@ -9,6 +9,7 @@ watches its parent process and exits when the hub that started it is gone.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import sys
 
@@ -124,20 +125,39 @@ def exit_with_hub(interval_ms: int = 1000) -> None:
         loop.asyncio_loop.add_signal_handler(sig, loop.stop)
 
 
-#: what the idle culler's token may do
-CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+#: what the idle culler's token may do: list users and their groups, read servers'
+#: activity and state (the GPU type a server runs on), stop servers
+CULLER_SCOPES = ["list:users", "read:users:activity", "read:users:groups", "read:servers",
+                 "admin:server_state", "delete:servers"]
 
 
-def add_idle_culler(c, *, timeout: int, every: int | None = None) -> dict:
-    """Stop servers idle (no kernel or browser activity reported) for ``timeout``
-    seconds, checking every ``every`` seconds, with JupyterHub's own idle culler.
-    Stopping a Cloudhop server terminates its nodes and Ray workers."""
-    require_number(timeout, "the idle culler's timeout", minimum=0, strict=True, integer=True)
-    every = every or max(10, min(300, timeout // 4))
+def add_idle_culler(c, *, timeout: int | None = None, every: int | None = None) -> dict:
+    """Stop servers whose time is up under the culling policy (:mod:`.culling`): idle
+    for their group's ``idle_minutes`` (per GPU type) or running past ``max_hours``, with
+    ``timeout`` seconds (when given) as the idle limit where no group rule applies,
+    checking every ``every`` seconds (default: ``c.CloudhopCuller.every``, else a quarter
+    of the shortest limit). jupyterhub-idle-culler does the stopping; a cull is a normal
+    hub stop. Servers report their activity (busy kernels, GPU use) every
+    ``c.CloudhopCuller.report_seconds`` and warn their user before a cull."""
+    from .culling import GPU_BUSY_ENV, REPORT_ENV, SETTINGS_ENV, CullSettings
+
+    if timeout is not None:
+        require_number(timeout, "the idle culler's timeout", minimum=0, strict=True, integer=True)
+    settings = CullSettings.from_config(c, idle_minutes=None if timeout is None else timeout / 60)
+    settings = dataclasses.replace(settings, enabled=True)
+    every = every or settings.check_every()
+    c.CloudhopCuller.enabled = True
+    env = setting(c, "Spawner", "environment", {})
+    env.setdefault(REPORT_ENV, str(min(settings.report_seconds, every)))
+    env.setdefault(GPU_BUSY_ENV, f"{settings.gpu_busy_percent:g}")
+    c.Spawner.environment = env
+    # the default idle limit goes in --timeout too, so the culler's own log says it
     service = {
         "name": "cloudhop-idle-culler",
-        "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={timeout}",
-                    f"--cull-every={every}", "--remove-named-servers=false"],
+        "command": [sys.executable, "-m", "cloudhop.hub.culling_service",
+                    f"--timeout={int((settings.idle_minutes or 0) * 60) or 3600 * 24 * 365}",
+                    f"--cull-every={every}", "--remove-named-servers=false", "--config="],
+        "environment": {SETTINGS_ENV: settings.to_json()},
         "display": False,
     }
     add_service(c, service, {"name": "cloudhop-idle-culler", "scopes": CULLER_SCOPES,

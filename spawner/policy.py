@@ -22,7 +22,8 @@ runs), ``image_override`` (True: an allowed image may replace the image a Kubern
 profile names; otherwise the profile's image wins), ``max_servers`` (servers at once,
 named ones included), ``max_gpus``, ``max_ray_workers`` (per server),
 ``max_price_hour`` (USD/hour, spot price when spot), ``budget`` (``{"usd": amount,
-"period": "day" | "week" | "month"}``).
+"period": "day" | "week" | "month"}``); ``idle_minutes`` and ``max_hours`` are the
+culling rules (:mod:`.cull_rules`).
 
 ``max_servers``, ``max_gpus``, ``max_price_hour`` and ``budget`` count **all of the
 user's servers** (:mod:`.limits`): each one's notebook and Ray workers, running or
@@ -53,6 +54,7 @@ from .ledger import Ledger, ledger_for
 from .limits import NOTHING, Usage, request_gpus
 from .offers import Offer
 from .optimizer import effective_price
+from .cull_rules import CULL_RULES, CullRuleError, parse_cull_rules
 from .validate import require_number
 from .options import LaunchRequest, parse_options
 from .providers import PROVIDERS
@@ -248,10 +250,14 @@ def parse_group_policy(group: str, raw) -> GroupPolicy:
     if not isinstance(raw, dict):
         raise TraitError(f"{where} must be a dict of rules ({', '.join(RULES)}), not {raw!r}")
     for key in raw:
-        if key not in RULES:
-            close = difflib.get_close_matches(str(key), RULES, n=1)
+        if key not in RULES + CULL_RULES:
+            close = difflib.get_close_matches(str(key), RULES + CULL_RULES, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise TraitError(f"{where}: unknown rule {key!r}{hint} Rules: {', '.join(RULES)}")
+            raise TraitError(f"{where}: unknown rule {key!r}{hint} Rules: {', '.join(RULES + CULL_RULES)}")
+    try:
+        parse_cull_rules(where, raw)
+    except CullRuleError as err:
+        raise TraitError(str(err)) from None
 
     def names(key, valid=None):
         value = raw.get(key)

@@ -31,6 +31,7 @@ from jupyterhub.utils import random_port
 from traitlets import Bool, Float, List, Unicode, default, validate
 
 from . import durable
+from .events import announce
 from .failover import launch_first, launch_id
 from .form_reasons import no_gpu_reasons, provider_choices
 from .limits import Usage, usage_of, user_lock
@@ -464,22 +465,31 @@ class CloudhopSpawner(Spawner):
             self._progress(f"{attempt.offer}: {attempt.reason} ({attempt.error}); trying the next offer")
         else:
             self._progress(f"{attempt.offer}: node {attempt.node} launched", 40)
+            announce("attempt", provider=attempt.offer.split("/", 1)[0], outcome=attempt.state,
+                     reason=attempt.reason, seconds=attempt.seconds)
 
     async def start(self):
         self._events = []  # a new list: see progress()
         try:
-            return await self._start()
+            url = await self._start()
+            status = "ready"
+            return url
         except SpawnException as err:
             shown_plainly(err)
             if refused(err) and self._never_ran:
                 forget_after_refusal(self)
+        began, status = time.monotonic(), "failed"
             raise
 
     async def _start(self):
         self.attempts = []
+            status = "refused" if refused(err) else status
         self.serving = False
         self.hibernated_snapshot = None
         request = await self.parse_request()
+        finally:  # the hub's metrics (events.py)
+            announce("spawn", provider=self.offer.provider if self.offer else "none", status=status,
+                     seconds=time.monotonic() - began)
         self.request = request
         self.restore_id = await self._pick_restore(request)
         offers = await self.user_offers()

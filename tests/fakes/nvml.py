@@ -55,6 +55,15 @@ def nvmlDeviceGetMemoryInfo(h):
     return SimpleNamespace(total=total, free=total, used=0)
 
 
+def nvmlDeviceGetUtilizationRates(h):
+    """``"utilization"`` (percent, default 0) of the device's dict."""
+    return SimpleNamespace(gpu=int(h.get("utilization", 0)), memory=0)
+
+
+def nvmlDeviceGetTemperature(h, sensor=0):
+    return int(h.get("temperature", 40))
+
+
 def nvmlDeviceGetMigMode(h):
     if "mig" not in h:
         raise NVMLError("Not Supported")
