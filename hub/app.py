@@ -34,10 +34,9 @@ def cloudhop_routes() -> list[tuple]:
     from . import tokens_api
     from .offers_api import handlers as offers_handlers
     from .ray_api import handlers as ray_handlers
-    from .culling_api import handlers as activity_handlers  # servers' activity reports
+    from .snapshots_api import handlers as snapshot_handlers  # snapshot lines, class snapshots
 
-    return [*offers_handlers(), *tokens_api.handlers(), *ray_handlers(),
-            *activity_handlers()]
+    return [*offers_handlers(), *tokens_api.handlers(), *ray_handlers(), *snapshot_handlers()]
 
 
 def leave_routes_to_the_app(c) -> None:
@@ -57,9 +56,6 @@ class CloudhopHub(JupyterHub):
 
     def init_handlers(self):
         super().init_handlers()
-        from . import metrics
-
-        metrics.install(self)  # Cloudhop's families on /hub/metrics
         operators = [tuple(h) for h in self.extra_handlers]
         ours = [h for h in cloudhop_routes() if h not in operators]
         # first: JupyterHub's own API ends in a catch-all 404 for /hub/api/

@@ -10,7 +10,7 @@ a message naming it (``c.CloudhopReaper.grace must be ...``). The checks are tho
 
 from __future__ import annotations
 
-from traitlets import Bool, Dict, Integer, validate
+from traitlets import Bool, Dict, Integer, List, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from cloudhop.spawner.validate import Number, SettingError, check_number, require_url, setting_name
@@ -37,6 +37,20 @@ class CloudhopStore(LoggingConfigurable):
         "snapshots count once; snapshots are not removed by themselves). An upload past it is "
         "refused with a 413 naming the quota and the usage. 0: no limit.",
     ).tag(config=True)
+
+    keep_snapshots = Integer(
+        5, help="Snapshots each server's line keeps (a user's server name: its hibernations, "
+        "moves, rescues and class copies); storing one more deletes the oldest, and its chunks "
+        "no kept snapshot uses go at the next garbage collection. At least 1.",
+    ).tag(config=True)
+    class_publishers = List(
+        Unicode(), help="Groups whose members may publish class snapshots (admins always may). "
+        "Empty: admins only.",
+    ).tag(config=True)
+
+    @validate("keep_snapshots")
+    def _check_keep(self, proposal):
+        return check_number(proposal, minimum=1, integer=True, unit="snapshots")
 
     @validate("port")
     def _check_port(self, proposal):

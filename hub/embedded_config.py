@@ -125,12 +125,12 @@ from cloudhop.hub.services import add_idle_culler  # noqa: E402
 
 if int(os.environ.get("CLOUDHOP_CULL_IDLE") or 0) > 0:
     add_idle_culler(c, timeout=int(os.environ["CLOUDHOP_CULL_IDLE"]))
+elif CullSettings.from_config(c).any_limit:
+    add_idle_culler(c)
 
 # the store's config function (shared with a plain `jupyterhub -f`) lists Cloudhop's hub
 # APIs in c.JupyterHub.extra_handlers; CloudhopHub registers them instead, so that
 # deprecated setting holds only the operator's own routes
 from cloudhop.hub.app import leave_routes_to_the_app  # noqa: E402
 
-elif CullSettings.from_config(c).any_limit:
-    add_idle_culler(c)
 leave_routes_to_the_app(c)

@@ -8,7 +8,8 @@ publication, also the manifests of the users who borrow from it, see
 * chunks *claimed* in the last ``grace`` seconds (:class:`Claims`): the store claims
   each chunk a client asks about (``chunks/missing``: a present chunk is one the client
   will not send again), sends (a pack) or gets an upload URL for, so the chunks of a
-  snapshot being written, whose manifest is not stored yet, survive; and
+  snapshot being written, whose manifest is not stored yet, survive; storing the
+  manifest releases its chunks' claims (the manifest marks them now); and
 * chunks stored less than ``grace`` seconds ago (an upload straight to a bucket the
   store has not heard of since it restarted).
 
@@ -45,6 +46,12 @@ class Claims:
         for cid in ids:
             seen[cid] = now
 
+    def release(self, ns: str, ids) -> None:
+        """Drop the claims on ``ids`` (a stored manifest now references them)."""
+        seen = self._at.get(ns, {})
+        for cid in ids:
+            seen.pop(cid, None)
+
     def recent(self, ns: str, grace: float) -> set[str]:
         """The chunks of ``ns`` claimed within ``grace`` seconds (older claims dropped)."""
         since = self.clock() - grace
@@ -75,13 +82,14 @@ def referenced(backend: Backend, ns: str) -> set[str]:
 
 
 def sweep(backend: Backend, ns: str, marked: set[str], *, protected: set[str] = frozenset(),
-          grace: float = GRACE_SECONDS, now: float | None = None) -> Collected:
-    """Delete ``ns``'s chunks neither ``marked`` nor ``protected`` and older than ``grace``."""
+          min_age: float = GRACE_SECONDS, now: float | None = None) -> Collected:
+    """Delete ``ns``'s chunks neither ``marked`` nor ``protected`` and stored at least
+    ``min_age`` seconds ago."""
     now = time.time() if now is None else now
     out = Collected(ns)
     doomed = []
     for cid, size, modified in backend.list_chunks(ns):
-        if cid in marked or cid in protected or modified > now - grace:
+        if cid in marked or cid in protected or modified > now - min_age:
             out.kept += 1
             continue
         doomed.append(cid)
@@ -92,9 +100,11 @@ def sweep(backend: Backend, ns: str, marked: set[str], *, protected: set[str] = 
 
 
 def collect(backend: Backend, ns: str, *, claims: Claims | None = None, grace: float = GRACE_SECONDS,
-            extra_marks: set[str] = frozenset()) -> Collected:
-    """Mark and sweep ``ns`` (``extra_marks``: chunks referenced from elsewhere)."""
+            min_age: float | None = None, extra_marks: set[str] = frozenset()) -> Collected:
+    """Mark and sweep ``ns``: chunks claimed within ``grace`` seconds are kept, and those
+    stored within ``min_age`` (default ``grace``); ``extra_marks``: chunks referenced from
+    elsewhere."""
     marked = referenced(backend, ns) | set(extra_marks)
     protected = claims.recent(ns, grace) if claims is not None else set()
-    return sweep(backend, ns, marked, protected=protected, grace=grace)
+    return sweep(backend, ns, marked, protected=protected, min_age=grace if min_age is None else min_age)
 

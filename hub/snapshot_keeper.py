@@ -20,7 +20,7 @@ import logging
 
 from . import snapshot_classes as classes
 from . import snapshot_line as line
-from .snapshot_gc import GRACE_SECONDS, Claims, Collected, collect, sweep
+from .snapshot_gc import GRACE_SECONDS, Claims, Collected, collect, referenced, sweep
 from .store_backends import Backend, BackendError, manifest_chunk_ids, new_snapshot_id
 from .store_quota import Quotas
 
@@ -39,11 +39,12 @@ class Refused(Exception):
 
 class Keeper:
     def __init__(self, backend: Backend, quotas: Quotas, *, keep: int = 5, grace: float = GRACE_SECONDS,
-                 collect_delay: float = COLLECT_DELAY):
+                 min_age: float | None = None, collect_delay: float = COLLECT_DELAY):
         self.backend = backend
         self.quotas = quotas
         self.keep = keep
         self.grace = grace
+        self.min_age = grace if min_age is None else min_age
         self.collect_delay = collect_delay
         self.claims = Claims()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -93,6 +94,8 @@ class Keeper:
             summary = line.summarize(sid, data, server=server, borrows=[ns for ns in where if ns != user])
             await self.run(self.backend.put_object, user, f"{sid}.json", body)
             await self.run(line.write_summary, self.backend, user, summary)
+            for ns, part in where.items():
+                self.claims.release(ns, part)
             pruned = []
             if server is not None:
                 pruned = await self.run(line.prune, self.backend, user, server, self.keep)
@@ -112,7 +115,8 @@ class Keeper:
     async def collect_user(self, user: str) -> Collected:
         """Mark and sweep ``user``'s namespace, then recount their quota."""
         async with self.lock(user):
-            out = await self.run(collect, self.backend, user, claims=self.claims, grace=self.grace)
+            out = await self.run(collect, self.backend, user, claims=self.claims, grace=self.grace,
+                                 min_age=self.min_age)
         await self.quotas.recount(user)
         log.info("collected %s: %d chunks deleted (%d bytes), %d kept", user, out.deleted, out.freed, out.kept)
         return out
@@ -126,10 +130,8 @@ class Keeper:
                 marked = await self.run(classes.marks, self.backend, ns)
 
                 def mark_and_sweep(ns=ns, marked=marked):
-                    from .snapshot_gc import referenced
-
                     done = sweep(self.backend, ns, referenced(self.backend, ns) | marked,
-                                 protected=self.claims.recent(ns, self.grace), grace=self.grace)
+                                 protected=self.claims.recent(ns, self.grace), min_age=self.min_age)
                     if not line.snapshot_ids(self.backend, ns) and done.kept == 0:
                         classes.forget_publication(self.backend, ns)
                     return done

@@ -496,19 +496,19 @@ class HealthHandler(web.RequestHandler):
 
 
 def make_app(backend: Backend, hub_auth: HubAuth, prefix: str, *, quota_bytes: int | None = None,
-             keep: int = DEFAULT_KEEP, hub_key: str | None = None, grace: float | None = None,
-             keeper: Keeper | None = None) -> web.Application:
+             keep: int = DEFAULT_KEEP, hub_key: str | None = None, keeper: Keeper | None = None,
+             **keeper_options) -> web.Application:
     """The store's tornado application; ``prefix`` ends with ``/``; ``quota_bytes``: what
     each user may keep (None: no limit); ``keep``: snapshots each server's line keeps;
     ``hub_key``: the secret the hub's own calls carry (:mod:`.snapshot_hub_routes`;
-    None: no such routes); ``grace``: seconds a chunk is safe from collection after it was
-    claimed or stored (:mod:`.snapshot_gc`)."""
+    None: no such routes); ``keeper_options``: the :class:`.snapshot_keeper.Keeper`'s
+    (``grace``, ``min_age``, ``collect_delay``: :mod:`.snapshot_gc`)."""
     from .snapshot_hub_routes import hub_routes  # it builds on this module's handlers
 
     u = r"(?P<user>[^/]+)"
     quotas = Quotas(backend, quota_bytes)
     if keeper is None:
-        keeper = Keeper(backend, quotas, keep=keep, **({} if grace is None else {"grace": grace}))
+        keeper = Keeper(backend, quotas, keep=keep, **keeper_options)
     kw = {"backend": backend, "hub_auth": hub_auth, "quotas": keeper.quotas, "keeper": keeper}
     routes = [
         (rf"{prefix}api/users/{u}/chunks/missing", MissingHandler, kw),
@@ -551,12 +551,26 @@ def quota_from_env(env=os.environ) -> int | None:
     return int(gib * GIB) or None
 
 
+def keep_from_env(env=os.environ) -> int:
+    """Snapshots each server's line keeps, from ``CLOUDHOP_STORE_KEEP_SNAPSHOTS``."""
+    text = env.get("CLOUDHOP_STORE_KEEP_SNAPSHOTS", "").strip() or str(DEFAULT_KEEP)
+    try:
+        value = int(text)
+    except ValueError:
+        value = text  # refused below, by name
+    try:
+        return require_number(value, "CLOUDHOP_STORE_KEEP_SNAPSHOTS", minimum=1, integer=True, unit="snapshots")
+    except SettingError as err:
+        raise SystemExit(str(err)) from None
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s cloudhop-store] %(message)s")
     url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE_NAME}/")
     backend = backend_from_env()
-    app = make_app(backend, HubAuth(cache_max_age=AUTH_CACHE_SECONDS), prefix, quota_bytes=quota_from_env())
+    app = make_app(backend, HubAuth(cache_max_age=AUTH_CACHE_SECONDS), prefix, quota_bytes=quota_from_env(),
+                   keep=keep_from_env(), hub_key=os.environ.get("CLOUDHOP_STORE_HUB_KEY") or None)
     server = httpserver.HTTPServer(app, max_body_size=MAX_BODY)
     server.listen(url.port or 80, url.hostname or "127.0.0.1")
     log.info("snapshot store (%s backend) on %s%s", type(backend).__name__, url.geturl(), prefix)
@@ -649,7 +663,12 @@ def add_store_service(c, *, data_dir: str, port: int, public_url: str | None = N
         environment.update(hub_credentials(env))
     from .config import CloudhopStore
 
-    environment["CLOUDHOP_STORE_QUOTA_GIB"] = repr(CloudhopStore(config=c).quota_gib)
+    from .snapshots_api import add_hub_key
+
+    settings = CloudhopStore(config=c)
+    environment["CLOUDHOP_STORE_QUOTA_GIB"] = repr(settings.quota_gib)
+    environment["CLOUDHOP_STORE_KEEP_SNAPSHOTS"] = str(settings.keep_snapshots)
+    add_hub_key(environment)  # the hub's own calls (snapshots_api): the service's environment only
     add_service(c, {
         "name": SERVICE_NAME,
         "url": f"http://127.0.0.1:{port}",
@@ -659,6 +678,7 @@ def add_store_service(c, *, data_dir: str, port: int, public_url: str | None = N
     })
 
     from . import tokens_api
+    from . import snapshots_api
     from .offers_api import handlers as offers_handlers
     from .services import setting
 
@@ -677,7 +697,7 @@ def add_store_service(c, *, data_dir: str, port: int, public_url: str | None = N
     c.Spawner.post_stop_hook = _then_revoke(c.Spawner.get("post_stop_hook"))
 
     extra = list(c.JupyterHub.extra_handlers) if "extra_handlers" in c.JupyterHub else []
-    ours = offers_handlers() + tokens_api.handlers()
+    ours = offers_handlers() + tokens_api.handlers() + snapshots_api.handlers()
     c.JupyterHub.extra_handlers = extra + [h for h in ours if h not in extra]
 
     # the server extension is also enabled by a jupyter_server_config.d file installed with

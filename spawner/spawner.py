@@ -459,37 +459,37 @@ class CloudhopSpawner(Spawner):
         if attempt.state != "launching":
             self.attempts.append(attempt.to_dict())
             self._save_state()
+            announce("attempt", provider=attempt.offer.split("/", 1)[0], outcome=attempt.state,
+                     reason=attempt.reason, seconds=attempt.seconds)
         if attempt.state == "launching":
             self._progress(f"Launching on {attempt.offer}")
         elif attempt.state == "failed":
             self._progress(f"{attempt.offer}: {attempt.reason} ({attempt.error}); trying the next offer")
         else:
             self._progress(f"{attempt.offer}: node {attempt.node} launched", 40)
-            announce("attempt", provider=attempt.offer.split("/", 1)[0], outcome=attempt.state,
-                     reason=attempt.reason, seconds=attempt.seconds)
 
     async def start(self):
         self._events = []  # a new list: see progress()
+        began, status = time.monotonic(), "failed"
         try:
             url = await self._start()
             status = "ready"
             return url
         except SpawnException as err:
             shown_plainly(err)
+            status = "refused" if refused(err) else status
             if refused(err) and self._never_ran:
                 forget_after_refusal(self)
-        began, status = time.monotonic(), "failed"
             raise
-
-    async def _start(self):
-        self.attempts = []
-            status = "refused" if refused(err) else status
-        self.serving = False
-        self.hibernated_snapshot = None
-        request = await self.parse_request()
         finally:  # the hub's metrics (events.py)
             announce("spawn", provider=self.offer.provider if self.offer else "none", status=status,
                      seconds=time.monotonic() - began)
+
+    async def _start(self):
+        self.attempts = []
+        self.serving = False
+        self.hibernated_snapshot = None
+        request = await self.parse_request()
         self.request = request
         self.restore_id = await self._pick_restore(request)
         offers = await self.user_offers()
