@@ -191,7 +191,8 @@ class HubClient:
         :data:`PAGINATION` answers with a plain list)."""
         out, offset = [], 0
         while True:
-            query = urlencode({"offset": offset, "limit": page})
+            # stopped servers too: a stop that kept its node lists it in the server's state
+            query = urlencode({"offset": offset, "limit": page, "include_stopped_servers": "1"})
             reply = await self.request("GET", f"/users?{query}", timeout=30, accept=PAGINATION)
             items = reply["items"] if isinstance(reply, dict) else reply
             out += items

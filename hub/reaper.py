@@ -57,15 +57,20 @@ def owned_nodes(users: list[dict]) -> set[tuple[str, str]]:
     :func:`cloudhop.spawner.state.server_nodes`. Raises
     :class:`~cloudhop.spawner.state.StateVersionError` when an active server's state
     is from a newer Cloudhop: it may list its nodes in a way this reaper cannot read."""
-    from cloudhop.spawner.state import server_nodes
+    from cloudhop.spawner.state import kept_nodes, server_nodes
 
     owned = set()
     for user in users:
         for name, server in (user.get("servers") or {}).items():
+            where = f"server {user.get('name')}/{server.get('name', name)}"
+            state = server.get("state") or {}
+            # nodes a stop kept because their snapshot failed belong to a stopped server:
+            # they hold the user's only copy until an admin decides
+            if state.get("kept"):
+                owned.update((ref.provider, ref.id) for ref in kept_nodes(state, where))
             if server.get("stopped"):
                 continue
-            where = f"server {user.get('name')}/{server.get('name', name)}"
-            owned.update((ref.provider, ref.id) for ref in server_nodes(server.get("state") or {}, where))
+            owned.update((ref.provider, ref.id) for ref in server_nodes(state, where))
     return owned
 
 

@@ -67,12 +67,14 @@ def _number(value) -> float:
 
 
 def _message(err: HTTPClientError) -> str:
-    """The JSON ``message`` of an error reply (Jupyter's and the store's), else its reason."""
+    """The JSON ``message`` of an error reply (Jupyter's and the store's), else its reason;
+    on one line of at most 500 characters (it goes into the hub's log and the Home page)."""
     body = getattr(err.response, "body", None) if err.response is not None else None
     try:
-        return json.loads(body or b"{}").get("message") or err.message or str(err)
+        text = json.loads(body or b"{}").get("message") or err.message or str(err)
     except (ValueError, AttributeError):
-        return err.message or str(err)
+        text = err.message or str(err)
+    return " ".join(str(text).split())[:500]
 
 
 async def _call(method: str, url: str, token: str, *, body: dict | None = None,
@@ -171,6 +173,10 @@ async def wait_restored(server_url: str, token: str, *, timeout: float, interval
     raise RestoreError(f"the restore did not finish within {timeout:.0f} s (c.CloudhopSpawner.restore_timeout)")
 
 
-def kept_entry(refs: list[dict], reason: str, *, snapshot_phase: str = "snapshot") -> dict:
-    """The state's record of nodes kept by a stop whose snapshot failed."""
-    return {"nodes": list(refs), "reason": reason, "at": time.time(), "phase": snapshot_phase}
+def kept_entry(refs: list[dict], reason: str, *, node: dict | None = None, offer: dict | None = None,
+               request: dict | None = None) -> dict:
+    """The state's record of the nodes a stop kept because its snapshot failed: the
+    nodes (``NodeRef`` dicts), why, when, and the notebook node with its offer and
+    request, so the server's next start resumes that node as it was."""
+    return {"nodes": list(refs), "reason": reason, "at": time.time(), "node": node, "offer": offer,
+            "request": request}

@@ -726,12 +726,18 @@ class CloudhopSpawner(Spawner):
         except durable.HibernateError as err:
             refs = list(self.nodes) or [NodeRef(provider=node.provider, id=node.id, role=NOTEBOOK_ROLE,
                                                 region=node.region).to_dict()]
-            self.kept.append(durable.kept_entry(refs, f"snapshot failed: {err}"))
+            self.kept.append(durable.kept_entry(
+                refs, f"snapshot failed: {err}", node=node.to_dict(), offer=self.offer.to_dict() if self.offer else None,
+                request=self.request.to_dict() if self.request else None))
             self.log.error("%s: stopped WITHOUT terminating node %s on %s: the snapshot failed: %s. "
-                           "Stop it again to retry, or discard it: cloudhop nodes terminate %s --discard",
+                           "Nothing was deleted; retry the snapshot or discard the node: "
+                           "cloudhop nodes terminate %s --discard",
                            self._log_name, node.id, node.provider, err, node.id)
             self.nodes, self.node, self.hibernating = [], None, None
             self.ray_cluster = None
+            # the kept node's token stays valid (the hub deletes it on stop otherwise), so
+            # a retry can still snapshot that node through its own server
+            self.will_resume = True
             return False
         self.hibernated_snapshot, self.hibernating = reply["id"], None
         self.log.info("%s: hibernated into snapshot %s (%s in %s files, %s kernel(s), %.1f s); terminating",

@@ -115,3 +115,11 @@ def server_nodes(state: dict, where: str = "a server") -> list[NodeRef]:
         refs.append(NodeRef(provider=node.get("provider"), id=node["id"], role=NOTEBOOK_ROLE,
                             region=node.get("region")))
     return refs
+
+
+def kept_nodes(state: dict, where: str = "a server") -> list[NodeRef]:
+    """The nodes a stop kept because their snapshot failed (``kept`` in the state, written
+    by :mod:`.durable`): they outlive the stop, so a stopped server may list them too."""
+    check_version(state, where)
+    return [NodeRef.from_dict(ref) for entry in state.get("kept") or [] if isinstance(entry, dict)
+            for ref in entry.get("nodes") or [] if isinstance(ref, dict)]

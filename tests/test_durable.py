@@ -5,6 +5,8 @@ and the settings are checked by name."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import socket
 
@@ -125,3 +127,46 @@ def test_sizes_read_as_the_spawn_page_shows_them():
     assert durable.size_text(int(1.25 * durable.GIB)) == "1.2 GiB"
     assert durable.size_text(340 << 20) == "340.0 MiB"
     assert durable.size_text(12) == "12 bytes"
+
+
+# -- a stop whose snapshot fails keeps the node, and the reaper spares it ---------------------
+
+async def test_a_stop_whose_snapshot_fails_keeps_every_node_and_the_reaper_spares_them():
+    from types import SimpleNamespace
+
+    from instant_cloud import InstantCloud
+    from test_state import HubDouble, as_hub_api, new_spawner
+
+    from cloudhop.hub.reaper import Reaper
+
+    cloud = InstantCloud()
+    s = new_spawner(cloud)
+    s.user_options = {"provider": "auto", "gpu": "none"}
+    await s.start()
+    assert s.serving
+    # the node's address is a closed port: its server does not answer the snapshot call
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    s.node = dataclasses.replace(s.node, ip="127.0.0.1", port=port)
+    s.environment = {durable.STORE_URL_ENV: "http://127.0.0.1:9/services/cloudhop-store/"}
+    s.api_token = "server-token"
+    s.server = SimpleNamespace(base_url="/user/ada/")
+    node_id = s.node.id
+    await s.stop()
+    assert cloud.live() == {node_id}, "nothing is terminated"
+    s.clear_state()  # as the hub does after every stop
+    state = json.loads(json.dumps(s.get_state()))
+    [kept] = state["kept"]
+    assert kept["reason"].startswith("snapshot failed: the node is unreachable")
+    assert [n["id"] for n in kept["nodes"]] == [node_id]
+    assert "server-token" not in json.dumps(state)
+    assert s.will_resume, "the kept node's token is not deleted by the hub"
+    # the reaper reads the stopped server's state and leaves the kept node alone
+    reaper = Reaper({cloud.name: cloud}, HubDouble(as_hub_api(state, stopped=True)), "hub-state-test", grace=0)
+    report = await reaper.sweep()
+    assert report["providers"][cloud.name]["terminated"] == [] and cloud.live() == {node_id}
+    # a server that never finished starting is not snapshotted: its stop terminates
+    t = new_spawner(cloud)
+    t.load_state(state)
+    assert t.kept == state["kept"] and not t.serving

@@ -84,7 +84,7 @@ async def test_users_reads_every_page_with_the_pagination_media_type(hub):
     url, seen = hub
     users = await HubClient(url, "tok").users(page=2)
     assert users == USERS
-    assert [uri for _, uri, _ in seen] == [f"/hub/api/users?offset={o}&limit=2" for o in (0, 2, 4)]
+    assert [uri for _, uri, _ in seen] == [f"/hub/api/users?offset={o}&limit=2&include_stopped_servers=1" for o in (0, 2, 4)]
     assert all(h.get("Accept") == PAGINATION for _, _, h in seen)
 
 
