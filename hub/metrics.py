@@ -24,8 +24,7 @@ Where each comes from: spawns, launches and failover attempts from the spawner's
 (:mod:`cloudhop.spawner.events`); moves from the hub's move records when a move ends
 (:func:`observe_move`); running nodes and the spend rate from the hub's live servers at
 scrape time (each server's $/h counts for the first group of its user that the policy
-applies); spend per group from ``Policy.spend`` (the ledger) when one is configured,
-sampled in a thread; store bytes from the local snapshot store's folder, sampled in a
+applies); spend per group this budget period from the spend ledger, sampled in a thread; store bytes from the local snapshot store's folder, sampled in a
 thread; GPU readings from each server's activity reports (:mod:`.culling_api`), dropped
 when a server has not reported for three report intervals.
 
@@ -168,7 +167,7 @@ class HubCollector:
             rate.add_metric([group], usd)
         yield nodes
         yield rate
-        spend = GaugeMetricFamily("cloudhop_spend_usd", "USD spent this budget period, per group (Policy.spend)",
+        spend = GaugeMetricFamily("cloudhop_spend_usd", "USD spent this budget period, per group (the spend ledger)",
                                   labels=["group", "period"])
         for (group, period), usd in sorted(self.spend.items()):
             spend.add_metric([group, period], usd)
@@ -242,18 +241,20 @@ class Sampler(threading.Thread):
         self.collector.spend = self.group_spend()
 
     def group_spend(self) -> dict:
-        """Each configured group's spend this period, by ``Policy.spend(None, group,
-        since)`` (None: the whole group); empty when no spend function is set."""
+        """Each configured group's spend this budget period, from the spend ledger
+        (:mod:`cloudhop.spawner.ledger`); empty without a policy."""
         policy = self.policy_factory() if self.policy_factory else None
-        if policy is None or policy.spend is None:
+        if policy is None:
             return {}
+        from cloudhop.spawner.ledger import ledger_for
         from cloudhop.spawner.policy import period_start
 
+        ledger = ledger_for(policy.config)
         out = {}
         for group, rules in (policy.groups or {}).items():
             period = ((rules or {}).get("budget") or {}).get("period", "month")
             try:
-                out[(group, period)] = float(policy.spend(None, group, period_start(period)))
+                out[(group, period)] = ledger.spent(since=period_start(period), group=group)
             except Exception as err:  # noqa: BLE001 - one failing figure leaves the others
                 log.warning("Spend of group %s could not be read for the metrics: %s", group, err)
         return out

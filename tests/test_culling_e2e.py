@@ -1,0 +1,114 @@
+"""Culling and metrics end to end, on one hub with a 1-minute idle policy: a server whose
+kernel is busy and one whose (fake) GPU is busy are kept while an idle one is culled; a
+server about to be culled is warned and "keep running" counts as activity; and
+``/hub/metrics`` parses with prometheus_client and holds every Cloudhop family after the
+spawns."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.e2e
+TESTS = str(Path(__file__).parent)
+GPUS = [{"name": "Tesla T4", "memory_gib": 15, "uuid": "GPU-fake-0000", "utilization": 85}]
+FAMILIES = {
+    "cloudhop_spawn_duration_seconds", "cloudhop_launch_duration_seconds", "cloudhop_failover_attempts",
+    "cloudhop_running_nodes", "cloudhop_spend_rate_usd_per_hour", "cloudhop_spend_usd",
+    "cloudhop_move_duration_seconds", "cloudhop_move_bytes", "cloudhop_store_bytes",
+    "cloudhop_server_gpu_utilization_percent", "cloudhop_server_gpu_memory_used_bytes",
+    "cloudhop_server_gpu_memory_total_bytes",
+}
+
+
+def user_token(hub, user: str) -> str:
+    r = hub.api("POST", f"/users/{user}/tokens", json={"note": "test"})
+    assert r.status_code == 201, r.text
+    return r.json()["token"]
+
+
+def activity(hub, user: str, token: str, method: str = "GET") -> dict:
+    r = requests.request(method, f"{hub.url}/user/{user}/cloudhop/api/activity",
+                         headers={"Authorization": f"token {token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_for(check, timeout: float, what: str, hub):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"{what} did not happen in {timeout:.0f} s:\n{hub.log()}")
+
+
+def test_busy_servers_are_kept_while_an_idle_one_is_culled(hub_factory):
+    hub = hub_factory(f"""
+c.LocalProvider.nvml_module = "fakes.nvml"
+c.Policy.groups = {{"default": {{"providers": ["local"], "idle_minutes": 1}}}}
+c.CloudhopCuller.every = 5
+c.CloudhopCuller.report_seconds = 5
+c.CloudhopCuller.warn_minutes = 0.75
+c.Spawner.environment = {{"CLOUDHOP_NVML_MODULE": "fakes.nvml", "PYTHONPATH": {TESTS!r},
+                          "CLOUDHOP_FAKE_GPUS": {json.dumps(GPUS)!r}}}
+c.JupyterHub.authenticate_prometheus = False
+""", env={"CLOUDHOP_FAKE_GPUS": json.dumps(GPUS), "PYTHONPATH": TESTS})
+    hub.spawn("idle", {"provider": "local", "gpu": "none"})
+    hub.spawn("keeper", {"provider": "local", "gpu": "none"})
+    hub.spawn("busy", {"provider": "local", "gpu": "none"})
+    hub.spawn("gpu", {"provider": "local", "gpu": "T4", "gpu_count": 1})
+    kernel = hub.kernel("busy")
+
+    def train():  # a long step sends no messages: only the kernel's "busy" state says it works
+        try:
+            kernel.execute("import time; time.sleep(170)", 200)
+        except Exception:  # noqa: BLE001 - the connection closed at the end of the test
+            pass
+    threading.Thread(target=train, daemon=True).start()
+
+    # the metrics after the spawns: every family, in a text prometheus_client parses
+    r = requests.get(f"{hub.url}/hub/metrics", timeout=30)
+    assert r.status_code == 200, r.text
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    assert FAMILIES <= set(families), FAMILIES - set(families)
+    spawns = [s for s in families["cloudhop_spawn_duration_seconds"].samples
+              if s.name.endswith("_count") and s.labels == {"provider": "local", "status": "ready"}]
+    assert spawns and spawns[0].value == 4
+    nodes = {(s.labels["gpu"], s.value) for s in families["cloudhop_running_nodes"].samples}
+    assert nodes == {("none", 3), ("T4", 1)}, nodes
+
+    # a warning before the cull, and "keep running" puts it off
+    token = user_token(hub, "keeper")
+    warned = wait_for(lambda: activity(hub, "keeper", token)["cull"], 60, "a warning", hub)
+    assert warned["action"] == "warn" and warned["reason"] == "idle" and warned["extendable"]
+    assert "Keep running" in warned["message"]
+    before = hub.server_model("keeper")["last_activity"]
+    kept = activity(hub, "keeper", token, "POST")
+    assert kept["cull"] is None and kept["error"] is None
+    assert hub.server_model("keeper")["last_activity"] > before
+
+    # the GPU server's readings reach the hub's metrics
+    def gpu_reading():
+        text = requests.get(f"{hub.url}/hub/metrics", timeout=30).text
+        for family in text_string_to_metric_families(text):
+            if family.name == "cloudhop_server_gpu_utilization_percent":
+                return [s.value for s in family.samples if s.labels["user"] == "gpu"]
+        return None
+    assert wait_for(gpu_reading, 30, "a GPU reading", hub) == [85.0]
+
+    started = time.monotonic()
+    wait_for(lambda: hub.server_model("idle") is None, 150, "the idle server's cull", hub)
+    assert time.monotonic() - started < 150
+    assert "Culling server idle (idle" in hub.log()
+    for user in ("busy", "gpu"):
+        assert hub.server_model(user) is not None, f"{user}'s server was culled:\n{hub.log()}"
+        assert (hub.server_model(user) or {}).get("ready")
+    kernel.close()
