@@ -29,9 +29,8 @@ from tornado import web
 
 from . import snapshot_classes as classes
 from . import snapshot_line as line
+from .snapshot_link import SCHEME
 from .snapshot_store import Grant, SnapshotHandler, StoreHandler
-
-SCHEME = "cloudhop-hub"
 
 
 class HubRouteHandler(StoreHandler):

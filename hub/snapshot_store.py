@@ -73,6 +73,7 @@ from cloudhop.extensions.snapshot.protocol import (
 from cloudhop.spawner.validate import SettingError, require_number
 
 from .services import add_service, exit_with_hub, hub_credentials
+from .snapshot_link import SERVICE_NAME
 from .store_backends import (
     Backend, BackendError, LocalBackend, S3Backend, check_chunk_id, check_snapshot_id, manifest_chunk_ids,
 )
@@ -80,7 +81,6 @@ from . import snapshot_line
 from .snapshot_keeper import Keeper, Refused
 from .store_quota import GIB, QuotaExceeded, Quotas, charge
 
-SERVICE_NAME = "cloudhop-store"
 log = logging.getLogger("cloudhop.store")
 #: the largest request body the service accepts: a full chunk pack (a client sends ~17 MiB)
 MAX_BODY = PACK_MAX + MAX_IDS * PACK_HEADER.size
@@ -356,8 +356,11 @@ class DownloadHandler(StoreHandler):
     async def post(self, user):
         ids = self.ids()
         await self.check_chunks(ids)
-        where, missing = await self.keep(self.keeper.locate(self.user, ids))
-        if self.backend.through_service or len(where) <= 1:
+        if self.backend.through_service:  # a pack from this service, which finds borrowed chunks
+            self.finish_json(await self.call(self.backend.download_target, self.user, ids, ""))
+            return
+        where, _ = await self.keep(self.keeper.locate(self.user, ids))
+        if len(where) <= 1:
             self.finish_json(await self.call(self.backend.download_target, next(iter(where), self.user), ids, ""))
             return
         urls = {}  # chunks borrowed from a class publication are signed for its keys
@@ -663,7 +666,7 @@ def add_store_service(c, *, data_dir: str, port: int, public_url: str | None = N
         environment.update(hub_credentials(env))
     from .config import CloudhopStore
 
-    from .snapshots_api import add_hub_key
+    from .snapshot_link import add_hub_key
 
     settings = CloudhopStore(config=c)
     environment["CLOUDHOP_STORE_QUOTA_GIB"] = repr(settings.quota_gib)

@@ -43,6 +43,8 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+@-]{0,127}$")
 IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")
 #: snapshot ids (the hub's snapshot store names them so)
 SNAPSHOT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+#: the ``restore`` option: a snapshot id, "none", or "class:<name>" (a class snapshot)
+RESTORE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_-]{0,127}|class:[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$")
 #: what a form checkbox (or a text field) sends for "true"
 FORM_TRUE = ("on", "true", "1", "yes")
 
@@ -240,7 +242,7 @@ OPTIONS = (
     Option("image", "name", pattern=IMAGE, matched=False),
     Option("ray", "object", fields=RAY_OPTIONS,
            example='{"workers": 1, "gpu": "none", "gpu_count": 0}'),
-    Option("restore", "name", pattern=SNAPSHOT, matched=False),
+    Option("restore", "name", pattern=RESTORE, matched=False),
 )
 
 #: options of a move only (``POST {server}/cloudhop/api/migrations``), never of a spawn

@@ -272,8 +272,15 @@ class CloudhopSpawner(Spawner):
             offers=dicts, offers_json=json.dumps(dicts), providers=providers,
             last=last, auto=auto.to_dict() if auto else None,
             max_gpus=MAX_GPUS, max_ray_workers=MAX_RAY_WORKERS, notices=notices,
-            no_gpu_json=json.dumps(no_gpu),
+            no_gpu_json=json.dumps(no_gpu), start_from=await self._start_choices(),
         )
+
+    async def _start_choices(self) -> dict:
+        """The form's "Start from" list: this server's line and the class snapshots the
+        user may start from (:func:`cloudhop.hub.snapshot_link.start_choices`)."""
+        from cloudhop.hub.snapshot_link import start_choices
+
+        return await start_choices(self.config, self.user.name, self.name or "", self.user_groups())
 
     def _no_gpu_reason(self, provider: str, region: str) -> str | None:
         """The provider's own reason why ``region`` has no GPU (``no_gpu_reason``, which
@@ -669,6 +676,8 @@ class CloudhopSpawner(Spawner):
         choice = request.restore
         if choice == durable.RESTORE_NONE:
             return None
+        if choice and choice.startswith("class:"):  # a class snapshot: the user's own copy, in this line
+            choice = await self._class_copy(choice[len("class:"):])
         line = self._store_line()
         if line is None:
             return choice  # no store to ask: the server reports a bad id itself
@@ -685,6 +694,19 @@ class CloudhopSpawner(Spawner):
             return None
         self._restore_size = snap.get("bytes") or 0
         return snap["id"]
+
+    async def _class_copy(self, name: str) -> str:
+        """The id of the user's own copy of class snapshot ``name``, made in this
+        server's line (:mod:`cloudhop.hub.snapshot_classes`); 404 unless it is shared with
+        one of the user's groups, 503 when the store does not answer."""
+        from cloudhop.hub.snapshot_link import StoreUnavailable, class_copy
+
+        try:
+            return (await class_copy(self.config, self.user.name, self.name or "", name, self.user_groups()))["id"]
+        except LookupError as err:
+            raise Refused(str(err), reason="no-snapshot", status_code=404) from None
+        except StoreUnavailable as err:
+            raise Refused(f"restore: {err}; try again later", reason="store-unavailable", status_code=503) from None
 
     async def _wait_restored(self, url: str) -> None:
         """Wait until the server at ``url`` has restored :attr:`restore_id`, files and
