@@ -35,4 +35,24 @@ async def lambda_cloud(monkeypatch):
         fake.stop()
 
 
-NEW_CLOUDS = {"lambda": lambda_cloud}
+AZURE_SUBNET = ("/subscriptions/sub-test/resourceGroups/rg-test/providers/Microsoft.Network/"
+                "virtualNetworks/vnet/subnets/default")
+
+
+@contextlib.asynccontextmanager
+async def azure(monkeypatch):
+    from cloudhop.spawner.providers.azure import AzureProvider
+    from tests.fakes.azure_api import FakeAzure
+
+    fake = FakeAzure()
+    url = fake.start()
+    offer = cheapest_in_catalog("azure", "eastus", "T4", 1)
+    try:
+        yield (AzureProvider(api_endpoint=url, anonymous_credentials=True, subscription_id="sub-test",
+                             resource_group="rg-test", subnet_id=AZURE_SUBNET, poll_seconds=0, **FAST),
+               lambda user: spec_for(offer, user=user))
+    finally:
+        fake.stop()
+
+
+NEW_CLOUDS = {"lambda": lambda_cloud, "azure": azure}

@@ -193,8 +193,8 @@ def test_checking_another_region_keeps_the_earlier_result(tmp_path):
 
 def test_unknown_and_live_providers():
     assert catalog_offers("local") == [] and catalog_offers("kubernetes") == []
-    with pytest.raises(ValueError, match="unknown catalog provider 'azure'"):
-        catalog_offers("azure")
+    with pytest.raises(ValueError, match="unknown catalog provider 'paperspace'"):
+        catalog_offers("paperspace")
 
 
 def test_catalog_ships_as_package_data():

@@ -54,6 +54,7 @@ SPECS = (
     ProviderSpec("oci", "cloudhop.spawner.providers.oci:OCIProvider", catalog=True),
     ProviderSpec("lambda", "cloudhop.spawner.providers.lambda_cloud:LambdaProvider", catalog=True,
                  label="Lambda Cloud"),
+    ProviderSpec("azure", "cloudhop.spawner.providers.azure:AzureProvider", catalog=True),
     ProviderSpec("kubernetes", "cloudhop.spawner.providers.kubernetes:KubernetesProvider",
                  needs_setup=True),
 )

@@ -67,6 +67,17 @@ class Retry(Exception):
         self.cause = cause
 
 
+def epoch_of(text) -> float | None:
+    """An ISO 8601 time as a cloud API writes it (``2026-11-22T21:00:00Z``) as epoch
+    seconds; None when absent or unreadable."""
+    import datetime
+
+    try:
+        return datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp() if text else None
+    except ValueError:
+        return None
+
+
 def split_id(node_id: str) -> tuple[str, str]:
     """``"us-east-1/i-0abc"`` -> ``("us-east-1", "i-0abc")``."""
     where, sep, native = node_id.partition("/")

@@ -60,7 +60,7 @@ from .base import (
     ProviderError,
     QuotaError,
 )
-from .cloud import TAG_PORT, CloudProvider, Retry, split_id
+from .cloud import TAG_PORT, CloudProvider, Retry, epoch_of, split_id
 from .ray_firewall import CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, RuleInUse, RuleStore, cluster_of, rule_name
 
 DEFAULT_ENDPOINT = "https://cloud.lambda.ai/api/v1"
@@ -468,7 +468,7 @@ class LambdaRuleStore(RuleStore):
             owner = self._owner(ruleset)
             if owner.get(TAG_HUB) == hub and owner.get(CLUSTER_TAG):
                 created = ruleset.get("created")
-                out.append(RayRule(ruleset["id"], owner[CLUSTER_TAG], _epoch(created)))
+                out.append(RayRule(ruleset["id"], owner[CLUSTER_TAG], epoch_of(created)))
         return out
 
     def delete(self, where, rule):
@@ -480,15 +480,6 @@ class LambdaRuleStore(RuleStore):
             if err.status == 409:  # an instance (one still terminating) uses it
                 raise RuleInUse(rule.id) from err
             raise
-
-
-def _epoch(text) -> float | None:
-    import datetime
-
-    try:
-        return datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp() if text else None
-    except ValueError:
-        return None
 
 
 __all__ = ["LambdaProvider", "LambdaRuleStore", "instance_name", "hub_prefix", "name_matches", "read_api_key"]
