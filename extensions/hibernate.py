@@ -4,6 +4,11 @@
 
     POST {server}/cloudhop/api/snapshots   {"reason": "stop", "kernels": true}
          -> 200 {"id", "bytes", "bytes_sent", "files", "kernels", "skipped", "seconds"}
+    POST {server}/cloudhop/api/snapshots   {"name": "week3", "share": "group:students" | "all",
+                                            "replace": false, "kernels": true}
+         -> 200 {..., "class": record}: the same snapshot (kind "class"), then published as
+            a class snapshot through the hub (``POST /hub/api/cloudhop/classes``, which
+            decides who may publish; an existing name needs "replace": true)
 
 Takes a snapshot of the workspace and (with ``kernels``) the state of each session's
 kernel into the snapshot store, under this server's own line (stored with the server's
@@ -37,12 +42,35 @@ from tornado import web
 
 from .capture import capture, checkpoint_kernels, kernel_skipped, source_meta
 from .handlers import CloudhopHandler
+from .hubclient import HubError
+from .migrate import hold
 from .snapshot.client import StoreClient, StoreError
 
 log = logging.getLogger("cloudhop.hibernate")
 #: what may ask for a snapshot, and so name its reason
 REASONS = ("stop", "preempt", "manual")
 KINDS = ("hibernate", "preempt", "class", "migration")
+
+
+#: a class snapshot's fields (``name`` publishes the snapshot under that name, for ``share``)
+CLASS_FIELDS = ("name", "share", "replace")
+
+
+def class_request(body: dict) -> dict | None:
+    """The class publication a request asks for (``name``, ``share``, ``replace``), None
+    without a ``name``; a 400 naming the field that is wrong (the hub checks the rest)."""
+    if body.get("name") is None:
+        if any(body.get(f) is not None for f in CLASS_FIELDS[1:]):
+            raise web.HTTPError(400, "name: share and replace publish a class snapshot, which needs a name")
+        return None
+    if not isinstance(body["name"], str):
+        raise web.HTTPError(400, "name: must be the class snapshot's name, like \"week3\"")
+    share, replace = body.get("share", "all"), body.get("replace", False)
+    if not isinstance(share, str):
+        raise web.HTTPError(400, "share: must be \"all\" or \"group:<name>\"")
+    if not isinstance(replace, bool):
+        raise web.HTTPError(400, "replace: must be true or false")
+    return {"name": body["name"], "share": share, "replace": replace}
 
 
 class Busy(RuntimeError):
@@ -66,6 +94,7 @@ class Hibernator:
         if self._lock.locked():
             raise Busy("a snapshot of this server is already being taken")
         async with self._lock:
+            await hold("hibernate")  # a test's hold (migrate.HOLD_ENV); unset, nothing waits
             started = time.monotonic()
             workdir = tempfile.mkdtemp(prefix="cloudhop-hibernate-")
             store = StoreClient(self.settings.store_url, self.hub.user, self.hub.token)
@@ -113,10 +142,12 @@ class SnapshotsHandler(CloudhopHandler):
             raise web.HTTPError(400, "the body must be JSON like {\"reason\": \"stop\", \"kernels\": true}") from None
         if not isinstance(body, dict):
             raise web.HTTPError(400, "the body must be a JSON object")
-        unknown = sorted(set(body) - {"reason", "kernels"})
+        unknown = sorted(set(body) - {"reason", "kernels", *CLASS_FIELDS})
         if unknown:
-            raise web.HTTPError(400, f"{unknown[0]}: unknown field; valid: 'reason', 'kernels'")
-        reason, kernels = body.get("reason", "stop"), body.get("kernels", True)
+            raise web.HTTPError(400, f"{unknown[0]}: unknown field; valid: 'reason', 'kernels', "
+                                     f"{', '.join(repr(f) for f in CLASS_FIELDS)}")
+        publish = class_request(body)
+        reason, kernels = body.get("reason", "manual" if publish else "stop"), body.get("kernels", True)
         if reason not in REASONS:
             raise web.HTTPError(400, f"reason: must be one of {', '.join(REASONS)}, not {str(reason)[:40]!r}")
         if not isinstance(kernels, bool):
@@ -124,7 +155,8 @@ class SnapshotsHandler(CloudhopHandler):
         if not self.hibernator.settings.store_url or not self.hibernator.hub.configured:
             raise web.HTTPError(503, "this server is not started by a Cloudhop hub; there is no store to snapshot to")
         try:
-            answer = await self.hibernator.take(reason=reason, kernels=kernels)
+            answer = await self.hibernator.take(reason=reason, kernels=kernels,
+                                                **({"kind": "class"} if publish else {}))
         except Busy as err:
             raise web.HTTPError(409, str(err), reason="busy") from None
         except StoreError as err:
@@ -134,4 +166,11 @@ class SnapshotsHandler(CloudhopHandler):
         except Exception as err:  # noqa: BLE001 - a kernel that cannot be checkpointed, a file that changed
             log.exception("snapshot of this server failed")
             raise web.HTTPError(500, f"the snapshot failed: {err}") from None
+        if publish:  # a class snapshot (docs/teaching.md): the hub decides who may publish
+            try:
+                answer["class"] = await self.hibernator.hub.request(
+                    "POST", "/cloudhop/classes", {"snapshot": answer["id"], **publish})
+            except HubError as err:
+                raise web.HTTPError(err.status if err.status and 400 <= err.status < 500 else 502,
+                                    f"the snapshot {answer['id']} was stored but not published: {err.message}") from None
         self.finish(json.dumps(answer))
