@@ -16,6 +16,10 @@ operation and are raised at once; quota errors (``QuotaExceeded``, and
 ``OperationNotAllowed`` naming a quota) likewise; a refused or missing credential is a
 :class:`~.base.CredentialsError`; 429 and 5xx are retried.
 
+The SDK's models (azure-mgmt-compute 39 and azure-mgmt-network 33 on) are mappings of
+ARM's JSON, so bodies are written and answers read in ARM's own spelling
+(``vm["properties"]["provisioningState"]``), as Azure's REST reference shows them.
+
 The nodes of a Ray cluster share an application security group of their own and a
 network security group on their NICs (:class:`AzureRuleStore`): Ray's ports are open
 from the group to the group, and closed to the rest of the virtual network (which
