@@ -144,6 +144,8 @@ class InfoHandler(MigrationAPIHandler):
             "instance_type": env.get("CLOUDHOP_INSTANCE_TYPE"), "gpu": env.get("CLOUDHOP_GPU"),
             "gpu_count": int(env.get("CLOUDHOP_GPU_COUNT") or 0), **cost,
             "restored": self.restorer is not None, "ray": dashboard_port() is not None,
+            # the offer a spot interruption moved this server away from (:mod:`.preempt`)
+            "rescued_from": env.get("CLOUDHOP_RESCUED_FROM") or None,
             "migrations": [m.to_json() for m in self.migrator.migrations.values()],
         }))
 

@@ -17,6 +17,7 @@ widgets then list what was left out and ask whether to stop this server anyway
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import threading
@@ -290,6 +291,12 @@ def _browser_follower(out):
     return follow
 
 
+def rescued_note(info: dict) -> str:
+    """The panel's note for a server the hub relaunched after a spot interruption."""
+    origin = info.get("rescued_from")
+    return f" &middot; <i>moved after a spot interruption (from {html.escape(origin)})</i>" if origin else ""
+
+
 def panel():
     """An ipywidgets panel: where this server runs, a target picker (the offers the hub
     lets this user launch), a Move button, progress and, when a move left out something of
@@ -297,7 +304,7 @@ def panel():
     import ipywidgets as w
 
     info = _api("GET", "info")
-    here = w.HTML(f"<b>This server</b>: {_describe(info)}")
+    here = w.HTML(f"<b>This server</b>: {_describe(info)}" + rescued_note(info))
     try:
         choices = offer_choices(_api("GET", "offers")["offers"])
         note = w.HTML("")

@@ -32,6 +32,7 @@ from .hibernate import Hibernator, SnapshotsHandler
 from .hubclient import HubClient
 from .kernelenv import keep_token_from_children
 from .migrate import CloudhopMigration, Migrator, Restorer
+from .preempt import start_agent
 from .price import PriceLookup
 
 
@@ -42,6 +43,7 @@ def _load_jupyter_server_extension(serverapp):
     keep_token_from_children(serverapp, hub)
     migrator = Migrator(serverapp, hub, settings)
     restorer = None
+    hibernator = Hibernator(serverapp, hub, settings)  # the one snapshot taker: the hub's stops, the spot agent
     snapshot_id = os.environ.get("CLOUDHOP_RESTORE")
     if snapshot_id:
         restorer = Restorer(serverapp, hub, settings, snapshot_id)
@@ -55,12 +57,13 @@ def _load_jupyter_server_extension(serverapp):
         (url_path_join(base, r"migrations/([0-9a-f]{1,32})"), MigrationHandler, kw),
         (url_path_join(base, r"migrations/([0-9a-f]{1,32})/accept"), AcceptHandler, kw),
         (url_path_join(base, "restore"), RestoreHandler, kw),
-        (url_path_join(base, "snapshots"), SnapshotsHandler, {"hibernator": Hibernator(serverapp, hub, settings)}),
+        (url_path_join(base, "snapshots"), SnapshotsHandler, {"hibernator": hibernator}),
         (url_path_join(base, "info"), InfoHandler, dict(kw, price=PriceLookup(hub))),
         (url_path_join(base, "gpus"), GPUsHandler),
         (url_path_join(base, "offers"), OffersHandler, kw),
     ])
     ray_api.load(serverapp)  # Ray status, resize and dashboard routes (docs/ray.md)
     offer_examples(serverapp)  # the example notebooks, once per new workspace (examples.py)
+    start_agent(serverapp, hibernator, hub)  # on a spot node: the interruption notice (preempt/)
     serverapp.log.info("Cloudhop server extension loaded")
     activity.load(serverapp, hub)  # activity reports and the cull warning (activity.py)

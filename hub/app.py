@@ -34,9 +34,10 @@ def cloudhop_routes() -> list[tuple]:
     from . import tokens_api
     from .offers_api import handlers as offers_handlers
     from .ray_api import handlers as ray_handlers
+    from .rescue_api import handlers as rescue_handlers  # spot rescues
     from .snapshots_api import handlers as snapshot_handlers  # snapshot lines, class snapshots
 
-    return [*offers_handlers(), *tokens_api.handlers(), *ray_handlers(), *snapshot_handlers()]
+    return [*offers_handlers(), *tokens_api.handlers(), *ray_handlers(), *rescue_handlers(), *snapshot_handlers()]
 
 
 def leave_routes_to_the_app(c) -> None:

@@ -187,6 +187,8 @@ class CloudhopSpawner(Spawner):
         #: when a stop began its snapshot (in the state while it runs), else None
         self.hibernating: float | None = None
         self._restore_size: int | None = None
+        #: a spot rescue's start (:mod:`cloudhop.hub.rescue_api`): ``avoid`` (the preempted offer's key), ``from``
+        self.rescue: dict | None = None
         #: the server's Ray head and workers (used only when the server asks for Ray)
         self.ray_launcher = RayLauncher(lambda name: self.provider(name), progress=self._progress,
                                         save=self._ray_changed, log=self.log)
@@ -434,6 +436,10 @@ class CloudhopSpawner(Spawner):
         })
         if self.restore_id:
             env["CLOUDHOP_RESTORE"] = self.restore_id
+        if request.spot:
+            env["CLOUDHOP_SPOT"] = "1"  # the preemption agent watches the cloud's notice
+        if self.rescue:
+            env["CLOUDHOP_RESCUED_FROM"] = self.rescue.get("from") or "?"
         cmd = list(self.cmd)
         if offer.provider == "local" and cmd == ["jupyterhub-singleuser"]:
             # the hub's own interpreter, so a venv need not be on PATH
@@ -504,6 +510,8 @@ class CloudhopSpawner(Spawner):
         ray = self.ray_launcher if request.ray is not None else None
         self.ray_cluster = None
         ranked = self.plan(request, offers)
+        if self.rescue and self.rescue.get("avoid"):  # a spot rescue: not the preempted offer
+            ranked = [o for o in ranked if o.key != self.rescue["avoid"]]
         if ray is not None:
             ranked = ray.filter_plan(request, ranked, offers)
         if not ranked:

@@ -92,6 +92,11 @@ class FakeMetadata:
         else:
             self._change(state="Terminating")
 
+    def reset(self) -> None:
+        """A quiet instance again (a new one in the same place)."""
+        self._change(instance_action=None, rebalance_notice=None, preempted="FALSE", maintenance_event="NONE",
+                     state="Running")
+
     def rebalance(self) -> None:
         self._change(rebalance_notice={"noticeTime": _iso(0)})
 
@@ -114,7 +119,10 @@ class FakeMetadata:
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # a held request whose client went away (a stopped server's agent)
 
             def do_PUT(self):
                 fake.requests.append(("PUT", self.path))
