@@ -353,7 +353,8 @@ class Migrator:
         or cannot: out of reach), then the timeline. A hub that keeps no records is not
         asked."""
         if m.hub_move:
-            await self.hub.report_move({"move": m.hub_move, "phase": phase})
+            sent = {"bytes": m.bytes_sent} if phase in ("awaiting-accept", "done") else {}  # the hub's metrics
+            await self.hub.report_move({"move": m.hub_move, "phase": phase, **sent})
         m.timeline[phase] = time.time()
 
     async def _enter(self, m: Migration, phase: str, *, wait: bool = True) -> None:

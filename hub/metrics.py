@@ -22,7 +22,7 @@ cloudhop_server_gpu_memory_total_bytes       gauge      user, server, gpu, name
 
 Where each comes from: spawns, launches and failover attempts from the spawner's events
 (:mod:`cloudhop.spawner.events`); moves from the hub's move records when a move ends
-(:func:`observe_move`); running nodes and the spend rate from the hub's live servers at
+(:func:`observe_move`, with the bytes its source reports); running nodes and the spend rate from the hub's live servers at
 scrape time (each server's $/h counts for the first group of its user that the policy
 applies); spend per group this budget period from the spend ledger, sampled in a thread; store bytes from the local snapshot store's folder, sampled in a
 thread; GPU readings from each server's activity reports (:mod:`.culling_api`), dropped
@@ -80,13 +80,22 @@ def on_spawner_event(kind: str, **f) -> None:
             LAUNCH_DURATION.labels(f.get("provider") or "none").observe(f["seconds"])
 
 
+#: the phases that end a move, for the metrics: verified (both kinds) or failed
+MOVE_ENDS = ("awaiting-accept", "done", "failed")
+
+
 def observe_move(record: dict, nbytes: int | None = None) -> None:
-    """A move's record (:mod:`.move_book`) that just ended: its duration, from its first
-    phase to now, and the bytes it moved when the source said."""
-    outcome = record.get("phase") or "failed"
-    starts = [t for t in (record.get("timeline") or {}).values() if isinstance(t, (int, float))]
-    if starts:
-        MOVE_DURATION.labels(outcome).observe(max(0.0, (record.get("updated") or time.time()) - min(starts)))
+    """A move's record (:mod:`.move_book`) that just entered ``record["phase"]``: when
+    that is the first of :data:`MOVE_ENDS` it reached, its duration (from its first
+    phase) and the bytes it moved (when the source said) are observed; a later end (done
+    after awaiting-accept, a rollback after done) is not counted again."""
+    phase, timeline = record.get("phase"), record.get("timeline") or {}
+    if phase not in MOVE_ENDS or any(p in timeline for p in MOVE_ENDS if p != phase):
+        return
+    outcome = "failed" if phase == "failed" else "done"
+    starts = [t for p, t in timeline.items() if p not in MOVE_ENDS and isinstance(t, (int, float))]
+    if starts and isinstance(timeline.get(phase), (int, float)):
+        MOVE_DURATION.labels(outcome).observe(max(0.0, timeline[phase] - min(starts)))
     if nbytes:
         MOVE_BYTES.labels(outcome).inc(nbytes)
 

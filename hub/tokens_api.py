@@ -64,6 +64,7 @@ from .move_book import (
     book_of,
     source_stopped,
 )
+from . import metrics
 from .snapshot_store import SERVICE_NAME, SNAPSHOTS_SCOPE
 
 #: the custom scope that lets a token ask for a move's token and the kernels' token
@@ -323,6 +324,8 @@ class MoveTokenHandler(ServerTokenHandler):
             n = revoke_move_token(orm_user, source, m["target"], self.db)
             self.log.warning("Move %s of %s/%s -> %s failed: %s (revoked %d token(s))", m["id"], user_name,
                              source, m["target"], m["error"], n)
+        if changed:
+            metrics.observe_move(m, change.get("bytes"))
         if change.get("settled"):
             book.settle(m, change.get("note"))
         await book.commit()
@@ -366,13 +369,14 @@ class MoveTokenHandler(ServerTokenHandler):
 
 
 #: the fields of a move's PATCH, and the longest text its error and note may hold
-MOVE_CHANGE_FIELDS = ("move", "phase", "error", "settled", "note")
+MOVE_CHANGE_FIELDS = ("move", "phase", "error", "settled", "note", "bytes")
 TEXT_MAX = 2000
 
 
 def check_move_change(body: dict, *, owner: bool) -> dict:
     """A move's PATCH ``body``, checked: ``move`` (its id), ``phase`` (one of
-    :data:`~.move_book.PHASES`), ``error`` (text), and only for the reconciler
+    :data:`~.move_book.PHASES`), ``error`` (text), ``bytes`` (what the move sent to the
+    store, a whole number, for the hub's metrics), and only for the reconciler
     (``owner`` False) ``settled`` (true) and ``note`` (text); the reconciler's only
     phase is ``failed``. Raises HTTPError 400 naming the field, 403 for what the token
     may not change."""
@@ -389,6 +393,9 @@ def check_move_change(body: dict, *, owner: bool) -> dict:
             raise web.HTTPError(400, f"{name}: must be text")
     if "settled" in body and body["settled"] is not True:
         raise web.HTTPError(400, "settled: must be true")
+    nbytes = body.get("bytes")  # what the move sent to the store, for the metrics
+    if nbytes is not None and (isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0):
+        raise web.HTTPError(400, "bytes: must be a whole number of bytes >= 0")
     if owner and ("settled" in body or "note" in body):
         raise web.HTTPError(403, "settled: only the hub's reconciler settles a move")
     if not owner and phase not in (None, "failed"):
