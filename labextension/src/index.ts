@@ -7,6 +7,7 @@ import { ILabShell, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/a
 import { ICommandPalette } from '@jupyterlab/apputils';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
+import { startCullWarnings } from './cullwarning';
 import { InfoModel } from './model';
 import { CloudhopSidebar } from './sidebar';
 import { CloudhopStatus } from './status';
@@ -65,6 +66,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       });
     }
     model.start();
+    startCullWarnings(); // the warning before a cull, with "Keep running"
   }
 };
 
