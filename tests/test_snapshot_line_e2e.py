@@ -1,0 +1,100 @@
+"""End to end on a real `cloudhop up` hub: the hub's snapshot API (the owner and an admin
+list a line, another user gets 404, only the owner deletes), class snapshots (publishing
+needs a publisher, an existing name needs replace, students in the group see the class
+and start a server from it with the files there; a student outside the group is refused
+with 404), all in one hub."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import requests
+
+from cloudhop.extensions.snapshot import StoreClient, take_snapshot
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = """
+c.CloudhopStore.class_publishers = ["teachers"]
+c.CloudhopStore.keep_snapshots = 2
+"""
+
+
+def token_of(hub, user: str) -> str:
+    hub.ensure_user(user)
+    reply = hub.api("POST", f"/users/{user}/tokens", json={"note": "snapshot line test"})
+    assert reply.status_code == 201, reply.text
+    return reply.json()["token"]
+
+
+def snapshot(hub, user, token, ws, meta):
+    return take_snapshot(ws, StoreClient(f"{hub.url}/services/cloudhop-store/", user, token), meta=meta)[0]
+
+
+def test_snapshot_api_and_class_snapshots(hub_factory, tmp_path):
+    hub = hub_factory(extra_config=CONFIG)
+    tokens = {u: token_of(hub, u) for u in ("ada", "ben", "teacher", "stu", "out")}
+    for group, users in (("teachers", ["teacher"]), ("students", ["stu"])):
+        reply = hub.api("POST", f"/groups/{group}", json={"users": users})
+        assert reply.status_code == 201, reply.text
+
+    ws = tmp_path / "ada"
+    ws.mkdir()
+    (ws / "notes.txt").write_text("ada's notes\n")
+    ids = [snapshot(hub, "ada", tokens["ada"], ws, {"kind": "migration", "server": ""}) for _ in range(3)]
+
+    # the owner lists her default server's line: newest first, kept to keep_snapshots
+    line = hub.api("GET", "/cloudhop/snapshots/ada?server=", token=tokens["ada"])
+    assert line.status_code == 200, line.text
+    assert [s["id"] for s in line.json()["snapshots"]] == [ids[2], ids[1]]
+    assert line.json()["snapshots"][0]["kind"] == "migration"
+    assert hub.api("GET", "/cloudhop/snapshots/ada").status_code == 200  # an admin
+    other = hub.api("GET", "/cloudhop/snapshots/ada", token=tokens["ben"])
+    assert other.status_code == 404
+    # only the owner deletes
+    assert hub.api("DELETE", f"/cloudhop/snapshots/ada/{ids[2]}", token=tokens["ben"]).status_code == 404
+    assert hub.api("DELETE", f"/cloudhop/snapshots/ada/{ids[2]}", token=tokens["ada"]).status_code == 204
+    left = hub.api("GET", "/cloudhop/snapshots/ada", token=tokens["ada"]).json()["snapshots"]
+    assert [s["id"] for s in left] == [ids[1]]
+
+    # class snapshots: a teacher publishes, students in the group start from it
+    lesson = tmp_path / "lesson"
+    lesson.mkdir()
+    (lesson / "lesson.txt").write_text("week 3: gradients\n")
+    (lesson / "data.bin").write_bytes(random.Random(1).randbytes(300_000))
+    prepared = snapshot(hub, "teacher", tokens["teacher"], lesson, {"kind": "hibernate", "server": "lab"})
+    body = {"snapshot": prepared, "name": "week3", "share": "group:students"}
+    refused = hub.api("POST", "/cloudhop/classes", token=tokens["ada"], json={**body, "snapshot": ids[1]})
+    assert refused.status_code == 403 and "class_publishers" in refused.json()["message"]
+    assert hub.api("POST", "/cloudhop/classes", token=tokens["teacher"], json=body).status_code == 201
+    again = hub.api("POST", "/cloudhop/classes", token=tokens["teacher"], json=body)
+    assert again.status_code == 409 and "replace" in again.json()["message"]
+    assert [c["name"] for c in hub.api("GET", "/cloudhop/classes", token=tokens["stu"]).json()["classes"]] == ["week3"]
+    assert hub.api("GET", "/cloudhop/classes", token=tokens["out"]).json()["classes"] == []
+
+    hub.spawn("stu", {"provider": "local", "gpu": "none", "restore": "class:week3"})
+    got = hub.server_api("GET", "stu", "api/contents/lesson.txt")
+    assert got.status_code == 200 and got.json()["content"] == "week 3: gradients\n"
+    mine = hub.api("GET", "/cloudhop/snapshots/stu", token=tokens["stu"]).json()["snapshots"]
+    assert [(s["kind"], s["class"], s["server"]) for s in mine] == [("class", "week3", "")]
+
+    outsider = hub.api("POST", "/users/out/server", json={"provider": "local", "gpu": "none",
+                                                          "restore": "class:week3"})
+    assert outsider.status_code == 404, outsider.text
+    assert "week3" in outsider.json()["message"]
+
+    # an instructor's running server publishes itself (the server's snapshot endpoint)
+    hub.spawn("teacher", {"provider": "local", "gpu": "none", "restore": "none"})
+    auth = {"Authorization": f"token {tokens['teacher']}"}
+    put = requests.put(f"{hub.url}/user/teacher/api/contents/week4.txt", headers=auth, timeout=30,
+                       json={"type": "file", "format": "text", "content": "week 4\n"})
+    assert put.status_code in (200, 201), put.text
+    published = requests.post(f"{hub.url}/user/teacher/cloudhop/api/snapshots", headers=auth, timeout=120,
+                              json={"name": "week4", "share": "all", "kernels": False})
+    assert published.status_code == 200, published.text
+    assert published.json()["class"]["name"] == "week4"
+    assert "week4" in [c["name"] for c in hub.api("GET", "/cloudhop/classes", token=tokens["ada"]).json()["classes"]]
+    again = requests.post(f"{hub.url}/user/teacher/cloudhop/api/snapshots", headers=auth, timeout=120,
+                          json={"name": "week4", "share": "all", "kernels": False})
+    assert again.status_code == 409 and "replace" in again.json()["message"]
