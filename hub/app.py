@@ -36,8 +36,10 @@ def cloudhop_routes() -> list[tuple]:
     from .ray_api import handlers as ray_handlers
     from .rescue_api import handlers as rescue_handlers  # spot rescues
     from .snapshots_api import handlers as snapshot_handlers  # snapshot lines, class snapshots
+    from .usage_api import handlers as usage_handlers  # spend and budgets
 
-    return [*offers_handlers(), *tokens_api.handlers(), *ray_handlers(), *rescue_handlers(), *snapshot_handlers()]
+    return [*offers_handlers(), *tokens_api.handlers(), *ray_handlers(), *rescue_handlers(), *snapshot_handlers(),
+            *usage_handlers()]
 
 
 def leave_routes_to_the_app(c) -> None:
@@ -61,6 +63,13 @@ class CloudhopHub(JupyterHub):
         ours = [h for h in cloudhop_routes() if h not in operators]
         # first: JupyterHub's own API ends in a catch-all 404 for /hub/api/
         self.handlers[:0] = self.add_url_prefix(self.hub_prefix, ours)
+
+    async def start(self):
+        from .budget_watch import start_watcher
+
+        await super().start()
+        # budgets that hold: the hub stops servers whose users' budget is spent
+        self._periodic_callbacks["cloudhop-budgets"] = start_watcher(self)
 
     async def check_services_health(self):
         if self._stopping:  # the services are going away on purpose

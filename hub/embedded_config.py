@@ -104,6 +104,15 @@ add_store_service(
     s3=_store.s3 or None,
 )
 
+# the spend ledger (cloudhop.spawner.ledger): every node's priced running time, in the data
+# folder unless the operator named a file; the group policy (budgets included) is checked
+# here, so a bad rule stops the hub naming the setting
+from cloudhop.spawner.policy import Policy  # noqa: E402
+
+if "path" not in c.CloudhopLedger:
+    c.CloudhopLedger.path = str(data_dir / "ledger.sqlite")
+Policy(config=c)
+
 # the reaper (docs/clouds.md): terminates nodes tagged with this hub that no active server
 # owns, after a grace period; c.CloudhopReaper.enabled / .interval / .grace tune it
 # (cloudhop.hub.config.CloudhopReaper)

@@ -78,8 +78,10 @@ class Reaper:
     """One hub's reaper: ``providers`` by name, the hub's id, the grace period."""
 
     def __init__(self, providers: dict, hub, hub_id: str, *, grace: float = 900.0,
-                 report: str | os.PathLike | None = None, clock=time.time):
+                 report: str | os.PathLike | None = None, clock=time.time, ledger=None):
         self.providers = providers
+        #: the spend ledger (:class:`cloudhop.spawner.ledger.Ledger`), None: no spend kept
+        self.ledger = ledger
         self.hub = hub
         self.hub_id = hub_id
         self.grace = grace
@@ -122,6 +124,7 @@ class Reaper:
                 log.warning("reaper: cannot list %s nodes: %s", name, entry["error"])
                 continue
             entry["listed"] = len(nodes)
+            self._close_vanished(name, {n.id for n in nodes}, owned, now, entry)
             for node in nodes:
                 if (name, node.id) in owned:
                     entry["owned"] += 1
@@ -137,11 +140,36 @@ class Reaper:
                     log.error("reaper: %s", entry["error"])
                     continue
                 entry["terminated"].append(node.id)
+                self._close_spend(name, node.id, now)
                 log.warning(
                     "reaper: terminated %s node %s (user %r, server %r, %.0fs old): no active server owns it",
                     name, node.id, node.tags.get("cloudhop-user"), node.tags.get("cloudhop-server"), age,
                 )
         return self._record(report)
+
+    def _close_spend(self, provider: str, node_id: str, now: float) -> None:
+        """Close the spend interval of a node this reaper terminated."""
+        if self.ledger is None:
+            return
+        try:
+            self.ledger.close_node(provider, node_id, now)
+        except Exception as err:  # noqa: BLE001 - the ledger's trouble never stops a sweep
+            log.error("reaper: could not close the spend of %s node %s: %s", provider, node_id, err)
+
+    def _close_vanished(self, provider: str, listed: set, owned: set, now: float, entry: dict) -> None:
+        """Close the open spend intervals of ``provider``'s nodes that it no longer lists
+        and no active server owns (a node gone while the hub was down, a worker that
+        died), once older than the grace period (a cloud may list a new node late)."""
+        if self.ledger is None:
+            return
+        try:
+            for i in self.ledger.intervals(open_only=True):
+                if (i.provider == provider and i.node not in listed and (provider, i.node) not in owned
+                        and now - i.t0 >= self.grace):
+                    self.ledger.close_node(provider, i.node, now)
+                    entry.setdefault("closed_spend", []).append(i.node)
+        except Exception as err:  # noqa: BLE001 - the ledger's trouble never stops a sweep
+            log.error("reaper: could not reconcile the spend of %s nodes: %s", provider, err)
 
     def _record(self, report: dict) -> dict:
         report["finished"] = self.clock()
@@ -182,6 +210,7 @@ def reaper_service_config(c, *, data_dir: str, env=os.environ) -> dict:
         "interval": conf.interval,
         "grace": conf.grace,
         "report": os.path.join(os.path.abspath(data_dir), "reaper-report.json"),
+        "ledger": c.CloudhopLedger.get("path") or "",
         "config": config,
     }
     environment = hub_credentials(env)
@@ -215,8 +244,13 @@ def build(settings: dict, api_url: str, token: str) -> tuple[Reaper, float]:
         except Exception as err:  # noqa: BLE001 - a missing SDK spares the rest
             log.error("reaper: provider %s unavailable: %s", name, err)
     # interval and grace were checked by CloudhopReaper when the hub wrote the settings
+    ledger = None
+    if settings.get("ledger"):
+        from cloudhop.spawner.ledger import Ledger
+
+        ledger = Ledger(settings["ledger"])
     reaper = Reaper(providers, HubClient(api_url, token), settings["hub_id"],
-                    grace=settings["grace"], report=settings.get("report"))
+                    grace=settings["grace"], report=settings.get("report"), ledger=ledger)
     return reaper, settings["interval"]
 
 

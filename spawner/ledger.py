@@ -107,7 +107,9 @@ class Wanted:
 
 
 def epoch(when) -> float:
-    """Epoch seconds of a UTC datetime (naive ones are read as UTC) or a number."""
+    """Epoch seconds of a UTC datetime or ISO 8601 text (naive ones are read as UTC) or a number."""
+    if isinstance(when, str):
+        when = datetime.datetime.fromisoformat(when.replace("Z", "+00:00"))
     if isinstance(when, datetime.datetime):
         if when.tzinfo is None:
             when = when.replace(tzinfo=datetime.timezone.utc)
@@ -248,6 +250,13 @@ class Ledger:
         sql = _SPEND.format(join="", where="i.user = ?3").replace("SELECT ", "SELECT i.server, ", 1) + " GROUP BY i.server"
         rows = self._run(lambda db: db.execute(sql, (epoch(since), now, user)).fetchall(), write=False)
         return {server: float(usd) for server, usd in rows}
+
+    def by_user(self, *, since, now: float | None = None) -> dict[str, float]:
+        """USD per user from ``since`` to ``now``."""
+        now = time.time() if now is None else now
+        sql = _SPEND.format(join="", where="1").replace("SELECT ", "SELECT i.user, ", 1) + " GROUP BY i.user"
+        rows = self._run(lambda db: db.execute(sql, (epoch(since), now)).fetchall(), write=False)
+        return {user: float(usd) for user, usd in rows}
 
     def users_of_group(self, group: str, *, since, now: float | None = None) -> dict[str, float]:
         """USD per user of the intervals counted for ``group`` from ``since`` to ``now``."""

@@ -599,6 +599,12 @@ class CloudhopSpawner(Spawner):
         """USD spent by the nodes this server runs now, since their launch (None: none run)."""
         return spend.server_spend(self)
 
+    @property
+    def budget_notice(self) -> dict | None:
+        """The user's budget warning (80%) or why their servers stopped (100%), for the
+        Home page; None when there is nothing to say (:func:`.spend.budget_notice`)."""
+        return spend.budget_notice(self)
+
     def _save_state(self) -> None:
         """Write state to the hub's database now, so a hub killed mid-start still knows
         which nodes this server owns; its nodes' spend intervals follow (:mod:`.spend`)."""
@@ -639,6 +645,7 @@ class CloudhopSpawner(Spawner):
             return 0
         node = await self.provider(self.node.provider).status(self.node.id)
         if node.state in (STOPPING, TERMINATED, FAILED):  # a VM going away is not a server
+            spend.node_gone(self, node)  # the hub stops such a server without stop(): it no longer costs
             return 1
         if self.ray_cluster is not None:
             await self.ray_launcher.refresh(self._log_name)  # a dead worker is reported, the server stays

@@ -72,6 +72,47 @@ def record(spawner) -> bool:
     return True
 
 
+def node_gone(spawner, node) -> None:
+    """Close the interval of the server's notebook ``node``, which its provider says is
+    going or gone (JupyterHub then stops the server without calling its ``stop``; the
+    reaper closes the intervals of workers it terminates)."""
+    try:
+        spawner.ledger.close_node(node.provider, node.id)
+    except LedgerError as err:
+        spawner.log.error("Spend of %s: could not close node %s: %s", spawner._log_name, node.id, err)
+
+
+#: the share of a budget from which users are warned
+WARN_FRACTION = 0.8
+#: the kind of the ledger's notice the budget watcher leaves when it stops a server
+STOP_NOTICE = "budget-stop"
+
+
+def budget_notice(spawner) -> dict | None:
+    """What the user should know about their budget, for the Home page and the server
+    extension: ``{"kind": "spent", "message"}`` once it is used up (with the reason the
+    budget watcher gave, when it stopped servers), ``{"kind": "warning", ...}`` from 80%,
+    else None. A ledger that cannot be read shows nothing (the log says why)."""
+    try:
+        status = spawner.policy.budget_status(spawner.user_groups(), spawner.user.name)
+        if not status["limited"] or status["fraction"] is None or status["fraction"] < WARN_FRACTION:
+            return None
+        best = max(status["budgets"], key=lambda b: b["left"])
+        if status["fraction"] >= 1.0:
+            stops = [n for n in spawner.ledger.notices(spawner.user.name, since=best["since"])
+                     if n["kind"] == STOP_NOTICE]
+            why = stops[0]["message"] if stops else "servers cannot start"
+            return {"kind": "spent", "fraction": status["fraction"],
+                    "message": f"Your budget is used up ({why}). An admin can raise it."}
+    except LedgerError as err:
+        spawner.log.error("Budget of %s unknown: %s", spawner.user.name, err)
+        return None
+    return {"kind": "warning", "fraction": status["fraction"],
+            "message": f"You have used {status['fraction']:.0%} of your ${best['usd']:.2f} budget this "
+                       f"{best['period']} (group {best['group']!r}; ${best['left']:.2f} left); "
+                       "at 100% your servers are stopped (their work is kept)."}
+
+
 def server_spend(spawner, now: float | None = None) -> float | None:
     """USD spent by the server's nodes now running (since their launch); None when it
     runs none."""
