@@ -18,6 +18,8 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
+from cloudhop.spawner.schema import SNAPSHOT
+
 from . import gpustats
 from .hubclient import HubError
 from .migrate import Busy, Migrator, NotAccepted, OptionError, Restorer
@@ -110,12 +112,48 @@ class AcceptHandler(MigrationAPIHandler):
 
 
 class RestoreHandler(MigrationAPIHandler):
+    """``GET``: this server's restore report (404 when it restores none); with
+    ``?wait=S`` the answer comes once the restore has ended, or after S seconds (at most
+    :attr:`MAX_WAIT`) - a move's source learns the moment it is done, without polling.
+    ``POST {"snapshot": id}``: restore that snapshot into this server now (202 with the
+    report); 409 when this server already restores one. The restore reads the snapshot
+    with this server's own token: only snapshots made for this server."""
+
+    MAX_WAIT = 60
+
     @web.authenticated
     @authorized
     async def get(self):
         self.check_owner()
-        if self.restorer is None:
+        if self.restorer is None or not self.restorer.started:
             raise web.HTTPError(404, "this server was not started from a snapshot")
+        try:
+            wait = float(self.get_argument("wait", "0"))
+        except ValueError:
+            raise web.HTTPError(400, "wait: must be a number of seconds") from None
+        if not 0 <= wait < float("inf"):
+            raise web.HTTPError(400, "wait: must be a number of seconds, 0 or more")
+        report = await self.restorer.wait(min(wait, self.MAX_WAIT)) if wait else self.restorer.report
+        self.finish(json.dumps(report.to_json()))
+
+    @web.authenticated
+    @authorized
+    async def post(self):
+        self.check_owner()
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, 'the body must be JSON: {"snapshot": "<id>"}') from None
+        sid = body.get("snapshot") if isinstance(body, dict) else None
+        if not isinstance(sid, str) or not SNAPSHOT.match(sid):
+            raise web.HTTPError(400, "snapshot: must be a snapshot id (letters, digits, '-' and '_')")
+        if self.restorer is None:
+            raise web.HTTPError(503, "this server is not started by a Cloudhop hub; it restores nothing")
+        try:
+            self.restorer.start(sid)
+        except ValueError as err:
+            raise web.HTTPError(409, str(err), reason="already restoring") from None
+        self.set_status(202)
         self.finish(json.dumps(self.restorer.report.to_json()))
 
 
@@ -143,7 +181,7 @@ class InfoHandler(MigrationAPIHandler):
             "provider": env.get("CLOUDHOP_PROVIDER"), "region": env.get("CLOUDHOP_REGION"),
             "instance_type": env.get("CLOUDHOP_INSTANCE_TYPE"), "gpu": env.get("CLOUDHOP_GPU"),
             "gpu_count": int(env.get("CLOUDHOP_GPU_COUNT") or 0), **cost,
-            "restored": self.restorer is not None, "ray": dashboard_port() is not None,
+            "restored": self.restorer is not None and self.restorer.started, "ray": dashboard_port() is not None,
             # the offer a spot interruption moved this server away from (:mod:`.preempt`)
             "rescued_from": env.get("CLOUDHOP_RESCUED_FROM") or None,
             "migrations": [m.to_json() for m in self.migrator.migrations.values()],

@@ -97,8 +97,14 @@ class HubClient:
             self.api_url + path, method=method, request_timeout=timeout, headers=headers,
             body=None if body is None else json.dumps(body), allow_nonstandard_methods=True,
         )
+        resp = await self._fetch(req)
+        return json.loads(resp.body) if resp.body else None
+
+    @staticmethod
+    async def _fetch(req: HTTPRequest):
+        """Send ``req``; raises :class:`HubError` for a refusal or an unreachable hub."""
         try:
-            resp = await AsyncHTTPClient().fetch(req)
+            return await AsyncHTTPClient().fetch(req)
         except HTTPClientError as err:
             message, field = err.message, None
             if err.response is not None and err.response.body:
@@ -111,7 +117,6 @@ class HubClient:
             raise HubError(err.code, str(message), field) from None
         except OSError as err:
             raise HubError(None, str(err)) from None
-        return json.loads(resp.body) if resp.body else None
 
     # -- a user's servers ---------------------------------------------------------------
     async def start_server(self, name: str, options: dict) -> None:
@@ -129,6 +134,45 @@ class HubClient:
             if err.status == 404:
                 return None
             raise
+
+    async def wait_ready(self, name: str, timeout: float) -> str:
+        """Follow the hub's progress stream of this user's server ``name`` (``GET
+        .../servers/{name}/progress``, ``read:servers`` on it) until its start ends: the hub
+        tells the moment it is ready, with no polling. Returns the server's URL (its path).
+        Raises RuntimeError with the hub's message when the start failed or the stream ended
+        without saying, HubError when the hub refused (400: the server is not starting)
+        or could not be reached, TimeoutError after ``timeout`` seconds."""
+        events: list[dict] = []
+        pending = b""
+
+        def on_chunk(data: bytes) -> None:
+            nonlocal pending
+            pending += data
+            while b"\n\n" in pending:
+                block, pending = pending.split(b"\n\n", 1)
+                for line in block.split(b"\n"):
+                    if line.startswith(b"data:"):
+                        try:
+                            events.append(json.loads(line[5:]))
+                        except ValueError:
+                            pass
+
+        user = quote(self.user, safe="")
+        req = HTTPRequest(f"{self.api_url}/users/{user}/servers/{quote(name, safe='')}/progress",
+                          headers={"Authorization": f"token {self.token}", "Accept": "text/event-stream"},
+                          request_timeout=timeout, streaming_callback=on_chunk)
+        try:
+            await self._fetch(req)
+        except HubError as err:
+            if err.status == 599 and "timeout" in err.message.lower():
+                raise TimeoutError(f"the server {name!r} did not start in {timeout:.0f} s") from None
+            raise
+        for event in reversed(events):
+            if event.get("ready"):
+                return event.get("url") or ""
+            if event.get("failed"):
+                raise RuntimeError(event.get("message") or "the start failed")
+        raise RuntimeError(f"the hub's progress of the server {name!r} ended before it was ready")
 
     # -- Cloudhop's hub endpoints -------------------------------------------------------
     async def offers(self) -> list[dict]:
@@ -166,6 +210,11 @@ class HubClient:
         """Every move the hub has not settled (the reconciler's token)."""
         return (await self.request("GET", "/cloudhop/moves", timeout=30))["moves"]
 
+    async def report_activity(self, body: dict) -> dict:
+        """Report this server's activity and GPU readings (:mod:`cloudhop.hub.culling_api`);
+        returns the hub's answer, ``{"cull": ...}``."""
+        return await self.request("POST", self._own_path("activity"), body, timeout=20)
+
     async def kernel_token(self) -> str:
         """A token for this server's kernels: this server's API only."""
         return (await self.request("POST", self._own_path("kernel-token"), {}, timeout=20))["token"]
@@ -200,8 +249,3 @@ class HubClient:
             if not nxt:
                 return out
             offset = nxt["offset"]
-    async def report_activity(self, body: dict) -> dict:
-        """Report this server's activity and GPU readings (:mod:`cloudhop.hub.culling_api`);
-        returns the hub's answer, ``{"cull": ...}``."""
-        return await self.request("POST", self._own_path("activity"), body, timeout=20)
-

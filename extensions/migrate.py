@@ -2,15 +2,18 @@
 
 Source (:class:`Migrator`), one migration at a time:
 
-1. ``snapshotting`` - checkpoint each session's kernel (notebook path -> kernel), ask the
-   hub for the move's token (:mod:`cloudhop.hub.tokens_api`: short-lived, for the one
-   new server and its snapshot only), then snapshot the workspace plus those
-   checkpoints into the hub's snapshot store with it;
+1. ``snapshotting`` - checkpoint each session's kernel (notebook path -> kernel)
+   (:mod:`.capture`) and ask the hub for the move's token (:mod:`cloudhop.hub.tokens_api`:
+   short-lived, for the one new server, its API and its snapshot only);
 2. ``launching`` - with the move's token, start the new named server of the same user
-   with the requested user_options plus ``"restore": <snapshot id>``, and wait until it
-   is ready;
-3. ``restoring`` - wait for the target's restore report (kept in the store beside the
-   snapshot);
+   with the requested user_options plus ``"restore": "none"`` and, at the same time,
+   snapshot the workspace plus those checkpoints into the hub's snapshot store; wait
+   until both are done (the hub's progress stream says when the target is ready);
+3. ``restoring`` - ask the target to restore the snapshot (``POST {target}/cloudhop/api/
+   restore``, through the hub's proxy: :mod:`.target`) and wait until it answers that
+   it has; read its report (kept in the store beside the snapshot). A server that knows
+   no way to the proxy (``proxy_url`` empty) snapshots first and starts the target with
+   ``"restore": <snapshot id>`` instead;
 4. ``verifying`` - every file's BLAKE3 and every kernel's variable list must match;
 5. ``done`` - ``target_url`` is set; shortly after, the source asks the hub to stop it.
    When the snapshot left out something of the user's (anything in ``skipped`` that is
@@ -29,9 +32,10 @@ Any failure or timeout stops (and removes) the target and leaves the source runn
 and unchanged: state ``failed`` with ``error``. The server's own token cannot start or
 stop any server but itself; only the move's token reaches the target.
 
-Target (:class:`Restorer`), when started with ``CLOUDHOP_RESTORE``: restores the files,
-then recreates each session with the same path and kernel name and loads its
-variables, then writes its report (also served at ``cloudhop/api/restore``).
+Target (:class:`Restorer`), when started with ``CLOUDHOP_RESTORE`` or asked later:
+restores the files while it recreates each session with the same path and kernel name,
+loads each kernel's variables once the files are in place, then writes its report (also
+served at ``cloudhop/api/restore``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -56,9 +61,12 @@ from .capture import KERNEL_PREFIX, capture, checkpoint_kernels, kernel_skipped,
 from .hubclient import HubClient, HubError
 from .kernelstate import restore_kernel
 from .snapshot import Excludes, Manifest, StoreClient, restore_snapshot
+from .snapshot.confined import Confined, RestoreError
 from .snapshot.excludes import DEFAULT_MAX_FILE_BYTES, DEFAULT_PATTERNS, summary
+from .snapshot.manifest import check_path
 from .snapshot.protocol import KernelReport, RestoreReport
 from .snapshot.snapshot import workspace_dest
+from .target import Target, TargetError, default_proxy_url
 
 log = logging.getLogger("cloudhop.migrate")
 STATES = ("snapshotting", "launching", "restoring", "verifying", "awaiting-accept", "done", "failed")
@@ -80,6 +88,14 @@ async def hold(phase: str, env=os.environ) -> None:
     folder = env.get(HOLD_ENV)
     while folder and os.path.exists(os.path.join(folder, phase)):
         await asyncio.sleep(0.1)
+
+
+#: the ``restore`` option that starts a server with nothing to restore (the spawner's)
+RESTORE_NONE = "none"
+
+
+class Cancelled(RuntimeError):
+    """A move's snapshot was ended because the move failed meanwhile."""
 
 
 class Busy(RuntimeError):
@@ -178,6 +194,11 @@ class CloudhopMigration(Configurable):
         help="URL of the hub's snapshot store service. Default: $CLOUDHOP_STORE_URL, set by the "
         "hub ($CLOUDHOP_STORE_LOCAL_URL on the local provider, whose servers share the hub's host).",
     ).tag(config=True)
+    proxy_url = Unicode(
+        help="URL of the hub's proxy as this server reaches it, through which a move asks its target "
+        "to restore. Default: $JUPYTERHUB_PUBLIC_URL, else the proxy of $CLOUDHOP_STORE_URL. Empty: "
+        "a move starts its target only once the snapshot is stored (slower).",
+    ).tag(config=True)
     launch_timeout = Float(900, help="Seconds to wait for the target server to start.").tag(config=True)
     restore_timeout = Float(1800, help="Seconds to wait for the target to restore files and kernels.").tag(config=True)
     kernel_timeout = Float(600, help="Seconds one kernel may take to checkpoint or restore "
@@ -194,7 +215,8 @@ class CloudhopMigration(Configurable):
     max_file_bytes = Float(DEFAULT_MAX_FILE_BYTES, help="Files larger than this (bytes) are left out "
                            "of a snapshot and listed in the move's skipped; the move keeps its source "
                            "running until the user accepts.").tag(config=True)
-    #: seconds between looks at the hub and the store while waiting (not a setting)
+    #: seconds between looks at the store while a target without a reachable API restores
+    #: (no ``proxy_url``; not a setting)
     poll_interval = 1.0
 
     @default("store_url")
@@ -208,6 +230,15 @@ class CloudhopMigration(Configurable):
     def _store_url(self, value: str) -> str:
         """``value`` or, when empty, the URL the hub announced; either must be an http(s) URL."""
         return require_url(value or _default_store_url(os.environ), setting_name(self, type(self).store_url))
+
+    @default("proxy_url")
+    def _proxy_url_default(self):
+        return default_proxy_url(os.environ)
+
+    @validate("proxy_url")
+    def _check_proxy_url(self, proposal):
+        value = proposal["value"]
+        return require_url(value, setting_name(self, type(self).proxy_url)).rstrip("/") if value else ""
 
     @validate("launch_timeout", "restore_timeout", "kernel_timeout")
     def _check_timeout(self, proposal):
@@ -313,11 +344,19 @@ class Migrator:
             move = await self.move_hub(target_name(m.options, m.id), m)
             await hold("snapshotting")
             store = self.store(move.token)
-            manifest = await self._snapshot(m, store, kernels)
-            await self._enter(m, "launching", wait=False)  # held once the target was asked for
-            await self._launch(m, move)
-            await self._enter(m, "restoring")
-            report = await self._wait_report(m, store, move)
+            if self.settings.proxy_url:
+                # the target starts while the snapshot is sent, then restores it when asked
+                await self._enter(m, "launching", wait=False)  # held once the target was asked for
+                manifest = await self._launch_while_snapshotting(m, move, store, kernels)
+                await self._enter(m, "restoring")
+                target = Target(self.settings.proxy_url, m.target_url, move.token)
+                report = await self._restore_on(m, target, store, move)
+            else:  # the target cannot be reached before it runs: it restores as it starts
+                manifest = await self._snapshot(m, store, kernels)
+                await self._enter(m, "launching", wait=False)
+                await self._launch(m, move, m.snapshot_id)
+                await self._enter(m, "restoring")
+                report = await self._wait_report(m, store, move)
             await self._enter(m, "verifying")
             self._verify(m, manifest, kernels, report)
             if left_out(m.skipped) and not m.move_options.get("accept_skipped"):
@@ -457,9 +496,13 @@ class Migrator:
         m.skipped += kernel_skipped(kernels)
         return kernels
 
-    async def _snapshot(self, m: Migration, store: StoreClient, kernels: list[dict]) -> Manifest:
-        """Snapshot the workspace and ``kernels`` (:func:`.capture.capture`) as move ``m``'s."""
+    async def _snapshot(self, m: Migration, store: StoreClient, kernels: list[dict],
+                        cancel: threading.Event | None = None) -> Manifest:
+        """Snapshot the workspace and ``kernels`` (:func:`.capture.capture`) as move ``m``'s;
+        setting ``cancel`` ends it at its next upload (:class:`Cancelled`)."""
         def progress(sent, total):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("the snapshot was cancelled")
             m.bytes_sent, m.bytes_total = sent, total
 
         sid, manifest, stats = await capture(
@@ -471,23 +514,59 @@ class Migrator:
         m.skipped += [s.to_json() for s in stats.skipped]  # workspace paths: path, kind, size, reason, cache
         return manifest
 
-    async def _launch(self, m: Migration, move: HubClient) -> None:
+    async def _launch_while_snapshotting(self, m: Migration, move: HubClient, store: StoreClient,
+                                         kernels: list[dict]) -> Manifest:
+        """Launch the target (with nothing to restore) and take the snapshot at the same
+        time; returns the snapshot's manifest once both are done. The first failure ends
+        the other (the caller removes the target)."""
+        cancel = threading.Event()
+        launch = asyncio.ensure_future(self._launch(m, move, RESTORE_NONE))
+        snap = asyncio.ensure_future(self._snapshot(m, store, kernels, cancel))
+        try:
+            done, _ = await asyncio.wait({launch, snap}, return_when=asyncio.FIRST_EXCEPTION)
+            for task in (launch, snap):
+                if task in done and task.exception() is not None:
+                    raise task.exception()
+            await launch
+            return await snap
+        finally:
+            cancel.set()
+            launch.cancel()
+            await asyncio.gather(launch, snap, return_exceptions=True)
+
+    async def _launch(self, m: Migration, move: HubClient, restore: str) -> None:
+        """Start the target with the move's options plus ``"restore": restore`` and wait
+        until the hub says it is ready (its progress stream: no polling)."""
         name = m.target_server = target_name(m.options, m.id)
         try:
-            await move.start_server(name, dict(m.options, restore=m.snapshot_id))
+            await move.start_server(name, dict(m.options, restore=restore))
         except HubError as err:
             raise RuntimeError(f"the target server {name!r} failed to start ({err})") from None
         await hold("launching")
-        deadline = time.monotonic() + self.settings.launch_timeout
-        while time.monotonic() < deadline:
-            model = await move.server(name)
-            if model and model.get("ready"):
-                m.target_url = model.get("url")
-                return
-            if model is None or not model.get("pending"):
-                raise RuntimeError(f"the target server {name!r} failed to start")
-            await asyncio.sleep(self.settings.poll_interval)
-        raise TimeoutError(f"the target server {name!r} did not start in {self.settings.launch_timeout:.0f} s")
+        try:
+            m.target_url = await move.wait_ready(name, self.settings.launch_timeout)
+        except TimeoutError:
+            raise
+        except (RuntimeError, HubError) as err:
+            raise RuntimeError(f"the target server {name!r} failed to start ({err})") from None
+
+    async def _restore_on(self, m: Migration, target: Target, store: StoreClient, move: HubClient) -> RestoreReport:
+        """Ask ``target`` to restore the move's snapshot and wait until it has (the target
+        answers the moment it is done); returns the report the target kept in the store."""
+        try:
+            await target.restore(m.snapshot_id)
+            answer = await target.wait_restored(self.settings.restore_timeout)
+        except TargetError as err:
+            model = await move.server(m.target_server)
+            if not model or not (model.get("ready") or model.get("pending")):
+                raise RuntimeError(f"the target server {m.target_server!r} stopped while restoring") from None
+            raise RuntimeError(f"the target could not restore: {err}") from None
+        if answer.get("state") == "failed":
+            raise RuntimeError(f"the target could not restore: {answer.get('error')}")
+        report = await asyncio.to_thread(store.get_report, m.snapshot_id)
+        if report is None or report.state != "done":
+            raise RuntimeError("the target kept no restore report in the store")
+        return report
 
     async def _wait_report(self, m: Migration, store: StoreClient, move: HubClient) -> RestoreReport:
         deadline = time.monotonic() + self.settings.restore_timeout
@@ -529,18 +608,54 @@ class Migrator:
 
 
 class Restorer:
-    """The target side: restore snapshot ``snapshot_id`` into this server."""
+    """The target side: restore one snapshot into this server, once - the one named by
+    ``snapshot_id`` at once (``CLOUDHOP_RESTORE``), or the one :meth:`start` names later
+    (a move's source asks, ``POST cloudhop/api/restore``, once it has stored the snapshot
+    of a target it launched while snapshotting).
 
-    def __init__(self, serverapp, hub: HubClient, settings: CloudhopMigration, snapshot_id: str):
+    The sessions' kernels start while the files arrive (in their notebook's folder, made
+    first); each loads its state once every file is in place (a re-run cell may read
+    them). The report is written to the store when the restore ends, and :meth:`wait`
+    returns then."""
+
+    def __init__(self, serverapp, hub: HubClient, settings: CloudhopMigration, snapshot_id: str | None = None):
         self.app = serverapp
         self.hub = hub
         self.settings = settings
-        self.report = RestoreReport(snapshot=snapshot_id)
+        self.report = RestoreReport(snapshot=snapshot_id or "")
+        self._ended: asyncio.Event | None = None
+        self._task: asyncio.Future | None = None
+
+    @property
+    def started(self) -> bool:
+        """Whether this server restores (or restored) a snapshot."""
+        return bool(self.report.snapshot)
+
+    def start(self, snapshot_id: str) -> None:
+        """Restore ``snapshot_id`` in the background; ValueError when this server already
+        restores one (a server restores at most one snapshot)."""
+        if self.started:
+            raise ValueError(f"this server already restores snapshot {self.report.snapshot}")
+        self.report.snapshot = snapshot_id
+        self._task = asyncio.ensure_future(self.run())
+
+    async def wait(self, timeout: float) -> RestoreReport:
+        """The report once the restore has ended (``done`` or ``failed``), or as it stands
+        after ``timeout`` seconds (``restoring``)."""
+        if self._ended is None:
+            self._ended = asyncio.Event()
+        if self.report.state == "restoring":
+            try:
+                await asyncio.wait_for(self._ended.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        return self.report
 
     async def run(self) -> RestoreReport:
         sid = self.report.snapshot
         store = StoreClient(self.settings.store_url, self.hub.user, self.hub.token)
         workdir = tempfile.mkdtemp(prefix="cloudhop-restore-")
+        sessions: list[asyncio.Future] = []
         try:
             manifest = Manifest.loads(await asyncio.to_thread(store.get_manifest, sid))
             self.report.bytes_total = manifest.total_bytes
@@ -557,24 +672,44 @@ class Restorer:
             def progress(got, total):
                 self.report.bytes_received = got
 
+            # each kernel starts now, in its notebook's folder, while the files arrive
+            early = [await asyncio.to_thread(self._make_folder, k["path"]) for k in kernels]
+            sessions = [asyncio.ensure_future(self._session(k)) if ok else None for k, ok in zip(kernels, early)]
             restored = await asyncio.to_thread(restore_snapshot, manifest, store, dest, progress=progress)
             self.report.files = {p: h for p, h in restored.items() if not p.startswith(KERNEL_PREFIX + "/")}
-            for k in kernels:
-                self.report.kernels.append(await self._kernel(k, os.path.join(workdir, k["prefix"])))
+            for k, session in zip(kernels, sessions):
+                started = await session if session is not None else await self._session(k)
+                self.report.kernels.append(await self._kernel(k, started, os.path.join(workdir, k["prefix"])))
             self.report.state = "done"
         except Exception as err:  # noqa: BLE001 - reported to the source through the store
             log.exception("restore of %s failed", sid)
             self.report.state = "failed"
             self.report.error = str(err) or type(err).__name__
+            await asyncio.gather(*[s for s in sessions if s is not None], return_exceptions=True)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         try:
             await asyncio.to_thread(store.put_report, sid, self.report)
         finally:
             store.close()
+            if self._ended is None:
+                self._ended = asyncio.Event()
+            self._ended.set()
         return self.report
 
-    async def _kernel(self, k: dict, directory: str) -> KernelReport:
+    def _make_folder(self, path: str) -> bool:
+        """Make the folder of the notebook ``path`` in the workspace (confined: never
+        through a link), so its kernel starts there before the files arrive; False when
+        it cannot be made now (the kernel then starts once the files are in place)."""
+        try:
+            with Confined(os.path.abspath(self.app.root_dir)) as tree, tree.parent(check_path(path), create=True):
+                return True
+        except (OSError, ValueError, RestoreError):
+            return False
+
+    async def _session(self, k: dict) -> tuple[dict, list]:
+        """Start the session of kernel ``k`` (same path, name, type and kernel name, else
+        the default kernel, listed as skipped); returns its model and what it skipped."""
         specs = self.app.kernel_spec_manager.find_kernel_specs()
         kernel_name = k["kernel_name"]
         skipped = []
@@ -586,7 +721,13 @@ class Restorer:
             path=k["path"], name=k.get("name") or k["path"], type=k.get("type") or "notebook",
             kernel_name=kernel_name,
         )
+        return model, skipped
+
+    async def _kernel(self, k: dict, session: tuple[dict, list], directory: str) -> KernelReport:
+        """Load kernel ``k``'s checkpoint in ``directory`` into its started ``session``."""
+        model, skipped = session
         info = self.app.kernel_manager.get_kernel(model["kernel"]["id"]).get_connection_info()
         result = await restore_kernel(info, directory, timeout=self.settings.kernel_timeout)
-        return KernelReport(path=k["path"], kernel_name=kernel_name, kernel_id=model["kernel"]["id"],
-                            variables=result["variables"], skipped=skipped + result["skipped"])
+        return KernelReport(path=k["path"], kernel_name=model["kernel"].get("name") or k["kernel_name"],
+                            kernel_id=model["kernel"]["id"], variables=result["variables"],
+                            skipped=skipped + result["skipped"])

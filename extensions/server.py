@@ -5,7 +5,8 @@
     POST {server}/cloudhop/api/migrations          user_options -> 202 {"id", ...}; 409 if one runs
     GET  {server}/cloudhop/api/migrations/{id}     the migration's state (see migrate.Migration)
     POST {server}/cloudhop/api/migrations/{id}/accept   stop this server although the move left files out
-    GET  {server}/cloudhop/api/restore             this server's restore report (a migration target)
+    GET  {server}/cloudhop/api/restore             this server's restore report (?wait=S: once it ended)
+    POST {server}/cloudhop/api/restore             {"snapshot": id}: restore it into this server now
     POST {server}/cloudhop/api/snapshots           snapshot this server into its own line (hibernate.py)
     GET  {server}/cloudhop/api/info                where this server runs (provider, region, GPU), its price and spend
     GET  {server}/cloudhop/api/gpus                live use of this server's GPUs (NVML), or why there are none
@@ -42,13 +43,12 @@ def _load_jupyter_server_extension(serverapp):
     # before anything starts a kernel or terminal: they get a token for this server only
     keep_token_from_children(serverapp, hub)
     migrator = Migrator(serverapp, hub, settings)
-    restorer = None
+    restorer = Restorer(serverapp, hub, settings)  # or later: POST cloudhop/api/restore
     hibernator = Hibernator(serverapp, hub, settings)  # the one snapshot taker: the hub's stops, the spot agent
     snapshot_id = os.environ.get("CLOUDHOP_RESTORE")
     if snapshot_id:
-        restorer = Restorer(serverapp, hub, settings, snapshot_id)
         # runs once the server's event loop starts; the hub sees the server ready meanwhile
-        serverapp.io_loop.add_callback(restorer.run)
+        serverapp.io_loop.add_callback(restorer.start, snapshot_id)
         serverapp.log.info("Cloudhop: restoring snapshot %s into this server", snapshot_id)
     kw = {"migrator": migrator, "restorer": restorer}
     base = url_path_join(serverapp.base_url, "cloudhop/api")

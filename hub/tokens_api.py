@@ -18,8 +18,9 @@ running (or, for the kernels' token, starting). A refusal is a 4xx naming the fi
 
 **A move's token** (:func:`move_scopes`) may start the one new server ``target`` with the
 move's options (the spawner checks them against the policy like any spawn), follow it,
-stop and remove it, and use the snapshot store for that server only: store the
-snapshot it is restored from and read its restore report. It expires after
+stop and remove it, use its API (to ask it to restore the move's snapshot and wait for
+that: :mod:`cloudhop.extensions.target`), and use the snapshot store for that server
+only: store the snapshot it is restored from and read its restore report. It expires after
 ``expires_in`` seconds (at most :data:`MOVE_TOKEN_MAX_SECONDS`). The target must be a
 name the user has no server by, so a move never touches an existing server. One move per
 server at a time: while a move token of this server is live and its target exists,
@@ -110,8 +111,8 @@ KERNEL_NOTE = "cloudhop kernels "
 def move_scopes(user: str, target: str) -> list[str]:
     """The scopes of a move's token for ``user``'s new server ``target``."""
     server = f"{user}/{target}"
-    return [f"servers!server={server}", f"access:services!service={SERVICE_NAME}",
-            f"{SNAPSHOTS_SCOPE}!server={server}"]
+    return [f"servers!server={server}", f"access:servers!server={server}",
+            f"access:services!service={SERVICE_NAME}", f"{SNAPSHOTS_SCOPE}!server={server}"]
 
 
 def kernel_scopes(user: str, server: str) -> list[str]:

@@ -117,3 +117,23 @@ def test_a_second_migration_while_one_runs_is_refused_and_a_failure_changes_noth
     ws.close()
     # the failed one no longer blocks a new attempt
     assert api(url, "POST", "cloudhop/api/migrations", json={"region": "site-b"}).status_code == 202
+
+
+def test_a_server_restores_one_snapshot_when_asked_and_answers_once_it_ended(server):
+    """``POST cloudhop/api/restore`` (how a move's source starts its target's restore) and
+    the long ``GET ...?wait=S``; the store here does not answer, so the restore fails."""
+    url, root = server
+    assert api(url, "GET", "cloudhop/api/restore").status_code == 404
+    for body, status in (({"snapshot": "../x"}, 400), ({"snapshot": 7}, 400), ([], 400)):
+        r = api(url, "POST", "cloudhop/api/restore", json=body)
+        assert r.status_code == status and r.json()["message"].startswith("snapshot:"), r.text
+    r = api(url, "POST", "cloudhop/api/restore", data="{")
+    assert r.status_code == 400 and "JSON" in r.json()["message"]
+    r = api(url, "POST", "cloudhop/api/restore", json={"snapshot": "snap-1"})
+    assert r.status_code == 202 and r.json()["snapshot"] == "snap-1", r.text
+    r = api(url, "POST", "cloudhop/api/restore", json={"snapshot": "snap-2"})
+    assert r.status_code == 409 and "already restores snapshot snap-1" in r.json()["message"]
+    assert api(url, "GET", "cloudhop/api/restore?wait=soon").status_code == 400
+    report = api(url, "GET", "cloudhop/api/restore?wait=30").json()
+    assert report["state"] == "failed" and "snapshot store unreachable" in report["error"], report
+    assert (root / "keep.txt").read_text() == "unchanged"

@@ -39,10 +39,11 @@ c.CloudhopMoves.finish_after = 3
 SITE_B = {"provider": "local", "region": "site-b"}
 FILE = "keep me\n"
 SHOW = "print(x, name)"
-#: read by every server at start: a move's target waits while ``target-start`` is there
+#: read by every server at start: a move's target (every named server here) waits while
+#: ``target-start`` is there
 TARGET_START = """
 import os, time
-while os.environ.get("CLOUDHOP_RESTORE") and os.path.exists({hold!r}):
+while os.environ.get("JUPYTERHUB_SERVER_NAME") and os.path.exists({hold!r}):
     time.sleep(0.1)
 """
 

@@ -148,6 +148,9 @@ class Hub:
     async def server(self, name):
         return self.models.get(name)
 
+    async def wait_ready(self, name, timeout):
+        return self.models[name]["url"]
+
     async def stop_server(self, name, remove=False):
         self.stopped.append(name)
         self.models.pop(name, None)

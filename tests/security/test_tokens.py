@@ -77,6 +77,7 @@ def test_a_moves_token_reaches_only_its_one_new_server_and_its_snapshots():
     assert allows(have, "start:servers!server=alice/site-b-1a2b3c")
     assert allows(have, "delete:servers!server=alice/site-b-1a2b3c")
     assert allows(have, f"{SNAPSHOTS_SCOPE}!server=alice/site-b-1a2b3c")
+    assert allows(have, "access:servers!server=alice/site-b-1a2b3c"), "asks its target to restore"
     for other in ("alice/", "alice/other", "bob/site-b-1a2b3c"):
         for scope in ("start:servers", "delete:servers", "read:servers", "access:servers", SNAPSHOTS_SCOPE):
             assert not allows(have, f"{scope}!server={other}"), (scope, other)
