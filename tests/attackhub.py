@@ -40,6 +40,7 @@ HUB_ENDPOINTS = [
     ("POST", "/hub/api/cloudhop/ray/{u}", {"workers": 0}),
     ("POST", "/hub/api/cloudhop/moves/{u}", {"target": "stolen"}),
     ("POST", "/hub/api/cloudhop/kernel-token/{u}", {}),
+    ("POST", "/hub/api/cloudhop/activity/{u}", {"active": True}),
 ]
 #: the same for ``{u}``'s server (the server extension, its Ray routes and the dashboard proxy)
 SERVER_ENDPOINTS = [
@@ -51,6 +52,8 @@ SERVER_ENDPOINTS = [
     ("POST", "/user/{u}/cloudhop/api/migrations", {"region": "nowhere"}),
     ("GET", "/user/{u}/cloudhop/ray", None),
     ("POST", "/user/{u}/cloudhop/ray/workers", {"workers": 0}),
+    ("GET", "/user/{u}/cloudhop/api/activity", None),
+    ("POST", "/user/{u}/cloudhop/api/activity", {}),
     ("GET", "/user/{u}/ray-dashboard/", None),
     ("GET", "/user/{u}/ray-dashboard/api/jobs/", None),
     ("POST", "/user/{u}/ray-dashboard/api/jobs/", {"entrypoint": "id"}),

@@ -35,6 +35,9 @@ CHANGES = [
     ("POST", "/user/{u}/ray-dashboard/api/jobs/", {"entrypoint": "id"}, 200, True),
     ("PUT", "/user/{u}/ray-dashboard/api/jobs/x", {}, 200, True),
     ("DELETE", "/user/{u}/ray-dashboard/api/jobs/x", None, 200, True),
+    # activity reports move last_activity only (the cull tests check that)
+    ("POST", "/hub/api/cloudhop/activity/{u}", {"active": True}, 200, False),
+    ("POST", "/user/{u}/cloudhop/api/activity", {}, 200, False),
 ]
 #: the store's answer to each request sent properly (with a token)
 STORE_OK = {"GET": 200, "PUT": 200, "POST": 200, ("POST", "api/users/{u}/snapshots"): 201}
