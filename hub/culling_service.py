@@ -64,8 +64,8 @@ class PolicyArbiter:
         if decision.action != "cull":
             return False
         name = f"{user}/{server.get('name')}" if server.get("name") else user
-        log.info("Culling server %s (%s, GPU %s, groups %s): %s past its limit at %s", name,
-                 decision.reason, gpu, ",".join(groups) or "-", decision.reason, decision.cull_at.isoformat())
+        log.info("Culling server %s (%s, GPU %s, groups %s): its limit was reached at %s", name,
+                 decision.reason, gpu, ",".join(groups) or "-", decision.cull_at.isoformat())
         return True
 
 

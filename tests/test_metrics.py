@@ -104,3 +104,23 @@ def test_group_spend_is_read_from_the_ledger():
     assert collector.spend[("research", "month")] == 0
     (family,) = [f for f in collector.collect() if f.name == "cloudhop_spend_usd"]
     assert {s.labels["group"] for s in family.samples} == {"students", "research"}
+
+
+def test_the_grafana_dashboard_reads_only_families_the_hub_exports():
+    import json
+    import re
+    from pathlib import Path
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    dashboard = json.loads((Path(__file__).parent.parent / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {re.sub(r"_(bucket|count|sum|total)$", "", n) for e in exprs for n in re.findall(r"cloudhop_\w+", e)}
+    collector = metrics.HubCollector(types.SimpleNamespace(services=[], users={}))
+    exported = {f.name for f in collector.collect()}
+    from prometheus_client import generate_latest
+
+    exported |= {f.name for f in text_string_to_metric_families(generate_latest(REGISTRY).decode())}
+    assert used <= exported, used - exported
+    documented = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    assert all(f"`{name}" in documented for name in used)
