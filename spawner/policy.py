@@ -22,7 +22,7 @@ runs), ``image_override`` (True: an allowed image may replace the image a Kubern
 profile names; otherwise the profile's image wins), ``max_servers`` (servers at once,
 named ones included), ``max_gpus``, ``max_ray_workers`` (per server),
 ``max_price_hour`` (USD/hour, spot price when spot), ``budget`` (``{"usd": amount,
-"period": "day" | "week" | "month"}``); ``idle_minutes`` and ``max_hours`` are the
+"period": "day" | "week" | "month", "lookahead_minutes": 60, "per": "user" | "group"}``); ``idle_minutes`` and ``max_hours`` are the
 culling rules (:mod:`.cull_rules`).
 
 ``max_servers``, ``max_gpus``, ``max_price_hour`` and ``budget`` count **all of the
