@@ -55,4 +55,19 @@ async def azure(monkeypatch):
         fake.stop()
 
 
-NEW_CLOUDS = {"lambda": lambda_cloud, "azure": azure}
+@contextlib.asynccontextmanager
+async def digitalocean(monkeypatch):
+    from cloudhop.spawner.providers.digitalocean import DigitalOceanProvider
+    from tests.fakes.digitalocean_api import FakeDigitalOcean
+
+    fake = FakeDigitalOcean(token="contract-token")
+    url = fake.start()
+    monkeypatch.setenv("DIGITALOCEAN_TOKEN", "contract-token")
+    offer = cheapest_in_catalog("digitalocean", "tor1", "H100", 1)
+    try:
+        yield DigitalOceanProvider(api_endpoint=url, **FAST), lambda user: spec_for(offer, user=user)
+    finally:
+        fake.stop()
+
+
+NEW_CLOUDS = {"lambda": lambda_cloud, "azure": azure, "digitalocean": digitalocean}

@@ -45,10 +45,10 @@ def test_h100x8_json_lists_clouds_cheapest_first_at_catalog_prices(capsys):
     assert code == 0
     offers = json.loads(out)
     # the data has no OCI H100 shape
-    assert {o["provider"] for o in offers} == {"aws", "gcp", "lambda", "azure"}
+    assert {o["provider"] for o in offers} == {"aws", "gcp", "lambda", "azure", "digitalocean"}
     prices = [o["price_hour"] for o in offers]
     assert prices == sorted(prices)
-    truth = csv_prices("aws", "gcp", "oci", "lambda", "azure")
+    truth = csv_prices("aws", "gcp", "oci", "lambda", "azure", "digitalocean")
     for o in offers:
         for field in ("provider", "region", "instance_type", "gpu", "gpu_count", "gpu_memory_gib",
                       "vcpus", "memory_gib", "price_hour", "spot_price_hour"):
@@ -264,14 +264,14 @@ def test_only_the_providers_this_hub_can_launch_unless_all(capsys):
     # a plain `cloudhop up` enables the local provider only
     code, out, err = run(capsys, "offers", "--json")
     assert code == 0 and {o["provider"] for o in json.loads(out)} == {"local"}
-    assert "Not shown, as this hub cannot launch them: aws, gcp, oci, lambda, azure (not enabled on this hub" in err
+    assert "Not shown, as this hub cannot launch them: aws, gcp, oci, lambda, azure, digitalocean (not enabled on this hub" in err
     code, out, _ = run(capsys, "offers")
     table_lines = out.splitlines()
     assert all(line.split()[0] in ("PROVIDER", "local") for line in table_lines[1:-2])
-    assert table_lines[-1].startswith("Not shown, as this hub cannot launch them: aws, gcp, oci, lambda, azure")
+    assert table_lines[-1].startswith("Not shown, as this hub cannot launch them: aws, gcp, oci, lambda, azure, digitalocean")
     assert "--all lists them too" in table_lines[-1]
     code, out, err = run(capsys, "offers", "--all", "--json")
-    assert {o["provider"] for o in json.loads(out)} == {"local", "aws", "gcp", "oci", "lambda", "azure"} and "Not shown" not in err
+    assert {o["provider"] for o in json.loads(out)} == {"local", "aws", "gcp", "oci", "lambda", "azure", "digitalocean"} and "Not shown" not in err
 
 
 def test_an_enabled_provider_the_hub_cannot_use_is_left_out_with_its_reason(tmp_path, capsys, monkeypatch,
@@ -280,7 +280,7 @@ def test_an_enabled_provider_the_hub_cannot_use_is_left_out_with_its_reason(tmp_
     cfg.write_text("c.CloudhopSpawner.providers = ['local', 'aws']\n")
     code, out, err = run(capsys, "offers", "--config", str(cfg), "--json")
     assert code == 0 and {o["provider"] for o in json.loads(out)} == {"local"}
-    assert "aws (no AWS credentials found" in err and "gcp, oci, lambda, azure (not enabled on this hub" in err
+    assert "aws (no AWS credentials found" in err and "gcp, oci, lambda, azure, digitalocean (not enabled on this hub" in err
     # with credentials (as the spawn form asks: found, not tried) the hub can launch on AWS
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE00")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")

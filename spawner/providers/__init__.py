@@ -55,6 +55,8 @@ SPECS = (
     ProviderSpec("lambda", "cloudhop.spawner.providers.lambda_cloud:LambdaProvider", catalog=True,
                  label="Lambda Cloud"),
     ProviderSpec("azure", "cloudhop.spawner.providers.azure:AzureProvider", catalog=True),
+    ProviderSpec("digitalocean", "cloudhop.spawner.providers.digitalocean:DigitalOceanProvider",
+                 catalog=True, label="DigitalOcean"),
     ProviderSpec("kubernetes", "cloudhop.spawner.providers.kubernetes:KubernetesProvider",
                  needs_setup=True),
 )
