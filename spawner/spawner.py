@@ -743,13 +743,33 @@ class CloudhopSpawner(Spawner):
                                  f"with \"restore\": \"none\" to start empty.",
                                  reason="restore-failed", status_code=500) from None
 
+    def _call_token(self) -> tuple[str, bool]:
+        """A token for the hub's call to this server's own API: the server's token when
+        this hub process knows it, else (a hub restarted since the spawn: JupyterHub
+        keeps tokens hashed) a new one of the owner's for this server only, which lives
+        ten minutes at most; ``(token, minted)``, a minted one deleted after the call."""
+        if self.api_token:
+            return self.api_token, False
+        token = self.user.new_api_token(note=f"cloudhop hibernate {self.name or ''}", expires_in=600,
+                                        scopes=[f"access:servers!server={self.user.name}/{self.name or ''}"])
+        return token, True
+
+    def _forget_token(self, token: str) -> None:
+        from jupyterhub import orm
+
+        row = orm.APIToken.find(self.user.db, token)
+        if row is not None:
+            self.user.db.delete(row)
+            self.user.db.commit()
+
     async def _hibernate(self) -> bool:
         """Snapshot the running server before its nodes go; True when they may go. A
         server that never finished starting (or whose node is already snapshotted:
         :attr:`hibernated_snapshot`) is not snapshotted. When the snapshot fails, the
         nodes move to :attr:`kept` with the reason, and False: nothing is terminated."""
         node = self.node
-        if self.hibernated_snapshot or not (self.serving and node and self.server and self._store_line()):
+        if self.hibernated_snapshot or not (self.serving and node and self.server and self.hibernate
+                                            and (self.environment or {}).get(durable.STORE_URL_ENV)):
             return True
         started = time.time()
         self.hibernating = started
@@ -757,10 +777,13 @@ class CloudhopSpawner(Spawner):
         url = f"http://{node.ip}:{node.port or self.port}{self.server.base_url}"
         self.log.info("%s: stopping: snapshotting the workspace%s first", self._log_name,
                       " and kernels" if self.hibernate_kernels else "")
+        token, minted = self._call_token()
         try:
-            reply = await durable.hibernate(url, self.api_token, kernels=self.hibernate_kernels,
+            reply = await durable.hibernate(url, token, kernels=self.hibernate_kernels,
                                             timeout=self.hibernate_timeout)
         except durable.HibernateError as err:
+            if minted:
+                self._forget_token(token)
             refs = list(self.nodes) or [NodeRef(provider=node.provider, id=node.id, role=NOTEBOOK_ROLE,
                                                 region=node.region).to_dict()]
             self.kept.append(durable.kept_entry(
@@ -776,6 +799,8 @@ class CloudhopSpawner(Spawner):
             # a retry can still snapshot that node through its own server
             self.will_resume = True
             return False
+        if minted:
+            self._forget_token(token)
         self.hibernated_snapshot, self.hibernating = reply["id"], None
         self.log.info("%s: hibernated into snapshot %s (%s in %s files, %s kernel(s), %.1f s); terminating",
                       self._log_name, reply["id"], durable.size_text(reply.get("bytes") or 0), reply.get("files"),
