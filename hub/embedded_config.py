@@ -112,6 +112,10 @@ from cloudhop.spawner.policy import Policy  # noqa: E402
 if "path" not in c.CloudhopLedger:
     c.CloudhopLedger.path = str(data_dir / "ledger.sqlite")
 Policy(config=c)
+# spot rescues (cloudhop.hub.rescue_api): c.CloudhopRescue.on_demand, checked here by name
+from cloudhop.spawner.rescue import CloudhopRescue  # noqa: E402
+
+CloudhopRescue(config=c)
 
 # the reaper (docs/clouds.md): terminates nodes tagged with this hub that no active server
 # owns, after a grace period; c.CloudhopReaper.enabled / .interval / .grace tune it
