@@ -63,6 +63,10 @@ MOVE_DURATION = Histogram(
 MOVE_BYTES = Counter(
     "cloudhop_move_bytes", "Bytes moved by finished moves (what their snapshots sent to the store)", ["outcome"])
 
+#: the families :class:`HubCollector` yields
+COLLECTED = ("cloudhop_running_nodes", "cloudhop_spend_rate_usd_per_hour", "cloudhop_spend_usd",
+             "cloudhop_store_bytes", "cloudhop_server_gpu_utilization_percent",
+             "cloudhop_server_gpu_memory_used_bytes", "cloudhop_server_gpu_memory_total_bytes")
 #: a server's GPU readings are dropped after this many report intervals without a report
 STALE_REPORTS = 3
 #: seconds between the samples of the store's size and the groups' spend
@@ -143,11 +147,20 @@ class HubCollector:
         self.spend: dict[tuple[str, str], float] = {}
 
     def servers(self):
-        """``(user, spawner)`` of every active server the hub holds in memory."""
-        for user in list(getattr(self.app, "users", {}).values()):
+        """``(user, spawner)`` of every active server the hub holds in memory (none
+        before the hub has loaded its users)."""
+        try:
+            users = list(self.app.users.values())
+        except Exception:  # noqa: BLE001 - not initialised yet
+            return
+        for user in users:
             for spawner in list(user.spawners.values()):
                 if spawner.active:
                     yield user, spawner
+
+    def describe(self):
+        """The families' names, without reading the hub (the registry asks once)."""
+        return [GaugeMetricFamily(name, "") for name in COLLECTED]
 
     def collect(self):
         nodes = GaugeMetricFamily("cloudhop_running_nodes", "Nodes of active servers (notebooks and Ray workers)",

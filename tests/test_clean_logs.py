@@ -94,7 +94,7 @@ def test_a_spawn_and_a_shutdown_leave_a_clean_log(hub_factory, tmp_path):
     hub_proc = psutil.Process(hub.proc.pid)
     family = [hub_proc, *hub_proc.children(recursive=True)]
     names = " ".join(" ".join(p.cmdline()) for p in family)
-    for part in ("cloudhop.hub.snapshot_store", "cloudhop.hub.reaper", "jupyterhub_idle_culler", "stubborn.py"):
+    for part in ("cloudhop.hub.snapshot_store", "cloudhop.hub.reaper", "cloudhop.hub.culling_service", "stubborn.py"):
         assert part in names, f"{part} is not running under the hub: {names}"
 
     os.kill(hub.proc.pid, signal.SIGTERM)  # as `kill` or systemd stop it: the hub alone
