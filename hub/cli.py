@@ -13,6 +13,7 @@ SUBCOMMANDS = [
     "cloudhop.hub.up",
     "cloudhop.hub.offers_cli",
     "cloudhop.hub.catalog_cli",
+    "cloudhop.hub.usage_cli",
 ]
 
 

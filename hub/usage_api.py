@@ -206,8 +206,10 @@ class BudgetsHandler(_UsageHandler):
 
 
 def handlers() -> list[tuple]:
-    """Routes (unprefixed; the hub adds /hub/)."""
-    return [
+    """Routes (unprefixed; the hub adds /hub/): the API's and the admins' usage page."""
+    from .usage_page import handlers as page
+
+    return [*page(),
         (r"/api/cloudhop/usage/([^/]+)/?", UserUsageHandler),
         (r"/api/cloudhop/usage/?", UsageHandler),
         (r"/api/cloudhop/budgets/?", BudgetsHandler),

@@ -7,6 +7,7 @@ ledger holds spend for both users.
 
 from __future__ import annotations
 
+import getpass
 import time
 
 import pytest
@@ -77,3 +78,21 @@ def test_only_the_owner_and_admins_read_usage_and_only_admins_change_budgets(hub
     r = hub.api("PUT", "/cloudhop/budgets/default", data=b'{"usd": NaN}')
     assert r.status_code == 400 and r.json()["message"].startswith("usd:")
     assert hub.api("PUT", "/cloudhop/budgets/no-such-group", json={"usd": 5}).status_code == 404
+
+    # the admins' usage page
+    page = browser(hub, "mallory").get(f"{hub.url}/hub/cloudhop/usage", timeout=30)
+    assert page.status_code == 403 and "42.00" not in page.text
+    page = browser(hub, getpass.getuser(), "admin_password").get(f"{hub.url}/hub/cloudhop/usage", timeout=30)
+    assert page.status_code == 200 and 'data-group="default"' in page.text
+    assert "<td>vera</td><td class=\"text-end\">42.00</td>" in page.text
+
+
+def browser(hub, user: str, password_file: str = "user_password") -> requests.Session:
+    """A logged-in browser session of ``user``."""
+    s = requests.Session()
+    s.get(f"{hub.url}/hub/login", timeout=10)
+    password = (hub.data_dir / password_file).read_text().strip()
+    r = s.post(f"{hub.url}/hub/login", data={"username": user, "password": password,
+                                             "_xsrf": s.cookies.get("_xsrf")}, timeout=30)
+    assert r.status_code == 200, r.text[:500]
+    return s
