@@ -107,8 +107,9 @@ class ActivityReporter:
             try:
                 reply = await self.hub.report_activity(body)
             except HubError as err:
+                if str(err) != self.error:  # once per kind of failure, not every report
+                    self.serverapp.log.warning("Cloudhop: activity report failed: %s", err)
                 self.error = str(err)
-                self.serverapp.log.warning("Cloudhop: activity report failed: %s", err)
             else:
                 self.cull, self.error = (reply or {}).get("cull"), None
                 self.reported = datetime.datetime.now(datetime.timezone.utc).isoformat()
