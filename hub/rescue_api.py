@@ -9,7 +9,8 @@ The caller is the preemption agent in the server (:mod:`cloudhop.extensions.pree
 with the server's own token. Like a move (a rescue is a move the hub makes), only the
 server's owner may ask, with a token holding ``custom:cloudhop:moves`` on that server
 (:meth:`cloudhop.hub.tokens_api.ServerTokenHandler.source`): another user's server is a
-404, a user it is shared with a 403, the kernels' token a 404.
+404, a user it is shared with a 403, the kernels' token a 404. Only a running spot server
+is rescued (else 409).
 
 On a new rescue the hub answers at once, then, in the background:
 
@@ -98,20 +99,25 @@ class RescueHandler(ServerTokenHandler):
         except web.HTTPError as err:
             if err.status_code != 409:  # a stopped server's rescues may still be read
                 raise
-        self.reply(200, {"rescues": list(self._line(user_name, server))})
+        self.reply(200, {"rescues": list(rescues(self.settings).get((user_name, server), []))})
 
     async def post(self, user_name: str | None = None, server_name: str | None = None):
         server = server_name or ""
-        line = self._line(user_name, server)
         try:
             user = self.source(user_name, server, ready=True)
         except web.HTTPError as err:
             # the server already stopped for a rescue: a repeated call gets that rescue
+            line = rescues(self.settings).get((user_name, server))
             if err.status_code == 409 and line and line[-1]["phase"] in UNDER_WAY:
                 return self.reply(200, line[-1])
             raise
         body = check_body(self.get_json_body())
         spawner = user.spawners[server]
+        request = getattr(spawner, "request", None)
+        if not getattr(request, "spot", False):
+            raise web.HTTPError(409, f"Server {user_name}/{server} is not a spot server; only a spot server is "
+                                     "rescued", reason="not-spot")
+        line = self._line(user_name, server)
         node = spawner.node.id if getattr(spawner, "node", None) else None
         last = line[-1] if line else None
         if last is not None and (last["phase"] in UNDER_WAY or (node and last["node"] == node)

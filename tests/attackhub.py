@@ -41,6 +41,8 @@ HUB_ENDPOINTS = [
     ("POST", "/hub/api/cloudhop/moves/{u}", {"target": "stolen"}),
     ("POST", "/hub/api/cloudhop/kernel-token/{u}", {}),
     ("POST", "/hub/api/cloudhop/activity/{u}", {"active": True}),
+    ("POST", "/hub/api/cloudhop/rescue/{u}", {"snapshot": "0" * 64, "notice": {"cloud": "aws"}}),
+    ("GET", "/hub/api/cloudhop/rescue/{u}", None),
 ]
 #: the same for ``{u}``'s server (the server extension, its Ray routes and the dashboard proxy)
 SERVER_ENDPOINTS = [

@@ -29,6 +29,8 @@ CHANGES = [
     ("POST", "/hub/api/cloudhop/ray/{u}", {"workers": 0}, 200, True),
     ("POST", "/hub/api/cloudhop/moves/{u}", {"target": "moved-here"}, 201, True),
     ("POST", "/hub/api/cloudhop/kernel-token/{u}", {}, 201, True),
+    # past authentication and XSRF, a rescue stops at its check: ada's server is not spot
+    ("POST", "/hub/api/cloudhop/rescue/{u}", {"snapshot": "0" * 64, "notice": {"cloud": "aws"}}, 409, False),
     # past authentication and XSRF, the move stops at the option check
     ("POST", "/user/{u}/cloudhop/api/migrations", {"region": "nowhere"}, 400, False),
     ("POST", "/user/{u}/cloudhop/ray/workers", {"workers": 1}, 200, True),
