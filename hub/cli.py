@@ -14,6 +14,7 @@ SUBCOMMANDS = [
     "cloudhop.hub.offers_cli",
     "cloudhop.hub.catalog_cli",
     "cloudhop.hub.usage_cli",
+    "cloudhop.hub.nodes_cli",
 ]
 
 

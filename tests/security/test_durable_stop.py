@@ -21,6 +21,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -209,6 +211,21 @@ def test_a_full_quota_keeps_the_node_and_says_why(hub):
     wait_for("a reaper sweep after the stop", lambda: report.exists() and report.stat().st_mtime > time.time() - 1)
     time.sleep(2)
     assert psutil.pid_exists(node["info"]["pid"])
+
+    # an admin decides: the CLI lists the kept node, then discards it
+    env = dict(os.environ, JUPYTERHUB_API_TOKEN=hub.token)
+    cli = [sys.executable, "-m", "cloudhop.hub.cli", "nodes"]
+    listed = subprocess.run([*cli, "list", "--url", hub.url], env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and node["id"] in listed.stdout and "bob/(default)" in listed.stdout, listed
+    r = hub.api("POST", f"/cloudhop/kept/{node['id']}", json={"action": "retry"})
+    assert r.status_code == 502 and "snapshot quota full (used" in r.json()["message"], r.text
+    gone = subprocess.run([*cli, "terminate", node["id"], "--discard", "--url", hub.url], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert gone.returncode == 0 and "terminated without a snapshot" in gone.stdout, gone
+    wait_for("the discarded node is gone", lambda: not psutil.pid_exists(node["info"]["pid"]))
+    hub.kept_pids.remove(node["info"]["pid"])
+    assert not stopped_state(hub, "bob").get("kept")
+    assert hub.api("POST", f"/cloudhop/kept/{node['id']}", json={"action": "discard"}).status_code == 404
 
 
 def test_a_corrupt_chunk_fails_the_start_naming_the_file_and_writes_nothing(hub):
