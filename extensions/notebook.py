@@ -291,6 +291,19 @@ def _browser_follower(out):
     return follow
 
 
+def spend_note(info: dict) -> str:
+    """The panel's price and spend of this server (the hub's ledger, or an estimate), and
+    the budget warning from 80% of the user's budget."""
+    price, spend = info.get("price_hour"), info.get("spend")
+    note = f" &middot; ${price:.2f}/h" if isinstance(price, (int, float)) else ""
+    if isinstance(spend, (int, float)):
+        note += f" &middot; spent ${spend:.2f}" + ("" if info.get("spend_source") == "ledger" else " (estimate)")
+    budget = info.get("budget") or {}
+    if budget.get("warning"):
+        note += f"<br><b style='color:#b45309'>{html.escape(budget.get('message') or '')}</b>"
+    return note
+
+
 def rescued_note(info: dict) -> str:
     """The panel's note for a server the hub relaunched after a spot interruption."""
     origin = info.get("rescued_from")
@@ -304,7 +317,7 @@ def panel():
     import ipywidgets as w
 
     info = _api("GET", "info")
-    here = w.HTML(f"<b>This server</b>: {_describe(info)}" + rescued_note(info))
+    here = w.HTML(f"<b>This server</b>: {_describe(info)}" + spend_note(info) + rescued_note(info))
     try:
         choices = offer_choices(_api("GET", "offers")["offers"])
         note = w.HTML("")

@@ -11,6 +11,12 @@ by their own rounding, and the hub's offers may have changed price since).
 Both hub calls are made once per server process: the price and the start time of a
 running server do not change. A failed lookup is retried at the next call and answers
 with ``price_hour`` None and ``price_note`` saying why.
+
+The hub's spend ledger, when the hub has one, has the last word: the usage API
+(``GET /hub/api/cloudhop/usage/{user}``, asked at most every :data:`USAGE_SECONDS`) gives
+this server's spend as recorded (``spend_source: "ledger"``) and the user's ``budget``:
+``{"fraction", "warning", "message"}`` once 80% of it is used (the JupyterLab extension
+shows it as a notification), else None.
 """
 
 from __future__ import annotations
@@ -18,10 +24,15 @@ from __future__ import annotations
 import os
 import time
 from datetime import datetime
+from urllib.parse import quote
 
 from .hubclient import HubClient, HubError
 
 KEYS = ("provider", "region", "instance_type", "gpu", "gpu_count")
+#: seconds between two reads of the hub's usage API
+USAGE_SECONDS = 15.0
+#: the share of a budget from which the user is warned
+WARN_FRACTION = 0.8
 
 
 def _here(env) -> dict:
@@ -47,6 +58,7 @@ class PriceLookup:
         self.hub = hub
         self.env = env
         self._found: dict | None = None
+        self._usage: tuple[float, dict] | None = None
 
     async def _lookup(self) -> dict:
         here = _here(self.env)
@@ -85,4 +97,42 @@ class PriceLookup:
         if found["price_hour"] is not None and found["started"] is not None:
             hours = max(0.0, ((now or time.time()) - found["started"]) / 3600)
             spend = round(found["price_hour"] * hours, 4)
-        return {**found, "spend": spend}
+        out = {**found, "spend": spend}
+        usage = await self._read_usage()
+        if usage:  # a hub with a spend ledger
+            out.update(spend_source="estimate" if spend is not None else None,
+                       budget=budget_warning(usage.get("budget") or {}))
+            mine = [r for r in usage.get("running") or [] if r.get("server") == self.hub.server_name]
+            if mine and isinstance(mine[0].get("spend"), (int, float)):
+                out.update(spend=round(mine[0]["spend"], 4), spend_source="ledger")
+        return out
+
+    async def _read_usage(self) -> dict | None:
+        """The hub's usage report of this server's user, at most every USAGE_SECONDS;
+        None when the hub has no usage API or does not answer."""
+        user = getattr(self.hub, "user", "")
+        if not self.hub.configured or not user or not _here(self.env)["provider"]:
+            return None
+        if self._usage is not None and time.monotonic() - self._usage[0] < USAGE_SECONDS:
+            return self._usage[1]
+        try:
+            usage = await self.hub.request("GET", f"/cloudhop/usage/{quote(user, safe='')}")
+        except HubError:
+            usage = None
+        self._usage = (time.monotonic(), usage)
+        return usage
+
+
+def budget_warning(status: dict) -> dict | None:
+    """``{"fraction", "warning": True, "message"}`` from 80% of the user's budget (the
+    hub's ``budget_status``), else None."""
+    fraction = status.get("fraction")
+    if not status.get("limited") or not isinstance(fraction, (int, float)) or fraction < WARN_FRACTION:
+        return None
+    best = max(status.get("budgets") or [{}], key=lambda b: b.get("left", 0))
+    if fraction >= 1:
+        message = "Your budget is used up: this server will be stopped (its work is kept)."
+    else:
+        message = (f"You have used {fraction:.0%} of your ${best.get('usd', 0):.2f} budget this "
+                   f"{best.get('period', 'month')}; at 100% your servers are stopped (their work is kept).")
+    return {"fraction": fraction, "warning": True, "message": message}

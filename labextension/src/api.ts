@@ -19,7 +19,11 @@ export interface IInfo {
   spot?: boolean;
   started?: number | null;
   spend?: number | null;
+  /** "ledger": the hub's spend ledger counted it; "estimate": price × time since start */
+  spend_source?: string | null;
   price_note?: string | null;
+  /** from 80% of the user's budget: what to tell them (a notification) */
+  budget?: { fraction: number; warning: boolean; message: string } | null;
   /** started from a snapshot: GET cloudhop/api/restore has its report */
   restored?: boolean;
   /** beside a Ray head: GET cloudhop/ray answers */

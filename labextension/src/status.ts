@@ -1,4 +1,5 @@
 /** The status bar item: provider · region · GPU × count · $/h (· spend so far). */
+import { Notification } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
 import { fill, h } from './dom';
@@ -47,11 +48,25 @@ export class CloudhopStatus extends Widget {
       lines.push(`price: ${info.price_note}`);
     }
     if (typeof info.spend === 'number') {
-      lines.push('spend so far: an estimate from the price and the time since the server started');
+      lines.push(
+        info.spend_source === 'ledger'
+          ? "spend so far: as the hub's spend ledger counts it"
+          : 'spend so far: an estimate from the price and the time since the server started'
+      );
     }
+    this.warnBudget(info.budget?.warning ? info.budget.message : null);
     lines.push('Click to open the Cloudhop sidebar.');
     this.node.title = lines.join('\n');
   }
 
+  /** The budget warning as a JupyterLab notification, once per message. */
+  private warnBudget(message: string | null): void {
+    if (message && message !== this._warned) {
+      Notification.warning(`Cloudhop: ${message}`, { autoClose: false });
+    }
+    this._warned = message;
+  }
+
   private _text = h('span', { class: 'ch-status-text' });
+  private _warned: string | null = null;
 }
