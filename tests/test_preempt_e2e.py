@@ -155,6 +155,13 @@ def test_a_rescue_for_another_users_server_is_refused_and_a_repeated_one_changes
     for who in (mallory.token, hub.token):  # another user; a service that may manage servers but not move them
         r = hub.api("POST", "/cloudhop/rescue/ann/aws-spot", token=who, json=forged)
         assert r.status_code in (403, 404), r.text
+    # the kernels' token (code in a notebook) may use its server's API, not ask for a rescue
+    sessions = alice.server("GET", "aws-spot", "api/sessions").json()
+    kernel = hub.kernel("ann", "aws-spot", kernel_id=sessions[0]["kernel"]["id"])
+    kernels_token = kernel.execute("import os; print(os.environ['JUPYTERHUB_API_TOKEN'])").strip()
+    kernel.close()
+    r = hub.api("POST", "/cloudhop/rescue/ann/aws-spot", token=kernels_token, json=forged)
+    assert r.status_code == 404, r.text
     assert rescues(alice, "aws-spot") == []
     node = hub.api("GET", "/users/ann").json()["servers"]["aws-spot"]["state"]["node"]["id"]
 
