@@ -275,6 +275,7 @@ class CloudhopSpawner(Spawner):
             last=last, auto=auto.to_dict() if auto else None,
             max_gpus=MAX_GPUS, max_ray_workers=MAX_RAY_WORKERS, notices=notices,
             no_gpu_json=json.dumps(no_gpu), start_from=await self._start_choices(),
+            spend={"running": spend.running_servers(self.user), "budget": self.budget_notice},
         )
 
     async def _start_choices(self) -> dict:

@@ -113,6 +113,21 @@ def budget_notice(spawner) -> dict | None:
                        "at 100% your servers are stopped (their work is kept)."}
 
 
+def running_servers(user) -> list[dict]:
+    """Each of ``user``'s servers that runs nodes now: where, its price and its spend so
+    far (the spawn form lists them)."""
+    out = []
+    for name, sp in sorted((getattr(user, "spawners", None) or {}).items()):
+        offer = getattr(sp, "offer", None)
+        if offer is None or not getattr(sp, "nodes", None):
+            continue
+        spot = bool(sp.request and sp.request.spot)
+        out.append({"server": name, "provider": offer.provider, "region": offer.region, "gpu": offer.gpu,
+                    "gpu_count": offer.gpu_count, "usd_hour": effective_price(offer, spot),
+                    "spend": server_spend(sp)})
+    return out
+
+
 def server_spend(spawner, now: float | None = None) -> float | None:
     """USD spent by the server's nodes now running (since their launch); None when it
     runs none."""

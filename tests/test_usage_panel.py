@@ -61,3 +61,37 @@ def test_the_notebook_panel_shows_price_spend_and_the_warning():
     assert note.startswith(" &middot; $3600.00/h &middot; spent $4.20<br>") and "84% of your $5.00" in note
     assert spend_note({"price_hour": 0.5, "spend": 0.25}).endswith("spent $0.25 (estimate)")
     assert spend_note({"price_hour": None, "spend": None}) == ""
+
+
+async def test_the_spawn_form_lists_the_running_servers_with_price_and_spend(tmp_path):
+    from types import SimpleNamespace
+
+    from traitlets.config import Config
+
+    from cloudhop.spawner import CloudhopSpawner
+    from instant_cloud import CPU, NAME, InstantCloud
+
+    c = Config()
+    c.CloudhopLedger.path = str(tmp_path / "ledger.sqlite")
+    c.CloudhopSpawner.hibernate = False
+    c.Policy.groups = {"default": {"budget": {"usd": 0.001, "lookahead_minutes": 0}}}
+    cloud, user = InstantCloud(), SimpleNamespace(name="ada", url="/user/ada/", escaped_name="ada", groups=[],
+                                                  spawners={})
+
+    def spawner(name):
+        s = CloudhopSpawner(user=user, providers=[NAME], node_poll_interval=0.01, config=c)
+        s.provider = lambda _: cloud
+        s.get_env = lambda: {"JUPYTERHUB_API_URL": "http://hub.example.org/hub/api"}
+        user.spawners[name] = s
+        return s
+
+    busy = spawner("busy")
+    busy.user_options = {"provider": NAME, "gpu": "none", "instance_type": CPU.instance_type}
+    await busy.start()
+    form = await spawner("").get_options_form()
+    row = form[form.index('<fieldset id="ch-running">'):form.index("</fieldset>", form.index('id="ch-running"'))]
+    assert "<td>busy</td>" in row and "instant · r1" in row and '<td class="num">0.25</td>' in row
+    assert 'id="ch-budget"' not in form  # nothing spent yet that counts
+    (interval,) = busy.ledger.intervals(user="ada", open_only=True)
+    assert interval.usd_hour == CPU.price_hour
+    await busy.stop()
