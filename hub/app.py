@@ -37,9 +37,10 @@ def cloudhop_routes() -> list[tuple]:
     from .rescue_api import handlers as rescue_handlers  # spot rescues
     from .snapshots_api import handlers as snapshot_handlers  # snapshot lines, class snapshots
     from .usage_api import handlers as usage_handlers  # spend and budgets
+    from .kept_api import handlers as kept_handlers  # nodes stops kept (docs/durability.md)
 
     return [*offers_handlers(), *tokens_api.handlers(), *ray_handlers(), *rescue_handlers(), *snapshot_handlers(),
-            *usage_handlers()]
+            *usage_handlers(), *kept_handlers()]
 
 
 def leave_routes_to_the_app(c) -> None:
