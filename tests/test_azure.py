@@ -67,7 +67,7 @@ async def test_launch_creates_a_tagged_vm_with_its_nic_and_public_ip(provider, a
     assert props["osProfile"]["linuxConfiguration"]["disablePasswordAuthentication"] is True
     assert "PRIVATE KEY" not in repr(vm) and "AZURE_" not in user_data
     running = await provider.status(node.id)
-    assert running.state == RUNNING and running.ip.startswith("10.1.0.") and running.port == 8888
+    assert running.state == RUNNING and running.ip.startswith("192.0.2.") and running.port == 8888
     assert running.info["public_ip"].startswith("20.0.0.")
 
 

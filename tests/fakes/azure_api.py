@@ -20,6 +20,9 @@ and public IP along. ``script("create", ...)`` queues the next creates' outcomes
 AllocationFailed and the VM stays, ``Failed``, as Azure leaves it), ``"quota"`` (409
 OperationNotAllowed naming the quota), ``"auth"`` (401 AuthenticationFailed), ``429``/``500``, ``None``. A network security
 group on a NIC that still exists cannot be deleted (400 InUseNetworkSecurityGroupCannotBeDeleted).
+
+Private addresses are documentation addresses (RFC 5737), which nothing answers, so a
+hub waiting for a server on such a node waits as for a VM still booting.
 """
 
 from __future__ import annotations
@@ -175,7 +178,7 @@ class FakeAzure(JSONDouble):
             for nic in props["networkProfile"]["networkInterfaceConfigurations"]:
                 ipcs = []
                 for ipc in nic["properties"]["ipConfigurations"]:
-                    out = {"name": ipc["name"], "properties": {"privateIPAddress": f"10.1.0.{n % 250 + 1}",
+                    out = {"name": ipc["name"], "properties": {"privateIPAddress": f"192.0.2.{n % 250 + 1}",
                            "subnet": ipc["properties"]["subnet"],
                            "applicationSecurityGroups": ipc["properties"].get("applicationSecurityGroups")}}
                     pip = ipc["properties"].get("publicIPAddressConfiguration")

@@ -13,6 +13,9 @@ request needs ``Authorization: Bearer <token>`` (else 401 ``unauthorized``). Dro
 new -> active on the first read. ``script("create", ...)`` queues the next creates'
 answers: ``"capacity"`` (422, the size not available in the region), ``"limit"`` (422,
 the droplet limit), ``429``, ``500``, ``None``.
+
+Private addresses are documentation addresses (RFC 5737), which nothing answers, so a
+hub waiting for a server on such a node waits as for a VM still booting.
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ class FakeDigitalOcean(JSONDouble):
                 "id": n, "name": body["name"], "status": "new", "size_slug": body["size"],
                 "region": {"slug": body["region"], "name": body["region"]},
                 "image": {"slug": body["image"]}, "tags": list(body.get("tags") or []),
-                "networks": {"v4": [{"ip_address": f"10.116.0.{n % 250 + 1}", "type": "private"},
+                "networks": {"v4": [{"ip_address": f"192.0.2.{n % 250 + 1}", "type": "private"},
                                     {"ip_address": f"159.203.0.{n % 250 + 1}", "type": "public"}]},
                 "created_at": _now(), "_user_data": body.get("user_data", ""),
             }

@@ -18,6 +18,9 @@ Bodies are Lambda's JSON: ``{"data": ...}``, errors ``{"error": {"code", "messag
 first read, terminating -> terminated on the next, and are then dropped from the list.
 ``script("launch", ...)`` queues answers for the next launches: ``"capacity"``,
 ``"quota"``, ``429``, ``500``, ``None`` (a normal launch).
+
+Private addresses are documentation addresses (RFC 5737), which nothing answers, so a
+hub waiting for a server on such a node waits as for a VM still booting.
 """
 
 from __future__ import annotations
@@ -120,7 +123,7 @@ class FakeLambda(JSONDouble):
                 "id": inst_id,
                 "name": body.get("name"),
                 "ip": f"203.0.113.{n % 250 + 1}",
-                "private_ip": f"10.19.0.{n % 250 + 1}",
+                "private_ip": f"198.51.100.{n % 250 + 1}",
                 "status": "booting",
                 "ssh_key_names": body["ssh_key_names"],
                 "file_system_names": [],
