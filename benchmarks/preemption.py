@@ -23,8 +23,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from durability import REGIONS  # noqa: E402 - the same two ephemeral regions
-from migration import BIG_PROJECT, PROBE, MiB  # noqa: E402 - the same project as a move's
+from durability import REGIONS, probe  # noqa: E402 - the same two ephemeral regions and probe
+from migration import BIG_PROJECT, MiB  # noqa: E402 - the same project as a move's
 
 SPOT = {"provider": "local", "region": "site-a", "spot": True}
 
@@ -37,15 +37,6 @@ def _metadata(spawner):
 c.Spawner.environment.update({{"CLOUDHOP_PREEMPT_CLOUD": "aws", "CLOUDHOP_METADATA_URL": _metadata,
                                "CLOUDHOP_PREEMPT_INTERVAL": "1"}})
 """
-
-
-def probe(hub, user: str) -> str:
-    sessions = hub.server_api("GET", user, "api/sessions").json()
-    kernel = hub.kernel(user, kernel_id=next(s["kernel"]["id"] for s in sessions if s["path"] == "work.ipynb"))
-    try:
-        return kernel.execute(PROBE, timeout=1800)
-    finally:
-        kernel.close()
 
 
 def bench(args, tmp: Path) -> None:
