@@ -131,7 +131,7 @@ async def test_no_token_is_a_reason(monkeypatch, tmp_path):
     for env in ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN"):
         monkeypatch.delenv(env, raising=False)
     p = DigitalOceanProvider(token_file=str(tmp_path / "none"))
-    assert "no DigitalOcean token" in await p.check_available()
+    assert "no DigitalOcean credentials: no API token" in await p.check_available()
 
 
 async def test_catalog_check_reads_sizes(provider):

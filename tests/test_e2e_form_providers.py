@@ -25,7 +25,9 @@ def login(hub, user: str) -> requests.Session:
 def test_clouds_without_credentials_are_shown_unavailable_with_the_reason(hub_factory, tmp_path):
     nowhere = tmp_path / "no-credentials"
     hub = hub_factory(
-        'c.CloudhopSpawner.providers = ["local", "aws", "gcp", "oci"]\n',
+        'c.CloudhopSpawner.providers = ["local", "aws", "gcp", "oci", "lambda", "azure", "digitalocean"]\n'
+        f'c.LambdaProvider.api_key_file = {str(nowhere / "lambda_keys")!r}\n'
+        f'c.DigitalOceanProvider.token_file = {str(nowhere / "do-token")!r}\n',
         env={
             # no credential of any cloud is found, whatever this machine has
             "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": "",
@@ -33,14 +35,16 @@ def test_clouds_without_credentials_are_shown_unavailable_with_the_reason(hub_fa
             "AWS_CONFIG_FILE": str(nowhere / "aws-config"), "AWS_EC2_METADATA_DISABLED": "true",
             "GOOGLE_APPLICATION_CREDENTIALS": str(nowhere / "adc.json"), "NO_GCE_CHECK": "True",
             "CLOUDSDK_CONFIG": str(nowhere / "gcloud"), "OCI_CONFIG_FILE": str(nowhere / "oci-config"),
+            "LAMBDA_API_KEY": "", "DIGITALOCEAN_TOKEN": "", "DIGITALOCEAN_ACCESS_TOKEN": "",
+            "AZURE_SUBSCRIPTION_ID": "",
         },
     )
     page = login(hub, "ada").get(f"{hub.url}/hub/spawn/ada", timeout=60)
     assert page.status_code == 200, page.text[:500]
     listed = re.search(r'<ul class="ch-unavailable" id="ch-unavailable">(.*?)</ul>', page.text, re.S)
     assert listed, "the form lists the providers it cannot launch on"
-    reasons = dict(re.findall(r"<li>\s*(\w+): (.*?)</li>", listed.group(1), re.S))
-    assert set(reasons) == {"AWS", "GCP", "OCI"}, reasons
+    reasons = dict(re.findall(r"<li>\s*([\w ]+?): (.*?)</li>", listed.group(1), re.S))
+    assert set(reasons) == {"AWS", "GCP", "OCI", "Lambda Cloud", "Azure", "DigitalOcean"}, reasons
     assert all("credentials" in reason for reason in reasons.values()), reasons
     assert re.search(r'<option value="local"(?![^>]*disabled)', page.text), "local stays launchable"
     assert "Traceback" not in hub.log()

@@ -129,7 +129,7 @@ async def test_a_refused_key_is_a_credentials_error_that_does_not_name_it(api, m
 async def test_no_key_is_a_reason(monkeypatch, tmp_path):
     monkeypatch.delenv("LAMBDA_API_KEY", raising=False)
     p = LambdaProvider(api_key_file=str(tmp_path / "none"), ssh_key_name="k")
-    assert "no Lambda Cloud API key" in await p.check_available()
+    assert "no Lambda Cloud credentials: no API key" in await p.check_available()
 
 
 def test_the_key_file_is_read(monkeypatch, tmp_path):

@@ -196,8 +196,8 @@ class AzureProvider(CloudProvider):
     def subscription(self) -> str:
         sub = self.subscription_id or os.environ.get("AZURE_SUBSCRIPTION_ID", "")
         if not sub:
-            raise CredentialsError("no Azure subscription: set c.AzureProvider.subscription_id "
-                                   "or $AZURE_SUBSCRIPTION_ID")
+            raise CredentialsError("no Azure credentials: no subscription (set "
+                                   "c.AzureProvider.subscription_id or $AZURE_SUBSCRIPTION_ID)")
         return sub
 
     def client(self, kind: str = "compute"):

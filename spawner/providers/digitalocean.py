@@ -56,6 +56,8 @@ TOKEN_ENVS = ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN")
 DEFAULT_ENDPOINT = "https://api.digitalocean.com"
 _WORD = re.compile(r"^[A-Za-z0-9_-]*$")
 PAGE = 200
+NO_TOKEN = ("no DigitalOcean credentials: no API token found (set $DIGITALOCEAN_TOKEN or "
+            "c.DigitalOceanProvider.token_file)")
 
 _STATES = {"new": PENDING, "active": RUNNING, "off": STOPPING, "archive": STOPPING}
 
@@ -162,8 +164,7 @@ class DigitalOceanProvider(CloudProvider):
             sdk = _sdk()
             token = read_token(self.token_file)
             if not token:
-                raise CredentialsError("no DigitalOcean token found (set $DIGITALOCEAN_TOKEN or "
-                                       "c.DigitalOceanProvider.token_file)")
+                raise CredentialsError(NO_TOKEN)
             endpoint = self.api_endpoint or DEFAULT_ENDPOINT
             extra = {}
             if endpoint.startswith("http://"):  # a local test server: the token goes without TLS
@@ -302,7 +303,7 @@ class DigitalOceanProvider(CloudProvider):
 
     def _blocking_check(self):
         if not read_token(self.token_file):
-            return "no DigitalOcean token found (set $DIGITALOCEAN_TOKEN or c.DigitalOceanProvider.token_file)"
+            return NO_TOKEN
         try:
             self.client().account.get()
         except Exception as err:  # noqa: BLE001 - a reason, never a crash

@@ -65,6 +65,7 @@ from .ray_firewall import CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, RuleInUse, R
 
 DEFAULT_ENDPOINT = "https://cloud.lambda.ai/api/v1"
 KEY_ENV = "LAMBDA_API_KEY"
+NO_KEY = f"no Lambda Cloud credentials: no API key found (set ${KEY_ENV} or c.LambdaProvider.api_key_file)"
 
 #: the tags an instance name holds, each as the first n hex digits of its value's hash
 NAME_FIELDS = ((TAG_HUB, 8), (TAG_USER, 8), (TAG_SERVER, 6), (TAG_ROLE, 2), (TAG_RAY_CLUSTER, 6), (TAG_REQUEST, 16))
@@ -157,8 +158,7 @@ class LambdaAPI:
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
         key = self.key()
         if not key:
-            raise CredentialsError(f"no Lambda Cloud API key found (set ${KEY_ENV} or "
-                                   "c.LambdaProvider.api_key_file)")
+            raise CredentialsError(NO_KEY)
         reply = self.session.request(method, self.endpoint + path, json=body, timeout=self.timeout,
                                      headers={"Authorization": f"Bearer {key}", "Accept": "application/json"})
         try:
@@ -358,7 +358,7 @@ class LambdaProvider(CloudProvider):
     # -- availability --------------------------------------------------------------------
     def _blocking_check(self):
         if not read_api_key(self.api_key_file):
-            return f"no Lambda Cloud API key found (set ${KEY_ENV} or c.LambdaProvider.api_key_file)"
+            return NO_KEY
         try:
             self._read_capacity()
         except Exception as err:  # noqa: BLE001 - a reason, never a crash
