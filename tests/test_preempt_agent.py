@@ -48,7 +48,7 @@ class HubDouble:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port or 0), Handler)
         self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return f"http://127.0.0.1:{self.port}/hub/api"
 
     def stop(self):

@@ -7,6 +7,7 @@ import pytest
 from tornado import web
 from traitlets import TraitError
 
+from cloudhop.extensions.notebook import rescued_note
 from cloudhop.hub.rescue_api import check_body
 from cloudhop.spawner.offers import Offer
 from cloudhop.spawner.optimizer import rank
@@ -88,3 +89,9 @@ def test_a_good_body_is_kept_and_long_text_cut():
     out = check_body({"snapshot": "s1", "notice": {"cloud": "aws", "detail": "x" * 500}, "bytes": 10})
     assert out["snapshot"] == "s1" and len(out["notice"]["detail"]) == 200
     assert check_body({"error": "store down"})["error"] == "store down"
+
+
+def test_the_panel_says_the_server_moved_after_a_spot_interruption():
+    assert rescued_note({"rescued_from": None}) == ""
+    note = rescued_note({"rescued_from": "aws/us-east-1/<g4dn>"})
+    assert "moved after a spot interruption" in note and "&lt;g4dn&gt;" in note and "<g4dn>" not in note
