@@ -145,12 +145,13 @@ def decide(*, idle_minutes: float | None, max_hours: float | None, started, last
         return Decision("keep", cull_at, reason, extendable=reason == "idle")
     what = f" ({html.escape(gpu)})" if gpu and gpu != "none" else ""
     when = "now" if action == "cull" else f"in about {max(1, round(left))} min"
+    # short: JupyterLab's toast shows about 140 characters
     if reason == "idle":
-        message = (f"This server{what} has had no activity for a while and will be stopped {when} "
-                   f"(after {_minutes(idle_minutes)} idle). Use it, or choose Keep running, to keep it.")
+        message = (f"This server{what} is idle and will be stopped {when} (idle limit: {_minutes(idle_minutes)}). "
+                   "Use it, or choose Keep running.")
     else:
-        message = (f"This server{what} reaches its limit of {max_hours:g} hours of running time and will "
-                   f"be stopped {when}. Save your work; activity does not extend this limit.")
+        message = (f"This server{what} reaches its {max_hours:g} h limit and will be stopped {when}. "
+                   "Save your work: activity does not extend it.")
     return Decision(action, cull_at, reason, message, extendable=reason == "idle")
 
 

@@ -83,7 +83,7 @@ def test_a_server_is_kept_then_warned_then_culled():
     warn = decide(last_activity=T0, now=T0 + datetime.timedelta(minutes=11), **kw)
     assert warn.action == "warn" and warn.reason == "idle" and warn.extendable
     assert warn.cull_at == T0 + datetime.timedelta(minutes=15)
-    assert "in about 4 min" in warn.message and "H100" in warn.message
+    assert "in about 4 min" in warn.message and "H100" in warn.message and len(warn.message) <= 140
     assert decide(last_activity=T0, now=T0 + datetime.timedelta(minutes=15), **kw).action == "cull"
     # activity puts the cull off
     later = T0 + datetime.timedelta(minutes=14)
@@ -98,7 +98,7 @@ def test_max_hours_is_not_put_off_by_activity():
     now = T0 + datetime.timedelta(hours=3, minutes=55)
     d = decide(idle_minutes=30, max_hours=4, started=T0, last_activity=now, now=now, warn_minutes=10)
     assert d.action == "warn" and d.reason == "max_hours" and not d.extendable
-    assert "does not extend" in d.message
+    assert "does not extend" in d.message and len(d.message) <= 140
     d = decide(idle_minutes=30, max_hours=4, started=T0, last_activity=now, now=now + datetime.timedelta(minutes=5))
     assert d.action == "cull" and d.to_json()["cull_at"] == "2026-01-05T16:00:00Z"
 

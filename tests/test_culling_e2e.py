@@ -89,7 +89,7 @@ c.JupyterHub.authenticate_prometheus = False
     token = user_token(hub, "keeper")
     warned = wait_for(lambda: activity(hub, "keeper", token)["cull"], 60, "a warning", hub)
     assert warned["action"] == "warn" and warned["reason"] == "idle" and warned["extendable"]
-    assert "Keep running" in warned["message"]
+    assert "Keep running" in warned["message"] and "1 minute" in warned["message"]
     before = hub.server_model("keeper")["last_activity"]
     kept = activity(hub, "keeper", token, "POST")
     assert kept["cull"] is None and kept["error"] is None

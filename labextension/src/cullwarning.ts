@@ -4,6 +4,10 @@
  * with each activity report; this polls it (a poll that does not count as activity) and
  * shows the hub's message. "Keep running" reports activity at once, which puts an idle
  * cull off; a server at its max_hours limit gets the warning without the button.
+ *
+ * Every request through the hub's proxy counts as activity on the hub, so the poll
+ * stands by while the tab is hidden (as JupyterLab's own polls do): a forgotten tab in
+ * the background must not keep an idle server alive.
  */
 import { Notification } from '@jupyterlab/apputils';
 
@@ -42,8 +46,9 @@ export function startCullWarnings(seconds = 15): void {
   };
 
   const show = (cull: ICull) => {
-    const key = `${cull.reason} ${cull.cull_at} ${cull.message}`;
-    if (shown && key === shownFor) {
+    // the same warning with a newer time: updated in place, not shown anew
+    const key = `${cull.reason} ${cull.extendable}`;
+    if (shown && key === shownFor && Notification.update({ id: shown, message: cull.message, type: 'warning' })) {
       return;
     }
     clear();
@@ -71,6 +76,9 @@ export function startCullWarnings(seconds = 15): void {
   };
 
   const poll = async () => {
+    if (document.visibilityState === 'hidden') {
+      return;
+    }
     try {
       apply(await activity());
     } catch {
@@ -80,4 +88,5 @@ export function startCullWarnings(seconds = 15): void {
 
   void poll();
   window.setInterval(() => void poll(), seconds * 1000);
+  document.addEventListener('visibilitychange', () => void poll());
 }
