@@ -50,6 +50,7 @@ SERVER_ENDPOINTS = [
     ("GET", "/user/{u}/cloudhop/api/gpus", None),
     ("GET", "/user/{u}/cloudhop/api/offers", None),
     ("GET", "/user/{u}/cloudhop/api/restore", None),
+    ("POST", "/user/{u}/cloudhop/api/restore", {"snapshot": "nosuch"}),
     ("GET", "/user/{u}/cloudhop/api/migrations/0123abcd", None),
     ("POST", "/user/{u}/cloudhop/api/migrations", {"region": "nowhere"}),
     ("GET", "/user/{u}/cloudhop/ray", None),

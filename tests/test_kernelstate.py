@@ -525,3 +525,40 @@ async def test_checkpoints_of_the_previous_format_still_load_and_newer_ones_are_
     state_path.write_text(json.dumps(dict(state, format=3)))
     with pytest.raises(KernelStateError, match=r"checkpoint format 3 is not one of \(1, 2\)"):
         await restore_kernel(dst_km.get_connection_info(), str(tmp_path / "c"))
+
+
+def test_what_a_checkpoint_looks_at_for_sharing_leaves_out_immutable_values():
+    """Finding variables that share objects reads only what may be shared: a DataFrame
+    of 100,000 strings costs its pickling, not a copy of the pickler's whole memo."""
+    from cloudhop.extensions.kernelstate import agent
+
+    shared = {"k": [1, 2]}
+    value = {"labels": [f"row-{i}" for i in range(100_000)], "shared": shared, "t": (1.5, "x")}
+    _data, _oob, memo = agent._dumps(value, False)
+    kinds = {type(obj) for _, obj in memo.values()}
+    assert kinds == {dict, list}, kinds
+    assert id(shared) in memo and id(value["labels"]) in memo
+
+
+def test_large_buffers_written_and_read_in_pieces_come_back_whole(tmp_path, monkeypatch):
+    """A buffer past PARALLEL_MIN is written and read back by several threads, each its
+    own piece; with small records and alignment gaps around it every byte comes back."""
+    import numpy as np
+
+    from cloudhop.extensions.kernelstate import agent
+
+    monkeypatch.setattr(agent, "PARALLEL_MIN", 1 << 20)
+    monkeypatch.setattr(agent.os, "cpu_count", lambda: 4)
+    data = np.random.default_rng(1).integers(0, 255, (3 << 20) + 12345, dtype=np.uint8)
+    assert len(agent._pieces(data.nbytes)) == 4
+    writer = agent._Writer(tmp_path / "buffers.bin")
+    spans = [writer.write(b"abc"), writer.write(data, align=agent.ALIGN), writer.write(b"xyz", align=agent.ALIGN)]
+    writer.close()
+    assert spans[1][0] % agent.ALIGN == 0 and spans[2][0] % agent.ALIGN == 0
+    reader = agent._Reader(tmp_path / "buffers.bin")
+    try:
+        assert bytes(reader.read_into_new(*spans[0])) == b"abc"
+        assert np.array_equal(reader.read_into_new(*spans[1], numpy_ok=True), data)
+        assert bytes(reader.read_into_new(*spans[2])) == b"xyz"
+    finally:
+        reader.close()

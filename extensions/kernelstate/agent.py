@@ -97,8 +97,36 @@ def user_names(ns, hidden=()):
     )
 
 
+#: buffers at least this large are written and read by several threads at once (each
+#: piece a system call that copies without the GIL), up to :data:`THREADS`
+PARALLEL_MIN = 64 << 20
+THREADS = 4
+
+
+def _pieces(length):
+    """``(start, end)`` spans cutting ``length`` bytes into page-aligned pieces, one per
+    thread (one piece below :data:`PARALLEL_MIN`)."""
+    n = min(THREADS, os.cpu_count() or 1) if length >= PARALLEL_MIN else 1
+    step = -(-length // n)
+    step += -step % 4096
+    return [(a, min(a + step, length)) for a in range(0, length, step)] or [(0, 0)]
+
+
+def _each(fn, pieces):
+    """``fn(start, end)`` for each piece, in threads when there are several."""
+    if len(pieces) == 1:
+        fn(*pieces[0])
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(pieces)) as pool:
+        for _ in pool.map(lambda span: fn(*span), pieces):
+            pass
+
+
 class _Writer:
-    """Appends to a file with unbuffered, large sequential writes."""
+    """Appends to a file with unbuffered, large writes (a large buffer in pieces written
+    at once by several threads)."""
 
     def __init__(self, path):
         self.f = open(path, "wb", buffering=0)
@@ -108,14 +136,15 @@ class _Writer:
         """Append ``data`` (any buffer), starting at a multiple of ``align``; returns
         ``(offset, length)``."""
         view = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else memoryview(data)
-        pad = -self.pos % align
-        if pad:
-            self.f.write(b"\0" * pad)
-            self.pos += pad
+        fd = self.f.fileno()
+        self.pos += -self.pos % align  # the gap reads as zeros
         start, n = self.pos, len(view)
-        done = 0
-        while done < n:
-            done += self.f.write(view[done:])
+
+        def put(a, b):
+            while a < b:
+                a += os.pwrite(fd, view[a:b], start + a)
+
+        _each(put, _pieces(n))
         self.pos += n
         return start, n
 
@@ -142,7 +171,8 @@ class _Reader:
         return self.read_into_new(offset, length, numpy_ok=True)
 
     def read_into_new(self, offset, length, numpy_ok=False):
-        """A new writable buffer of ``length`` bytes filled from ``offset``.
+        """A new writable buffer of ``length`` bytes filled from ``offset`` (a large one in
+        pieces read at once by several threads).
 
         With ``numpy_ok`` and NumPy loaded, the buffer is a NumPy array: NumPy asks for
         transparent huge pages, which makes first touching the memory several times
@@ -150,13 +180,16 @@ class _Reader:
         np = sys.modules.get("numpy") if numpy_ok and length >= (1 << 20) else None
         buf = np.empty(length, dtype=np.uint8) if np is not None else bytearray(length)
         view = memoryview(buf)
-        self.f.seek(offset)
-        done = 0
-        while done < length:
-            n = self.f.readinto(view[done:])
-            if not n:
-                raise EOFError("checkpoint file is truncated")
-            done += n
+        fd = self.f.fileno()
+
+        def get(a, b):
+            while a < b:
+                n = os.preadv(fd, [view[a:b]], offset + a)
+                if not n:
+                    raise EOFError("checkpoint file is truncated")
+                a += n
+
+        _each(get, _pieces(length))
         return buf
 
     def close(self):
@@ -217,6 +250,15 @@ def _pickler_class(base, by_value):
     ``by_value``, the classes the notebook defined with :func:`make_class`."""
     if (base, by_value) not in _picklers:
         class KernelPickler(base):
+            if base is pickle.Pickler:
+                def persistent_id(self, obj):
+                    # what the C pickler memoizes can only be read by copying its whole
+                    # memo (every string too); this sees each object as it is saved and
+                    # keeps those that may be shared (see _dumps)
+                    if type(obj) not in _ATOMIC:
+                        self.seen[id(obj)] = (0, obj)
+                    return None
+
             def reducer_override(self, obj):
                 if by_value and isinstance(obj, type) and obj.__module__ == "__main__":
                     return _reduce_class(obj)
@@ -322,10 +364,13 @@ def _dumps(obj, use_dill):
     else:
         base, extra = pickle.Pickler, {}
     pickler = _pickler_class(base, use_dill)(out, protocol=5, buffer_callback=keep, **extra)
+    pickler.seen = {}
     if use_dill:
         pickler._main = _main_module()  # the notebook's namespace is saved by reference
     pickler.dump(obj)
-    memo = pickler.memo if isinstance(pickler.memo, dict) else pickler.memo.copy()
+    # dill's (pure Python) pickler has its memo as a dict; the C pickler's objects were
+    # seen one by one (its memo less the immutable values, which share nothing)
+    memo = pickler.memo if isinstance(pickler.memo, dict) else pickler.seen
     return out.getvalue(), oob, memo
 
 

@@ -33,6 +33,8 @@ CHANGES = [
     ("POST", "/hub/api/cloudhop/rescue/{u}", {"snapshot": "0" * 64, "notice": {"cloud": "aws"}}, 409, False),
     # past authentication and XSRF, the move stops at the option check
     ("POST", "/user/{u}/cloudhop/api/migrations", {"region": "nowhere"}, 400, False),
+    # a restore of a snapshot the store does not have: it starts, fails and writes nothing
+    ("POST", "/user/{u}/cloudhop/api/restore", {"snapshot": "nosuch"}, 202, False),
     ("POST", "/user/{u}/cloudhop/ray/workers", {"workers": 1}, 200, True),
     ("POST", "/user/{u}/ray-dashboard/api/jobs/", {"entrypoint": "id"}, 200, True),
     ("PUT", "/user/{u}/ray-dashboard/api/jobs/x", {}, 200, True),
