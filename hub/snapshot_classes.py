@@ -167,7 +167,8 @@ def revoke(backend: Backend, name: str) -> dict | None:
 
 
 def copy_for(backend: Backend, user: str, name: str, groups, *, server: str) -> dict:
-    """``user``'s own copy of class ``name`` in ``server``'s line (its summary); refuses
+    """``user``'s own copy of class ``name`` in ``server``'s line (its summary, plus the
+    copied manifest's length, ``manifest_bytes``); refuses
     (404, the same answer as for no such class) a class not shared with ``groups``."""
     record = get_record(backend, name)
     if record is None or not (visible(record, groups) or record.get("owner") == user):
@@ -179,10 +180,11 @@ def copy_for(backend: Backend, user: str, name: str, groups, *, server: str) -> 
     sid = new_snapshot_id()
     _add(backend, ns, BORROWERS, user)
     _add(backend, user, BORROWS, ns)
-    backend.put_object(user, f"{sid}.json", json.dumps(data).encode())
+    body = json.dumps(data).encode()
+    backend.put_object(user, f"{sid}.json", body)
     summary = summarize(sid, data, server=meta_server(data), borrows=[ns])
     write_summary(backend, user, summary)
-    return summary
+    return {**summary, "manifest_bytes": len(body)}
 
 
 def marks(backend: Backend, ns: str) -> set[str]:

@@ -22,7 +22,7 @@ from . import snapshot_classes as classes
 from . import snapshot_line as line
 from .snapshot_gc import GRACE_SECONDS, Claims, Collected, collect, referenced, sweep
 from .store_backends import Backend, BackendError, manifest_chunk_ids, new_snapshot_id
-from .store_quota import Quotas
+from .store_quota import QuotaExceeded, Quotas, charge
 
 log = logging.getLogger("cloudhop.store")
 #: seconds after a deletion before the namespace is collected (deletions come in bursts)
@@ -175,6 +175,11 @@ class Keeper:
         """``user``'s own copy of class ``name`` in ``server``'s line (its summary)."""
         async with self.lock(classes.CLASSES), self.lock(user):
             summary = await self.run(classes.copy_for, self.backend, user, name, groups, server=server)
+            try:  # the copy's manifest is the student's (its chunks are the publication's)
+                await self.quotas.take(user, charge(summary.pop("manifest_bytes")))
+            except QuotaExceeded as err:
+                await self.run(line.delete_snapshot, self.backend, user, summary["id"])
+                raise Refused(413, str(err)) from None
             pruned = await self.run(line.prune, self.backend, user, server, self.keep)
         if pruned:
             self.schedule_collect(user)
