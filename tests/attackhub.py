@@ -43,6 +43,7 @@ HUB_ENDPOINTS = [
     ("POST", "/hub/api/cloudhop/activity/{u}", {"active": True}),
     ("POST", "/hub/api/cloudhop/rescue/{u}", {"snapshot": "0" * 64, "notice": {"cloud": "aws"}}),
     ("GET", "/hub/api/cloudhop/rescue/{u}", None),
+    ("GET", "/hub/api/cloudhop/usage/{u}", None),
 ]
 #: the same for ``{u}``'s server (the server extension, its Ray routes and the dashboard proxy)
 SERVER_ENDPOINTS = [
