@@ -34,7 +34,8 @@ class CloudhopStore(LoggingConfigurable):
     quota_gib = Number(
         100.0, rule=dict(minimum=0, unit="GiB"),
         help="GiB of snapshots each user may keep (chunks they share with their own earlier "
-        "snapshots count once; snapshots are not removed by themselves). An upload past it is "
+        "snapshots count once; each server's line keeps keep_snapshots, and chunks no kept "
+        "snapshot uses are collected). An upload past it is "
         "refused with a 413 naming the quota and the usage. 0: no limit.",
     ).tag(config=True)
 

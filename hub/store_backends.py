@@ -1,7 +1,10 @@
 """Where the snapshot store keeps chunks and manifests.
 
 Each user has a namespace of their own (``users/u-<quoted name>/``): chunks are never
-shared between users, so one user cannot learn whether another holds some content.
+shared between users, so one user cannot learn whether another holds some content. The
+one exception are class snapshots (:mod:`.snapshot_classes`): a publication's namespace
+(``/class/<id>``; no hub user name holds a ``/``) whose chunks the users the class is
+shared with borrow once they started from it.
 
 A backend is synchronous (the service calls it in a thread). Two kinds:
 
