@@ -1,14 +1,15 @@
-"""``HostedAWS``: Cloudhop's real AWS provider against moto, whose instances' notebook
-server runs on this machine.
+"""Cloudhop's real cloud providers against their API doubles (moto for AWS,
+tests/fakes/gcp_compute.py for GCP), whose instances' notebook server runs on this
+machine.
 
-moto records EC2 instances but runs nothing, so a server spawned on AWS never answers
-(tests/test_e2e_aws.py checks only what the hub asks of EC2). This subclass keeps every
-call the AWS provider makes to EC2 (``run_instances`` with the spot market options,
-``describe_instances``, ``terminate_instances``, tags, user data) and, for each
+The doubles record instances but run nothing, so a server spawned on them never answers
+(tests/test_e2e_aws.py and tests/test_e2e_clouds.py check only what the hub asks of the
+cloud). :class:`Hosted` keeps every call the provider makes to the cloud (the create
+with the spot options, the describe, the terminate, tags, user data) and, for each
 instance, also starts the server's command on this machine in an ephemeral local region
-(the instance's own disk, deleted with it). ``status`` answers EC2's state with the
-local server's address. The hub config maps ``aws`` to this class
-(:func:`install_snippet`), so the spawner's offers, failover and state are AWS's.
+(the instance's own disk, deleted with it). ``status`` answers the cloud's state with the
+local server's address. The hub config maps the cloud's name to the hosted class
+(:func:`install_snippet`), so the spawner's offers, failover and state are the cloud's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import dataclasses
 
 from cloudhop.spawner.offers import Offer
 from cloudhop.spawner.providers.aws import AWSProvider
+from cloudhop.spawner.providers.gcp import GCPProvider
 from cloudhop.spawner.providers.base import FAILED, RUNNING, TAG_HUB, TERMINATED
 from cloudhop.spawner.providers.local import LocalProvider
 
@@ -24,16 +26,18 @@ HOST_REGION = "instance-disk"
 
 
 def install_snippet(tests_dir: str) -> str:
-    """Hub config lines that make provider ``aws`` this class."""
+    """Hub config lines that make providers ``aws`` and ``gcp`` the hosted classes."""
     return f"""
 import sys
 sys.path.insert(0, {tests_dir!r})
 from cloudhop.spawner.providers import REGISTRY
-REGISTRY["aws"] = "moto_host:HostedAWS"
+REGISTRY.update(aws="hosted_cloud:HostedAWS", gcp="hosted_cloud:HostedGCP")
 """
 
 
-class HostedAWS(AWSProvider):
+class Hosted:
+    """Mixin before a cloud provider class: see the module."""
+
     #: every server on its own free port (two instances share this machine)
     node_port = None
 
@@ -71,3 +75,11 @@ class HostedAWS(AWSProvider):
         if local_id is not None:
             await self.host.terminate(local_id)
         await super().terminate(node_id)
+
+
+class HostedAWS(Hosted, AWSProvider):
+    pass
+
+
+class HostedGCP(Hosted, GCPProvider):
+    pass
