@@ -13,6 +13,7 @@
     GET|POST {server}/cloudhop/api/activity        the cull the hub plans; POST: keep running (activity.py)
     GET  {server}/cloudhop/api/offers              offers this user may move to (policy-filtered, from the hub),
                                                    a move's targets cheapest first, and what a move leaves out
+    GET|POST|DELETE {server}/cloudhop/api/shares   this server's shares and share links (sharing.py)
 
 The handlers are in :mod:`.handlers` (the server's owner only, under JupyterHub); the
 Ray routes in :mod:`.ray_api`; the move's settings (``c.CloudhopMigration.*``) in
@@ -35,6 +36,7 @@ from .kernelenv import keep_token_from_children
 from .migrate import CloudhopMigration, Migrator, Restorer
 from .preempt import start_agent
 from .price import PriceLookup
+from .sharing import SharesHandler
 
 
 def _load_jupyter_server_extension(serverapp):
@@ -61,6 +63,7 @@ def _load_jupyter_server_extension(serverapp):
         (url_path_join(base, "info"), InfoHandler, dict(kw, price=PriceLookup(hub))),
         (url_path_join(base, "gpus"), GPUsHandler),
         (url_path_join(base, "offers"), OffersHandler, kw),
+        (url_path_join(base, "shares"), SharesHandler, {"hub": hub}),
     ])
     ray_api.load(serverapp)  # Ray status, resize and dashboard routes (docs/ray.md)
     offer_examples(serverapp)  # the example notebooks, once per new workspace (examples.py)

@@ -30,16 +30,17 @@ SERVICE_STOP_SECONDS = (3, 2, 2)
 
 def cloudhop_routes() -> list[tuple]:
     """Cloudhop's hub API routes (unprefixed, as ``extra_handlers`` takes them): offers,
-    move and kernel tokens, and Ray clusters."""
+    move and kernel tokens, Ray clusters, and the page that accepts a share link."""
     from . import tokens_api
     from .offers_api import handlers as offers_handlers
     from .ray_api import handlers as ray_handlers
     from .rescue_api import handlers as rescue_handlers  # spot rescues
+    from .sharing import handlers as sharing_handlers
     from .snapshots_api import handlers as snapshot_handlers  # snapshot lines, class snapshots
     from .usage_api import handlers as usage_handlers  # spend and budgets
     from .kept_api import handlers as kept_handlers  # nodes stops kept (docs/durability.md)
 
-    return [*offers_handlers(), *tokens_api.handlers(), *ray_handlers(), *rescue_handlers(), *snapshot_handlers(),
+    return [*offers_handlers(), *tokens_api.handlers(), *ray_handlers(), *rescue_handlers(), *sharing_handlers(), *snapshot_handlers(),
             *usage_handlers(), *kept_handlers()]
 
 

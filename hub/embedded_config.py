@@ -117,6 +117,12 @@ from cloudhop.spawner.rescue import CloudhopRescue  # noqa: E402
 
 CloudhopRescue(config=c)
 
+# sharing a live server (docs/teaching.md): users may share their own servers, and each
+# server's token may manage that server's shares (its owner's "Share this server")
+from cloudhop.hub.sharing import add_sharing_scopes  # noqa: E402
+
+add_sharing_scopes(c)
+
 # the reaper (docs/clouds.md): terminates nodes tagged with this hub that no active server
 # owns, after a grace period; c.CloudhopReaper.enabled / .interval / .grace tune it
 # (cloudhop.hub.config.CloudhopReaper)

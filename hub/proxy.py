@@ -8,7 +8,8 @@ and a spawn longer than 20 s ends its stream with an error. Here a request that 
 ``text/event-stream`` (what a browser's ``EventSource`` sends) is streamed instead:
 the headers and each chunk are sent on at once, with no time limit while the target
 keeps the stream open, on an HTTP client of its own so that open streams never queue
-the proxy's other requests. Every other request takes the Python port's own path.
+the proxy's other requests. Every other request takes the Python port's own path, but
+that a websocket the target closes is closed on the browser's side too.
 
 ``cloudhop up`` runs it as ``python -m cloudhop.hub.proxy`` with the options of
 ``configurable-http-proxy`` (``hub/embedded_config.py``).
@@ -74,6 +75,23 @@ class StreamingProxyHandler(ProxyHandler):
                 self.finish()
             except StreamClosedError:  # the browser left while the stream ran
                 pass
+
+    async def start_ws_client(self, path=None):
+        """The Python port's websocket relay, which does not pass on a close from the
+        target (a server that ends a connection, e.g. a user's whose share was revoked):
+        here the browser's side is closed too, as Node's proxy does."""
+        await super().start_ws_client(path)
+        client = self.ws_client
+        if client is None:
+            return
+        relay = client._on_message_callback  # tornado calls it with None when the target closes
+
+        def relay_and_close(message):
+            relay(message)
+            if message is None and self.ws_connection is not None:
+                self.close(client.close_code, client.close_reason)
+
+        client._on_message_callback = relay_and_close
 
     def _header_line(self, line: str) -> None:
         """Collect the target's status line and headers; send them on at the blank line."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from configurable_http_proxy import configproxy
-from tornado import web
+from tornado import web, websocket
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
@@ -107,3 +107,29 @@ async def test_a_stream_whose_target_is_down_is_a_503(monkeypatch):
     finally:
         client.close()
         front.stop()
+
+
+class Closer(websocket.WebSocketHandler):
+    """A websocket the target closes after its first message (as a server does for a user
+    whose access it revoked)."""
+
+    def on_message(self, message):
+        self.write_message("bye " + message)
+        self.close(4003, "revoked")
+
+
+async def test_a_websocket_the_target_closes_is_closed_for_the_browser(monkeypatch):
+    upstream, up_port = serve(web.Application([("/ws", Closer)]))
+    monkeypatch.setattr(configproxy, "ProxyHandler", StreamingProxyHandler)
+    proxy = configproxy.PythonProxy({"auth_token": "x"})
+    proxy.add_route("/", {"target": f"http://127.0.0.1:{up_port}"})
+    front, port = serve(proxy.proxy_app)
+    try:
+        ws = await websocket.websocket_connect(f"ws://127.0.0.1:{port}/ws")
+        await ws.write_message("hi")
+        assert await asyncio.wait_for(ws.read_message(), 10) == "bye hi"
+        assert await asyncio.wait_for(ws.read_message(), 10) is None, "the close reaches the browser"
+        assert ws.close_code == 4003 and ws.close_reason == "revoked"
+    finally:
+        front.stop()
+        upstream.stop()

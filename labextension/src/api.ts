@@ -117,6 +117,31 @@ export interface IRestoreReport {
   [key: string]: unknown;
 }
 
+/** GET cloudhop/api/shares: who this server is shared with, and its open share links. */
+export interface IShare {
+  kind: 'user' | 'group';
+  name: string;
+  created_at: string | null;
+}
+export interface IShareCode {
+  id: string;
+  created_at: string | null;
+  expires_at: string | null;
+  exchange_count: number;
+}
+export interface IShares {
+  shares: IShare[];
+  codes: IShareCode[];
+}
+/** POST cloudhop/api/shares {"code": true}: a new share link (its code is shown once). */
+export interface IShareLink {
+  id: string;
+  code: string;
+  accept_url: string;
+  full_accept_url: string | null;
+  expires_at: string | null;
+}
+
 /** A refusal from the API: its HTTP status and the server's own message. */
 export class APIError extends Error {
   constructor(
@@ -164,6 +189,11 @@ export const api = {
     request<IMigration>('cloudhop/api/migrations', { method: 'POST', body: JSON.stringify(options) }),
   accept: (id: string) =>
     request<IMigration>(`cloudhop/api/migrations/${encodeURIComponent(id)}/accept`, { method: 'POST' }),
+  shares: () => request<IShares>('cloudhop/api/shares'),
+  share: (body: { code?: boolean; expires_in?: number; user?: string; group?: string }) =>
+    request<IShareLink>('cloudhop/api/shares', { method: 'POST', body: JSON.stringify(body) }),
+  unshare: (which: { code?: string; user?: string; group?: string }) =>
+    request<unknown>(`cloudhop/api/shares?${new URLSearchParams(which as Record<string, string>)}`, { method: 'DELETE' }),
   ray: () => request<IRay>('cloudhop/ray'),
   resizeRay: (workers: number) =>
     request<unknown>('cloudhop/ray/workers', { method: 'POST', body: JSON.stringify({ workers }) })

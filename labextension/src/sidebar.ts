@@ -1,7 +1,7 @@
 /**
  * The Cloudhop sidebar: this server (place, price, spend), its GPUs, moving it, its Ray
- * cluster and its snapshots. GPU readings refresh every 2 s and the Ray cluster every
- * 10 s, only while the sidebar is shown.
+ * cluster, its snapshots and sharing it. GPU readings refresh every 2 s, the Ray cluster
+ * and the shares every 10 s, only while the sidebar is shown.
  */
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
@@ -13,6 +13,7 @@ import { cloudhopIcon } from './icon';
 import { InfoModel } from './model';
 import { MoveSection } from './move';
 import { RaySection } from './ray';
+import { ShareSection } from './share';
 import { SnapshotSection } from './snapshots';
 
 export class CloudhopSidebar extends Widget {
@@ -35,7 +36,8 @@ export class CloudhopSidebar extends Widget {
       this._gpus.node,
       this.move.node,
       this._ray.node,
-      this._snapshots.node
+      this._snapshots.node,
+      this._share.node
     );
     model.changed.connect(this.render, this);
     this.render();
@@ -48,9 +50,11 @@ export class CloudhopSidebar extends Widget {
       void this._ray.refresh(info?.ray ?? true);
       void this._snapshots.refresh(info?.restored ?? true);
     });
+    void this._share.refresh();
     this._timers.push(
       window.setInterval(() => void this._gpus.refresh(), 2000),
-      window.setInterval(() => void this._ray.refresh(this.model.info?.ray ?? true), 10000)
+      window.setInterval(() => void this._ray.refresh(this.model.info?.ray ?? true), 10000),
+      window.setInterval(() => void this._share.refresh(), 10000)
     );
   }
 
@@ -91,5 +95,6 @@ export class CloudhopSidebar extends Widget {
   private _gpus = new GPUSection();
   private _ray = new RaySection();
   private _snapshots = new SnapshotSection();
+  private _share = new ShareSection();
   private _timers: number[] = [];
 }
