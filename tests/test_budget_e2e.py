@@ -2,7 +2,9 @@
 second of running costs $1) and a $5 monthly budget with no lookahead. The user's first
 server starts; the hub's budget watcher stops it once $5 is spent, through the hub's
 normal stop, saying why; the usage API reports the spend; a second spawn is refused with
-a 403 naming the budget; an admin raises the budget at runtime and the user starts again.
+a 403 naming the budget; an admin raises the budget at runtime and the user starts again;
+a hub killed outright keeps the running server's interval open, and counts on after it
+restarts.
 """
 
 from __future__ import annotations
@@ -77,4 +79,16 @@ def test_a_spent_budget_stops_the_server_and_refuses_the_next_until_an_admin_rai
     hub.spawn("ada", ASK)
     group = hub.api("GET", "/cloudhop/usage", params={"group": "default"}).json()
     assert group["by_user"]["ada"] >= usage["usd"] and group["budget"]["usd"] == 10_000
+
+    # a hub killed outright loses no open interval; the restarted hub keeps counting it
+    hub.kill()
+    (running,) = ledger.intervals(user="ada", open_only=True)
+    hub.start()
+    assert hub.server_model("ada")["ready"]
+    assert ledger.intervals(user="ada", open_only=True) == [running], "the same interval, still open"
+    before = hub.api("GET", "/cloudhop/usage/ada").json()["usd"]
+    time.sleep(1)
+    assert hub.api("GET", "/cloudhop/usage/ada").json()["usd"] > before
     hub.stop_server("ada")
+    assert ledger.intervals(user="ada", open_only=True) == []
+    assert len(ledger.intervals(user="ada")) == 2
