@@ -43,6 +43,8 @@ HUB_ENDPOINTS = [
     ("POST", "/hub/api/cloudhop/activity/{u}", {"active": True}),
     ("POST", "/hub/api/cloudhop/rescue/{u}", {"snapshot": "0" * 64, "notice": {"cloud": "aws"}}),
     ("GET", "/hub/api/cloudhop/rescue/{u}", None),
+    ("GET", "/hub/api/cloudhop/snapshots/{u}", None),
+    ("DELETE", "/hub/api/cloudhop/snapshots/{u}/20000101-000000-00000000", None),
     ("GET", "/hub/api/cloudhop/usage/{u}", None),
 ]
 #: the same for ``{u}``'s server (the server extension, its Ray routes and the dashboard proxy)
@@ -76,6 +78,7 @@ STORE_ENDPOINTS = [
     ("POST", "api/users/{u}/chunks/download", "ids"),
     ("POST", "api/users/{u}/chunks/pack", "ids"),
     ("POST", "api/users/{u}/chunks", "pack"),
+    ("DELETE", "api/users/{u}/snapshots/20000101-000000-00000000", None),  # no such snapshot: ada's stays
 ]
 
 CONFIG = """

@@ -42,9 +42,12 @@ CHANGES = [
     # activity reports move last_activity only (the cull tests check that)
     ("POST", "/hub/api/cloudhop/activity/{u}", {"active": True}, 200, False),
     ("POST", "/user/{u}/cloudhop/api/activity", {}, 200, False),
+    # past authentication and XSRF, a deletion of a snapshot ada does not have finds none
+    ("DELETE", "/hub/api/cloudhop/snapshots/{u}/20000101-000000-00000000", None, 404, False),
 ]
 #: the store's answer to each request sent properly (with a token)
-STORE_OK = {"GET": 200, "PUT": 200, "POST": 200, ("POST", "api/users/{u}/snapshots"): 201}
+#: (the one DELETE names a snapshot ada does not have, so hers stays)
+STORE_OK = {"GET": 200, "PUT": 200, "POST": 200, "DELETE": 404, ("POST", "api/users/{u}/snapshots"): 201}
 
 
 def test_every_state_changing_endpoint_is_checked():
