@@ -738,7 +738,7 @@ class CloudhopSpawner(Spawner):
 
         try:
             await durable.wait_restored(url + self.server.base_url, self.api_token, timeout=self.restore_timeout,
-                                        interval=self.node_poll_interval, progress=progress)
+                                        interval=min(self.node_poll_interval, 0.5), progress=progress)
         except durable.RestoreError as err:
             raise SpawnException(f"Restoring {where} failed: {err}. The snapshot is kept; start again, or "
                                  f"with \"restore\": \"none\" to start empty.",

@@ -43,7 +43,7 @@ c.LocalProvider.regions = {{"site-a": {{"gpus": "none", "ephemeral": True}},
 c.CloudhopStore.quota_gib = 0.02  # about 20 MiB per user
 c.Spawner.environment = {{"CLOUDHOP_MOVE_HOLD": {hold!r}}}
 c.CloudhopReaper.interval = 1
-c.CloudhopReaper.grace = 0
+c.CloudhopReaper.grace = 5  # short, but past the moment a launch's node is recorded
 """
 STATE = "import numpy as np\nx = 42\narr = np.arange(12).reshape(3, 4) * 1.5"
 SHOW = "print(x, arr.sum(), arr.tolist())"
@@ -206,10 +206,11 @@ def test_a_full_quota_keeps_the_node_and_says_why(hub):
                      r".*snapshot quota full \(used", hub.log())
     home = login(hub, "bob").get(f"{hub.url}/hub/home", timeout=30).text
     assert "its node was kept" in home and "snapshot quota full (used" in home
-    # the reaper's sweeps (every second, no grace) leave the kept node alone
+    # the reaper's sweeps (every second, 5 s of grace) leave the kept node alone
     report = hub.data_dir / "reaper-report.json"
-    wait_for("a reaper sweep after the stop", lambda: report.exists() and report.stat().st_mtime > time.time() - 1)
-    time.sleep(2)
+    wait_for("the node is past the reaper's grace", lambda: time.time() - psutil.Process(node["info"]["pid"]).create_time() > 6)
+    swept = time.time()
+    wait_for("a reaper sweep after that", lambda: report.exists() and report.stat().st_mtime > swept + 1)
     assert psutil.pid_exists(node["info"]["pid"])
 
     # an admin decides: the CLI lists the kept node, then discards it
