@@ -122,6 +122,7 @@ class AzureProvider(CloudProvider):
 
     name = "azure"
     display_name = "Azure"
+    lists_everywhere = True  # one list covers the resource group, whatever the location
 
     subscription_id = Unicode(
         "", help="Subscription the VMs are created in. Empty: $AZURE_SUBSCRIPTION_ID."
@@ -414,16 +415,6 @@ class AzureProvider(CloudProvider):
             return None
         self._ips.pop(name, None)
         return self._node(vm)
-
-    # -- places: one list covers the resource group ----------------------------------------
-    def _find_where(self, spec):
-        return "*"
-
-    def _cache_key(self, where):
-        return "*"
-
-    def _places(self):
-        return ["*"]
 
     def _blocking_check(self):
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Callable
+from typing import Callable, ClassVar
 
 from traitlets import Bool, Enum, Float, Integer, List, TraitError, Unicode, validate
 
@@ -90,6 +90,11 @@ class CloudProvider(Provider):
     """Base of the VM providers. Subclasses implement the ``_blocking_*`` methods
     (called through :func:`asyncio.to_thread`), :meth:`_classify` and
     :meth:`_rule_store`."""
+
+    #: one list call sees the nodes of every region (an Azure resource group, a Lambda or
+    #: DigitalOcean account): launch's look-up, the status cache and ``list_nodes`` then
+    #: use the one place ``"*"``, and ``_blocking_find``/``_blocking_describe`` get it
+    lists_everywhere: ClassVar[bool] = False
 
     hub_connect_url = Unicode(
         "",
@@ -222,14 +227,16 @@ class CloudProvider(Provider):
 
     def _find_where(self, spec: LaunchSpec) -> str:
         """Where launch looks for a node this request already made."""
-        return self._where(spec)
+        return "*" if self.lists_everywhere else self._where(spec)
 
     def _cache_key(self, where: str) -> str:
         """The status cache entry (and describe call) a node's place belongs to."""
-        return where
+        return "*" if self.lists_everywhere else where
 
     def _places(self) -> list[str]:
         """The places ``list_nodes`` looks in."""
+        if self.lists_everywhere:
+            return ["*"]
         if self.regions:
             return list(self.regions)
         return sorted({o.region for o in self.offers()})

@@ -130,6 +130,7 @@ class DigitalOceanProvider(CloudProvider):
 
     name = "digitalocean"
     display_name = "DigitalOcean"
+    lists_everywhere = True  # one list covers every region; firewalls are account-wide
 
     token_file = Unicode(
         "~/.config/cloudhop/digitalocean-token",
@@ -290,16 +291,6 @@ class DigitalOceanProvider(CloudProvider):
         except exceptions.ResourceNotFoundError:
             return None
         return None  # a destroyed droplet is gone from the API at once
-
-    # -- places: one list covers every region, firewalls are account-wide -----------------
-    def _find_where(self, spec):
-        return "*"
-
-    def _cache_key(self, where):
-        return "*"
-
-    def _places(self):
-        return ["*"]
 
     def _blocking_check(self):
         if not read_token(self.token_file):

@@ -178,6 +178,7 @@ class LambdaProvider(CloudProvider):
 
     name = "lambda"
     display_name = "Lambda Cloud"
+    lists_everywhere = True  # ``instances`` lists every region
 
     api_key_file = Unicode(
         "~/.lambda_cloud/lambda_keys",
@@ -341,19 +342,6 @@ class LambdaProvider(CloudProvider):
             if inst.get("id") == instance_id:
                 return self._node(inst)
         return None
-
-    # -- places: one call lists every region ----------------------------------------------
-    def _find_where(self, spec):
-        return "*"
-
-    def _cache_key(self, where):
-        return "*"
-
-    def _places(self):
-        return ["*"]
-
-    def _region_of(self, where):
-        return where
 
     # -- availability --------------------------------------------------------------------
     def _blocking_check(self):
