@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "03-move-my-project.ipynb"
 REGIONS = """
@@ -67,7 +68,7 @@ def wait_migration(alice, mid, timeout=240):
 
 @pytest.mark.e2e
 def test_move_a_running_project_to_another_region(hub_factory):
-    hub = hub_factory(REGIONS)
+    hub = hub_factory(REGIONS + "c.JupyterHub.authenticate_prometheus = False\n")  # for the metrics below
     alice = UserAPI(hub, "alice")
     shown = start_project(hub, alice)
     source_file = alice("GET", "api/contents/data/results.csv").json()["content"]
@@ -114,6 +115,13 @@ def test_move_a_running_project_to_another_region(hub_factory):
     while hub.server_model("alice", "") is not None and time.monotonic() < deadline:
         time.sleep(0.5)
     assert hub.server_model("alice", "") is None
+
+    # the hub's metrics count the move, its time and what it sent
+    text = requests.get(f"{hub.url}/hub/metrics", timeout=30).text
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.labels.get("outcome") == "done"}
+    assert samples["cloudhop_move_duration_seconds_count"] == 1
+    assert samples["cloudhop_move_bytes_total"] == m["bytes_sent"]
 
 
 @pytest.mark.e2e
