@@ -1,58 +1,108 @@
-"""Spot rescue end to end, one hub for every scenario: a spot server in one ephemeral
-local region watches a loopback double of a cloud's metadata endpoint (AWS, GCP, OCI;
-tests/fakes/metadata.py); the cloud's notice makes its agent snapshot it and call the
-hub, which relaunches it in the next region of its failover list - same server name,
-same URL - with its files and its kernel's variables, without a request from the user.
-The old region's workspace is gone in between (ephemeral), so what comes back came
-through the snapshot. A rescue call for another user's server is refused; a repeated
-call changes nothing."""
+"""Spot rescue end to end, one hub for every scenario.
+
+A spot server gets its cloud's interruption notice from a loopback double of the cloud's
+metadata endpoint (tests/fakes/metadata.py); its agent snapshots it and calls the hub,
+which relaunches it on the next offer of its failover list - same server name, same URL -
+with its files and its kernel's variables, without a request from the user:
+
+* on the AWS provider (moto for EC2) and the GCP provider (the Compute double), whose
+  instances' servers run on this machine beside them (tests/hosted_cloud.py);
+* OCI's notice (its instance's lifecycle state) on a local server: OCI's catalog has no
+  preemptible prices, so no OCI spot server can be started. Its local region is
+  ephemeral, so the workspace is gone in between and what comes back came through the
+  snapshot.
+
+Then: a rescue call for another user's server, or with the kernels' token, is refused;
+a repeated call changes nothing."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import requests
+from moto.server import ThreadedMotoServer
 
 from conftest import _stop_all_servers
-from hubfixture import HubProcess
-from tests.fakes.metadata import CLOUDS, FakeMetadata
+from hosted_cloud import install_snippet
+from hubfixture import HubProcess, free_port
+from test_e2e_aws import config as aws_config, hub_env, instances
+from tests.fakes.gcp_compute import FakeCompute
+from tests.fakes.metadata import FakeMetadata
 
 pytestmark = pytest.mark.e2e
 
+REQUESTS = {
+    "aws-spot": {"provider": "aws", "region": "us-east-1", "instance_type": "g4dn.xlarge", "gpu": "T4",
+                 "gpu_count": 1, "spot": True},
+    "gcp-spot": {"provider": "gcp", "region": "us-central1", "instance_type": "g2-standard-4", "gpu": "L4",
+                 "gpu_count": 1, "spot": True},
+    "oci-spot": {"provider": "local", "region": "site-a", "spot": True},
+}
 STATE = "import numpy as np\nx = 42\narr = np.arange(6) * 1.5"
 SHOW = "print(x, arr.tolist())"
 SHOWN = "42 [0.0, 1.5, 3.0, 4.5, 6.0, 7.5]\n"
 
 
-def config(urls: dict) -> str:
-    # server "<cloud>-spot" watches that cloud's double; each region has its own double
-    # (a relaunched server is on another instance, whose metadata says nothing yet)
-    return f"""
+def config(moto: str, compute: str, imds: dict) -> str:
+    # the metadata a server reads: on a cloud, its first instance's (interrupted) or a
+    # later one's (quiet); on the local provider, the double named by the server's name
+    # ("oci-spot": OCI's) and its region
+    first = {REQUESTS[f"{c}-spot"]["instance_type"]: imds[f"{c}/first"].url for c in ("aws", "gcp")}
+    urls = {key: fake.url for key, fake in imds.items()}
+    return aws_config(moto) + install_snippet(str(Path(__file__).parent)) + f"""
+c.CloudhopSpawner.providers = ["local", "aws", "gcp"]
+c.GCPProvider.api_endpoint = {compute!r}
+c.GCPProvider.anonymous_credentials = True
+c.GCPProvider.project = "e2e-project"
+c.GCPProvider.status_cache_seconds = 1
+c.CloudProvider.hub_connect_url = "https://hub.example.org"
 c.LocalProvider.regions = {{"site-a": {{"gpus": "none", "ephemeral": True}},
                             "site-b": {{"gpus": "none", "ephemeral": True}}}}
-URLS = {urls!r}
+FIRST, URLS = {first!r}, {urls!r}
 def _cloud(spawner):
+    if spawner.user_options.get("provider") != "local":
+        return ""  # the server's own provider
     return spawner.name.split("-")[0] if spawner.name.endswith("-spot") else ""
 def _metadata(spawner):
-    return URLS.get(_cloud(spawner) + "/" + str(spawner.user_options.get("region")), "")
+    options = spawner.user_options
+    if options.get("provider") == "local":
+        return URLS.get(_cloud(spawner) + "/" + str(options.get("region")), "")
+    return FIRST.get(options.get("instance_type")) or URLS.get(str(options.get("provider")) + "/later", "")
 c.Spawner.environment.update({{"CLOUDHOP_PREEMPT_CLOUD": _cloud, "CLOUDHOP_METADATA_URL": _metadata,
-                               "CLOUDHOP_PREEMPT_INTERVAL": "0.2"}})
+                               "CLOUDHOP_PREEMPT_INTERVAL": "0.2",
+                               # a cloud instance's server reaches the store as a local one does
+                               "CLOUDHOP_STORE_URL": lambda spawner: spawner.environment["CLOUDHOP_STORE_LOCAL_URL"]}})
 """
 
 
 @pytest.fixture(scope="module")
-def metadata():
-    fakes = {f"{cloud}/{region}": FakeMetadata(cloud) for cloud in CLOUDS for region in ("site-a", "site-b")}
-    urls = {key: fake.start() for key, fake in fakes.items()}
-    yield fakes, urls
-    for fake in fakes.values():
+def clouds():
+    """moto's URL, the Compute double, and the metadata doubles: per cloud its first
+    instance's (which the cloud interrupts) and every later one's; per local region OCI's
+    and AWS's."""
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    compute = FakeCompute()
+    compute.url = compute.start()
+    imds = {f"{c}/{which}": FakeMetadata(c) for c in ("aws", "gcp") for which in ("first", "later")}
+    imds.update({f"{c}/{region}": FakeMetadata(c) for c in ("aws", "oci") for region in ("site-a", "site-b")})
+    for fake in imds.values():
+        fake.url = fake.start()
+    yield f"http://127.0.0.1:{port}", compute, imds
+    for fake in imds.values():
         fake.stop()
+    compute.stop()
+    moto.stop()
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory, metadata):
-    hub = HubProcess(tmp_path_factory.mktemp("preempt"), extra_config=config(metadata[1])).start()
+def hub(tmp_path_factory, clouds):
+    moto, compute, imds = clouds
+    hub = HubProcess(tmp_path_factory.mktemp("preempt"), extra_config=config(moto, compute.url, imds),
+                     env=hub_env()).start()
     yield hub
     _stop_all_servers(hub)
     hub.stop()
@@ -76,7 +126,7 @@ class User:
 
 
 def start_project(hub, user: User, server: str) -> str:
-    hub.spawn(user.name, {"provider": "local", "region": "site-a", "spot": True}, server=server)
+    hub.spawn(user.name, REQUESTS[server], server=server, timeout=180)
     r = user.server("PUT", server, "api/contents/results.csv",
                     json={"type": "file", "format": "text", "content": f"made on {server}\n"})
     assert r.status_code in (200, 201), r.text
@@ -106,59 +156,77 @@ def wait_rescued(hub, user: User, server: str, timeout: float = 240) -> dict:
     raise TimeoutError(f"no rescue of {server} finished: {line}\n{hub.log()}")
 
 
-def test_each_clouds_notice_relaunches_the_server_elsewhere_with_its_files_and_variables(hub, metadata):
-    fakes, _ = metadata
+def test_each_clouds_notice_relaunches_the_server_on_the_next_offer_with_its_files_and_variables(hub, clouds):
+    moto, compute, imds = clouds
     alice = User(hub, "alice")
-    servers = {cloud: f"{cloud}-spot" for cloud in CLOUDS}
-    urls = {cloud: start_project(hub, alice, name) for cloud, name in servers.items()}
-    workspaces = {}
-    for cloud, name in servers.items():
+    urls = {name: start_project(hub, alice, name) for name in REQUESTS}
+    [first_aws] = [i for i in instances(moto) if i["State"]["Name"] == "running"]
+    assert first_aws["InstanceType"] == "g4dn.xlarge" and first_aws.get("InstanceLifecycle") == "spot"
+    [first_gcp] = list(compute.instances.values())
+    assert first_gcp["scheduling"]["provisioningModel"] == "SPOT"
+    created = alice.server("GET", "oci-spot", "api/contents/results.csv").json()["created"]
+    for name in REQUESTS:
         assert rescues(alice, name) == []
-        info = alice.server("GET", name, "cloudhop/api/info").json()
-        assert info["region"] == "site-a" and info["rescued_from"] is None
-        workspaces[cloud] = alice.server("GET", name, "api/contents/results.csv").json()["created"]
+        assert alice.server("GET", name, "cloudhop/api/info").json()["rescued_from"] is None
 
-    for cloud in CLOUDS:  # the clouds take their instances back; nobody asks for anything
-        fakes[f"{cloud}/site-a"].notice()
+    # the clouds take their instances back; nobody asks for anything
+    started = time.monotonic()
+    imds["aws/first"].notice("terminate")
+    imds["gcp/first"].notice()
+    imds["oci/site-a"].notice()
 
-    for cloud, name in servers.items():
-        record = wait_rescued(hub, alice, name)
+    records = {name: wait_rescued(hub, alice, name) for name in REQUESTS}
+    for name, record in records.items():
         assert record["phase"] == "running", (record, hub.log())
-        assert record["from"] == "local/site-a/cpu" and record["target"] == "local/site-b/cpu"
-        assert record["spot"] is True and record["notice"]["cloud"] == cloud
-        assert 0 <= record["notice_to_snapshot_s"] < 60 and record["snapshot"]
-        assert record["node_after"] != record["node"]
+        request, cloud = REQUESTS[name], name.split("-")[0]
+        print(f"{name}: notice to snapshot {record['notice_to_snapshot_s']:.1f} s; running again within "
+              f"{time.monotonic() - started:.1f} s; {record['from']} -> {record['target']}")
+        place = "/".join((request["provider"], request["region"], request.get("instance_type", "cpu")))
+        assert record["from"] == place and record["target"] != record["from"]
+        assert record["spot"] is True and record["notice"]["cloud"] == cloud and record["snapshot"]
+        assert 0 <= record["notice_to_snapshot_s"] < 30 and record["node_after"] != record["node"]
 
         model = hub.server_model("alice", name)
-        assert model["ready"] and model["url"] == urls[cloud]  # the same URL: the open tab follows
-        assert model["user_options"]["region"] == "site-b" and model["user_options"]["spot"] is True
-        info = alice.server("GET", name, "cloudhop/api/info").json()
-        assert info["region"] == "site-b" and info["rescued_from"] == "local/site-a/cpu"
-
+        assert model["ready"] and model["url"] == urls[name]  # the same URL: the open tab follows
+        assert model["user_options"]["spot"] is True and model["user_options"]["restore"] == record["snapshot"]
+        assert alice.server("GET", name, "cloudhop/api/info").json()["rescued_from"] == record["from"]
         f = alice.server("GET", name, "api/contents/results.csv").json()
         assert f["content"] == f"made on {name}\n"
-        assert f["created"] != workspaces[cloud], "the file came back through the snapshot"
         sessions = alice.server("GET", name, "api/sessions").json()
         assert [s["path"] for s in sessions] == ["analysis.ipynb"]
         kernel = hub.kernel("alice", name, kernel_id=sessions[0]["kernel"]["id"])
-        assert kernel.execute(SHOW) == SHOWN
+        assert kernel.execute(SHOW).splitlines()[-1:] == SHOWN.splitlines()
         kernel.close()
+    assert records["oci-spot"]["target"] == "local/site-b/cpu"
+    assert alice.server("GET", "oci-spot", "api/contents/results.csv").json()["created"] != created, \
+        "the file came back through the snapshot (the ephemeral region deleted the workspace)"
+    # EC2: the interrupted instance terminated, one spot instance of the next offer runs
+    by_id = {i["InstanceId"]: i for i in instances(moto)}
+    assert by_id[first_aws["InstanceId"]]["State"]["Name"] in ("shutting-down", "terminated")
+    [second] = [i for i in by_id.values() if i["State"]["Name"] == "running"]
+    assert second["InstanceType"] == records["aws-spot"]["target"].split("/")[-1]
+    assert second.get("InstanceLifecycle") == "spot" and records["aws-spot"]["node_after"].endswith(second["InstanceId"])
+    # Compute: the preempted VM deleted, a spot VM of the next offer in its place
+    [second] = list(compute.instances.values())
+    assert second["name"] != first_gcp["name"] and second["scheduling"]["provisioningModel"] == "SPOT"
+    assert second["machineType"].endswith("/" + records["gcp-spot"]["target"].split("/")[-1])
     log = hub.log()
     assert "Spot rescue" in log and "runs again on local/site-b/cpu" in log
 
 
-def test_a_rescue_for_another_users_server_is_refused_and_a_repeated_one_changes_nothing(hub, metadata):
-    metadata[0]["aws/site-a"].reset()  # a new instance there, which has no notice yet
+def test_a_rescue_for_another_users_server_is_refused_and_a_repeated_one_changes_nothing(hub, clouds):
+    imds = clouds[2]
     alice, mallory = User(hub, "ann"), User(hub, "mallory")
-    start_project(hub, alice, "aws-spot")
+    hub.spawn("ann", {"provider": "local", "region": "site-a", "spot": True}, server="aws-spot")
     forged = {"snapshot": "0" * 64, "notice": {"cloud": "aws", "kind": "interruption"}}
     for who in (mallory.token, hub.token):  # another user; a service that may manage servers but not move them
         r = hub.api("POST", "/cloudhop/rescue/ann/aws-spot", token=who, json=forged)
         assert r.status_code in (403, 404), r.text
     # the kernels' token (code in a notebook) may use its server's API, not ask for a rescue
-    sessions = alice.server("GET", "aws-spot", "api/sessions").json()
-    kernel = hub.kernel("ann", "aws-spot", kernel_id=sessions[0]["kernel"]["id"])
-    kernels_token = kernel.execute("import os; print(os.environ['JUPYTERHUB_API_TOKEN'])").strip()
+    r = alice.server("POST", "aws-spot", "api/sessions", json={"path": "a.ipynb", "name": "a.ipynb",
+                                                              "type": "notebook", "kernel": {"name": "python3"}})
+    kernel = hub.kernel("ann", "aws-spot", kernel_id=r.json()["kernel"]["id"])
+    kernels_token = kernel.execute("import os; print(os.environ['JUPYTERHUB_API_TOKEN'])").strip().splitlines()[-1]
     kernel.close()
     r = hub.api("POST", "/cloudhop/rescue/ann/aws-spot", token=kernels_token, json=forged)
     assert r.status_code == 404, r.text
@@ -168,7 +236,7 @@ def test_a_rescue_for_another_users_server_is_refused_and_a_repeated_one_changes
     r = alice.hub_api("POST", "/cloudhop/rescue/ann/aws-spot", json={"notice": {"cloud": "aws"}, "spot": 1})
     assert r.status_code == 400 and r.json()["message"].startswith("spot: unknown field")
 
-    metadata[0]["aws/site-a"].notice()
+    imds["aws/site-a"].notice()
     first = wait_rescued(hub, alice, "aws-spot")
     assert first["phase"] == "running", (first, hub.log())
     # the same rescue again (an agent that did not hear the hub's answer): nothing more happens
