@@ -179,8 +179,8 @@ class GCPWatcher(Watcher):
             if etag is None:
                 query = ""  # the first read answers now: the value as it is
 
-            async def read():
-                return await self._get("/" + path + query, self.HEADERS, timeout=GCP_HOLD_SECONDS + 10)
+            async def read(url=path + query):
+                return await self._get("/" + url, self.HEADERS, timeout=GCP_HOLD_SECONDS + 10)
 
             got = await self._guarded(read)
             if got is None:
