@@ -13,7 +13,8 @@ environment and its own calls (``Authorization: cloudhop-hub <key>``,
            "restore" is a snapshot id of the user's, "class:NAME" (the user's own copy is
            made: 404 unless shared with "groups") or "latest" (the newest of the server's
            line; {"id": null} when it has none); the server may then restore it
-    POST   api/hub/users/{user}/collect                   collect the user's chunks now -> figures
+    POST   api/hub/users/{user}/collect                   collect the user's chunks (and the class
+           publications they borrow from) now -> figures
     GET    api/hub/classes                                {"classes": [record, ...]}
     POST   api/hub/classes  {"owner", "snapshot", "name", "share", "replace", "admin", "server"?}
            -> 201 record ("server": the publishing token's server, whose snapshot it must be)
@@ -98,8 +99,7 @@ class HubRestoreHandler(HubRouteHandler):
 
 class HubCollectHandler(HubRouteHandler):
     async def post(self, user):
-        mine = await self.keep(self.keeper.collect_user(self.user))
-        pubs = await self.keep(self.keeper.collect_publications())
+        mine, *pubs = await self.keep(self.keeper.collect(self.user))
         self.finish_json({"user": mine.to_dict(), "publications": [p.to_dict() for p in pubs],
                           "usage": await self.quotas.usage(self.user)})
 

@@ -121,11 +121,12 @@ class Keeper:
         log.info("collected %s: %d chunks deleted (%d bytes), %d kept", user, out.deleted, out.freed, out.kept)
         return out
 
-    async def collect_publications(self) -> list[Collected]:
-        """Mark and sweep every class publication (marks: its manifest, if still
-        published, and its borrowers' kept manifests)."""
+    async def collect_publications(self, namespaces=None) -> list[Collected]:
+        """Mark and sweep class publications (``namespaces``, default every one; marks:
+        its manifest, if still published, and its borrowers' kept manifests)."""
         out = []
-        for ns in await self.run(classes.publications, self.backend):
+        every = await self.run(classes.publications, self.backend)
+        for ns in every if namespaces is None else [n for n in every if n in set(namespaces)]:
             async with self.lock(classes.CLASSES):
                 marked = await self.run(classes.marks, self.backend, ns)
 
@@ -139,28 +140,38 @@ class Keeper:
                 out.append(await self.run(mark_and_sweep))
         return out
 
-    def schedule_collect(self, user: str) -> None:
-        """Collect ``user`` and the publications ``collect_delay`` seconds from now
-        (once, however many deletions come meanwhile)."""
-        if user in self._scheduled and not self._scheduled[user].done():
+    async def collect(self, ns: str) -> list[Collected]:
+        """Collect namespace ``ns``: a user's (then the publications they borrow from, which
+        their deletions may have freed) or a class publication's."""
+        if ns.startswith("/class/"):
+            return await self.collect_publications([ns])
+        out = [await self.collect_user(ns)]
+        return out + await self.collect_publications(await self.run(classes.borrows, self.backend, ns))
+
+    def schedule_collect(self, ns: str) -> None:
+        """:meth:`collect` ``ns`` ``collect_delay`` seconds from now (once, however many
+        deletions come meanwhile)."""
+        if ns in self._scheduled and not self._scheduled[ns].done():
             return
 
         async def later():
             await asyncio.sleep(self.collect_delay)
             try:
-                await self.collect_user(user)
-                await self.collect_publications()
+                await self.collect(ns)
             except Exception:  # noqa: BLE001 - a collection is retried at the next deletion
-                log.exception("collecting %s failed", user)
+                log.exception("collecting %s failed", ns)
 
-        self._scheduled[user] = asyncio.ensure_future(later())
+        self._scheduled[ns] = asyncio.ensure_future(later())
 
     # -- classes -----------------------------------------------------------------------
     async def publish(self, owner: str, sid: str, name: str, share: str, *, replace: bool,
                       admin: bool = False) -> dict:
         async with self.lock(classes.CLASSES):
+            old = await self.run(classes.get_record, self.backend, name)
             record = await self.run(classes.publish, self.backend, owner, sid, name, share,
                                     replace=replace, admin=admin)
+        if old is not None:  # the replaced publication keeps only what students' copies use
+            self.schedule_collect(classes.publication_ns(old["publication"]))
         log.info("class snapshot %r published by %s from %s for %s", name, owner, sid, share)
         return record
 
@@ -169,6 +180,7 @@ class Keeper:
             record = await self.run(classes.revoke, self.backend, name)
         if record is not None:
             log.info("class snapshot %r revoked", name)
+            self.schedule_collect(classes.publication_ns(record["publication"]))
         return record
 
     async def copy_for(self, user: str, name: str, groups, *, server: str) -> dict:
