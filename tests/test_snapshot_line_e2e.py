@@ -90,11 +90,26 @@ def test_snapshot_api_and_class_snapshots(hub_factory, tmp_path):
     put = requests.put(f"{hub.url}/user/teacher/api/contents/week4.txt", headers=auth, timeout=30,
                        json={"type": "file", "format": "text", "content": "week 4\n"})
     assert put.status_code in (200, 201), put.text
+    session = requests.post(f"{hub.url}/user/teacher/api/sessions", headers=auth, timeout=60,
+                            json={"path": "warm.ipynb", "name": "warm.ipynb", "type": "notebook",
+                                  "kernel": {"name": "python3"}})
+    assert session.status_code == 201, session.text
+    kernel = hub.kernel("teacher", kernel_id=session.json()["kernel"]["id"])
+    kernel.execute("import numpy as np\nx = 42\nw = np.arange(5.0)")
+    kernel.close()
     published = requests.post(f"{hub.url}/user/teacher/cloudhop/api/snapshots", headers=auth, timeout=120,
-                              json={"name": "week4", "share": "all", "kernels": False})
+                              json={"name": "week4", "share": "all", "kernels": True})
     assert published.status_code == 200, published.text
     assert published.json()["class"]["name"] == "week4"
     assert "week4" in [c["name"] for c in hub.api("GET", "/cloudhop/classes", token=tokens["ada"]).json()["classes"]]
     again = requests.post(f"{hub.url}/user/teacher/cloudhop/api/snapshots", headers=auth, timeout=120,
                           json={"name": "week4", "share": "all", "kernels": False})
     assert again.status_code == 409 and "replace" in again.json()["message"]
+    # a student starting from it has the files and the warm variables, in their own server
+    hub.spawn("ada", {"provider": "local", "gpu": "none", "restore": "class:week4"})
+    assert hub.server_api("GET", "ada", "api/contents/week4.txt").json()["content"] == "week 4\n"
+    sessions = hub.server_api("GET", "ada", "api/sessions").json()
+    assert [s["path"] for s in sessions] == ["warm.ipynb"]
+    kernel = hub.kernel("ada", kernel_id=sessions[0]["kernel"]["id"])
+    assert kernel.execute("print(x, w.sum())").strip().splitlines()[-1] == "42 10.0"
+    kernel.close()
