@@ -614,8 +614,9 @@ class Restorer:
     of a target it launched while snapshotting).
 
     The sessions' kernels start while the files arrive (in their notebook's folder, made
-    first); each loads its state once every file is in place (a re-run cell may read
-    them). The report is written to the store when the restore ends, and :meth:`wait`
+    first), unless a kernel would read something of the workspace as it starts (its
+    home or its interpreter is in the workspace: :meth:`_starts_early`); each loads its
+    state once every file is in place (a re-run cell may read them). The report is written to the store when the restore ends, and :meth:`wait`
     returns then."""
 
     def __init__(self, serverapp, hub: HubClient, settings: CloudhopMigration, snapshot_id: str | None = None):
@@ -672,8 +673,10 @@ class Restorer:
             def progress(got, total):
                 self.report.bytes_received = got
 
-            # each kernel starts now, in its notebook's folder, while the files arrive
-            early = [await asyncio.to_thread(self._make_folder, k["path"]) for k in kernels]
+            # each kernel starts now, in its notebook's folder, while the files arrive,
+            # unless it would read something of the workspace as it starts
+            early = [self._starts_early(k) and await asyncio.to_thread(self._make_folder, k["path"])
+                     for k in kernels]
             sessions = [asyncio.ensure_future(self._session(k)) if ok else None for k, ok in zip(kernels, early)]
             restored = await asyncio.to_thread(restore_snapshot, manifest, store, dest, progress=progress)
             self.report.files = {p: h for p, h in restored.items() if not p.startswith(KERNEL_PREFIX + "/")}
@@ -696,6 +699,25 @@ class Restorer:
                 self._ended = asyncio.Event()
             self._ended.set()
         return self.report
+
+    def _starts_early(self, k: dict, env=os.environ) -> bool:
+        """Whether kernel ``k`` may start before the files arrive: only when nothing it
+        reads as it starts lies in the workspace - not its home (IPython's profile and
+        history, the user's site-packages and kernel specs, when home is the workspace)
+        and not its interpreter (a kernel of a virtualenv in the workspace)."""
+        root = os.path.realpath(self.app.root_dir)
+
+        def inside(path) -> bool:
+            path = os.path.realpath(path)
+            return path == root or path.startswith(root + os.sep)
+
+        if inside(env.get("HOME") or os.path.expanduser("~")):
+            return False
+        try:
+            argv = self.app.kernel_spec_manager.get_kernel_spec(k["kernel_name"]).argv
+        except Exception:  # noqa: BLE001 - not installed here: the default kernel starts later
+            return False
+        return not (argv and os.path.isabs(argv[0]) and inside(argv[0]))
 
     def _make_folder(self, path: str) -> bool:
         """Make the folder of the notebook ``path`` in the workspace (confined: never

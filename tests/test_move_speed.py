@@ -203,9 +203,23 @@ def test_the_proxy_is_the_public_url_or_the_one_the_store_is_reached_through():
 
 # -- the target: kernels start while the files arrive ------------------------------------------
 
+def _target_app(target, create_session):
+    """What a restore uses of the target's Jupyter server."""
+    return SimpleNamespace(
+        root_dir=str(target),
+        kernel_spec_manager=SimpleNamespace(
+            find_kernel_specs=lambda: {"python3": "/k"},
+            get_kernel_spec=lambda name: SimpleNamespace(argv=["/usr/bin/python3", "-m", "ipykernel_launcher"])),
+        kernel_manager=SimpleNamespace(default_kernel_name="python3",
+                                       get_kernel=lambda kid: SimpleNamespace(get_connection_info=dict)),
+        session_manager=SimpleNamespace(create_session=create_session),
+    )
+
+
 async def test_kernels_start_while_files_arrive_and_load_once_every_file_is_in_place(tmp_path, snapshot_store,
                                                                                      monkeypatch):
     harness, store = snapshot_store
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     ws, kdir, target = tmp_path / "ws", tmp_path / "k0", tmp_path / "target"
     tree(ws, {"sub/data.csv": b"x\n1\n", "sub/nb.ipynb": b"{}"})
     tree(kdir, {"state.json": b"{}"})
@@ -233,13 +247,7 @@ async def test_kernels_start_while_files_arrive_and_load_once_every_file_is_in_p
 
     monkeypatch.setattr(migrate, "restore_snapshot", restore_snapshot)
     monkeypatch.setattr(migrate, "restore_kernel", restore_kernel)
-    app = SimpleNamespace(
-        root_dir=str(target),
-        kernel_spec_manager=SimpleNamespace(find_kernel_specs=lambda: {"python3": "/k"}),
-        kernel_manager=SimpleNamespace(default_kernel_name="python3",
-                                       get_kernel=lambda kid: SimpleNamespace(get_connection_info=dict)),
-        session_manager=SimpleNamespace(create_session=create_session),
-    )
+    app = _target_app(target, create_session)
     settings = SimpleNamespace(store_url=harness.url, kernel_timeout=5)
     restorer = Restorer(app, HubClient("http://hub/api", "tok-alice", "alice"), settings)
     restorer.start(sid)
@@ -250,6 +258,39 @@ async def test_kernels_start_while_files_arrive_and_load_once_every_file_is_in_p
     assert seen == {"folder at start": True, "files at load": b"x\n1\n"}
     assert [k.variables for k in report.kernels] == [["x"]]
     assert store.get_report(sid) == report
+
+
+@pytest.mark.parametrize("home_in_workspace", [True, False])
+async def test_a_kernel_that_reads_the_workspace_as_it_starts_starts_once_the_files_are_in_place(
+        tmp_path, snapshot_store, monkeypatch, home_in_workspace):
+    """A kernel whose home is the workspace (IPython's profile, the user's site-packages)
+    or whose interpreter lies in it (a virtualenv's) starts only after the restore."""
+    harness, store = snapshot_store
+    ws, target = tmp_path / "ws", tmp_path / "target"
+    tree(ws, {".local/lib/site.pth": b"x\n", "nb.ipynb": b"{}", "env/bin/python": b"#!"})
+    kernels = [{"path": "nb.ipynb", "name": "", "type": "notebook", "kernel_name": "python3",
+                "prefix": f"{migrate.KERNEL_PREFIX}/0", "variables": [], "skipped": []}]
+    sid, _, _ = take_snapshot(ws, store, meta={"kernels": kernels})
+    target.mkdir()
+    monkeypatch.setenv("HOME", str(target) if home_in_workspace else str(tmp_path / "home"))
+    seen = []
+
+    async def create_session(**kw):
+        seen.append((target / ".local" / "lib" / "site.pth").exists())
+        return {"kernel": {"id": "k1", "name": "python3"}}
+
+    async def restore_kernel(info, directory, timeout):
+        return {"variables": [], "skipped": []}
+
+    monkeypatch.setattr(migrate, "restore_kernel", restore_kernel)
+    app = _target_app(target, create_session)
+    if not home_in_workspace:  # the kernel's interpreter is the workspace's virtualenv
+        app.kernel_spec_manager.get_kernel_spec = lambda name: SimpleNamespace(argv=[str(target / "env/bin/python")])
+    restorer = Restorer(app, HubClient("http://hub/api", "tok-alice", "alice"),
+                        SimpleNamespace(store_url=harness.url, kernel_timeout=5), sid)
+    report = await restorer.run()
+    assert report.state == "done", report.error
+    assert seen == [True], "the kernel started before its files were in place"
 
 
 # -- the hub's progress stream ---------------------------------------------------------------
