@@ -48,9 +48,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from traitlets import Any, Dict, TraitError, default, validate
-from traitlets.config import Configurable
+from traitlets.config import LoggingConfigurable
 
-from .ledger import Ledger, ledger_for
+from .ledger import Ledger, LedgerError, ledger_for
 from .limits import NOTHING, Usage, request_gpus
 from .offers import Offer
 from .optimizer import effective_price
@@ -79,6 +79,15 @@ class PolicyError(OptionError):
         self.rule = rule
         self.group = group
         super().__init__(field, message, status=403)
+
+
+class LedgerUnavailable(OptionError):
+    """The spend ledger cannot be read, so no budget can be checked: 503, field ``budget``
+    (the hub's log has the reason; the message does not name the file)."""
+
+    def __init__(self):
+        super().__init__("budget", "the hub cannot read its spend ledger now, so budgets cannot be checked; "
+                                   "try again later (the hub's log says why)", status=503)
 
 
 @dataclass(frozen=True)
@@ -325,7 +334,7 @@ def parse_group_policy(group: str, raw) -> GroupPolicy:
     )
 
 
-class Policy(Configurable):
+class Policy(LoggingConfigurable):
     """Who may launch what (``c.Policy.*``); see the module docstring for the rules."""
 
     groups = Dict(
@@ -460,11 +469,15 @@ class Policy(Configurable):
         spent = {} if spent is None else spent
         overrides = None
         for policy in self.for_groups(groups):
-            if policy.budget_usd is not None:
-                overrides = self.ledger_budgets() if overrides is None else overrides
-                policy = self.with_budget(policy, overrides)
-            if policy.group not in spent:
-                spent[policy.group] = self.spent(policy, user_name, now)
+            try:
+                if policy.budget_usd is not None:
+                    overrides = self.ledger_budgets() if overrides is None else overrides
+                    policy = self.with_budget(policy, overrides)
+                if policy.group not in spent:
+                    spent[policy.group] = self.spent(policy, user_name, now)
+            except LedgerError as err:
+                self.log.error("Budget of %s unknown: %s", user_name, err)
+                raise LedgerUnavailable() from None
             err = policy.budget_violation(spent[policy.group], price_hour, others.price_hour)
             if err is None:
                 return

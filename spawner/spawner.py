@@ -41,7 +41,7 @@ from .offers import Offer
 from .options import LaunchRequest, options_from_form
 from .schema import MAX_GPUS, MAX_RAY_WORKERS, OptionError
 from .optimizer import auto_pick
-from .policy import Policy, PolicyError, server_price, validate_request
+from .policy import LedgerUnavailable, Policy, PolicyError, server_price, validate_request
 from .providers import provider_class, quoted
 from .validate import check_number
 from .providers.base import (
@@ -526,7 +526,7 @@ class CloudhopSpawner(Spawner):
             except PolicyError as err:
                 raise Refused(str(err), reason="budget" if err.rule == "budget" else "policy",
                               status_code=err.status_code) from None
-            except LedgerError as err:  # spend that cannot be counted is not spent
+            except (LedgerError, LedgerUnavailable) as err:  # spend that cannot be counted is not spent
                 self.log.error("%s: refused: %s", self._log_name, err)
                 raise Refused("the hub cannot record spend now (its ledger cannot be written), so it starts no "
                               "new servers; the operator has been told in the hub's log",

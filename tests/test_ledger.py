@@ -157,3 +157,27 @@ async def test_a_ledger_that_cannot_be_written_refuses_the_spawn_and_launches_no
     assert err.value.status_code == 503
     assert "cannot record spend" in str(err.value.message) and str(tmp_path) not in str(err.value.message)
     assert cloud.specs == [], "nothing is launched uncounted"
+
+
+async def test_a_ledger_that_cannot_be_read_refuses_a_resize_and_a_moves_check_with_503(tmp_path):
+    from cloudhop.spawner.options import LaunchRequest
+    from cloudhop.spawner.schema import OptionError
+
+    cloud, c = InstantCloud(), ledger_config(tmp_path)
+    c.Policy.groups = {"default": {"budget": {"usd": 100}}}
+    s = new_spawner(cloud, c)
+    s.user_options = {"provider": NAME, "gpu": "none", "ray": {"workers": 1, "gpu": "none"}}
+    await s.start()
+    launched = len(cloud.specs)
+    ledger = ledger_for(c)
+    ledger.close()
+    (tmp_path / "ledger.sqlite").write_bytes(b"not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"ledger.sqlite{suffix}").unlink(missing_ok=True)
+    with pytest.raises(OptionError) as err:
+        await s.resize_ray(2)
+    assert err.value.status == 503 and "cannot read its spend ledger" in str(err.value)
+    with pytest.raises(OptionError) as err:
+        s.check_new_server(LaunchRequest(provider=NAME, gpu="none"), [CPU])
+    assert err.value.status == 503 and str(tmp_path) not in str(err.value)
+    assert len(cloud.specs) == launched
