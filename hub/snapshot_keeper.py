@@ -80,7 +80,7 @@ class Keeper:
     # -- the line ----------------------------------------------------------------------
     async def store(self, user: str, body: bytes, *, server: str | None, before_write=None) -> dict:
         """Store a manifest (all its chunks present) in ``server``'s line (None: the one
-        its meta names, if any); prune that line. ``before_write(sid)``, a coroutine, runs
+        its meta names, if any); prune that line. ``before_write(sid, line)``, a coroutine, runs
         under the lock before the manifest is written (quota, index). The summary."""
         data, ids = await self.run(manifest_chunk_ids, body)
         async with self.lock(user):
@@ -88,9 +88,9 @@ class Keeper:
             if missing:
                 raise Refused(409, f"{len(missing)} chunk(s) of this snapshot are not in the store")
             sid = new_snapshot_id()
-            if before_write is not None:
-                await before_write(sid)
             server = server if server is not None else line.meta_server(data)
+            if before_write is not None:
+                await before_write(sid, server)
             summary = line.summarize(sid, data, server=server, borrows=[ns for ns in where if ns != user])
             await self.run(self.backend.put_object, user, f"{sid}.json", body)
             await self.run(line.write_summary, self.backend, user, summary)

@@ -418,10 +418,10 @@ class SnapshotsHandler(StoreHandler):
         # made with a server's token: that server's line, and that server may restore it
         server = None if self.grant.full else next(iter(self.grant.servers))
 
-        async def before_write(sid):
+        async def before_write(sid, line):
             await self.take_quota(charge(len(body)))
-            if server is not None:
-                await self.add_to_index(server, sid)
+            if line is not None:  # the line's server may restore it (the owner's token named it)
+                await self.add_to_index(line, sid)
 
         summary = await self.keep(self.keeper.store(self.user, body, server=server, before_write=before_write))
         log.info("snapshot %s stored for %s (line %r)", summary["id"], self.user, summary["server"])

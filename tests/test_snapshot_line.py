@@ -86,6 +86,9 @@ def test_listing_per_server_newest_first_with_meta(store, tmp_path):
     assert isinstance(first["created"], float)
     # the server named in a manifest's meta, by a token for all of alice's snapshots
     assert [s["id"] for s in client(store)._json("GET", "snapshots?server=s2")["snapshots"]] == [other]
+    # and that server may restore it: its own token lists and reads it
+    assert [s["id"] for s in client(store, "tok-alice-s2")._json("GET", "snapshots?server=s2")["snapshots"]] == [other]
+    assert client(store, "tok-alice-s2").get_manifest(other)
     # everything, newest first; the loose one is in no line
     everything = client(store)._json("GET", "snapshots")["snapshots"]
     assert [s["id"] for s in everything] == [loose, other, new, old]
