@@ -67,8 +67,8 @@ async def cloud(request, monkeypatch, tmp_path, oci_config, kube_api, make_kube_
                lambda user: spec_for(cheapest("oci", "eu-amsterdam-1", "A10", 1), user=user))
         fake.stop()
     elif request.param in NEW_CLOUDS:
-        async with NEW_CLOUDS[request.param](monkeypatch) as made:
-            yield made
+        async with NEW_CLOUDS[request.param](monkeypatch) as wired:
+            yield wired.provider, wired.make
     elif request.param == "kubernetes":
         p = make_kube_provider()
         assert await p.check_available() is None
