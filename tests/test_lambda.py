@@ -190,3 +190,25 @@ async def test_a_ray_launch_without_capacity_leaves_no_ruleset(provider, api):
 def test_bad_endpoint_names_the_option():
     with pytest.raises(traitlets.TraitError, match=r"^c\.LambdaProvider\.api_endpoint"):
         LambdaProvider(api_endpoint="cloud.lambda.ai")
+
+
+async def test_the_reaper_finds_a_leaked_instance_by_its_name_prefix(provider, api):
+    """A reaper (another process: it never saw the launch) lists this hub's instances by
+    the name prefix alone and terminates the one no server owns."""
+    from cloudhop.hub.reaper import Reaper
+
+    owned = await provider.launch(spec_for(a10(), user="alice"))
+    leaked = await provider.launch(spec_for(a10(), user="bob"))
+    other = await provider.launch(dataclasses.replace(spec_for(a10()), tags={TAG_HUB: "another-hub"}))
+
+    class Hub:
+        async def users(self):
+            return [{"name": "alice", "servers": {"": {"name": "", "stopped": False, "state": {
+                "version": 1, "nodes": [{"provider": "lambda", "id": owned.id, "role": "notebook",
+                                         "region": owned.region}]}}}}]
+
+    reaper_side = LambdaProvider(api_endpoint=api.url, ssh_key_name="hub-key", status_cache_seconds=0)
+    report = await Reaper({"lambda": reaper_side}, Hub(), HUB_ID, grace=0).sweep()
+    assert report["providers"]["lambda"]["terminated"] == [leaked.id]
+    assert report["providers"]["lambda"]["listed"] == 2
+    assert {i["id"] for i in api.live()} == {owned.id.split("/")[1], other.id.split("/")[1]}

@@ -25,8 +25,8 @@ from .attached import DEFAULT_N1_HOSTS, attached_offers
 from .check import apply_check, check_path, read_check
 from .loader import DATA_DIR, CatalogError, parse_attached, parse_instances, read_text, table_kind
 
-#: in the data for reference, not launchable by Cloudhop
-REFERENCE_PROVIDERS = ("lambda",)
+#: in the data for reference, not launchable by Cloudhop (none at present)
+REFERENCE_PROVIDERS: tuple = ()
 
 
 def default_data_dir() -> str:
@@ -182,8 +182,8 @@ def _build(provider: str, settings: Catalog) -> tuple[Offer, ...]:
 
 
 def catalog_offers(provider: str, config: Config | None = None) -> list[Offer]:
-    """Every catalog offer for ``provider`` (``"aws"``, ``"gcp"``, ``"oci"``; also
-    ``"lambda"``, for reference), after operator overrides and the recorded account
+    """Every catalog offer for ``provider`` (``"aws"``, ``"gcp"``, ``"oci"``, ``"lambda"``,
+    ``"azure"``, ``"digitalocean"``), after operator overrides and the recorded account
     check. ``config`` is the hub's traitlets config (a provider passes ``self.config``).
 
     Returns a new list of shared, immutable offers; zones are tuples. Providers that

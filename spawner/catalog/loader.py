@@ -2,7 +2,8 @@
 
 Two table shapes exist (see ``data/README.md``):
 
-* **instance rows** (``aws.csv``, ``gcp.csv``, ``oci.csv``, ``lambda.csv``):
+* **instance rows** (``aws.csv``, ``gcp.csv``, ``oci.csv``, ``lambda.csv``, ``azure.csv``,
+  ``digitalocean.csv``):
   ``cloud, instance_type, accelerator, accelerator_count, accelerator_memory_gib,
   vcpus, memory_gib, price_hour, spot_price_hour, region, zones`` — one launchable
   instance type in one region, priced whole.
