@@ -21,16 +21,11 @@ from traitlets.config import Config
 from cloudhop.extensions import migrate
 from cloudhop.extensions.hubclient import HubClient, HubError
 from cloudhop.extensions.migrate import CloudhopMigration, Migrator, Restorer
-from cloudhop.extensions.snapshot import Manifest, StoreError, take_snapshot
+from cloudhop.extensions.snapshot import StoreError, take_snapshot
 from cloudhop.extensions.target import default_proxy_url
 
 from store_double import free_port
-
-
-def tree(root, files: dict[str, bytes]):
-    for path, data in files.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_bytes(data)
+from test_move_skipped import finished, tree
 
 
 class Hub:
@@ -117,17 +112,9 @@ def move(tmp_path, snapshot_store, monkeypatch):
     return ref[0], hub, ws, target
 
 
-async def finished(m, states=("done", "failed", "awaiting-accept")):
-    for _ in range(1000):
-        if m.state in states:
-            return m
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"the move is still {m.state}")
-
-
 async def test_the_target_starts_while_the_snapshot_is_sent_and_restores_it_when_asked(move):
-    migrator, hub, ws, target = move
-    m = await finished(migrator.start({"region": "site-b"}))
+    migrator, hub, _, target = move
+    m = await finished(migrator, migrator.start({"region": "site-b"}))
     assert m.state == "done", m.error
     # asked for before the snapshot was stored, with nothing to restore at its start
     [(name, options, snapshot_then)] = hub.started
@@ -145,14 +132,14 @@ async def test_the_target_starts_while_the_snapshot_is_sent_and_restores_it_when
 
 
 async def test_a_snapshot_that_fails_while_the_target_starts_removes_the_target(move, monkeypatch):
-    migrator, hub, ws, target = move
+    migrator, hub, ws, _ = move
 
     async def capture(*args, **kw):
         await asyncio.sleep(0.05)
         raise StoreError("snapshot store: 413 your quota of 1 GiB is full", 413)
 
     monkeypatch.setattr(migrate, "capture", capture)
-    m = await finished(migrator.start({"region": "site-b"}))
+    m = await finished(migrator, migrator.start({"region": "site-b"}))
     assert m.state == "failed" and m.error == "launching: snapshot store: 413 your quota of 1 GiB is full"
     assert hub.stopped == [m.target_server] and hub.models == {}, "the target is removed"
     assert TargetAPI.instances == [], "nothing was restored"
@@ -160,11 +147,11 @@ async def test_a_snapshot_that_fails_while_the_target_starts_removes_the_target(
 
 
 async def test_a_target_that_fails_to_start_ends_the_snapshot_and_the_move(move, snapshot_store):
-    migrator, hub, ws, target = move
+    migrator, hub, ws, _ = move
     _, store = snapshot_store
     tree(ws, {"big.bin": bytes(range(256)) * (48 << 12)})  # 48 MiB: several uploads
     hub.fail_start = "Spawn failed: no capacity in site-b"
-    m = await finished(migrator.start({"region": "site-b"}))
+    m = await finished(migrator, migrator.start({"region": "site-b"}))
     assert m.state == "failed", m.error
     assert m.error == f"launching: the target server {m.target_server!r} failed to start (Spawn failed: no capacity in site-b)"
     assert hub.stopped == [m.target_server] and "" not in hub.stopped
@@ -175,7 +162,7 @@ async def test_a_target_that_fails_to_start_ends_the_snapshot_and_the_move(move,
 async def test_without_a_proxy_the_target_restores_as_it_starts(move, monkeypatch):
     """A server that cannot reach its target's API (no proxy URL known) snapshots first and
     starts the target with the snapshot to restore, as before."""
-    migrator, hub, ws, target = move
+    migrator, hub, _, target = move
     migrator.settings.proxy_url = ""
 
     async def start_server(name, options):
@@ -186,7 +173,7 @@ async def test_without_a_proxy_the_target_restores_as_it_starts(move, monkeypatc
                        options["restore"]).run()
 
     monkeypatch.setattr(hub, "start_server", start_server)
-    m = await finished(migrator.start({"region": "site-b"}))
+    m = await finished(migrator, migrator.start({"region": "site-b"}))
     assert m.state == "done", m.error
     assert hub.started[0][1] == {"region": "site-b", "restore": m.snapshot_id}
     assert (target / "notes.md").read_bytes() == b"# notes\n"
