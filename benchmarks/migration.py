@@ -5,10 +5,13 @@
    same state, and against one memory copy of the same bytes.
 2. Workspace snapshots: throughput against ``tar | zstd`` on the same files, and the
    bytes a second snapshot sends after 1% of the files changed, against the bytes changed.
-3. End to end: a migration between two local regions of a real ``cloudhop up`` hub.
+3. End to end: moves between two local regions of a real ``cloudhop up`` hub, with the
+   move's own per-phase timeline: a near-empty project against a plain start of a server
+   in the same run, and files plus kernel state against a plain start plus a copy of the
+   same bytes.
 
     python benchmarks/migration.py                       # defaults: a few minutes on 2 cores
-    python benchmarks/migration.py --state-mib 1024 --workspace-mib 1024
+    python benchmarks/migration.py --state-mib 1024 --workspace-mib 1024 --e2e-mib 1024
 
 Files go to a new temporary folder (inside ``--tmp`` when given); the page cache is
 warm, as after a notebook has been working on its data.
@@ -300,70 +303,136 @@ def bench_workspace(args, tmp: Path) -> None:
         client.close()
 
 
+def _move(hub, user: str, options: dict) -> dict:
+    """Move ``user``'s default server with ``options`` through its REST API (the user's own
+    token); returns the final move status plus ``seconds``, as the client saw it end."""
+    import requests
+
+    token = hub.api("POST", f"/users/{user}/tokens", json={"note": "bench"}).json()["token"]
+
+    def call(method, path, **kw):
+        return requests.request(method, f"{hub.url}/user/{user}/cloudhop/api/{path}",
+                                headers={"Authorization": f"token {token}"}, timeout=60, **kw)
+
+    t0 = time.perf_counter()
+    mid = call("POST", "migrations", json=options).json()["id"]
+    while True:
+        m = call("GET", f"migrations/{mid}").json()
+        if m["state"] in ("done", "failed", "awaiting-accept"):
+            m["seconds"] = time.perf_counter() - t0
+            return m
+        time.sleep(0.05)
+
+
+def _timeline(m: dict) -> str:
+    """The move's own per-phase timeline, each phase from the move's start."""
+    return ", ".join(f"{k} at {v - m['started']:.1f} s" for k, v in m["timeline"].items())
+
+
+def _project(hub, user: str, code: str) -> tuple:
+    """``user``'s server on site-a with a notebook whose kernel ran ``code`` (which may
+    also write the workspace's files: it runs in the workspace). Returns the kernel's
+    id and its workspace folder."""
+    hub.spawn(user, {"provider": "local", "region": "site-a"})
+    r = hub.server_api("POST", user, "api/sessions", json={"path": "work.ipynb", "type": "notebook",
+                                                          "name": "work.ipynb", "kernel": {"name": "python3"}})
+    kernel = hub.kernel(user, kernel_id=r.json()["kernel"]["id"])
+    try:
+        kernel.execute(code, timeout=600)
+        workspace = kernel.execute("import os; print(os.getcwd())").strip()
+    finally:
+        kernel.close()
+    return r.json()["kernel"]["id"], Path(workspace)
+
+
+#: run in the moved kernel: 64 files adding up to ``{mib}`` MiB (a third random, the rest
+#: text) and as many MiB of NumPy arrays
+BIG_PROJECT = """
+import os, numpy as np
+rng = np.random.default_rng(1)
+size = {mib} * 2**20 // 64
+words = np.frombuffer(b"lorem ipsum dolor sit amet consectetur adipiscing elit ", dtype=np.uint8)
+for i in range(64):
+    os.makedirs(f"d{{i % 8}}", exist_ok=True)
+    data = rng.bytes(size) if i % 3 == 0 else np.tile(words, size // len(words) + 1)[:size].tobytes()
+    with open(f"d{{i % 8}}/file{{i:03d}}.{{'bin' if i % 3 == 0 else 'csv'}}", "wb") as f:
+        f.write(data)
+arrays = {{i: rng.standard_normal({per}) for i in range(8)}}
+x = 42
+"""
+PROBE = "print(x, repr(sum(float(a.sum()) for a in arrays.values())), sum(a.size for a in arrays.values()))"
+
+
 def bench_end_to_end(args, tmp: Path) -> None:
+    """Two moves between two local regions of a real hub, each against a baseline measured
+    in the same run: a near-empty project against a plain start of a server there, and
+    ``--e2e-mib`` MiB of files plus as much kernel state against a plain start plus a
+    copy of the same bytes."""
     from hubfixture import HubProcess
 
-    print(f"\n== end to end: {args.e2e_mib} MiB workspace + {args.e2e_mib} MiB kernel state, site-a -> site-b")
+    mib = args.e2e_mib
+    print(f"\n== end to end, site-a -> site-b: a near-empty project, then {mib} MiB of files + {mib} MiB of "
+          "kernel state")
     hub = HubProcess(tmp, extra_config='c.LocalProvider.regions = {"site-a": {"gpus": "none"}, "site-b": {"gpus": "none"}}\n',
                      name="benchhub").start()
+    site_b = {"provider": "local", "region": "site-b"}
     try:
-        hub.spawn("bench", {"provider": "local", "region": "site-a"})
-        make_workspace(hub.data_dir / "workspaces" / "site-a" / "bench" / "default", args.e2e_mib, 64)
-        r = hub.server_api("POST", "bench", "api/sessions", json={"path": "work.ipynb", "type": "notebook",
-                                                                  "name": "work.ipynb", "kernel": {"name": "python3"}})
-        kernel = hub.kernel("bench", kernel_id=r.json()["kernel"]["id"])
-        per = args.e2e_mib * MiB // 8 // 8
-        kernel.execute(f"import numpy as np\nrng = np.random.default_rng(0)\n"
-                       f"arrays = {{i: rng.standard_normal({per}) for i in range(8)}}\nx = 42", timeout=300)
-        probe = "print(x, repr(sum(float(a.sum()) for a in arrays.values())), sum(a.size for a in arrays.values()))"
-        before = kernel.execute(probe, timeout=120)
+        # a plain start on site-b, the first baseline (a warm-up start first: the first
+        # start of a hub also fills caches)
+        hub.spawn("plain", site_b, server="warm-up")
+        hub.stop_server("plain", "warm-up")
+        t_spawn, _ = timed(hub.spawn, "plain", site_b)
+        hub.stop_server("plain")
+        print(f"baseline: a plain server on site-b starts in {t_spawn:.1f} s")
+
+        _project(hub, "small", "x = 42\nnotes = open('notes.md', 'w').write('# notes\\n')")
+        m = _move(hub, "small", site_b)
+        print(f"near-empty project: {m['state']} after {m['seconds']:.1f} s ({_timeline(m)})"
+              + (f"; error: {m['error']}" if m["error"] else ""))
+        print(f"ratio near-empty move / plain start: {m['seconds'] / t_spawn:.2f} (goal: at most 1.5)")
+
+        per = mib * MiB // 8 // 8
+        kernel_id, workspace = _project(hub, "big", BIG_PROJECT.format(mib=mib, per=per))
+        kernel = hub.kernel("big", kernel_id=kernel_id)
+        before = kernel.execute(PROBE, timeout=120)
         kernel.close()
-        token = hub.api("POST", "/users/bench/tokens", json={"note": "bench"}).json()["token"]
-        import requests
-
-        def call(method, path, **kw):
-            return requests.request(method, f"{hub.url}/user/bench/cloudhop/api/{path}",
-                                    headers={"Authorization": f"token {token}"}, timeout=60, **kw)
-
-        t0 = time.perf_counter()
-        mid = call("POST", "migrations", json={"provider": "local", "region": "site-b"}).json()["id"]
-        marks, state = {}, None
-        while True:
-            m = call("GET", f"migrations/{mid}").json()
-            if m["state"] != state:
-                state = m["state"]
-                marks[state] = time.perf_counter() - t0
-            if state in ("done", "failed"):
-                break
-            time.sleep(0.2)
-        total = marks[state]
-        print(f"state {state} after {total:.1f} s: " + ", ".join(f"{k} at {v:.1f} s" for k, v in marks.items()))
-        if state == "failed":
-            print("error:", m["error"])
+        m = _move(hub, "big", site_b)
+        total = m["seconds"]
+        print(f"{mib} MiB + {mib} MiB: {m['state']} after {total:.1f} s ({_timeline(m)})"
+              + (f"; error: {m['error']}" if m["error"] else ""))
         print(f"moved {m['bytes_total'] / MiB:.0f} MiB (workspace + checkpoints): "
               f"{m['bytes_total'] / total / 1e6:.0f} MB/s end to end")
-        if state == "done":
-            sessions = hub.server_api("GET", "bench", "api/sessions", server=m["target_server"]).json()
-            moved_kernel = hub.kernel("bench", server=m["target_server"],
-                                      kernel_id=next(s["kernel"]["id"] for s in sessions if s["path"] == "work.ipynb"))
-            after = moved_kernel.execute(probe, timeout=120)
-            moved_kernel.close()
-            if after != before:
-                raise RuntimeError(f"the kernel on site-b differs: {after!r}, on site-a it was {before!r}")
-            print(f"the kernel on site-b holds the same values (x, the arrays' sums and sizes): {after.strip()}")
-            # the baseline: what moving by hand costs without the kernels - start a plain
-            # server on site-b and copy the workspace files over
-            t_spawn, _ = timed(hub.spawn, "bench", {"provider": "local", "region": "site-b"}, server="baseline")
-            ws_a = hub.data_dir / "workspaces" / "site-a" / "bench" / "default"
-            t_copy, _ = timed(shutil.copytree, ws_a, tmp / "copied-workspace")
-            shutil.rmtree(tmp / "copied-workspace", ignore_errors=True)
-            print(f"baseline: a plain server on site-b starts in {t_spawn:.1f} s, copying the workspace "
-                  f"takes {t_copy:.1f} s (together {t_spawn + t_copy:.1f} s, no kernel state moved)")
-            print(f"ratio migration time / (plain start + file copy): {total / (t_spawn + t_copy):.2f}")
+        if m["state"] != "done":
+            return
+        sessions = hub.server_api("GET", "big", "api/sessions", server=m["target_server"]).json()
+        moved = hub.kernel("big", server=m["target_server"],
+                           kernel_id=next(s["kernel"]["id"] for s in sessions if s["path"] == "work.ipynb"))
+        after = moved.execute(PROBE, timeout=120)
+        moved.close()
+        if after != before:
+            raise RuntimeError(f"the kernel on site-b differs: {after!r}, on site-a it was {before!r}")
+        print(f"the kernel on site-b holds the same values (x, the arrays' sums and sizes): {after.strip()}")
+        # the second baseline: a plain start plus a copy of the same bytes (the files, and
+        # a file as large as the kernel state)
+        state = tmp / "state.bin"
+        with open(state, "wb") as f:
+            f.write(np.random.default_rng(2).bytes(8 * per * 8))
+        t_spawn2, _ = timed(hub.spawn, "plain", site_b)
+
+        def copy():
+            shutil.copytree(workspace, tmp / "copied", ignore=shutil.ignore_patterns(".*"))
+            shutil.copyfile(state, tmp / "copied" / "state.bin")
+
+        t_copy, _ = timed(copy)
+        shutil.rmtree(tmp / "copied", ignore_errors=True)
+        print(f"baseline: a plain start on site-b {t_spawn2:.1f} s, a copy of the same bytes {t_copy:.1f} s "
+              f"(together {t_spawn2 + t_copy:.1f} s)")
+        print(f"ratio move / (plain start + copy): {total / (t_spawn2 + t_copy):.2f} (goal: under 10 s, or at most 1.5)")
     finally:
         try:
-            for name in list(hub.api("GET", "/users/bench").json().get("servers", {})):
-                hub.stop_server("bench", name)
+            for user in ("plain", "small", "big"):
+                for name in list(hub.api("GET", f"/users/{user}").json().get("servers", {})):
+                    hub.stop_server(user, name)
         except Exception:  # noqa: BLE001 - best effort cleanup
             pass
         hub.stop()
