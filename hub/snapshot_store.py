@@ -419,7 +419,7 @@ class SnapshotsHandler(StoreHandler):
         server = None if self.grant.full else next(iter(self.grant.servers))
 
         async def before_write(sid, line):
-            await self.take_quota(charge(len(body)))
+            await self.take_quota(charge(len(body)) + charge(0))  # the manifest and its summary
             if line is not None:  # the line's server may restore it (the owner's token named it)
                 await self.add_to_index(line, sid)
 
