@@ -144,6 +144,13 @@ async def test_the_form_shows_live_capacity(provider, api):
     offers = {o.region: o for o in provider.offers() if o.instance_type == "gpu_1x_a10"}
     assert offers["us-east-1"].available == 0 and "none free" in offers["us-east-1"].note
     assert offers["us-west-1"].available is None and offers["us-west-1"].note == ""
+    # the next form render after availability_seconds reads Lambda's answer again
+    provider.availability_seconds = 0  # the last read is old now
+    api.capacity["gpu_1x_a10"] = ["us-east-1"]
+    assert await provider.check_available() is None
+    provider.availability_seconds = 60
+    offers = {o.region: o for o in provider.offers() if o.instance_type == "gpu_1x_a10"}
+    assert offers["us-east-1"].available is None and offers["us-west-1"].available == 0
 
 
 async def test_no_spot_on_lambda(provider):

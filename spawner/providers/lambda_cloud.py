@@ -33,6 +33,7 @@ narrowest the API allows; it is deleted after the cluster's last node.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -355,6 +356,19 @@ class LambdaProvider(CloudProvider):
         if not self.ssh_key_name:
             return "Lambda Cloud needs an SSH key name: set c.LambdaProvider.ssh_key_name"
         return None
+
+    async def check_available(self):
+        """See :meth:`CloudProvider.check_available`; also reads ``instance-types`` again
+        once the last read is older than ``availability_seconds`` (the form asks on every
+        render), so the offers' "none free now" stays live. A failed re-read is logged
+        and leaves the offers unmarked."""
+        hit = self._capacity
+        if hit is not None and time.monotonic() - hit[0] > self.availability_seconds:
+            try:
+                await asyncio.to_thread(self._read_capacity)
+            except Exception as err:  # noqa: BLE001 - the availability below says what is wrong
+                self.log.debug("lambda: could not read instance-types: %s", type(err).__name__)
+        return await super().check_available()
 
     def _read_capacity(self) -> dict[str, set]:
         types = self.api().call("GET", "/instance-types") or {}
