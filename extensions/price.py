@@ -15,8 +15,8 @@ with ``price_hour`` None and ``price_note`` saying why.
 The hub's spend ledger, when the hub has one, has the last word: the usage API
 (``GET /hub/api/cloudhop/usage/{user}``, asked at most every :data:`USAGE_SECONDS`) gives
 this server's spend as recorded (``spend_source: "ledger"``) and the user's ``budget``:
-``{"fraction", "warning", "message"}`` once 80% of it is used (the JupyterLab extension
-shows it as a notification), else None.
+the hub's notice ``{"kind", "fraction", "warning", "message"}`` once 80% of it is used
+(the JupyterLab extension shows it as a notification), else None.
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ from .hubclient import HubClient, HubError
 KEYS = ("provider", "region", "instance_type", "gpu", "gpu_count")
 #: seconds between two reads of the hub's usage API
 USAGE_SECONDS = 15.0
-#: the share of a budget from which the user is warned
-WARN_FRACTION = 0.8
 
 
 def _here(env) -> dict:
@@ -124,15 +122,11 @@ class PriceLookup:
 
 
 def budget_warning(status: dict) -> dict | None:
-    """``{"fraction", "warning": True, "message"}`` from 80% of the user's budget (the
-    hub's ``budget_status``), else None."""
-    fraction = status.get("fraction")
-    if not status.get("limited") or not isinstance(fraction, (int, float)) or fraction < WARN_FRACTION:
+    """The hub's budget notice (``budget["notice"]`` of the usage API: from 80% of the
+    user's budget, and once it is used up) as ``{"kind", "fraction", "warning": True,
+    "message"}``, else None."""
+    notice = status.get("notice")
+    if not isinstance(notice, dict) or not notice.get("message"):
         return None
-    best = max(status.get("budgets") or [{}], key=lambda b: b.get("left", 0))
-    if fraction >= 1:
-        message = "Your budget is used up: this server will be stopped (its work is kept)."
-    else:
-        message = (f"You have used {fraction:.0%} of your ${best.get('usd', 0):.2f} budget this "
-                   f"{best.get('period', 'month')}; at 100% your servers are stopped (their work is kept).")
-    return {"fraction": fraction, "warning": True, "message": message}
+    return {"kind": notice.get("kind"), "fraction": notice.get("fraction"), "warning": True,
+            "message": notice["message"]}

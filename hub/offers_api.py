@@ -25,7 +25,9 @@ from tornado import web
 
 
 class _UserSpawnerHandler(APIHandler):
-    def user_spawner(self, user_name: str):
+    def readable_user(self, user_name: str):
+        """The user, once the token may read their servers (403 without credentials;
+        404 for another user, as for one that does not exist)."""
         if self.current_user is None:
             raise web.HTTPError(403, "Missing or invalid credentials.")
         if not self.has_scope(f"read:servers!user={user_name}"):
@@ -33,7 +35,10 @@ class _UserSpawnerHandler(APIHandler):
         user = self.find_user(user_name)
         if user is None:
             raise web.HTTPError(404, f"No user {user_name!r}")
-        spawner = user.spawners[""]
+        return user
+
+    def user_spawner(self, user_name: str):
+        spawner = self.readable_user(user_name).spawners[""]
         if not hasattr(spawner, "user_offers"):
             raise web.HTTPError(501, "the hub's spawner has no offers")
         return spawner

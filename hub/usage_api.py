@@ -2,6 +2,8 @@
 
     GET /hub/api/cloudhop/usage/{user}?since=ISO  -> {"user", "since", "usd", "by_server",
                                                       "budget", "running", "notices"}
+                                                     ("budget": Policy.budget_status plus
+                                                      "notice", spend.notice_for's text)
     GET /hub/api/cloudhop/usage?group=G&since=ISO -> {"group", "since", "usd", "by_user",
                                                       "budget"}  (admins)
     GET /hub/api/cloudhop/budgets                 -> {"budgets": {group: {...}}}  (admins)
@@ -36,6 +38,9 @@ from tornado import web
 
 from cloudhop.spawner.ledger import LedgerError, ledger_for
 from cloudhop.spawner.policy import Policy, period_start
+from cloudhop.spawner.spend import notice_for
+
+from .offers_api import _UserSpawnerHandler
 
 READ_ALL_SCOPE = "admin:users"
 SET_BUDGET_SCOPE = "admin:groups"
@@ -79,12 +84,14 @@ def user_usage(policy: Policy, user, since: datetime.datetime) -> dict:
                         "usd_hour": offer.spot_price_hour if spot else offer.price_hour,
                         "spend": spawner.spend_usd})
     by_server = ledger.by_server(user.name, since=since)
+    budget = policy.budget_status(groups, user.name)
+    budget["notice"] = notice_for(policy, ledger, groups, user.name, status=budget)
     return {
         "user": user.name,
         "since": since.isoformat(),
         "usd": round(sum(by_server.values()), 6),
         "by_server": {k: round(v, 6) for k, v in by_server.items()},
-        "budget": policy.budget_status(groups, user.name),
+        "budget": budget,
         "running": running,
         "notices": ledger.notices(user.name, since=since),
     }
@@ -130,15 +137,9 @@ class _UsageHandler(APIHandler):
         return web.HTTPError(503, "the spend ledger cannot be read now; the hub's log says why")
 
 
-class UserUsageHandler(_UsageHandler):
+class UserUsageHandler(_UsageHandler, _UserSpawnerHandler):
     async def get(self, user_name: str):
-        if self.current_user is None:
-            raise web.HTTPError(403, "Missing or invalid credentials.")
-        if not self.has_scope(f"read:servers!user={user_name}"):
-            raise web.HTTPError(404, f"No user {user_name!r}")
-        user = self.find_user(user_name)
-        if user is None:
-            raise web.HTTPError(404, f"No user {user_name!r}")
+        user = self.readable_user(user_name)  # another user: the 404 of a user that does not exist
         since = self.since()
         try:
             self.reply(user_usage(policy_of(self), user, since))

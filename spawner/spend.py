@@ -89,23 +89,29 @@ STOP_NOTICE = "budget-stop"
 
 
 def budget_notice(spawner) -> dict | None:
-    """What the user should know about their budget, for the Home page and the server
-    extension: ``{"kind": "spent", "message"}`` once it is used up (with the reason the
-    budget watcher gave, when it stopped servers), ``{"kind": "warning", ...}`` from 80%,
-    else None. A ledger that cannot be read shows nothing (the log says why)."""
+    """:func:`notice_for` the user of ``spawner`` (the Home page, the spawn form)."""
+    return notice_for(spawner.policy, spawner.ledger, spawner.user_groups(), spawner.user.name)
+
+
+def notice_for(policy, ledger, groups, user_name: str, status: dict | None = None) -> dict | None:
+    """What a user should know about their budget: ``{"kind": "spent", "fraction",
+    "message"}`` once it is used up (with the reason the budget watcher gave, when it
+    stopped servers), ``{"kind": "warning", ...}`` from 80%, else None. ``status`` is
+    ``policy.budget_status``'s answer when the caller has it. A ledger that cannot be read
+    shows nothing (the log says why). The Home page, the spawn form, the usage API and,
+    through it, JupyterLab and the notebook panel all show this one text."""
     try:
-        status = spawner.policy.budget_status(spawner.user_groups(), spawner.user.name)
+        status = status or policy.budget_status(groups, user_name)
         if not status["limited"] or status["fraction"] is None or status["fraction"] < WARN_FRACTION:
             return None
         best = max(status["budgets"], key=lambda b: b["left"])
         if status["fraction"] >= 1.0:
-            stops = [n for n in spawner.ledger.notices(spawner.user.name, since=best["since"])
-                     if n["kind"] == STOP_NOTICE]
+            stops = [n for n in ledger.notices(user_name, since=best["since"]) if n["kind"] == STOP_NOTICE]
             why = stops[0]["message"] if stops else "servers cannot start"
             return {"kind": "spent", "fraction": status["fraction"],
                     "message": f"Your budget is used up ({why}). An admin can raise it."}
     except LedgerError as err:
-        spawner.log.error("Budget of %s unknown: %s", spawner.user.name, err)
+        policy.log.error("Budget of %s unknown: %s", user_name, err)
         return None
     return {"kind": "warning", "fraction": status["fraction"],
             "message": f"You have used {status['fraction']:.0%} of your ${best['usd']:.2f} budget this "

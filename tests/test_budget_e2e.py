@@ -62,6 +62,7 @@ def test_a_spent_budget_stops_the_server_and_refuses_the_next_until_an_admin_rai
     assert row.t1 is not None and row.usd_hour == 3600.0
     assert notice["at"] - max(row.t0 + 5, ready or 0) < 10, (notice, row, ready)
     assert usage["budget"]["limited"] and usage["budget"]["fraction"] >= 0.8
+    assert usage["budget"]["notice"]["kind"] == "spent"  # what JupyterLab and the panel show
     assert "budget: stopping ada" in hub.log() or "budget: stopping" in hub.log()
 
     # the Home page tells the user why

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from cloudhop.extensions.hubclient import HubError
 from cloudhop.extensions.price import PriceLookup, budget_warning
+from cloudhop.spawner.spend import notice_for
 
 ENV = {"CLOUDHOP_PROVIDER": "local", "CLOUDHOP_REGION": "paid", "CLOUDHOP_INSTANCE_TYPE": "cpu",
        "CLOUDHOP_GPU": "none", "CLOUDHOP_GPU_COUNT": "0"}
@@ -14,8 +15,17 @@ OFFER = {"provider": "local", "region": "paid", "instance_type": "cpu", "gpu": "
 
 
 def status(fraction, usd=5.0):
-    return {"limited": True, "fraction": fraction,
-            "budgets": [{"group": "default", "usd": usd, "period": "month", "left": usd * (1 - fraction)}]}
+    """The usage API's ``budget``, with the hub's notice (:func:`notice_for`) for it."""
+    budget = {"limited": True, "fraction": fraction,
+              "budgets": [{"group": "default", "usd": usd, "period": "month", "left": usd * (1 - fraction),
+                           "since": "2026-12-01T00:00:00+00:00"}]}
+    budget["notice"] = notice_for(None, NoNotices(), [], "ada", status=budget)
+    return budget
+
+
+class NoNotices:
+    def notices(self, user, since=None):
+        return []
 
 
 class Hub:
@@ -48,7 +58,7 @@ async def test_the_ledgers_spend_and_the_budget_warning_reach_the_panel():
 async def test_below_80_percent_or_without_a_ledger_there_is_no_warning():
     assert budget_warning(status(0.5)) is None
     assert budget_warning({"limited": False, "fraction": None, "budgets": []}) is None
-    assert "used up" in budget_warning(status(1.2))["message"]
+    assert "Your budget is used up" in budget_warning(status(1.2))["message"]
     got = await PriceLookup(Hub(HubError(404, "not found")), ENV).get()
     assert "budget" not in got and got["spend"] is not None  # the estimate, as before
 
