@@ -28,6 +28,21 @@ def token_of(hub, user: str) -> str:
     return reply.json()["token"]
 
 
+def store_key(hub) -> str:
+    """The hub's key, read from its store service's environment (the tests run as root)."""
+    import psutil
+
+    for proc in psutil.process_iter():
+        try:
+            if "cloudhop.hub.snapshot_store" in " ".join(proc.cmdline()):
+                env = proc.environ()
+                if str(hub.data_dir) in env.get("CLOUDHOP_STORE_DIR", ""):
+                    return env["CLOUDHOP_STORE_HUB_KEY"]
+        except (psutil.Error, KeyError):
+            continue
+    raise AssertionError("the hub's store service was not found")
+
+
 def snapshot(hub, user, token, ws, meta):
     return take_snapshot(ws, StoreClient(f"{hub.url}/services/cloudhop-store/", user, token), meta=meta)[0]
 
@@ -112,4 +127,10 @@ def test_snapshot_api_and_class_snapshots(hub_factory, tmp_path):
     assert [s["path"] for s in sessions] == ["warm.ipynb"]
     kernel = hub.kernel("ada", kernel_id=sessions[0]["kernel"]["id"])
     assert kernel.execute("print(x, w.sum())").strip().splitlines()[-1] == "42 10.0"
+    # the hub's key to the store is in the store's environment only: not in a user's
+    # server or kernel, not in the hub's log
+    key = store_key(hub)
+    env = kernel.execute("import os; print(sorted(os.environ.items()))")
+    assert key not in env and "CLOUDHOP_STORE_HUB_KEY" not in env
+    assert key not in hub.log_path.read_text(errors="replace")
     kernel.close()
