@@ -75,7 +75,7 @@ def test_listing_per_server_newest_first_with_meta(store, tmp_path):
     other, _, _ = take_snapshot(tmp_path / "ws", client(store), meta={"kind": "migration", "server": "s2"})
     loose, _, _ = take_snapshot(tmp_path / "ws", client(store), meta={"kind": "migration"})
 
-    line = client(store)._json("GET", "snapshots?server=s1")["snapshots"]
+    line = client(store).list_snapshots(server="s1")
     assert [s["id"] for s in line] == [new, old]
     first = line[0]
     assert first["kind"] == "preempt" and first["server"] == "s1"
@@ -155,10 +155,8 @@ def test_quota_counts_drop_after_collection(tmp_path):
 def test_deletion_by_the_owner(store, tmp_path):
     fill(tmp_path / "ws", 3)
     sid, _, _ = take_snapshot(tmp_path / "ws", client(store, "tok-alice-s1"))
-    reply = requests.delete(store.url + f"api/users/alice/snapshots/{sid}", headers={"Authorization": "token tok-alice"},
-                            timeout=30)
-    assert reply.status_code == 204
-    assert client(store)._json("GET", "snapshots")["snapshots"] == []
+    client(store).delete_snapshot(sid)
+    assert client(store).list_snapshots() == []
     again = requests.delete(store.url + f"api/users/alice/snapshots/{sid}", headers={"Authorization": "token tok-alice"},
                             timeout=30)
     assert again.status_code == 404

@@ -230,8 +230,17 @@ class StoreClient:
     def get_manifest(self, snapshot_id: str) -> bytes:
         return self._request("GET", self._url(f"snapshots/{quote(snapshot_id, safe='')}")).content
 
-    def list_snapshots(self) -> list[dict]:
-        return self._json("GET", "snapshots")["snapshots"]
+    def list_snapshots(self, server: str | None = None) -> list[dict]:
+        """The snapshots this token may use, newest first (only ``server``'s line when
+        given: ``""`` for the default server), each a summary (``id``, ``created``,
+        ``bytes``, ``kind``, ``source``, ``kernels``...)."""
+        query = "" if server is None else f"?server={quote(server, safe='')}"
+        return self._json("GET", f"snapshots{query}")["snapshots"]
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Delete one of the user's snapshots (a token for all of them only); its chunks go
+        at the store's next collection."""
+        self._request("DELETE", self._url(f"snapshots/{quote(snapshot_id, safe='')}"))
 
     def put_report(self, snapshot_id: str, report: RestoreReport) -> None:
         """Keep a restore report beside a snapshot (the target writes it, the source reads it)."""
