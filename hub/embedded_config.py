@@ -122,6 +122,12 @@ CloudhopRescue(config=c)
 from cloudhop.hub.sharing import add_sharing_scopes  # noqa: E402
 
 add_sharing_scopes(c)
+# the instructor's page (docs/teaching.md): running servers, seats, stop or hand a notebook
+# to a whole group, all with the instructor's own permissions
+from cloudhop.hub.instructor import add_instructor_service  # noqa: E402
+
+add_instructor_service(c, port=kept_port(data_dir, "instructor_port"),
+                       proxy_url=f"http://{_public_ip}:{c.JupyterHub.port}")
 
 # the reaper (docs/clouds.md): terminates nodes tagged with this hub that no active server
 # owns, after a grace period; c.CloudhopReaper.enabled / .interval / .grace tune it
