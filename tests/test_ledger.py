@@ -6,6 +6,7 @@ leaves; intervals outlive the process; a ledger that cannot be written stops spa
 from __future__ import annotations
 
 import datetime
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -181,3 +182,32 @@ async def test_a_ledger_that_cannot_be_read_refuses_a_resize_and_a_moves_check_w
         s.check_new_server(LaunchRequest(provider=NAME, gpu="none"), [CPU])
     assert err.value.status == 503 and str(tmp_path) not in str(err.value)
     assert len(cloud.specs) == launched
+
+
+# -- the reaper closes what it terminates, and what is gone ------------------------------
+
+
+async def test_the_reaper_closes_the_spend_of_nodes_it_terminates_or_finds_gone(tmp_path):
+    from cloudhop.hub.reaper import Reaper
+    from tests.cloudkit import HUB_ID, spec_for
+    from test_reaper import HubDouble
+
+    cloud, ledger = InstantCloud(), Ledger(str(tmp_path / "ledger.sqlite"))
+    leaked = await cloud.launch(spec_for(CPU, request_id="leak"))
+    now = time.time()
+    t0 = now - 10_000
+    owned = Wanted(NAME, "r1/owned", "notebook", "r1", CPU.key, 1.0, t0)
+    ledger.sync_server("ada", "", ["default"], [Wanted(NAME, leaked.id, "ray-worker", "r1", CPU.key, 1.0, t0)])
+    ledger.sync_server("ada", "kept", ["default"], [owned], now=t0)
+    ledger.sync_server("bo", "", ["default"], [Wanted(NAME, "r1/vanished", "notebook", "r1", CPU.key, 1.0, t0),
+                                               Wanted(NAME, "r1/young", "notebook", "r1", CPU.key, 1.0, now - 5)],
+                       now=now)
+    hub = HubDouble()
+    hub.serve("ada", "kept", [SimpleNamespace(provider=NAME, id="r1/owned", region="r1")])
+    reaper = Reaper({NAME: cloud}, hub, HUB_ID, grace=60, clock=lambda: now, ledger=ledger)
+    report = await reaper.sweep()
+    assert report["providers"][NAME]["terminated"] == [leaked.id]
+    assert report["providers"][NAME]["closed_spend"] == ["r1/vanished"], "not listed, not owned, not young"
+    still_open = {i.node for i in ledger.intervals(open_only=True)}
+    assert still_open == {"r1/owned", "r1/young"}, "owned and young nodes keep counting"
+    assert ledger.spent(user="ada", since=0, now=now + 3600) > ledger.spent(user="bo", since=0, now=now + 3600)
