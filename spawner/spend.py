@@ -7,7 +7,9 @@ calls it whenever it saves its state (a launch, a worker added or removed), afte
 stop, and at each poll (so a hub killed between a launch and its ledger write opens the
 interval at its next poll, from the launch time the state keeps). Each node is priced at
 launch: the notebook at its offer's price in the request's mode (spot or on-demand),
-a worker at its own offer's price in the cluster's mode; an unknown price counts as 0.
+a worker at its own offer's price in the cluster's mode; an unknown price counts as 0. On
+a provider that runs Ray itself (Kubernetes), the workers are not nodes of the state, so
+the notebook's interval carries the whole server's price checked at the spawn.
 """
 
 from __future__ import annotations
@@ -50,10 +52,25 @@ def wanted(spawner, now: float | None = None) -> list[Wanted]:
             offer, mode = offers.get(w.get("offer")), bool(cluster is not None and cluster.spot)
             t0 = float(w["started"]) if isinstance(w.get("started"), (int, float)) else now
         price = effective_price(offer, mode) if offer is not None else None
+        if ref.role == NOTEBOOK_ROLE and _provider_runs_ray(spawner, offer):
+            # its Ray workers are no nodes of the state: the notebook's interval carries the
+            # whole server's price as checked at the spawn, workers included
+            price = spawner._price_hour if spawner._price_hour is not None else price
         out.append(Wanted(provider=ref.provider, node=ref.id, role=ref.role or NOTEBOOK_ROLE,
                           region=ref.region, offer=offer.key if offer is not None else None,
                           usd_hour=float(price or 0.0), t0=t0))
     return out
+
+
+def _provider_runs_ray(spawner, offer) -> bool:
+    """Whether ``spawner`` asked for Ray on a provider that runs the cluster itself
+    (``handles_ray``: Kubernetes)."""
+    if offer is None or not (spawner.request and spawner.request.ray):
+        return False
+    try:
+        return bool(getattr(spawner.provider(offer.provider), "handles_ray", False))
+    except Exception:  # noqa: BLE001 - an unknown provider prices as its offer
+        return False
 
 
 def groups_of(spawner) -> list[str]:

@@ -211,3 +211,34 @@ async def test_the_reaper_closes_the_spend_of_nodes_it_terminates_or_finds_gone(
     still_open = {i.node for i in ledger.intervals(open_only=True)}
     assert still_open == {"r1/owned", "r1/young"}, "owned and young nodes keep counting"
     assert ledger.spent(user="ada", since=0, now=now + 3600) > ledger.spent(user="bo", since=0, now=now + 3600)
+
+
+def test_a_provider_that_runs_ray_itself_charges_the_whole_server_on_the_notebook():
+    from cloudhop.spawner.options import LaunchRequest, RayRequest
+    from cloudhop.spawner.spend import wanted
+
+    def server(handles_ray: bool):
+        return SimpleNamespace(
+            request=LaunchRequest(provider=NAME, gpu="none", ray=RayRequest(workers=2)), offer=CPU,
+            nodes=[{"provider": NAME, "id": "pod-1", "role": "notebook", "region": "r1"}], kept=[],
+            attempts=[{"node": "pod-1", "started": T0}], node=None, ray_cluster=None, _price_hour=0.45,
+            provider=lambda name: SimpleNamespace(handles_ray=handles_ray))
+
+    (kube,) = wanted(server(True), now=T0 + 5)
+    assert kube.usd_hour == 0.45 and kube.t0 == T0, "the workers' pods are counted on the notebook"
+    (vm,) = wanted(server(False), now=T0 + 5)
+    assert vm.usd_hour == CPU.price_hour, "elsewhere each worker is a node of its own"
+
+
+def test_a_local_region_carries_a_price(tmp_path):
+    from traitlets import TraitError
+
+    from cloudhop.spawner.providers.local import LocalProvider
+
+    local = LocalProvider(regions={"paid": {"gpus": "none", "price_hour": 3600}, "free": {"gpus": "none"}},
+                          cpu_price_hour=0.5, isolation="none", default_root=str(tmp_path))
+    prices = {o.region: o.price_hour for o in local.offers()}
+    assert prices == {"paid": 3600.0, "free": 0.5}
+    for bad in (-1, float("nan"), "cheap"):
+        with pytest.raises((TraitError, ValueError), match=r"regions\['paid'\]\['price_hour'\] must be a number"):
+            LocalProvider(regions={"paid": {"price_hour": bad}}, isolation="none", default_root=str(tmp_path))
