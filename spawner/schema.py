@@ -6,7 +6,7 @@ or as JSON (REST API, a move of a running project)::
     {"provider": "auto" | a provider name, "region": str?, "zone": str?,
      "instance_type": str?, "gpu": str ("none" for CPU), "gpu_count": int,
      "spot": bool, "image": str?, "ray": {"workers": int, "gpu": str, "gpu_count": int}?,
-     "restore": str?}
+     "restore": str? (a snapshot id, "class:<name>" or "none")}
 
 Two checks are built on it, so they cannot drift apart:
 
