@@ -134,7 +134,7 @@ def test_budget_periods_start_on_utc_boundaries():
     ({"students": ["gcp"]}, r"Policy.groups\['students'\] must be a dict"),
     ({"students": {"gpu": ["L4"]}}, r"unknown rule 'gpu'; did you mean 'gpus'\?"),
     ({"students": {"providers": "gcp"}}, r"\['providers'\] must be a list of names"),
-    ({"students": {"providers": ["azure"]}}, r"unknown provider 'azure'"),
+    ({"students": {"providers": ["paperspace"]}}, r"unknown provider 'paperspace'"),
     ({"students": {"regions": [""]}}, r"\['regions'\] must be a list of names"),
     ({"students": {"gpus": [1]}}, r"\['gpus'\] must be a list of names"),
     ({"students": {"max_gpus": -1}}, r"\['max_gpus'\] must be a whole number"),

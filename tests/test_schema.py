@@ -157,7 +157,7 @@ def test_every_list_of_providers_comes_from_the_registry():
     # a policy may name every registered provider, and no other
     assert policy.parse_group_policy("g", {"providers": list(names)}).providers == names
     with pytest.raises(TraitError, match="known: " + ", ".join(names)):
-        policy.parse_group_policy("g", {"providers": ["azure"]})
+        policy.parse_group_policy("g", {"providers": ["paperspace"]})
     assert offers_cli.enabled_providers(offers_cli.Config(), None) == list(providers.DEFAULT_LISTED)
 
 
