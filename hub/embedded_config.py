@@ -70,6 +70,14 @@ print(
     flush=True,
 )
 
+# workshop mode (`cloudhop up --workshop students=30,gpu=share:4`, docs/teaching.md): a
+# students group, its policy, GPU slices; before the operator's config, which still wins
+from cloudhop.hub import workshop  # noqa: E402
+
+if os.environ.get(workshop.ENV):
+    for _line in workshop.apply(c, workshop.Workshop.from_env(os.environ[workshop.ENV])):
+        print(f"  workshop: {_line}", flush=True)
+
 _extra = os.environ.get("CLOUDHOP_EXTRA_CONFIG")
 if _extra:
     load_subconfig(_extra)  # noqa: F821 - provided by traitlets
@@ -104,6 +112,18 @@ add_store_service(
     s3=_store.s3 or None,
 )
 
+# sharing a live server (docs/teaching.md): users may share their own servers, and each
+# server's token may manage that server's shares (its owner's "Share this server")
+from cloudhop.hub.sharing import add_sharing_scopes  # noqa: E402
+
+add_sharing_scopes(c)
+# the instructor's page (docs/teaching.md): running servers, seats, stop or hand a notebook
+# to a whole group, all with the instructor's own permissions
+from cloudhop.hub.instructor import add_instructor_service  # noqa: E402
+
+add_instructor_service(c, port=kept_port(data_dir, "instructor_port"),
+                       proxy_url=f"http://{_public_ip}:{c.JupyterHub.port}", seats=workshop.seats(os.environ))
+
 # the spend ledger (cloudhop.spawner.ledger): every node's priced running time, in the data
 # folder unless the operator named a file; the group policy (budgets included) is checked
 # here, so a bad rule stops the hub naming the setting
@@ -116,18 +136,6 @@ Policy(config=c)
 from cloudhop.spawner.rescue import CloudhopRescue  # noqa: E402
 
 CloudhopRescue(config=c)
-
-# sharing a live server (docs/teaching.md): users may share their own servers, and each
-# server's token may manage that server's shares (its owner's "Share this server")
-from cloudhop.hub.sharing import add_sharing_scopes  # noqa: E402
-
-add_sharing_scopes(c)
-# the instructor's page (docs/teaching.md): running servers, seats, stop or hand a notebook
-# to a whole group, all with the instructor's own permissions
-from cloudhop.hub.instructor import add_instructor_service  # noqa: E402
-
-add_instructor_service(c, port=kept_port(data_dir, "instructor_port"),
-                       proxy_url=f"http://{_public_ip}:{c.JupyterHub.port}")
 
 # the reaper (docs/clouds.md): terminates nodes tagged with this hub that no active server
 # owns, after a grace period; c.CloudhopReaper.enabled / .interval / .grace tune it

@@ -3,7 +3,7 @@ in the hub's "Services" menu) for whoever runs a class or a workshop.
 
 It shows every running server (user, provider, region, GPU or slice, started, idle
 minutes, spend so far) and, per group, its seats: servers running against the group's
-``seats`` (a JupyterHub group property; ``cloudhop up --workshop`` sets it). Its actions,
+``seats`` (a JupyterHub group property), or the seats of a ``cloudhop up --workshop``. Its actions,
 per group: **stop all** (each server through the hub's normal stop, so a provider that
 hibernates on stop hibernates them) and **copy a notebook into every workspace** (each
 running server of the group gets it through its own contents API).
@@ -40,6 +40,8 @@ OAUTH_SCOPES = ["list:users", "read:users", "read:servers", "admin:server_state"
                 "access:servers", "list:groups", "read:groups"]
 #: the variable that tells the service where the hub's proxy is
 PROXY_URL_ENV = "CLOUDHOP_PROXY_URL"
+#: seats per group the operator set (JSON ``{group: seats}``), beside groups' properties
+SEATS_ENV = "CLOUDHOP_SEATS"
 #: the largest notebook the page copies (bytes)
 MAX_NOTEBOOK = 16 * 2**20
 
@@ -100,11 +102,22 @@ def running_rows(users: list[dict], now: datetime.datetime | None = None) -> lis
     return sorted(rows, key=lambda r: (r.user, r.server))
 
 
-def seats(group: dict, rows: list[Row]) -> tuple[int, int | None]:
-    """(servers running in ``group``, its ``seats`` property or None)."""
+def seats(group: dict, rows: list[Row], configured: dict | None = None) -> tuple[int, int | None]:
+    """(servers running in ``group``, its seats or None): the group's ``seats`` property,
+    else ``configured`` (``{group: seats}``, from :data:`SEATS_ENV`: a workshop's)."""
     limit = (group.get("properties") or {}).get("seats")
+    if limit is None:
+        limit = (configured if configured is not None else _configured_seats()).get(group["name"])
     used = sum(1 for r in rows if group["name"] in r.groups)
     return used, limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+
+
+def _configured_seats() -> dict:
+    try:
+        value = json.loads(os.environ.get(SEATS_ENV) or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 #: the permission each step needs, and what for
@@ -328,17 +341,18 @@ def main() -> None:
     ioloop.IOLoop.current().start()
 
 
-def add_instructor_service(c, *, port: int, proxy_url: str) -> dict:
+def add_instructor_service(c, *, port: int, proxy_url: str, seats: dict | None = None) -> dict:
     """Add the instructor's page to JupyterHub config ``c`` (shown in the hub's
     Services menu to those who may open it); ``proxy_url`` is where the hub's proxy
-    serves users' servers."""
+    serves users' servers, ``seats`` the seats of groups (``{group: n}``) that have no
+    ``seats`` property."""
     from .services import add_service
 
     service = {
         "name": SERVICE_NAME,
         "url": f"http://127.0.0.1:{port}",
         "command": [sys.executable, "-m", "cloudhop.hub.instructor"],
-        "environment": {PROXY_URL_ENV: proxy_url},
+        "environment": {PROXY_URL_ENV: proxy_url, SEATS_ENV: json.dumps(seats or {})},
         "oauth_client_allowed_scopes": list(OAUTH_SCOPES),
         "oauth_no_confirm": True,
         "display": True,

@@ -22,6 +22,7 @@ from pathlib import Path
 import platformdirs
 
 from .cli import plain
+from .workshop import ENV as WORKSHOP_ENV
 
 EMBEDDED_CONFIG = Path(__file__).with_name("embedded_config.py")
 
@@ -44,6 +45,11 @@ def add_parser(sub) -> None:
         "--cull-idle", type=_minutes, default=0, metavar="MINUTES",
         help="stop servers (and their nodes and Ray workers) idle this many minutes; 0: never (default)",
     )
+    p.add_argument(
+        "--workshop", type=_workshop, default=None, metavar="students=N,gpu=share:K|mig|whole|none",
+        help="set up a class: a students group with N seats and its policy, GPU slices, the idle "
+        "culler at 30 minutes (cull=MINUTES), the instructor's page (docs/teaching.md)",
+    )
     p.add_argument("--debug", action="store_true", help="verbose logs")
     p.set_defaults(func=run)
 
@@ -62,6 +68,15 @@ def _minutes(text: str) -> int:
     if not re.fullmatch(r"\d{1,6}", text.strip()):
         raise argparse.ArgumentTypeError(f"--cull-idle must be a whole number of minutes (0: never), not {text!r}")
     return int(text)
+
+
+def _workshop(text: str):
+    from .workshop import WorkshopError, parse
+
+    try:
+        return parse(text)
+    except WorkshopError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--workshop: ")) from None
 
 
 def _ip(text: str) -> str:
@@ -98,7 +113,8 @@ def run(args) -> int:
         "CLOUDHOP_IP": args.ip,
         "CLOUDHOP_PORT": str(args.port),
         "CLOUDHOP_EXTRA_CONFIG": str(Path(args.config).resolve()) if args.config else "",
-        "CLOUDHOP_CULL_IDLE": str(args.cull_idle * 60),
+        "CLOUDHOP_CULL_IDLE": str((args.cull_idle or (args.workshop.cull_minutes if args.workshop else 0)) * 60),
+        WORKSHOP_ENV: args.workshop.to_env() if args.workshop else "",
     })
     from cloudhop.hub.app import CloudhopHub
 

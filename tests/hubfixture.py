@@ -41,7 +41,8 @@ def free_port() -> int:
 
 class HubProcess:
     def __init__(self, tmp_path: Path, extra_config: str = "", env: dict | None = None,
-                 data_dir: Path | None = None, name: str = "hub", python: str | None = None):
+                 data_dir: Path | None = None, name: str = "hub", python: str | None = None,
+                 args: tuple = ()):
         self.tmp_path = Path(tmp_path)
         self.data_dir = Path(data_dir or self.tmp_path / f"{name}-data")
         self.port = free_port()
@@ -56,6 +57,8 @@ class HubProcess:
         self.proc: subprocess.Popen | None = None
         #: the Python that runs ``cloudhop up`` (another virtual environment's, say)
         self.python = python or sys.executable
+        #: more ``cloudhop up`` arguments (``--workshop ...``)
+        self.args = list(args)
 
     # -- process ---------------------------------------------------------------
 
@@ -79,7 +82,7 @@ class HubProcess:
         started_at = log.tell()
         self.proc = subprocess.Popen(
             [self.python, "-m", "cloudhop.hub.cli", "up", "--port", str(self.port),
-             "--data-dir", str(self.data_dir), "--config", str(self.config_path)],
+             "--data-dir", str(self.data_dir), "--config", str(self.config_path), *self.args],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         deadline = time.monotonic() + timeout

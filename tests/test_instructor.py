@@ -46,7 +46,8 @@ def test_rows_name_the_slice_idle_minutes_and_spend():
     assert rows[0].idle_minutes == 15 and rows[0].spend == 0.5 and rows[0].started == "2026-05-04 11:00 UTC"
     assert rows[2].spend is None, "an unknown price is no spend, not $0"
     assert seats({"name": "students", "properties": {"seats": 30}}, rows) == (2, 30)
-    assert seats({"name": "students", "properties": {}}, rows) == (2, None)
+    assert seats({"name": "students", "properties": {}}, rows, {}) == (2, None)
+    assert seats({"name": "students", "properties": {}}, rows, {"students": 30}) == (2, 30), "a workshop's seats"
 
 
 def test_refusals_name_the_missing_permission():
