@@ -116,7 +116,7 @@ def start_watcher(app) -> PeriodicCallback:
         async with busy:
             try:
                 await check_once(app)
-            except Exception:  # noqa: BLE001 - the watcher must outlive one bad pass
+            except Exception:  # the watcher must outlive one bad pass
                 app.log.exception("budget: a check failed")
 
     callback = PeriodicCallback(tick, conf.interval * 1000)

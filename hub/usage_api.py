@@ -196,7 +196,7 @@ class BudgetsHandler(_UsageHandler):
         if isinstance(usd, bool) or not isinstance(usd, (int, float)) or not math.isfinite(usd) or usd < 0:
             raise web.HTTPError(400, f"usd: must be a number of USD >= 0, not {usd!r}")
         if set(body) - {"usd"}:
-            raise web.HTTPError(400, f"{sorted(set(body) - {'usd'})[0]}: unknown field; only usd may be changed")
+            raise web.HTTPError(400, f"{min(set(body) - {'usd'})}: unknown field; only usd may be changed")
         who = getattr(self.current_user, "name", None)
         try:
             ledger_for(policy.config).set_budget(group, float(usd), by=who)

@@ -35,7 +35,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from collections.abc import Iterable
 
 from traitlets import Unicode
 from traitlets.config import Configurable
@@ -203,11 +203,11 @@ class Ledger:
                                    [(g, cur.lastrowid) for g in groups])
             return opened, len(gone)
 
-        if not wanted:  # nothing to open: a read first spares a write lock when nothing is open
-            if not self._run(lambda db: db.execute(
-                    "SELECT 1 FROM intervals WHERE user = ? AND server = ? AND t1 IS NULL LIMIT 1",
-                    (user, server)).fetchone(), write=False):
-                return 0, 0
+        # nothing to open: a read first spares a write lock when nothing is open either
+        if not wanted and not self._run(lambda db: db.execute(
+                "SELECT 1 FROM intervals WHERE user = ? AND server = ? AND t1 IS NULL LIMIT 1",
+                (user, server)).fetchone(), write=False):
+            return 0, 0
         return self._run(change, write=True)
 
     def close_node(self, provider: str, node: str, now: float | None = None) -> bool:

@@ -62,6 +62,7 @@ def ledger_config(tmp_path, groups: dict) -> Config:
     c.CloudhopLedger.path = str(tmp_path / "ledger.sqlite")
     c.Policy.groups = groups
     c.CloudhopSpawner.hibernate = False
+    c.CloudhopSpawner.hub_id = "spend-tests"
     return c
 
 

@@ -104,6 +104,7 @@ def ledger_config(tmp_path) -> Config:
     c = Config()
     c.CloudhopLedger.path = str(tmp_path / "ledger.sqlite")
     c.CloudhopSpawner.hibernate = False
+    c.CloudhopSpawner.hub_id = "spend-tests"
     return c
 
 

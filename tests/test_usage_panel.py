@@ -84,6 +84,7 @@ async def test_the_spawn_form_lists_the_running_servers_with_price_and_spend(tmp
     c = Config()
     c.CloudhopLedger.path = str(tmp_path / "ledger.sqlite")
     c.CloudhopSpawner.hibernate = False
+    c.CloudhopSpawner.hub_id = "spend-tests"
     c.Policy.groups = {"default": {"budget": {"usd": 0.001, "lookahead_minutes": 0}}}
     cloud, user = InstantCloud(), SimpleNamespace(name="ada", url="/user/ada/", escaped_name="ada", groups=[],
                                                   spawners={})
