@@ -10,6 +10,8 @@ of the ``kubernetes`` provider. Offers come from three places, merged by
    node groups): GPU model, GPUs per node and ``max_nodes``. Nodes that belong to a
    pool count as its free capacity; the rest of ``max_nodes`` is *scalable*.
 3. **z2jh profiles** imported from a ``singleuser.profileList`` (:mod:`.profiles`).
+4. **GPU slices** the nodes have now (:func:`~.flavours.node_slices`): MIG resources and
+   time-sliced GPUs, one per server (``A100-MIG-1g.10gb``, ``L4-shared``).
 
 ``Offer.available`` is how many such servers can start now or after the pool scales
 up (``None`` when unbounded/unknown); ``Offer.note`` says which part is free now and
@@ -22,10 +24,10 @@ Everything here is pure: node and pod lists are the API's JSON.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..offers import NO_GPU, Offer
-from .flavours import FLAVOURS, GPU_RESOURCE, GPU_TOLERATION, Flavour
+from .flavours import FLAVOURS, GPU_RESOURCE, GPU_TOLERATION, Flavour, node_slices, replicas
 from .plan import PodPlan, gpu_plan
 from . import profiles as z2jh
 
@@ -257,9 +259,9 @@ def node_views(cluster: ClusterConfig, nodes: list, pods: list) -> list[NodeView
         meta = node.get("metadata") or {}
         status = node.get("status") or {}
         alloc = _quantity_int((status.get("allocatable") or {}).get(GPU_RESOURCE, 0))
-        if alloc <= 0:
-            continue
         labels = meta.get("labels") or {}
+        if alloc <= 0 or replicas(labels) > 1:  # a time-sliced node's GPUs are shares
+            continue
         ready = not (node.get("spec") or {}).get("unschedulable") and any(
             c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
         )
@@ -393,6 +395,9 @@ def cluster_offers(
                 cluster.plan_for_gpu(gpu, count, pool),
             ))
 
+    if known and cluster.node_offers:
+        out += _slice_offers(cluster, nodes or [], pods or [], provider)
+
     taken = {o.instance_type for o, _ in out}
     for imported in profiles or []:
         if imported.slug in taken:
@@ -410,4 +415,48 @@ def cluster_offers(
             available=available,
         )
         out.append((offer, imported.plan))
+    return out
+
+
+def _slice_offers(cluster: ClusterConfig, nodes: list, pods: list, provider: str) -> list[tuple[Offer, PodPlan]]:
+    """One offer per GPU slice kind the cluster's nodes have (model and MIG profile, or
+    model time-shared), one slice per server, with what is free now."""
+    used: dict = {}
+    for pod in pods:
+        node = (pod.get("spec") or {}).get("nodeName")
+        if not node or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        for c in (pod.get("spec") or {}).get("containers") or []:
+            res = c.get("resources") or {}
+            for key in set(res.get("limits") or {}) | set(res.get("requests") or {}):
+                n = max(_quantity_int((res.get("limits") or {}).get(key, 0)),
+                        _quantity_int((res.get("requests") or {}).get(key, 0)))
+                used[(node, key)] = used.get((node, key), 0) + n
+    kinds: dict = {}
+    for node in nodes:
+        meta, status = node.get("metadata") or {}, node.get("status") or {}
+        labels = meta.get("labels") or {}
+        model = cluster.flavour.gpu_from_labels(labels)
+        if not model:
+            continue
+        ready = not (node.get("spec") or {}).get("unschedulable") and any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        for resource, suffix, count in node_slices(status.get("allocatable") or {}, labels):
+            kind = kinds.setdefault((model, suffix), {"resource": resource, "free": 0, "total": 0, "values": set(),
+                                                      "shared_by": replicas(labels) if suffix == "shared" else 0})
+            kind["total"] += count
+            kind["free"] += max(count - used.get((meta.get("name"), resource), 0), 0) if ready else 0
+            kind["values"].add(labels[cluster.flavour.gpu_label])
+    out = []
+    for (model, suffix), kind in sorted(kinds.items()):
+        gpu = f"{model}-{suffix}"
+        plan = replace(gpu_plan(cluster.flavour, gpu, 1, selector={cluster.flavour.gpu_label: sorted(kind["values"])},
+                                tolerations=list(cluster.gpu_tolerations)), gpu_resource=kind["resource"])
+        compute = re.match(r"MIG-(\d+)g\.", suffix)
+        share = int(compute.group(1)) / 7 if compute else 1 / max(kind["shared_by"], 1)
+        out.append((Offer(
+            provider=provider, region=cluster.name, instance_type=f"{_slug(model)}-{suffix.lower()}", gpu=gpu,
+            gpu_count=1, price_hour=round(cluster.price_per_gpu_hour * share, 4), available=kind["free"],
+            note=f"{kind['free']} of {kind['total']} free now", gpu_shared_by=kind["shared_by"],
+        ), plan))
     return out

@@ -16,6 +16,15 @@ A *flavour* is a cluster's convention for labelling GPU nodes:
 
 GPU models use the catalog's spelling (``T4``, ``A100-80GB``, ``H100``). A cluster can
 override the label key and the values per model (see :class:`~.cluster.ClusterConfig`).
+
+GPU slices come from NVIDIA's device plugin, whatever the flavour (:func:`node_slices`):
+
+- **MIG** ("mixed" strategy): a node has ``nvidia.com/mig-1g.10gb`` resources, offered
+  as ``<model>-MIG-1g.10gb``, one per server.
+- **time-slicing**: a node's GPUs are shared by ``nvidia.com/gpu.replicas`` servers
+  each (GPU feature discovery's label), as ``nvidia.com/gpu`` or, with
+  ``renameByDefault``, ``nvidia.com/gpu.shared``; offered as ``<model>-shared``, one per
+  server. Such a node's ``nvidia.com/gpu`` is never offered as whole GPUs.
 """
 
 from __future__ import annotations
@@ -24,6 +33,12 @@ import re
 from dataclasses import dataclass, field
 
 GPU_RESOURCE = "nvidia.com/gpu"
+#: the device plugin's MIG resources ("mixed" strategy): ``nvidia.com/mig-<profile>``
+MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
+#: a time-sliced GPU's resource when the plugin renames it (``renameByDefault``)
+SHARED_RESOURCE = "nvidia.com/gpu.shared"
+#: GPU feature discovery's label: how many servers share each GPU of the node
+REPLICAS_LABEL = "nvidia.com/gpu.replicas"
 #: what GKE and the NVIDIA GPU operator put on GPU nodes; tolerating it with ``Exists``
 #: covers both ``nvidia.com/gpu=present:NoSchedule`` and a value-less taint.
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -183,3 +198,32 @@ def gpu_from_selector(selector: dict) -> str | None:
         if selector.get(label):
             return model_from_instance_type(str(selector[label]))
     return None
+
+
+def replicas(labels: dict) -> int:
+    """How many servers share each GPU of a node with these labels (1: not shared)."""
+    try:
+        return max(int(str(labels.get(REPLICAS_LABEL, "1"))), 1)
+    except ValueError:
+        return 1
+
+
+def node_slices(allocatable: dict, labels: dict) -> list[tuple[str, str, int]]:
+    """The GPU slices a node offers: ``(resource, suffix, count)`` with suffix
+    ``MIG-1g.10gb`` or ``shared`` (the catalog name is ``<model>-<suffix>``)."""
+    out = []
+    for resource, value in sorted(allocatable.items()):
+        if resource.startswith(MIG_RESOURCE_PREFIX):
+            out.append((resource, "MIG-" + resource[len(MIG_RESOURCE_PREFIX):], _count(value)))
+    if SHARED_RESOURCE in allocatable:
+        out.append((SHARED_RESOURCE, "shared", _count(allocatable[SHARED_RESOURCE])))
+    elif replicas(labels) > 1 and GPU_RESOURCE in allocatable:
+        out.append((GPU_RESOURCE, "shared", _count(allocatable[GPU_RESOURCE])))
+    return [s for s in out if s[2] > 0]
+
+
+def _count(value) -> int:
+    try:
+        return int(float(str(value)))
+    except ValueError:
+        return 0

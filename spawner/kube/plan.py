@@ -48,12 +48,15 @@ class PodPlan:
     make_pod_kwargs: dict = field(default_factory=dict)
     #: labels that select spot nodes, applied only when the launch asks for spot
     spot_selector: dict = field(default_factory=dict)
+    #: the resource the GPUs are asked as: ``nvidia.com/gpu``, or a slice's
+    #: (``nvidia.com/mig-1g.10gb``, ``nvidia.com/gpu.shared``)
+    gpu_resource: str = GPU_RESOURCE
 
     def resource_limits(self) -> dict:
         """``extra_resource_limits`` with the GPU count the plan asks for."""
         limits = dict(self.extra_resource_limits)
         if self.gpu_count:
-            limits[GPU_RESOURCE] = str(self.gpu_count)
+            limits[self.gpu_resource] = str(self.gpu_count)
         return limits
 
     def with_spot(self, spot: bool) -> "PodPlan":
