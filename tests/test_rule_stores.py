@@ -1,6 +1,7 @@
 """The RuleStore contract (spawner/providers/ray_firewall.py), run against each cloud's
 store through the same doubles as its provider's tests: AWS on moto, GCP and OCI on
-their local API fakes with the real SDKs. What the sweep builds on: ``ensure`` makes a
+their local API fakes with the real SDKs, Azure, Lambda Cloud and DigitalOcean on their
+local API doubles. What the sweep builds on: ``ensure`` makes a
 cluster's rule once and finds it again, ``list`` finds a hub's rules and only those,
 ``delete`` of a rule already gone is fine."""
 
@@ -20,7 +21,7 @@ from tests.fakes.oci_api import FakeOCI
 SUBNET = "ocid1.subnet.oc1.eu-amsterdam-1.aaaatest"
 
 
-@pytest.fixture(params=["aws", "gcp", "oci"])
+@pytest.fixture(params=["aws", "gcp", "oci", "azure", "lambda", "digitalocean"])
 def cloud(request, monkeypatch, oci_config):
     """(the cloud's RuleStore, the place its rules are in)."""
     if request.param == "aws":
@@ -36,6 +37,34 @@ def cloud(request, monkeypatch, oci_config):
         fake = FakeCompute()
         url = fake.start()
         yield GCPProvider(api_endpoint=url, anonymous_credentials=True, project="p").ray_rules.store, "us-central1-a"
+        fake.stop()
+    elif request.param == "azure":
+        from cloudhop.spawner.providers.azure import AzureProvider
+        from tests.fakes.azure_api import FakeAzure
+        from tests.new_clouds import AZURE_SUBNET
+
+        fake = FakeAzure()
+        url = fake.start()
+        yield AzureProvider(api_endpoint=url, anonymous_credentials=True, subscription_id="sub-test",
+                            resource_group="rg-test", subnet_id=AZURE_SUBNET, poll_seconds=0).ray_rules.store, "eastus"
+        fake.stop()
+    elif request.param == "lambda":
+        from cloudhop.spawner.providers.lambda_cloud import LambdaProvider
+        from tests.fakes.lambda_api import FakeLambda
+
+        fake = FakeLambda(key="rules-key")
+        url = fake.start()
+        monkeypatch.setenv("LAMBDA_API_KEY", "rules-key")
+        yield LambdaProvider(api_endpoint=url + "/api/v1").ray_rules.store, "us-east-1"
+        fake.stop()
+    elif request.param == "digitalocean":
+        from cloudhop.spawner.providers.digitalocean import DigitalOceanProvider
+        from tests.fakes.digitalocean_api import FakeDigitalOcean
+
+        fake = FakeDigitalOcean(token="rules-token")
+        url = fake.start()
+        monkeypatch.setenv("DIGITALOCEAN_TOKEN", "rules-token")
+        yield DigitalOceanProvider(api_endpoint=url).ray_rules.store, "tor1"
         fake.stop()
     else:
         from cloudhop.spawner.providers.oci import OCIProvider
