@@ -364,10 +364,10 @@ class Policy(LoggingConfigurable):
         return LedgerSpend(ledger_for(self.config))
 
     def ledger_budgets(self) -> dict[str, float]:
-        """The budgets admins set at runtime (group -> USD), when ``spend`` is the
-        ledger's; they replace the configured ``usd`` of groups that have a budget."""
-        ledger = getattr(self.spend, "ledger", None)
-        return ledger.budgets() if ledger is not None else {}
+        """The budgets admins set at runtime (group -> USD, kept in the spend ledger, also
+        when ``spend`` is an operator's own); they replace the configured ``usd`` of
+        groups that have a budget."""
+        return ledger_for(self.config).budgets()
 
     def with_budget(self, policy: GroupPolicy, overrides: dict) -> GroupPolicy:
         if policy.budget_usd is not None and policy.group in overrides:

@@ -147,3 +147,13 @@ async def test_the_home_page_notice_warns_from_80_percent(tmp_path):
     spend_in(c, "ana", 1.5)
     notice = s.budget_notice
     assert notice["kind"] == "warning" and "85% of your $10.00 budget this week" in notice["message"]
+
+
+def test_an_admins_budget_holds_with_an_operators_own_spend_hook(tmp_path):
+    c = ledger_config(tmp_path, {"default": {"budget": {"usd": 5, "lookahead_minutes": 0}}})
+    policy = Policy(config=c)
+    policy.spend = lambda user, group, since: 7.0  # the operator's accounting
+    with pytest.raises(PolicyError):
+        policy.check_budget([], "ana", 1.0)
+    ledger_for(c).set_budget("default", 8.0)
+    policy.check_budget([], "ana", 1.0)
