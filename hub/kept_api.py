@@ -96,15 +96,14 @@ class KeptHandler(APIHandler):
             raise web.HTTPError(409, "the kept entry names no reachable notebook node; discard it")
         base = url_path_join(user.url, url_escape_path(spawner.name) + "/" if spawner.name else "")
         url = f"http://{node['ip']}:{node.get('port')}{base}"
-        token = user.new_api_token(note=f"cloudhop hibernate {spawner.name}", expires_in=600,
-                                   scopes=[f"access:servers!server={user.name}/{spawner.name}"])
+        token = durable.call_token(user, spawner.name)
         try:
             reply = await durable.hibernate(url, token, kernels=spawner.hibernate_kernels,
                                             timeout=spawner.hibernate_timeout)
         except durable.HibernateError as err:
             raise web.HTTPError(502, f"the snapshot failed again: {err}; the node stays kept") from None
         finally:
-            spawner._forget_token(token)
+            durable.forget_token(user, token)
         return reply["id"]
 
 

@@ -173,6 +173,25 @@ async def wait_restored(server_url: str, token: str, *, timeout: float, interval
     raise RestoreError(f"the restore did not finish within {timeout:.0f} s (c.CloudhopSpawner.restore_timeout)")
 
 
+def call_token(user, server: str) -> str:
+    """A new token of ``user``'s (a JupyterHub ``User``) for calling the API of their
+    server ``server`` alone, living ten minutes at most: the hub's call to a server whose
+    own token it does not know (JupyterHub keeps tokens hashed). :func:`forget_token`
+    deletes it after the call."""
+    return user.new_api_token(note=f"cloudhop hibernate {server}", expires_in=600,
+                              scopes=[f"access:servers!server={user.name}/{server}"])
+
+
+def forget_token(user, token: str) -> None:
+    """Delete ``token`` (from :func:`call_token`) from the hub's database."""
+    from jupyterhub import orm
+
+    row = orm.APIToken.find(user.db, token)
+    if row is not None:
+        user.db.delete(row)
+        user.db.commit()
+
+
 def kept_entry(refs: list[dict], reason: str, *, node: dict | None = None, offer: dict | None = None,
                request: dict | None = None) -> dict:
     """The state's record of the nodes a stop kept because its snapshot failed: the

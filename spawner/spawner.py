@@ -751,17 +751,7 @@ class CloudhopSpawner(Spawner):
         ten minutes at most; ``(token, minted)``, a minted one deleted after the call."""
         if self.api_token:
             return self.api_token, False
-        token = self.user.new_api_token(note=f"cloudhop hibernate {self.name or ''}", expires_in=600,
-                                        scopes=[f"access:servers!server={self.user.name}/{self.name or ''}"])
-        return token, True
-
-    def _forget_token(self, token: str) -> None:
-        from jupyterhub import orm
-
-        row = orm.APIToken.find(self.user.db, token)
-        if row is not None:
-            self.user.db.delete(row)
-            self.user.db.commit()
+        return durable.call_token(self.user, self.name or ""), True
 
     async def _hibernate(self) -> bool:
         """Snapshot the running server before its nodes go; True when they may go. A
@@ -784,7 +774,7 @@ class CloudhopSpawner(Spawner):
                                             timeout=self.hibernate_timeout)
         except durable.HibernateError as err:
             if minted:
-                self._forget_token(token)
+                durable.forget_token(self.user, token)
             refs = list(self.nodes) or [NodeRef(provider=node.provider, id=node.id, role=NOTEBOOK_ROLE,
                                                 region=node.region).to_dict()]
             self.kept.append(durable.kept_entry(
@@ -801,7 +791,7 @@ class CloudhopSpawner(Spawner):
             self.will_resume = True
             return False
         if minted:
-            self._forget_token(token)
+            durable.forget_token(self.user, token)
         self.hibernated_snapshot, self.hibernating = reply["id"], None
         self.log.info("%s: hibernated into snapshot %s (%s in %s files, %s kernel(s), %.1f s); terminating",
                       self._log_name, reply["id"], durable.size_text(reply.get("bytes") or 0), reply.get("files"),
