@@ -373,6 +373,7 @@ class AzureProvider(CloudProvider):
             have = vm.get("tags") or {}
             if all(have.get(k) == str(v) for k, v in tags.items()):
                 node = self._node(vm)
+                # a VM being deleted is on its way out (Azure lists it until it is gone)
                 if node.state != STOPPING and (where in ("*", None) or node.region == where):
                     out.append(node)
         return out
