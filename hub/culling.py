@@ -22,17 +22,22 @@ arbiter) stops servers whose time is up; the hub's activity endpoint
 from __future__ import annotations
 
 import datetime
+import functools
 import html
 import json
 import logging
 from dataclasses import dataclass
 
-from traitlets import Bool, Float, Int, validate
-from traitlets.config import Configurable
-
-from cloudhop.spawner.cull_rules import CULL_RULES, CullRules, most_generous, parse_cull_rules
+from cloudhop.spawner.cull_rules import (
+    CULL_RULES,
+    CullRules,
+    most_generous,
+    parse_cull_rules,
+)
 from cloudhop.spawner.policy import Policy
 from cloudhop.spawner.validate import check_number
+from traitlets import Bool, Float, Int, validate
+from traitlets.config import Configurable
 
 log = logging.getLogger("cloudhop.culling")
 
@@ -169,7 +174,7 @@ class CullSettings:
     groups: dict | None = None  # raw c.Policy.groups (only their culling rules are read)
 
     @classmethod
-    def from_config(cls, config, *, idle_minutes: float | None = None) -> "CullSettings":
+    def from_config(cls, config, *, idle_minutes: float | None = None) -> CullSettings:
         """The settings in a JupyterHub config (``c``); a bad group rule raises the
         policy's ``TraitError`` naming it. ``idle_minutes`` overrides the default."""
         culler = CloudhopCuller(config=config)
@@ -189,8 +194,7 @@ class CullSettings:
     def shortest_minutes(self) -> float | None:
         """The shortest idle or running-time limit anywhere (for the check interval)."""
         limits = [self.idle_minutes] if self.idle_minutes else []
-        for g, raw in (self.groups or {}).items():
-            rules = parse_cull_rules(f"Policy.groups[{g!r}]", raw)
+        for rules in self._rules.values():
             limits += [m for _, m in rules.idle_minutes or ()]
             if rules.max_hours:
                 limits.append(rules.max_hours * 60)
@@ -208,24 +212,25 @@ class CullSettings:
         return json.dumps({k: getattr(self, k) for k in self.__dataclass_fields__})
 
     @classmethod
-    def from_json(cls, text: str) -> "CullSettings":
+    def from_json(cls, text: str) -> CullSettings:
         return cls(**json.loads(text))
 
     # -- decisions ----------------------------------------------------------------------
 
+    @functools.cached_property
     def _policy(self) -> Policy:
-        policy = self.__dict__.get("_policy_obj")
-        if policy is None:
-            policy = Policy(groups=self.groups or {})
-            object.__setattr__(self, "_policy_obj", policy)
-        return policy
+        """The policy of these groups (for its union rule: which groups apply to a user)."""
+        return Policy(groups=self.groups or {})
+
+    @functools.cached_property
+    def _rules(self) -> dict[str, CullRules]:
+        return {g: parse_cull_rules(f"Policy.groups[{g!r}]", raw or {}) for g, raw in (self.groups or {}).items()}
 
     def limits(self, groups, gpu: str | None) -> tuple[float | None, float | None]:
         """``(idle minutes, max hours)`` for a server with GPU type ``gpu`` of a member of
         ``groups``: the groups that apply by the policy's union rule, most generous."""
-        applicable = self._policy().for_groups(groups)
-        rules = [parse_cull_rules(p.group, (self.groups or {}).get(p.group) or {}) for p in applicable]
-        return most_generous(rules or [CullRules()], gpu, self.idle_minutes)
+        rules = [self._rules.get(p.group, CullRules()) for p in self._policy.for_groups(groups)]
+        return most_generous(rules, gpu, self.idle_minutes)
 
     def decide(self, *, groups, gpu: str | None, started, last_activity,
                now: datetime.datetime | None = None) -> Decision:

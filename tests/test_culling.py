@@ -10,15 +10,14 @@ import json
 import math
 
 import pytest
-from traitlets import TraitError
-from traitlets.config import Config
-
 from cloudhop.extensions import gpustats
 from cloudhop.extensions.activity import gpu_busy
 from cloudhop.hub.culling import CullSettings, decide, server_gpu
 from cloudhop.hub.culling_api import _check_gpus
 from cloudhop.hub.services import CULLER_SCOPES, add_idle_culler
 from cloudhop.spawner.policy import Policy
+from traitlets import TraitError
+from traitlets.config import Config
 
 UTC = datetime.timezone.utc
 T0 = datetime.datetime(2026, 1, 5, 12, 0, tzinfo=UTC)

@@ -9,15 +9,14 @@ import time
 import types
 
 import pytest
-from prometheus_client import REGISTRY
-from tornado import web
-from traitlets.config import Config
-
 from cloudhop.hub import metrics
 from cloudhop.hub.tokens_api import check_move_change
 from cloudhop.spawner import events
 from cloudhop.spawner.ledger import Wanted, ledger_for
 from cloudhop.spawner.policy import Policy
+from prometheus_client import REGISTRY
+from tornado import web
+from traitlets.config import Config
 
 
 def value(name: str, **labels) -> float:
