@@ -745,10 +745,10 @@ class CloudhopSpawner(Spawner):
                                  reason="restore-failed", status_code=500) from None
 
     def _call_token(self) -> tuple[str, bool]:
-        """A token for the hub's call to this server's own API: the server's token when
-        this hub process knows it, else (a hub restarted since the spawn: JupyterHub
-        keeps tokens hashed) a new one of the owner's for this server only, which lives
-        ten minutes at most; ``(token, minted)``, a minted one deleted after the call."""
+        """A token for the hub's call to this server's own API, ``(token, minted)``: the
+        server's token when this hub process knows it, else a short-lived one of the
+        owner's for this server alone (:func:`.durable.call_token`; a hub restarted since
+        the spawn), which the caller deletes after the call."""
         if self.api_token:
             return self.api_token, False
         return durable.call_token(self.user, self.name or ""), True
