@@ -56,6 +56,7 @@ SERVER_ENDPOINTS = [
     ("POST", "/user/{u}/cloudhop/api/restore", {"snapshot": "nosuch"}),
     ("GET", "/user/{u}/cloudhop/api/migrations/0123abcd", None),
     ("POST", "/user/{u}/cloudhop/api/migrations", {"region": "nowhere"}),
+    ("POST", "/user/{u}/cloudhop/api/snapshots", {"reason": "manual", "kernels": False}),
     ("GET", "/user/{u}/cloudhop/ray", None),
     ("POST", "/user/{u}/cloudhop/ray/workers", {"workers": 0}),
     ("GET", "/user/{u}/cloudhop/api/activity", None),

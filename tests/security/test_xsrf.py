@@ -33,6 +33,8 @@ CHANGES = [
     ("POST", "/hub/api/cloudhop/rescue/{u}", {"snapshot": "0" * 64, "notice": {"cloud": "aws"}}, 409, False),
     # past authentication and XSRF, the move stops at the option check
     ("POST", "/user/{u}/cloudhop/api/migrations", {"region": "nowhere"}, 400, False),
+    # a snapshot of ada's server into its own line (what a hibernating stop asks for)
+    ("POST", "/user/{u}/cloudhop/api/snapshots", {"reason": "manual", "kernels": False}, 200, False),
     # a restore of a snapshot the store does not have: it starts, fails and writes nothing
     ("POST", "/user/{u}/cloudhop/api/restore", {"snapshot": "nosuch"}, 202, False),
     ("POST", "/user/{u}/cloudhop/ray/workers", {"workers": 1}, 200, True),
