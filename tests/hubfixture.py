@@ -81,9 +81,7 @@ class HubProcess:
         log = open(self.log_path, "ab")
         started_at = log.tell()
         self.proc = subprocess.Popen(
-            [self.python, "-m", "cloudhop.hub.cli", "up", "--port", str(self.port),
-             "--data-dir", str(self.data_dir), "--config", str(self.config_path), *self.args],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -99,6 +97,11 @@ class HubProcess:
                 pass
             time.sleep(0.3)
         raise TimeoutError(f"hub did not answer in {timeout}s:\n{self.log()}")
+
+    def command(self) -> list[str]:
+        """The hub's command line: ``cloudhop up`` (a subclass may start another hub)."""
+        return [self.python, "-m", "cloudhop.hub.cli", "up", "--port", str(self.port),
+                "--data-dir", str(self.data_dir), "--config", str(self.config_path), *self.args]
 
     def _says_running(self, offset: int) -> bool:
         """Whether the hub has logged, after ``offset``, that it is running."""
