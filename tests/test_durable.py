@@ -170,3 +170,19 @@ async def test_a_stop_whose_snapshot_fails_keeps_every_node_and_the_reaper_spare
     t = new_spawner(cloud)
     t.load_state(state)
     assert t.kept == state["kept"] and not t.serving
+
+
+def test_a_snapshot_leaves_out_the_running_servers_runtime_files(tmp_path):
+    """A server's connection files and cookie secret belong to the server that wrote them:
+    a hibernate or a move does not carry them into the next server."""
+    from cloudhop.extensions.snapshot.excludes import DEFAULT_PATTERNS, Excludes
+
+    runtime = tmp_path / ".local" / "share" / "jupyter" / "runtime"
+    runtime.mkdir(parents=True)
+    (runtime / "jupyter_cookie_secret").write_text("secret")
+    (runtime / "kernel-1.json").write_text("{}")
+    (tmp_path / "work.txt").write_text("mine")
+    ex = Excludes(patterns=DEFAULT_PATTERNS)
+    kept = sorted(f.path for f in ex.walk(tmp_path))
+    assert kept and "work.txt" in kept and not [p for p in kept if "runtime" in p]
+    assert [(s.path, s.cache) for s in ex.skipped] == [(".local/share/jupyter/runtime", True)]

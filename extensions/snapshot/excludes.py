@@ -36,6 +36,9 @@ CACHE_PATTERNS = (
     ".npm",
     # JupyterLab's layout, which Lab rewrites as the user clicks (a move would race it)
     ".jupyter/lab/workspaces",
+    # the running server's own runtime files (its connection files and cookie secret, its
+    # kernels' connection files): each server writes its own at start
+    ".local/share/jupyter/runtime",
 )
 #: the default of ``c.CloudhopMigration.exclude``
 DEFAULT_PATTERNS = CACHE_PATTERNS
