@@ -306,10 +306,11 @@ class CloudhopSpawner(Spawner):
                 return pick
         return auto_pick(offers, spot=spot) or auto_pick(offers, gpu_count=0)
 
-    async def parse_request(self) -> LaunchRequest:
+    async def parse_request(self, offers: list[Offer] | None = None) -> LaunchRequest:
         """Validate ``self.user_options`` in one step; a bad option is a 400 naming the
-        field, one the user's group policy forbids a 403 naming the field and the rule."""
-        offers = await self.all_offers()
+        field, one the user's group policy forbids a 403 naming the field and the rule.
+        ``offers``: :meth:`all_offers`' answer when the caller already has it."""
+        offers = await self.all_offers() if offers is None else offers
         try:
             return validate_request(
                 self.user_options, offers, self.policy, self.user_groups(),
@@ -467,12 +468,14 @@ class CloudhopSpawner(Spawner):
 
     async def _record_attempt(self, record: dict) -> None:
         """Each attempt of the failover walk: a progress event as it starts and ends, and
-        once it ends, a line in the server's state (saved at once, so the walk so far
-        shows in the hub's database while it goes on)."""
+        once it ends, a line in the server's state (a failed one saved at once, so the walk
+        so far shows in the hub's database while it goes on; the launched one is saved by
+        :meth:`_launch` with its node, one write)."""
         attempt = Attempt.from_dict(record)
         if attempt.state != "launching":
             self.attempts.append(attempt.to_dict())
-            self._save_state()
+            if attempt.state == "failed":  # a launched node's state is saved by _launch, with its node
+                self._save_state()
             announce("attempt", provider=attempt.offer.split("/", 1)[0], outcome=attempt.state,
                      reason=attempt.reason, seconds=attempt.seconds)
         if attempt.state == "launching":
@@ -503,10 +506,11 @@ class CloudhopSpawner(Spawner):
         self.attempts = []
         self.serving = False
         self.hibernated_snapshot = None
-        request = await self.parse_request()
+        every = await self.all_offers()  # the providers are asked once per spawn
+        request = await self.parse_request(every)
         self.request = request
         self.restore_id = await self._pick_restore(request)
-        offers = await self.user_offers()
+        offers = self.policy.filter_offers(every, self.user_groups())
         # whether this spawn goes through Ray is decided once, here
         ray = self.ray_launcher if request.ray is not None else None
         self.ray_cluster = None
