@@ -552,7 +552,8 @@ def test_large_buffers_written_and_read_in_pieces_come_back_whole(tmp_path, monk
     data = np.random.default_rng(1).integers(0, 255, (3 << 20) + 12345, dtype=np.uint8)
     assert len(agent._pieces(data.nbytes)) == 4
     writer = agent._Writer(tmp_path / "buffers.bin")
-    spans = [writer.write(b"abc"), writer.write(data, align=agent.ALIGN), writer.write(b"xyz", align=agent.ALIGN)]
+    spans = [writer.write(b"abc"), writer.write(data, align=agent.ALIGN), writer.write(b"xyz", align=agent.ALIGN),
+             writer.write(b"", align=agent.ALIGN)]  # an empty buffer (an empty array's) too
     writer.close()
     assert spans[1][0] % agent.ALIGN == 0 and spans[2][0] % agent.ALIGN == 0
     reader = agent._Reader(tmp_path / "buffers.bin")
@@ -560,5 +561,6 @@ def test_large_buffers_written_and_read_in_pieces_come_back_whole(tmp_path, monk
         assert bytes(reader.read_into_new(*spans[0])) == b"abc"
         assert np.array_equal(reader.read_into_new(*spans[1], numpy_ok=True), data)
         assert bytes(reader.read_into_new(*spans[2])) == b"xyz"
+        assert bytes(reader.read_into_new(*spans[3])) == b""
     finally:
         reader.close()

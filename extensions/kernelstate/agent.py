@@ -106,10 +106,12 @@ THREADS = 4
 def _pieces(length):
     """``(start, end)`` spans cutting ``length`` bytes into page-aligned pieces, one per
     thread (one piece below :data:`PARALLEL_MIN`)."""
+    if length <= 0:
+        return [(0, 0)]
     n = min(THREADS, os.cpu_count() or 1) if length >= PARALLEL_MIN else 1
     step = -(-length // n)
     step += -step % 4096
-    return [(a, min(a + step, length)) for a in range(0, length, step)] or [(0, 0)]
+    return [(a, min(a + step, length)) for a in range(0, length, step)]
 
 
 def _each(fn, pieces):
