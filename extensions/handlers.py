@@ -44,6 +44,15 @@ class CloudhopHandler(APIHandler):
         if getattr(self.current_user, "username", None) != os.environ.get("JUPYTERHUB_USER"):
             raise web.HTTPError(403, "only the server's owner may do this")
 
+    def json_object(self, example: str) -> dict:
+        """The request's JSON body as a dict (``{}`` when empty or not an object, so the
+        field it lacks is named); a 400 showing ``example`` when it is not JSON."""
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, f"the body must be JSON like {example}") from None
+        return body if isinstance(body, dict) else {}
+
 
 class MigrationAPIHandler(CloudhopHandler):
     """Base of the move's handlers: the server's :class:`~.migrate.Migrator`, and its
@@ -140,11 +149,7 @@ class RestoreHandler(MigrationAPIHandler):
     @authorized
     async def post(self):
         self.check_owner()
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, 'the body must be JSON: {"snapshot": "<id>"}') from None
-        sid = body.get("snapshot") if isinstance(body, dict) else None
+        sid = self.json_object('{"snapshot": "<id>"}').get("snapshot")
         if not isinstance(sid, str) or not SNAPSHOT.match(sid):
             raise web.HTTPError(400, "snapshot: must be a snapshot id (letters, digits, '-' and '_')")
         if self.restorer is None:

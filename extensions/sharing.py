@@ -79,11 +79,8 @@ class SharesHandler(CloudhopHandler):
     @authorized
     async def post(self):
         self.check_owner()
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "the body must be JSON") from None
-        if not isinstance(body, dict) or sum(k in body for k in ("code", "user", "group")) != 1:
+        body = self.json_object('{"code": true, "expires_in": 86400}')
+        if sum(k in body for k in ("code", "user", "group")) != 1:
             raise web.HTTPError(400, 'give one of "code": true, "user": name or "group": name')
         if "code" in body:
             expires = body.get("expires_in", DEFAULT_EXPIRES)

@@ -118,7 +118,7 @@ def apply(c, workshop: Workshop) -> list[str]:
               "none": "CPU only"}[workshop.gpu]
     return [
         f"group {group!r} with {workshop.students} seats; everyone who logs in but the admin joins it",
-        f"students log in with any name and the shared password; the admin is the instructor",
+        "students log in with any name and the shared password; the admin is the instructor",
         f"policy for {group!r}: one server each, GPUs {', '.join(workshop.gpu_rule)}",
         f"GPUs: {slices} (local region {REGION!r})",
         f"idle servers stop after {workshop.cull_minutes} minutes",

@@ -18,6 +18,7 @@ from cloudhop.extensions.hubclient import HubError
 from cloudhop.hub.instructor import SERVICE_NAME, refusal, render, running_rows, seats
 from fakes.nvml import fake_env, mig_gpu
 from test_lab_extension import ARGS, CHROMIUM, NOTEBOOK, SCREENSHOTS
+from test_sharing import login
 
 NOW = datetime.datetime(2026, 5, 4, 12, 0, tzinfo=datetime.timezone.utc)
 TESTS = str(Path(__file__).parent)
@@ -80,16 +81,6 @@ STUDENTS = {"s1": {"region": "mig", "gpu": "A100-80GB-MIG-1g.10gb"}, "s2": {"reg
             "s3": {"region": "shared", "gpu": "L4-shared"}}
 
 
-def _login(browser, hub, name, password):
-    page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
-    page.goto(f"{hub.url}/hub/login")
-    page.fill("#username_input", name)
-    page.fill("#password_input", password)
-    page.click("#login_submit")
-    page.wait_for_url(re.compile(r".*/hub/(home|spawn).*"), timeout=60_000)
-    return page
-
-
 @pytest.mark.e2e
 @pytest.mark.browser
 def test_instructor_lists_slices_hands_out_a_notebook_and_stops_a_group(hub_factory, tmp_path):
@@ -115,7 +106,7 @@ def test_instructor_lists_slices_hands_out_a_notebook_and_stops_a_group(hub_fact
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
             # a helper who may look but not stop: the refusal names the permission
-            ta = _login(browser, hub, "ta", user_password)
+            ta = login(browser, hub, "ta", user_password)
             ta.goto(url)
             ta.locator("#ch-servers").wait_for(timeout=60_000)
             assert ta.locator("#ch-servers tr").count() == 1 + 3, ta.content()[:2000]
@@ -126,7 +117,7 @@ def test_instructor_lists_slices_hands_out_a_notebook_and_stops_a_group(hub_fact
             assert all(hub.server_model(s)["ready"] for s in STUDENTS), "nothing was stopped"
 
             # the instructor (an admin), from the hub's navigation
-            teacher = _login(browser, hub, getpass.getuser(), admin_password)
+            teacher = login(browser, hub, getpass.getuser(), admin_password)
             teacher.goto(f"{hub.url}/hub/home")
             teacher.locator(".dropdown-toggle", has_text="Services").click()
             teacher.locator(f"a.dropdown-item[href*='/services/{SERVICE_NAME}/']").click()

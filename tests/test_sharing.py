@@ -33,7 +33,8 @@ def test_users_and_server_tokens_get_the_sharing_scopes():
     assert "shares!server" in c.Spawner.server_token_scopes, "a server's token shares that server only"
 
 
-def _login(browser, hub, name, password):
+def login(browser, hub, name, password):
+    """A page of a new browser context, logged in to the hub as ``name``."""
     page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
     page.goto(f"{hub.url}/hub/login")
     page.fill("#username_input", name)
@@ -71,7 +72,7 @@ def test_share_link_lets_a_second_user_run_a_cell_until_the_owner_stops_sharing(
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
-            zoe = _login(browser, hub, "zoe", password)
+            zoe = login(browser, hub, "zoe", password)
             zoe.goto(f"{hub.url}/user/zoe/lab")
             zoe.locator("#cloudhop-status").wait_for(timeout=120_000)  # Lab and Cloudhop loaded
             zoe.locator('.lm-TabBar-tab[data-id="cloudhop-sidebar"]').click()  # its tab on the left
@@ -88,7 +89,7 @@ def test_share_link_lets_a_second_user_run_a_cell_until_the_owner_stops_sharing(
             share.screenshot(path=str(SCREENSHOTS / "lab-share.png"))
 
             # bob opens the link, accepts, and runs a cell in zoe's notebook
-            bob = _login(browser, hub, "bob", password)
+            bob = login(browser, hub, "bob", password)
             bob.goto(link)
             bob.locator("form button[type=submit]", has_text="Accept").click()
             # JupyterHub asks bob once whether zoe's server may know who he is
