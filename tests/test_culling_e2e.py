@@ -1,5 +1,6 @@
 """Culling and metrics end to end, on one hub with a 1-minute idle policy: a server whose
-kernel is busy and one whose (fake) GPU is busy are kept while an idle one is culled; a
+kernel is busy and one whose (fake) GPU is busy are kept while an idle one is culled (and
+an idle T4 server, whose GPU type has a longer limit, is kept too); a
 server about to be culled is warned and "keep running" counts as activity; and
 ``/hub/metrics`` parses with prometheus_client and holds every Cloudhop family after the
 spawns. In Chromium, JupyterLab shows the warning with its "Keep running" button (a
@@ -22,7 +23,8 @@ from test_lab_extension import ARGS, CHROMIUM, SCREENSHOTS, _chromium_or_skip
 
 pytestmark = pytest.mark.e2e
 TESTS = str(Path(__file__).parent)
-GPUS = [{"name": "Tesla T4", "memory_gib": 15, "uuid": "GPU-fake-0000", "utilization": 85}]
+GPUS = [{"name": "Tesla T4", "memory_gib": 15, "uuid": "GPU-fake-0000", "utilization": 85},
+        {"name": "Tesla T4", "memory_gib": 15, "uuid": "GPU-fake-0001", "utilization": 0}]
 FAMILIES = {
     "cloudhop_spawn_duration_seconds", "cloudhop_launch_duration_seconds", "cloudhop_failover_attempts",
     "cloudhop_running_nodes", "cloudhop_spend_rate_usd_per_hour", "cloudhop_spend_usd",
@@ -57,7 +59,7 @@ def wait_for(check, timeout: float, what: str, hub):
 
 CONFIG = f"""
 c.LocalProvider.nvml_module = "fakes.nvml"
-c.Policy.groups = {{"default": {{"providers": ["local"], "idle_minutes": 1}},
+c.Policy.groups = {{"default": {{"providers": ["local"], "idle_minutes": {{"none": 1, "T4": 10}}}},
                     "lab": {{"providers": ["local"], "idle_minutes": 60}}}}
 c.CloudhopCuller.every = 5
 c.CloudhopCuller.report_seconds = 5
@@ -121,10 +123,7 @@ def lab_warns(hub) -> None:
 
 
 def test_busy_servers_are_kept_while_an_idle_one_is_culled(hub):
-    hub.spawn("idle", {"provider": "local", "gpu": "none"})
-    hub.spawn("keeper", {"provider": "local", "gpu": "none"})
     hub.spawn("busy", {"provider": "local", "gpu": "none"})
-    hub.spawn("gpu", {"provider": "local", "gpu": "T4", "gpu_count": 1})
     kernel = hub.kernel("busy")
 
     def train():  # a long step sends no messages: only the kernel's "busy" state says it works
@@ -133,6 +132,11 @@ def test_busy_servers_are_kept_while_an_idle_one_is_culled(hub):
         except Exception:  # noqa: BLE001 - the connection closed at the end of the test
             pass
     threading.Thread(target=train, daemon=True).start()
+    hub.spawn("gpu", {"provider": "local", "gpu": "T4", "gpu_count": 1})  # the busy GPU
+    hub.spawn("t4idle", {"provider": "local", "gpu": "T4", "gpu_count": 1})  # the idle one
+    # the 1-minute servers last, so none is culled before the checks below
+    hub.spawn("keeper", {"provider": "local", "gpu": "none"})
+    hub.spawn("idle", {"provider": "local", "gpu": "none"})
 
     # the metrics after the spawns: every family, in a text prometheus_client parses
     r = requests.get(f"{hub.url}/hub/metrics", timeout=30)
@@ -141,9 +145,9 @@ def test_busy_servers_are_kept_while_an_idle_one_is_culled(hub):
     assert FAMILIES <= set(families), FAMILIES - set(families)
     spawns = [s for s in families["cloudhop_spawn_duration_seconds"].samples
               if s.name.endswith("_count") and s.labels == {"provider": "local", "status": "ready"}]
-    assert spawns and spawns[0].value >= 4
+    assert spawns and spawns[0].value >= 5
     nodes = {(s.labels["gpu"], s.value) for s in families["cloudhop_running_nodes"].samples}
-    assert nodes == {("none", 3), ("T4", 1)}, nodes
+    assert nodes == {("none", 3), ("T4", 2)}, nodes
 
     # a warning before the cull (here the window is longer than the limit: at once), and
     # "keep running" puts the cull off
@@ -169,7 +173,7 @@ def test_busy_servers_are_kept_while_an_idle_one_is_culled(hub):
     wait_for(lambda: hub.server_model("idle") is None, 150, "the idle server's cull", hub)
     assert time.monotonic() - started < 150
     assert "Culling server idle (idle" in hub.log_path.read_text(errors="replace")
-    for user in ("busy", "gpu"):
+    for user in ("busy", "gpu", "t4idle"):
         assert hub.server_model(user) is not None, f"{user}'s server was culled:\n{hub.log()}"
         assert (hub.server_model(user) or {}).get("ready")
     kernel.close()
