@@ -80,9 +80,13 @@ def test_only_the_owner_and_admins_read_usage_and_only_admins_change_budgets(hub
     assert hub.api("PUT", "/cloudhop/budgets/no-such-group", json={"usd": 5}).status_code == 404
 
     # the admins' usage page
-    page = browser(hub, "mallory").get(f"{hub.url}/hub/cloudhop/usage", timeout=30)
+    user_browser = browser(hub, "mallory")
+    page = user_browser.get(f"{hub.url}/hub/cloudhop/usage", timeout=30)
     assert page.status_code == 403 and "42.00" not in page.text
-    page = browser(hub, getpass.getuser(), "admin_password").get(f"{hub.url}/hub/cloudhop/usage", timeout=30)
+    assert 'id="cloudhop-usage-link"' not in user_browser.get(f"{hub.url}/hub/home", timeout=30).text
+    admin = browser(hub, getpass.getuser(), "admin_password")
+    assert 'id="cloudhop-usage-link"' in admin.get(f"{hub.url}/hub/home", timeout=30).text
+    page = admin.get(f"{hub.url}/hub/cloudhop/usage", timeout=30)
     assert page.status_code == 200 and 'data-group="default"' in page.text
     assert "<td>vera</td><td class=\"text-end\">42.00</td>" in page.text
 
