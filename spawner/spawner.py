@@ -809,10 +809,12 @@ class CloudhopSpawner(Spawner):
         state = super().get_state()
         if self.kept:
             state.update({"version": STATE_VERSION, "kept": list(self.kept)})
-        # written only when set, so a state without them reads as before
-        for key, value in (("serving", self.serving), ("hibernating", self.hibernating),
-                           ("hibernated", self.hibernated_snapshot)):
-            if value and (self.node or self.nodes):
+        if self.node or self.nodes:
+            # always written with a node: a state without it is from before hibernation
+            # existed, whose server had finished starting (see load_state)
+            state["serving"] = self.serving
+        for key, value in (("hibernating", self.hibernating), ("hibernated", self.hibernated_snapshot)):
+            if value and (self.node or self.nodes):  # written only when set
                 state[key] = value
         if self.node or self.nodes:
             state.update({
@@ -843,7 +845,8 @@ class CloudhopSpawner(Spawner):
         self.nodes = list(state.get("nodes") or [])
         self.attempts = list(state.get("attempts") or [])
         self.kept = [k for k in state.get("kept") or [] if isinstance(k, dict)]
-        self.serving = state.get("serving") is True
+        # a state saved before hibernation existed has no "serving": its server ran
+        self.serving = bool(self.node or self.nodes) and state.get("serving", True) is True
         self.hibernated_snapshot = state.get("hibernated") if isinstance(state.get("hibernated"), str) else None
         if state.get("hibernating") and self.nodes:
             # the hub stopped (or was killed) while a stop took its snapshot: the node was

@@ -186,3 +186,22 @@ def test_a_snapshot_leaves_out_the_running_servers_runtime_files(tmp_path):
     kept = sorted(f.path for f in ex.walk(tmp_path))
     assert kept and "work.txt" in kept and not [p for p in kept if "runtime" in p]
     assert [(s.path, s.cache) for s in ex.skipped] == [(".local/share/jupyter/runtime", True)]
+
+
+def test_a_server_started_before_hibernation_existed_hibernates_when_it_stops():
+    """A state saved by an older hub has no "serving": its server had finished starting,
+    so its stop snapshots it; one saved mid-start by this version says it had not."""
+    from test_state import new_spawner
+
+    from instant_cloud import InstantCloud
+
+    cloud = InstantCloud()
+    old = {"version": 1, "node": {"id": "r1/n-1", "provider": "instant", "region": "r1", "state": "running"},
+           "nodes": [{"provider": "instant", "id": "r1/n-1", "role": "notebook", "region": "r1"}]}
+    s = new_spawner(cloud)
+    s.load_state(old)
+    assert s.serving and s.get_state()["serving"] is True
+    s.load_state(dict(old, serving=False))
+    assert not s.serving and s.get_state()["serving"] is False
+    s.load_state({})
+    assert not s.serving
