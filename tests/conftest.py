@@ -11,6 +11,28 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests import their helpers by 
 
 from hubfixture import HubProcess  # noqa: E402
 
+#: test files that must run on one worker, one after the other, when the suite runs in
+#: parallel (pytest-xdist): those sharing the session's fresh install, and those starting
+#: real Ray clusters (a Ray node takes most of a small machine's CPU while it starts)
+SERIAL_GROUPS = {
+    "test_one_install.py": "fresh-venv",
+    "test_lab_extension.py": "fresh-venv",
+    "test_ray_e2e.py": "ray",
+    "test_ray_access_e2e.py": "ray",
+    "test_ray_auth.py": "ray",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """With ``--dist loadgroup`` (the suite's default, see pyproject.toml) every test file
+    runs whole on one worker, so a module's hub fixture starts once; the files named in
+    :data:`SERIAL_GROUPS` share a worker with the others of their group."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            path = item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(SERIAL_GROUPS.get(Path(path).name, path)))
+
 
 @pytest.fixture
 def hub_factory(tmp_path):

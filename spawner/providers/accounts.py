@@ -20,12 +20,16 @@ import pwd
 import re
 import shutil
 import subprocess
+import time
 import threading
 from dataclasses import dataclass
 
 from ..validate import SettingError
 from .base import ProviderError
 
+#: useradd's exit status when /etc/passwd or /etc/group is locked, and how often to try
+USERADD_LOCKED = 10
+USERADD_TRIES = 5
 #: the longest name useradd and utmp take
 MAX_NAME = 32
 #: a portable account name (what Debian's adduser and most tools take)
@@ -153,10 +157,15 @@ def _useradd(name: str, hub_user: str) -> None:
     useradd = shutil.which("useradd") or "/usr/sbin/useradd"
     cmd = [useradd, "--no-create-home", "--home-dir", "/nonexistent", "--user-group", "--no-log-init",
            "--shell", shell, "--comment", mark(hub_user), name]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise AccountError(f"could not make the system account {name!r}: {err}") from err
+    for attempt in range(USERADD_TRIES):
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise AccountError(f"could not make the system account {name!r}: {err}") from err
+        # 10: the account files were locked (another hub, or an admin's useradd): try again
+        if done.returncode != USERADD_LOCKED or lookup(name) is not None:
+            break
+        time.sleep(0.2 * (attempt + 1))
     if done.returncode != 0 and lookup(name) is None:
         detail = (done.stderr or done.stdout).strip().splitlines()
         raise AccountError(f"could not make the system account {name!r}: useradd exited with "
