@@ -14,14 +14,20 @@ one new server (:meth:`HubClient.with_token`). The reaper calls with its service
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 from urllib.parse import quote, urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 #: the media type that makes the hub's list endpoints answer one page with ``_pagination``
 PAGINATION = "application/jupyterhub-pagination+json"
+#: seconds a page of users may take before a backing-off reader waits (:attr:`HubClient.back_off`)
+SLOW_PAGE = 0.5
+#: the longest wait between two pages
+MAX_PAUSE = 10.0
 #: the variables the hub hands a server its own token in
 TOKEN_VARS = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN")
 #: this process's own hub token, once :func:`hold_server_token` took it out of os.environ
@@ -65,6 +71,13 @@ class HubClient:
         self.token = token
         self.user = user
         self.server_name = server_name
+        #: a background reader (the reaper, the culler) sets this: :meth:`users` then
+        #: waits after a slow page (:data:`SLOW_PAGE`) as long as that page took, so it
+        #: takes at most about half of a busy hub's time
+        self.back_off = False
+        #: the last :meth:`users` listing: pages, seconds the hub took, seconds waited
+        self.listing: dict = {}
+        self.sleep = asyncio.sleep
 
     @classmethod
     def from_env(cls, env=os.environ) -> "HubClient":
@@ -237,15 +250,25 @@ class HubClient:
     async def users(self, page: int = 200) -> list[dict]:
         """Every user with their servers' state, read page by page (the hub's
         pagination: ``_pagination.next`` until there is none; a hub that ignores
-        :data:`PAGINATION` answers with a plain list)."""
+        :data:`PAGINATION` answers with a plain list). With :attr:`back_off`, a slow page
+        is followed by a wait; :attr:`listing` says what the listing took."""
         out, offset = [], 0
+        self.listing = listing = {"pages": 0, "seconds": 0.0, "paused": 0.0}
         while True:
             # stopped servers too: a stop that kept its node lists it in the server's state
             query = urlencode({"offset": offset, "limit": page, "include_stopped_servers": "1"})
+            began = time.monotonic()
             reply = await self.request("GET", f"/users?{query}", timeout=30, accept=PAGINATION)
+            took = time.monotonic() - began
+            listing["pages"] += 1
+            listing["seconds"] += took
             items = reply["items"] if isinstance(reply, dict) else reply
             out += items
             nxt = (reply.get("_pagination") or {}).get("next") if isinstance(reply, dict) else None
             if not nxt:
                 return out
             offset = nxt["offset"]
+            if self.back_off and took > SLOW_PAGE:  # the hub is busy: let it serve its users first
+                wait = min(took, MAX_PAUSE)
+                listing["paused"] += wait
+                await self.sleep(wait)

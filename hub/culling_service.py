@@ -26,7 +26,9 @@ class PolicyArbiter:
     """jupyterhub-idle-culler's ``cull_arbiter_hook``: True for a server whose time is
     up under its user's group rules. The culler hands over only the server's model, so
     the arbiter keeps a map of each server's URL to its user and groups, read from the
-    hub at most once per ``refresh`` seconds (and again for a URL it does not know)."""
+    hub at most once per ``refresh`` seconds (and again for a URL it does not know that
+    started after the last read: a server the last read should have listed is not worth
+    another listing of every user)."""
 
     def __init__(self, settings: CullSettings, hub: HubClient, refresh: float = 10, clock=time.monotonic):
         self.settings = settings
@@ -35,8 +37,10 @@ class PolicyArbiter:
         self.clock = clock
         self._owners: dict[str, tuple[str, list[str]]] = {}
         self._read_at = None
+        self._read_wall: datetime.datetime | None = None
 
     async def _read_owners(self) -> None:
+        self._read_wall = datetime.datetime.now(UTC)
         owners = {}
         for user in await self.hub.users():
             groups = list(user.get("groups") or [])
@@ -48,7 +52,9 @@ class PolicyArbiter:
     async def owner(self, server: dict) -> tuple[str, list[str]] | None:
         url = server.get("url") or ""
         stale = self._read_at is None or self.clock() - self._read_at > self.refresh
-        if stale or url not in self._owners:
+        started = parse_time(server.get("started"))
+        new = started is None or self._read_wall is None or started >= self._read_wall
+        if stale or (url not in self._owners and new):
             await self._read_owners()
         return self._owners.get(url)
 
@@ -80,7 +86,9 @@ def main(argv=None) -> None:
     settings = CullSettings.from_json(os.environ[SETTINGS_ENV])
     app = IdleCuller.instance()
     app.initialize(sys.argv[1:] if argv is None else argv)
-    app.cull_arbiter_hook = PolicyArbiter(settings, HubClient.from_env())
+    hub = HubClient.from_env()
+    hub.back_off = True  # its listings never crowd out a busy hub's users
+    app.cull_arbiter_hook = PolicyArbiter(settings, hub)
     logging.getLogger("cloudhop").handlers = app.log.handlers
     logging.getLogger("cloudhop").setLevel(logging.INFO)
     exit_with_hub()

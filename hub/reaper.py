@@ -3,8 +3,9 @@
 Every ``interval`` seconds it
 
 1. reads every *active* server's state from the hub API (``state["nodes"]`` lists every
-   node a server owns: notebook and Ray workers). A stopped server's leftover state does
-   not count: nothing will ever stop its nodes;
+   node a server owns: notebook and Ray workers), a page of users at a time, waiting
+   after a slow page as long as it took (``HubClient.back_off``). A stopped server's
+   leftover state does not count: nothing will ever stop its nodes;
 2. lists the nodes tagged with this hub's id on every enabled provider;
 3. terminates each node that no active server owns and that is older than ``grace``
    seconds (by its launch time, or by when the reaper first saw it when the provider
@@ -106,6 +107,7 @@ class Reaper:
         report = {"started": now, "hub_error": None, "providers": {}}
         try:
             owned = owned_nodes(await self.hub.users())
+            report["hub"] = dict(getattr(self.hub, "listing", None) or {})  # pages, seconds, paused
         except StateVersionError as err:  # a newer hub's state: its nodes cannot be told apart
             report["hub_error"] = f"{err}; reaping nothing until this reaper is upgraded"
             log.error("reaper: %s", report["hub_error"])
@@ -249,7 +251,9 @@ def build(settings: dict, api_url: str, token: str) -> tuple[Reaper, float]:
         from cloudhop.spawner.ledger import Ledger
 
         ledger = Ledger(settings["ledger"])
-    reaper = Reaper(providers, HubClient(api_url, token), settings["hub_id"],
+    hub = HubClient(api_url, token)
+    hub.back_off = True  # a sweep never crowds out a busy hub's users
+    reaper = Reaper(providers, hub, settings["hub_id"],
                     grace=settings["grace"], report=settings.get("report"), ledger=ledger)
     return reaper, settings["interval"]
 

@@ -5,10 +5,20 @@ measures the same at many users against stock JupyterHub; these hold the counts.
 
 from __future__ import annotations
 
+import datetime
+import json
 from types import SimpleNamespace
 
+import pytest
 from instant_cloud import NAME, InstantCloud
+from tornado import httpserver, web
+from tornado.testing import bind_unused_port
 
+from cloudhop.extensions import hubclient
+from cloudhop.extensions.hubclient import HubClient
+from cloudhop.hub.culling import UTC, CullSettings
+from cloudhop.hub.culling_service import PolicyArbiter
+from cloudhop.hub.reaper import Reaper, build
 from cloudhop.spawner import CloudhopSpawner
 from cloudhop.spawner.providers.base import CapacityError
 
@@ -81,3 +91,99 @@ async def test_each_failed_attempt_is_still_written_at_once():
     assert len(saves) == 3, "the failed attempt, the launched node, serving"
     assert not saves[0].get("nodes") and saves[1]["nodes"] and saves[1]["attempts"][0]["state"] == "failed"
     await s.stop()
+
+
+# -- the reaper's and the culler's listings of every user --------------------------------
+
+class UsersPage(web.RequestHandler):
+    """``GET /hub/api/users`` as JupyterHub pages it, over ``count`` users each with a
+    running server; records each request's offset and limit."""
+
+    def initialize(self, seen, count):
+        self.seen, self.count = seen, count
+
+    def get(self):
+        offset, limit = int(self.get_argument("offset")), int(self.get_argument("limit"))
+        self.seen.append((offset, limit))
+        end = min(offset + limit, self.count)
+        items = [{"name": f"u{i}", "groups": [], "servers": {"": {"url": f"/user/u{i}/", "state": {}}}}
+                 for i in range(offset, end)]
+        nxt = {"offset": end} if end < self.count else None
+        self.finish(json.dumps({"items": items, "_pagination": {"next": nxt}}))
+
+
+@pytest.fixture
+async def thousand_users():
+    seen: list = []
+    sock, port = bind_unused_port()
+    server = httpserver.HTTPServer(web.Application([(r"/hub/api/users", UsersPage, {"seen": seen, "count": 1000})]))
+    server.add_sockets([sock])
+    yield f"http://127.0.0.1:{port}/hub/api", seen
+    server.stop()
+
+
+def client(url: str, back_off: bool) -> tuple[HubClient, list]:
+    hub = HubClient(url, "tok")
+    hub.back_off = back_off
+    waits: list = []
+
+    async def sleep(seconds):
+        waits.append(seconds)
+
+    hub.sleep = sleep
+    return hub, waits
+
+
+async def test_a_sweep_pages_through_a_thousand_users_and_backs_off_a_slow_hub(thousand_users, monkeypatch):
+    url, seen = thousand_users
+    monkeypatch.setattr(hubclient, "SLOW_PAGE", 0.0)  # every page is "slow"
+    hub, waits = client(url, back_off=True)
+    sweep = await Reaper({}, hub, "h1").sweep()
+    assert sweep["hub_error"] is None
+    assert seen == [(o, 200) for o in range(0, 1000, 200)], "five pages of 200, never every user at once"
+    assert len(waits) == 4, "a wait between each two pages"
+    assert sweep["hub"]["pages"] == 5 and sweep["hub"]["paused"] == pytest.approx(sum(waits))
+
+
+async def test_a_fast_hub_or_an_interactive_reader_is_not_made_to_wait(thousand_users, monkeypatch):
+    url, _seen = thousand_users
+    monkeypatch.setattr(hubclient, "SLOW_PAGE", 1e9)
+    hub, waits = client(url, back_off=True)
+    assert len(await hub.users()) == 1000 and waits == []
+    monkeypatch.setattr(hubclient, "SLOW_PAGE", 0.0)
+    hub, waits = client(url, back_off=False)  # the instructor's page: no wait
+    assert len(await hub.users()) == 1000 and waits == []
+
+
+def test_the_reaper_service_backs_off():
+    reaper, _interval = build({"hub_id": "h1", "grace": 900, "interval": 60, "providers": []},
+                              "http://127.0.0.1:1/hub/api", "tok")
+    assert reaper.hub.back_off is True
+
+
+class CountingHub:
+    def __init__(self, users):
+        self._users, self.reads = users, 0
+
+    async def users(self):
+        self.reads += 1
+        return self._users
+
+
+async def test_the_culler_lists_every_user_once_for_servers_its_last_read_should_have_had():
+    """A culler pass over many servers it cannot place (their user gone since its read)
+    reads the hub once, not once per server; a server started after the read is read for."""
+    clock = [0.0]
+    hub = CountingHub([{"name": "ada", "groups": [], "servers": {"": {"url": "/user/ada/"}}}])
+    arbiter = PolicyArbiter(CullSettings(), hub, refresh=60, clock=lambda: clock[0])
+    before = (datetime.datetime.now(UTC) - datetime.timedelta(hours=1)).isoformat()
+    assert await arbiter.owner({"url": "/user/ada/", "started": before}) == ("ada", [])
+    for i in range(50):
+        assert await arbiter.owner({"url": f"/user/gone{i}/", "started": before}) is None
+    assert hub.reads == 1
+    later = (datetime.datetime.now(UTC) + datetime.timedelta(seconds=1)).isoformat()
+    await arbiter.owner({"url": "/user/new/", "started": later})
+    assert hub.reads == 2, "a server newer than the last read is looked for"
+    clock[0] = 61
+    await arbiter.owner({"url": "/user/ada/", "started": before})
+    assert hub.reads == 3, "a map older than refresh is read again"
