@@ -63,8 +63,11 @@ class CloudhopHub(JupyterHub):
         super().init_handlers()
         operators = [tuple(h) for h in self.extra_handlers]
         ours = [h for h in cloudhop_routes() if h not in operators]
-        # first: JupyterHub's own API ends in a catch-all 404 for /hub/api/
-        self.handlers[:0] = self.add_url_prefix(self.hub_prefix, ours)
+        # first: JupyterHub's own API ends in a catch-all 404 for /hub/api/; a page of
+        # JupyterHub's that Cloudhop's replaces (accept-share) is taken out
+        ours = self.add_url_prefix(self.hub_prefix, ours)
+        replaced = {h[0] for h in ours}
+        self.handlers[:] = [*ours, *(h for h in self.handlers if h[0] not in replaced)]
 
     async def start(self):
         from .budget_watch import start_watcher

@@ -354,7 +354,6 @@ def add_instructor_service(c, *, port: int, proxy_url: str, seats: dict | None =
         "command": [sys.executable, "-m", "cloudhop.hub.instructor"],
         "environment": {PROXY_URL_ENV: proxy_url, SEATS_ENV: json.dumps(seats or {})},
         "oauth_client_allowed_scopes": list(OAUTH_SCOPES),
-        "oauth_no_confirm": True,
         "display": True,
     }
     add_service(c, service)

@@ -22,7 +22,7 @@ EXPECTED = [
     # JupyterHub at every start without TLS certificates of its own
     r"Running JupyterHub without SSL",
     # JupyterHub filling a new proxy's route table with the services' routes at start
-    r"Adding missing route for (cloudhop-store|stubborn) ",
+    r"Adding missing route for (cloudhop-store|cloudhop-instructor|stubborn) ",
     # JupyterHub's line for the signal this test sends
     r"Received signal SIGTERM, initiating shutdown",
     # JupyterHub when a spawn outlasts its 10 s slow_spawn_timeout (a busy test machine)

@@ -108,6 +108,7 @@ def test_instructor_lists_slices_hands_out_a_notebook_and_stops_a_group(hub_fact
             # a helper who may look but not stop: the refusal names the permission
             ta = login(browser, hub, "ta", user_password)
             ta.goto(url)
+            authorize(ta)
             ta.locator("#ch-servers").wait_for(timeout=60_000)
             assert ta.locator("#ch-servers tr").count() == 1 + 3, ta.content()[:2000]
             ta.locator("tr.ch-group[data-group=students] .ch-stop-group").click()
@@ -121,6 +122,7 @@ def test_instructor_lists_slices_hands_out_a_notebook_and_stops_a_group(hub_fact
             teacher.goto(f"{hub.url}/hub/home")
             teacher.locator(".dropdown-toggle", has_text="Services").click()
             teacher.locator(f"a.dropdown-item[href*='/services/{SERVICE_NAME}/']").click()
+            authorize(teacher)
             teacher.wait_for_url(re.compile(f".*/services/{SERVICE_NAME}/.*"), timeout=60_000)
             table = teacher.locator("#ch-servers").inner_text()
             assert table.count("A100-80GB 1g.10gb") == 2 and "L4 (shared by up to 4)" in table, table
@@ -144,6 +146,14 @@ def test_instructor_lists_slices_hands_out_a_notebook_and_stops_a_group(hub_fact
             browser.close()
     for name in STUDENTS:
         _wait_gone(hub, name)
+
+
+def authorize(page):
+    """Confirm, once, that the instructor's page may act for the user (JupyterHub asks)."""
+    page.wait_for_url(re.compile(r".*(/hub/api/oauth2/authorize|/services/).*"), timeout=60_000)
+    if "/oauth2/authorize" in page.url:
+        page.locator("button[type=submit]", has_text="Authorize").click()
+    page.wait_for_url(re.compile(f".*/services/{SERVICE_NAME}/.*"), timeout=60_000)
 
 
 def _wait_gone(hub, user, timeout=120):
