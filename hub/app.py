@@ -39,9 +39,11 @@ def cloudhop_routes() -> list[tuple]:
     from .snapshots_api import handlers as snapshot_handlers  # snapshot lines, class snapshots
     from .usage_api import handlers as usage_handlers  # spend and budgets
     from .kept_api import handlers as kept_handlers  # nodes stops kept (docs/durability.md)
+    from .launch_steps_api import handlers as launch_step_handlers  # cloud nodes' bootstrap steps
 
     return [*offers_handlers(), *tokens_api.handlers(), *ray_handlers(), *rescue_handlers(), *sharing_handlers(), *snapshot_handlers(),
-            *usage_handlers(), *kept_handlers()]
+            *usage_handlers(), *kept_handlers(),
+            *launch_step_handlers()]
 
 
 def leave_routes_to_the_app(c) -> None:

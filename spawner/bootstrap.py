@@ -27,7 +27,7 @@ import re
 import shlex
 from importlib import resources
 from string import Template
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 #: prefixes of the variables a node receives; anything else in ``spec.env`` is dropped
 ALLOWED_ENV_PREFIXES = ("JUPYTERHUB_", "JPY_", "CLOUDHOP_", "RAY_")
@@ -72,6 +72,12 @@ def node_env(spec, *, hub_connect_url: str | None = None) -> dict:
     service = env.get("JUPYTERHUB_SERVICE_URL")
     path = urlsplit(service).path if service else env.get("JUPYTERHUB_SERVICE_PREFIX", "/")
     env["JUPYTERHUB_SERVICE_URL"] = f"http://0.0.0.0:{int(spec.port)}{path or '/'}"
+    if getattr(spec, "role", "notebook") == "notebook" and env.get("JUPYTERHUB_API_URL") and env.get("JUPYTERHUB_USER"):
+        # where the start script reports its steps (:mod:`cloudhop.hub.launch_steps_api`)
+        server = env.get("JUPYTERHUB_SERVER_NAME", "")
+        env["CLOUDHOP_LAUNCH_STEPS_URL"] = (
+            f"{env['JUPYTERHUB_API_URL'].rstrip('/')}/cloudhop/launch-steps/{quote(env['JUPYTERHUB_USER'], safe='')}"
+            + (f"/{quote(server, safe='')}" if server else ""))
     return env
 
 

@@ -30,7 +30,7 @@ from jupyterhub.spawner import SpawnException, Spawner
 from jupyterhub.utils import random_port
 from traitlets import Bool, Float, List, Unicode, default, validate
 
-from . import durable
+from . import durable, launch_timeline
 from .events import announce
 from .failover import launch_first, launch_id
 from .form_reasons import no_gpu_reasons, provider_choices
@@ -52,6 +52,7 @@ from .ray import WORKER_ROLE
 from .ray.launcher import NotebookSpec, RayLauncher, resized_request
 from .refusal import Refused, forget_after_refusal, never_ran, refused, shown_plainly
 from .state import NOTEBOOK_ROLE, STATE_VERSION, Attempt, NodeRef, StateVersionError, check_version
+from .timeline import Timeline
 
 # One provider instance per (name, config) per hub process: they hold the status caches
 # and SDK clients that every server shares.
@@ -189,6 +190,9 @@ class CloudhopSpawner(Spawner):
         self._restore_size: int | None = None
         #: a spot rescue's start (:mod:`cloudhop.hub.rescue_api`): ``avoid`` (the preempted offer's key), ``from``
         self.rescue: dict | None = None
+        #: a cloud launch's phases (:mod:`.timeline`); None for a local server
+        self.timeline: Timeline | None = None
+        self._answer_probe = None
         #: the server's Ray head and workers (used only when the server asks for Ray)
         self.ray_launcher = RayLauncher(lambda name: self.provider(name), progress=self._progress,
                                         save=self._ray_changed, log=self.log)
@@ -503,8 +507,10 @@ class CloudhopSpawner(Spawner):
                      seconds=time.monotonic() - began)
 
     async def _start(self):
+        requested = time.time()
         self.attempts = []
         self.serving = False
+        self.timeline = None
         self.hibernated_snapshot = None
         every = await self.all_offers()  # the providers are asked once per spawn
         request = await self.parse_request(every)
@@ -538,6 +544,9 @@ class CloudhopSpawner(Spawner):
             self._never_ran = False  # past every refusal: from here on it is a server that ran
             ranked = [o for o in ranked if o.key in prices]
             node, spawn_id, head = await self._launch(request, ranked, offers, ray, prices)
+        if self.offer.provider != "local":  # a cloud launch: its phases, on the progress page
+            self.timeline = Timeline(requested)
+            launch_timeline.mark(self, "api_call")
         node = await self._wait_serving(node)
         if ray is not None:
             await ray.start_workers(request, self.offer, node, offers, spawn_id, head=head,
@@ -548,6 +557,8 @@ class CloudhopSpawner(Spawner):
         self.serving = True
         self._save_state()
         self._progress(f"Node {node.id} is up at {node.ip}:{node.port}; waiting for Jupyter to answer", 80)
+        launch_timeline.watch_first_answer(self, url + self.server.base_url if self.server else url,
+                                           self.http_timeout)
         return url
 
     async def _launch(self, request: LaunchRequest, ranked: list[Offer], offers: list[Offer],
@@ -633,6 +644,7 @@ class CloudhopSpawner(Spawner):
         while True:
             if node.state == RUNNING and node.ip:
                 self.node = node
+                launch_timeline.mark(self, "instance_running")
                 return node
             if node.state in (FAILED, TERMINATED):
                 raise SpawnException(
@@ -661,6 +673,7 @@ class CloudhopSpawner(Spawner):
         """Hibernate (snapshot the server, :meth:`_hibernate`), then terminate every node
         the server owns. When the snapshot fails, nothing is terminated: the nodes are
         kept (``kept`` in the state, with the reason) and the server reads stopped."""
+        launch_timeline.stop_watching(self)
         if not await self._hibernate():
             return
         if self.ray_cluster is not None:
@@ -825,6 +838,8 @@ class CloudhopSpawner(Spawner):
                 "nodes": list(self.nodes),
                 "attempts": list(self.attempts),
             })
+            if self.timeline is not None:
+                state["timeline"] = self.timeline.to_state()
             if self.ray_cluster is not None:
                 state["ray"] = self.ray_launcher.to_state()
         return state
@@ -844,6 +859,7 @@ class CloudhopSpawner(Spawner):
             self.ip, self.port = self.node.ip or self.ip, self.node.port or self.port
         self.nodes = list(state.get("nodes") or [])
         self.attempts = list(state.get("attempts") or [])
+        self.timeline = Timeline.from_state(state.get("timeline"))
         self.kept = [k for k in state.get("kept") or [] if isinstance(k, dict)]
         # a state saved before hibernation existed has no "serving": its server ran
         self.serving = bool(self.node or self.nodes) and state.get("serving", True) is True
@@ -872,4 +888,5 @@ class CloudhopSpawner(Spawner):
         self.serving = False  # but ``kept`` stays: kept nodes outlive the stop that kept them
         self.nodes = []
         self.attempts = []
+        self.timeline = None
         self.ray_cluster = None
