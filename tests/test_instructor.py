@@ -117,8 +117,15 @@ def test_instructor_lists_slices_hands_out_a_notebook_and_stops_a_group(hub_fact
                 ta.locator("#ch-messages").inner_text()
             assert all(hub.server_model(s)["ready"] for s in STUDENTS), "nothing was stopped"
 
-            # the instructor (an admin), from the hub's navigation
+            # the instructor (an admin); the spawn form names the slices with their memory
             teacher = login(browser, hub, getpass.getuser(), admin_password)
+            teacher.goto(f"{hub.url}/hub/spawn/{getpass.getuser()}/look")
+            teacher.wait_for_selector("#ch-offer-rows tr")
+            teacher.select_option("#ch-provider", "local")
+            labels = teacher.eval_on_selector_all("#ch-gpu option", "els => els.map(e => e.textContent)")
+            assert "A100-80GB 1g.10gb (9.8 GiB)" in labels and "L4 (shared by up to 4, 22.5 GiB)" in labels, labels
+
+            # the instructor's page, from the hub's navigation
             teacher.goto(f"{hub.url}/hub/home")
             teacher.locator(".dropdown-toggle", has_text="Services").click()
             teacher.locator(f"a.dropdown-item[href*='/services/{SERVICE_NAME}/']").click()

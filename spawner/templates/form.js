@@ -104,7 +104,9 @@
     var items = models.map(function (m) {
       var first = pool.filter(function (o) { return o.gpu === m; })[0], mem = first.gpu_memory_gib;
       // gpu_label names slices as people read them: "A100 1g.10gb", "L4 (shared by up to 4)"
-      return { value: m, label: m === "none" ? "No GPU (CPU only)" + (why ? ": why below" : "") : (first.gpu_label || m) + (mem ? " (" + num(mem) + " GiB)" : "") };
+      var name = first.gpu_label || m, size = mem ? num(mem) + " GiB" : "";
+      if (size) { name = name.slice(-1) === ")" ? name.slice(0, -1) + ", " + size + ")" : name + " (" + size + ")"; }
+      return { value: m, label: m === "none" ? "No GPU (CPU only)" + (why ? ": why below" : "") : name };
     });
     if (!items.length) { items = [{ value: "", label: "nothing available", disabled: true }]; }
     fill(el.gpu, items, el.gpu.value, pending.gpu); pending.gpu = "";
