@@ -34,6 +34,7 @@ def moto_url():
 def config(moto_url: str) -> str:
     return f"""
 c.CloudhopSpawner.providers = ["local", "aws"]
+c.CloudhopSpawner.hibernate = False  # nothing of Jupyter serves at a fake instance
 c.AWSProvider.endpoint_url = {moto_url!r}
 c.AWSProvider.image_ssm_parameter = {SSM_IMAGE!r}
 c.AWSProvider.regions = ["us-east-1"]

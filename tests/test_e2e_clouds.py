@@ -40,6 +40,7 @@ def gcp_setup(tmp_path):
     url = fake.start()
     config = f"""
 c.CloudhopSpawner.providers = ["local", "gcp"]
+c.CloudhopSpawner.hibernate = False  # nothing of Jupyter serves at a fake instance
 c.GCPProvider.api_endpoint = {url!r}
 c.GCPProvider.anonymous_credentials = True
 c.GCPProvider.project = "e2e-project"
@@ -66,6 +67,7 @@ def oci_setup(tmp_path):
         f"tenancy=ocid1.tenancy.oc1..e2e\nregion=eu-amsterdam-1\nkey_file={tmp_path / 'oci.pem'}\n")
     config = f"""
 c.CloudhopSpawner.providers = ["local", "oci"]
+c.CloudhopSpawner.hibernate = False  # nothing of Jupyter serves at a fake instance
 c.OCIProvider.config_file = {str(tmp_path / "oci-config")!r}
 c.OCIProvider.service_endpoint = {url!r}
 c.OCIProvider.subnet_id = "ocid1.subnet.oc1.eu-amsterdam-1.e2e"
