@@ -67,6 +67,16 @@ def server_gpu_of(spawner) -> str:
 
 
 class ActivityHandler(APIHandler):
+    def _log(self):
+        """Every server reports once a minute: an answered report is logged at debug
+        level, so the hub's log is not one line per server per minute; a refusal is
+        logged as JupyterHub logs any request."""
+        if self.get_status() < 300:
+            self.log.debug("%d %s %s %.2fms", self.get_status(), self.request.method, self.request.uri,
+                           1000.0 * self.request.request_time())
+            return
+        super()._log()
+
     def settings_of_culling(self) -> CullSettings:
         settings = self.settings.get("cloudhop_cull_settings")
         if settings is None:

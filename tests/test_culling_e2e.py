@@ -107,7 +107,11 @@ def lab_warns(hub) -> None:
             page.click("#login_submit")
             page.goto(f"{hub.url}/user/wendy/lab")
             toast = page.locator(".Toastify__toast", has_text="will be stopped")
-            toast.wait_for(timeout=120_000)
+            try:  # JupyterLab loads slowly on a busy machine
+                toast.wait_for(timeout=240_000)
+            except Exception:
+                page.screenshot(path=str(SCREENSHOTS / "lab-cull-warning-missing.png"))
+                raise
             assert "Use it, or choose Keep running." in toast.inner_text()
             toast.screenshot(path=str(SCREENSHOTS / "lab-cull-warning.png"))
             before = hub.server_model("wendy")["last_activity"]
