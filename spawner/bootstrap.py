@@ -33,7 +33,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 ALLOWED_ENV_PREFIXES = ("JUPYTERHUB_", "JPY_", "CLOUDHOP_", "RAY_")
 #: names that are never written, whatever their prefix
 _SECRET_NAME = re.compile(
-    r"(AWS_|AZURE_|GOOGLE_|GCLOUD|OCI_|LAMBDA_|DIGITALOCEAN|SECRET|PASSWORD|PRIVATE_KEY|CREDENTIAL|"
+    r"(AWS_|AZURE_|GOOGLE_|GCLOUD|OCI_|LAMBDA_|DIGITALOCEAN|YANDEX|(?:^|_)YC_|SECRET|PASSWORD|PRIVATE_KEY|CREDENTIAL|"
     r"SESSION_TOKEN|API_KEY|CRYPT_KEY)",
     re.IGNORECASE,
 )

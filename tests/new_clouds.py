@@ -1,4 +1,4 @@
-"""Each newer cloud provider (Lambda Cloud, Azure, DigitalOcean) wired to its local API
+"""Each newer cloud provider (Lambda Cloud, Azure, DigitalOcean, Yandex Cloud) wired to its local API
 double, as the contract suite, the security tests and the failover tests use them:
 ``async with NEW_CLOUDS[name](monkeypatch) as wired``, where ``wired.provider`` talks to
 ``wired.double``, ``wired.make(user)`` is a launch spec for a cheap catalog offer of that
@@ -81,4 +81,24 @@ async def digitalocean(monkeypatch):
         fake.stop()
 
 
-NEW_CLOUDS = {"lambda": lambda_cloud, "azure": azure, "digitalocean": digitalocean}
+@contextlib.asynccontextmanager
+async def yandex(monkeypatch):
+    from cloudhop.spawner.providers.yandex import YandexProvider
+    from tests.fakes.yandex_api import FakeYandex
+
+    secret = "wired-yc-iam-token-4b2d"
+    fake = FakeYandex(iam_token=secret)
+    url = fake.start()
+    for env in ("YC_TOKEN", "YC_SERVICE_ACCOUNT_KEY_FILE"):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv("YC_IAM_TOKEN", secret)
+    monkeypatch.setenv("YC_FOLDER_ID", fake.folder)
+    offer = cheapest_in_catalog("yandex", "ru-central1", "T4", 1)
+    try:
+        yield Wired(YandexProvider(api_endpoint=url, poll_seconds=0, **FAST), lambda user: spec_for(offer, user=user),
+                    fake, secret)
+    finally:
+        fake.stop()
+
+
+NEW_CLOUDS = {"lambda": lambda_cloud, "azure": azure, "digitalocean": digitalocean, "yandex": yandex}

@@ -37,7 +37,7 @@ def kubelet(api, namespace: str, stop: threading.Event) -> None:
                     pass
 
 
-@pytest.fixture(params=["aws", "gcp", "oci", "lambda", "azure", "digitalocean", "local", "kubernetes"])
+@pytest.fixture(params=["aws", "gcp", "oci", "lambda", "azure", "digitalocean", "yandex", "local", "kubernetes"])
 async def cloud(request, monkeypatch, tmp_path, oci_config, kube_api, make_kube_provider):
     """(provider, make_spec(user)) for one provider."""
     if request.param == "aws":

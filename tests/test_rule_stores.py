@@ -1,6 +1,6 @@
 """The RuleStore contract (spawner/providers/ray_firewall.py), run against each cloud's
 store through the same doubles as its provider's tests: AWS on moto, GCP and OCI on
-their local API fakes with the real SDKs, Azure, Lambda Cloud and DigitalOcean on their
+their local API fakes with the real SDKs, Azure, Lambda Cloud, DigitalOcean and Yandex Cloud on their
 local API doubles. What the sweep builds on: ``ensure`` makes a
 cluster's rule once and finds it again, ``list`` finds a hub's rules and only those,
 ``delete`` of a rule already gone is fine."""
@@ -21,7 +21,7 @@ from tests.fakes.oci_api import FakeOCI
 SUBNET = "ocid1.subnet.oc1.eu-amsterdam-1.aaaatest"
 
 
-@pytest.fixture(params=["aws", "gcp", "oci", "azure", "lambda", "digitalocean"])
+@pytest.fixture(params=["aws", "gcp", "oci", "azure", "lambda", "digitalocean", "yandex"])
 def cloud(request, monkeypatch, oci_config):
     """(the cloud's RuleStore, the place its rules are in)."""
     if request.param == "aws":
@@ -65,6 +65,15 @@ def cloud(request, monkeypatch, oci_config):
         url = fake.start()
         monkeypatch.setenv("DIGITALOCEAN_TOKEN", "rules-token")
         yield DigitalOceanProvider(api_endpoint=url).ray_rules.store, "tor1"
+        fake.stop()
+    elif request.param == "yandex":
+        from cloudhop.spawner.providers.yandex import YandexProvider
+        from tests.fakes.yandex_api import FakeYandex
+
+        fake = FakeYandex(iam_token="rules-iam-token")
+        url = fake.start()
+        monkeypatch.setenv("YC_IAM_TOKEN", "rules-iam-token")
+        yield YandexProvider(api_endpoint=url, folder_id=fake.folder, poll_seconds=0).ray_rules.store, "ru-central1-a"
         fake.stop()
     else:
         from cloudhop.spawner.providers.oci import OCIProvider

@@ -57,6 +57,8 @@ SPECS = (
     ProviderSpec("azure", "cloudhop.spawner.providers.azure:AzureProvider", catalog=True),
     ProviderSpec("digitalocean", "cloudhop.spawner.providers.digitalocean:DigitalOceanProvider",
                  catalog=True, label="DigitalOcean"),
+    ProviderSpec("yandex", "cloudhop.spawner.providers.yandex:YandexProvider", catalog=True,
+                 label="Yandex Cloud"),
     ProviderSpec("kubernetes", "cloudhop.spawner.providers.kubernetes:KubernetesProvider",
                  needs_setup=True),
 )

@@ -1,5 +1,5 @@
 """Attacks on the newer clouds' credentials (Lambda Cloud's API key, DigitalOcean's token,
-Azure's service principal secret): a launch spec whose environment carries every
+Azure's service principal secret, Yandex Cloud's IAM token): a launch spec whose environment carries every
 credential variable of every cloud (an operator's ``Spawner.environment`` gone wrong)
 still sends none of them to the cloud in the node's user-data or anywhere else in a
 request body; the key travels only in the Authorization header; a refused credential's
@@ -17,7 +17,8 @@ import pytest
 from tests.new_clouds import NEW_CLOUDS
 
 MARKER = "leaked-secret-5d1b"
-CREDENTIAL_ENV = ("LAMBDA_API_KEY", "DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN", "AZURE_CLIENT_SECRET",
+CREDENTIAL_ENV = ("LAMBDA_API_KEY", "DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN", "YC_IAM_TOKEN", "YC_TOKEN",
+                  "CLOUDHOP_YC_TOKEN", "RAY_YANDEX_KEY", "AZURE_CLIENT_SECRET",
                   "AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AWS_SECRET_ACCESS_KEY", "JUPYTERHUB_CRYPT_KEY",
                   "CLOUDHOP_AZURE_CLIENT_SECRET", "RAY_AZURE_CLIENT_SECRET")
 
@@ -55,11 +56,12 @@ async def test_no_credential_reaches_the_cloud_in_a_request_body(cloud, monkeypa
         await wired.provider.terminate(node.id)
 
 
-@pytest.mark.parametrize("cloud", ["lambda", "digitalocean"])
+@pytest.mark.parametrize("cloud", ["lambda", "digitalocean", "yandex"])
 async def test_a_refused_credential_is_not_repeated_in_the_error_or_the_reason(cloud, monkeypatch):
     async with NEW_CLOUDS[cloud](monkeypatch) as wired:
         wrong = "wrong-credential-0a9e"
-        monkeypatch.setenv({"lambda": "LAMBDA_API_KEY", "digitalocean": "DIGITALOCEAN_TOKEN"}[cloud], wrong)
+        monkeypatch.setenv({"lambda": "LAMBDA_API_KEY", "digitalocean": "DIGITALOCEAN_TOKEN",
+                            "yandex": "YC_IAM_TOKEN"}[cloud], wrong)
         provider = type(wired.provider)(api_endpoint=wired.provider.api_endpoint,
                                         **({"ssh_key_name": "k"} if cloud == "lambda" else {}))
         with pytest.raises(Exception) as err:
