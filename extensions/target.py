@@ -4,7 +4,7 @@ A move launches its target while the snapshot is still being taken, so the targe
 with nothing to restore (``"restore": "none"``); once the snapshot is stored, the source
 asks the target to restore it (``POST {target}/cloudhop/api/restore``) and waits for the
 end of that restore with long requests (``GET ...?wait=S``, answered the moment it ends:
-no polling). Both calls carry the move's token, which may use the one target server's
+no polling; each shorter than a proxy allows, then asked again). Both calls carry the move's token, which may use the one target server's
 API (:func:`cloudhop.hub.tokens_api.move_scopes`).
 """
 
@@ -16,8 +16,10 @@ import time
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-#: seconds one long request waits for the restore to end (the target answers by then)
-WAIT = 30
+#: seconds one long request waits for the restore to end (the target answers by then);
+#: well below what a proxy lets a request take (the Python port of the hub's proxy gives
+#: up after 20 s: cloudhop.hub.proxy)
+WAIT = 10
 
 
 def default_proxy_url(env=os.environ) -> str:

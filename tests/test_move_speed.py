@@ -317,3 +317,42 @@ async def test_the_target_is_ready_when_the_hubs_progress_stream_says_so():
             await hub.wait_ready("stopped", 10)
     finally:
         server.stop()
+
+
+class RestoreAPI(web.RequestHandler):
+    """A target's restore API whose restore ends after three long requests."""
+
+    def initialize(self, seen):
+        self.seen = seen
+
+    async def post(self):
+        self.seen.append(("POST", json.loads(self.request.body)))
+        self.finish({"snapshot": "s1", "state": "restoring"})
+
+    async def get(self):
+        wait = float(self.get_argument("wait"))
+        self.seen.append(("GET", wait))
+        await asyncio.sleep(wait)
+        self.finish({"snapshot": "s1", "state": "done" if len(self.seen) > 3 else "restoring"})
+
+
+async def test_a_long_restore_is_waited_for_in_requests_shorter_than_a_proxy_allows(monkeypatch):
+    """The hub's proxy gives up on a request after 20 s; a restore that takes longer is
+    waited for in several requests, each well within that."""
+    from cloudhop.extensions import target as target_api
+
+    assert target_api.WAIT < 20
+    monkeypatch.setattr(target_api, "WAIT", 0.1)
+    seen = []
+    port = free_port()
+    server = httpserver.HTTPServer(web.Application([
+        (r"/user/alice/t/cloudhop/api/restore", RestoreAPI, {"seen": seen})]))
+    server.listen(port, "127.0.0.1")
+    try:
+        t = target_api.Target(f"http://127.0.0.1:{port}", "/user/alice/t/", "tok")
+        await t.restore("s1")
+        report = await t.wait_restored(60)
+    finally:
+        server.stop()
+    assert report["state"] == "done"
+    assert seen == [("POST", {"snapshot": "s1"}), ("GET", 0.1), ("GET", 0.1), ("GET", 0.1)]
