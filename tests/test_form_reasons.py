@@ -151,7 +151,7 @@ async def test_the_form_carries_every_reason(tmp_path, monkeypatch):
     assert re.search(r'<option value="aws" disabled title="AWS is not enabled on this hub; an admin adds it '
                      r'with c.CloudhopSpawner.providers">AWS \(not enabled on this hub\)</option>', form)
     line = re.search(r'<p class="ch-unavailable" id="ch-not-enabled">(.*?)</p>', form, re.S).group(1)
-    assert " ".join(line.split()) == ("AWS, GCP, OCI, Lambda Cloud, Azure, DigitalOcean and Kubernetes are not enabled on this hub; an admin adds "
+    assert " ".join(line.split()) == ("AWS, GCP, OCI, Lambda Cloud, Azure, DigitalOcean, Yandex Cloud and Kubernetes are not enabled on this hub; an admin adds "
                                       "them with c.CloudhopSpawner.providers.")
     assert 'id="ch-unavailable"' not in form, "no enabled provider is unavailable"
     for why in ("ch-gpu-why", "ch-zone-why", "ch-ray-why"):

@@ -264,14 +264,15 @@ def test_only_the_providers_this_hub_can_launch_unless_all(capsys):
     # a plain `cloudhop up` enables the local provider only
     code, out, err = run(capsys, "offers", "--json")
     assert code == 0 and {o["provider"] for o in json.loads(out)} == {"local"}
-    assert "Not shown, as this hub cannot launch them: aws, gcp, oci, lambda, azure, digitalocean (not enabled on this hub" in err
+    assert "Not shown, as this hub cannot launch them: aws, gcp, oci, lambda, azure, digitalocean, yandex (not enabled on this hub" in err
     code, out, _ = run(capsys, "offers")
     table_lines = out.splitlines()
     assert all(line.split()[0] in ("PROVIDER", "local") for line in table_lines[1:-2])
-    assert table_lines[-1].startswith("Not shown, as this hub cannot launch them: aws, gcp, oci, lambda, azure, digitalocean")
+    assert table_lines[-1].startswith("Not shown, as this hub cannot launch them: aws, gcp, oci, lambda, azure, digitalocean, yandex")
     assert "--all lists them too" in table_lines[-1]
     code, out, err = run(capsys, "offers", "--all", "--json")
-    assert {o["provider"] for o in json.loads(out)} == {"local", "aws", "gcp", "oci", "lambda", "azure", "digitalocean"} and "Not shown" not in err
+    assert {o["provider"] for o in json.loads(out)} == {"local", "aws", "gcp", "oci", "lambda", "azure", "digitalocean",
+                                                  "yandex"} and "Not shown" not in err
 
 
 def test_an_enabled_provider_the_hub_cannot_use_is_left_out_with_its_reason(tmp_path, capsys, monkeypatch,
@@ -280,7 +281,7 @@ def test_an_enabled_provider_the_hub_cannot_use_is_left_out_with_its_reason(tmp_
     cfg.write_text("c.CloudhopSpawner.providers = ['local', 'aws']\n")
     code, out, err = run(capsys, "offers", "--config", str(cfg), "--json")
     assert code == 0 and {o["provider"] for o in json.loads(out)} == {"local"}
-    assert "aws (no AWS credentials found" in err and "gcp, oci, lambda, azure, digitalocean (not enabled on this hub" in err
+    assert "aws (no AWS credentials found" in err and "gcp, oci, lambda, azure, digitalocean, yandex (not enabled on this hub" in err
     # with credentials (as the spawn form asks: found, not tried) the hub can launch on AWS
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE00")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")
