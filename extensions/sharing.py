@@ -13,7 +13,9 @@
 
 Every call goes through the hub's API with this server's own token, which holds
 ``shares!server`` and ``read:users:name``/``read:groups:name`` (:mod:`cloudhop.hub.sharing`),
-so a user can share this server and nothing else. Only the owner may call these routes.
+so a user can share this server and nothing else. Only the owner may call these routes,
+and not with the kernels' token (:meth:`SharesHandler.check_not_kernels`): code in a
+notebook cannot share the server behind its user's back.
 
 A user the server is shared with runs code **as the owner** (kernels and terminals are the
 owner's processes; docs/teaching.md). Revoking takes effect at once: the server forgets
@@ -51,6 +53,21 @@ class SharesHandler(CloudhopHandler):
 
     def initialize(self, hub: HubClient):
         self.hub = hub
+
+    def check_owner(self) -> None:
+        super().check_owner()
+        self.check_not_kernels()
+
+    def check_not_kernels(self) -> None:
+        """Refuse the kernels' token (the one the server put in its kernels' environment,
+        :mod:`.kernelenv`): sharing is the owner's act in their browser."""
+        kernels = os.environ.get("JUPYTERHUB_API_TOKEN")
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        sent = value.strip() if scheme.lower() in ("token", "bearer") else self.get_argument("token", "")
+        if kernels and sent == kernels:
+            raise web.HTTPError(403, "a notebook's kernel may not share this server: share it from "
+                                     "JupyterLab's Cloudhop sidebar")
 
     def _path(self, api: str) -> str:
         return f"/{api}/{quote(self.hub.user, safe='')}/{quote(self.hub.server_name, safe='')}"

@@ -69,6 +69,13 @@ def test_share_link_lets_a_second_user_run_a_cell_until_the_owner_stops_sharing(
     assert r.status_code in (200, 201), r.text
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
+    # code in zoe's notebook cannot share her server with the token its kernel holds
+    kernel = hub.kernel("zoe")
+    try:
+        assert kernel.execute(KERNEL_SHARES).startswith("403 a notebook's kernel may not share this server")
+    finally:
+        kernel.close()
+
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
@@ -158,3 +165,14 @@ WS_HOLD = """path => {
     ws.onopen = () => { window.chHeld = 'open'; };
     ws.onclose = () => { window.chHeld = 'closed'; };
 }"""
+KERNEL_SHARES = """
+import json, os, urllib.error, urllib.request
+url = os.environ["JUPYTERHUB_SERVICE_URL"].rstrip("/") + "/cloudhop/api/shares"
+req = urllib.request.Request(url, data=b'{"code": true}', method="POST", headers={
+    "Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"], "Content-Type": "application/json"})
+try:
+    urllib.request.urlopen(req, timeout=30)
+    print("made a share link")
+except urllib.error.HTTPError as err:
+    print(err.code, json.loads(err.read())["message"])
+"""
