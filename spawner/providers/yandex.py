@@ -476,8 +476,9 @@ class YandexProvider(CloudProvider):
                 if not isinstance(self._classify(err), CapacityError):
                     raise
                 self.log.info("yandex: %s has no capacity for %s (%s)", zone, spec.offer.instance_type, err.message)
-                exhausted.append(zone)
-        raise YandexAPIError(0, RESOURCE_EXHAUSTED, f"not enough resources in {', '.join(exhausted)}")
+                exhausted.append((zone, err))
+        zones = ", ".join(z for z, _ in exhausted)
+        raise YandexAPIError(0, RESOURCE_EXHAUSTED, f"no capacity in {zones}: {exhausted[-1][1].message}")
 
     def _create_in(self, spec, tags, user_data, zone, rule) -> Node:
         key = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cloudhop:{spec.request_id}:{zone}"))
