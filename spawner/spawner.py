@@ -779,6 +779,11 @@ class CloudhopSpawner(Spawner):
         if self.hibernated_snapshot or not (self.serving and node and self.server and self.hibernate
                                             and (self.environment or {}).get(durable.STORE_URL_ENV)):
             return True
+        if getattr(self, "_waiting_for_response", False):
+            # the hub stops a server that never answered its first check (JupyterHub's
+            # http_timeout): nobody can have worked on it, so there is nothing to keep
+            self.log.info("%s: never answered; stopped without a snapshot", self._log_name)
+            return True
         started = time.time()
         self.hibernating = started
         self._save_state()  # a hub killed from here on restarts with the node kept, never terminated

@@ -205,3 +205,22 @@ def test_a_server_started_before_hibernation_existed_hibernates_when_it_stops():
     assert not s.serving and s.get_state()["serving"] is False
     s.load_state({})
     assert not s.serving
+
+
+async def test_a_server_that_never_answered_is_stopped_without_a_snapshot():
+    """JupyterHub stops a server that did not answer within its http_timeout while it still
+    waits for that answer: nobody worked on it, so its node goes (no kept node)."""
+    from types import SimpleNamespace
+
+    from instant_cloud import InstantCloud
+    from test_state import new_spawner
+
+    cloud = InstantCloud()
+    s = new_spawner(cloud)
+    s.user_options = {"provider": "auto", "gpu": "none"}
+    await s.start()
+    s.environment = {durable.STORE_URL_ENV: "http://127.0.0.1:9/services/cloudhop-store/"}
+    s.api_token, s.server = "server-token", SimpleNamespace(base_url="/user/ada/")
+    s._waiting_for_response = True  # as JupyterHub's _wait_up leaves it when it gives up
+    await s.stop()
+    assert cloud.live() == set() and s.kept == []
