@@ -111,6 +111,7 @@ class SharesHandler(CloudhopHandler):
         if kind == "user" and name == self.hub.user:
             raise web.HTTPError(400, "user: this is your own server")
         share = await self._hub("POST", self._path("shares"), {kind: name})
+        forget_hub_answers(self)  # they may have been refused a moment ago: let them in now
         self.finish(json.dumps({"kind": kind, "name": name, "created_at": share.get("created_at")}))
 
     @web.authenticated
@@ -136,9 +137,7 @@ def forget_access(handler: web.RequestHandler, owner: str | None = None) -> int:
     forget the hub's cached answers, and close the open kernel and terminal connections
     that are not the owner's. Returns how many connections were closed."""
     owner = owner or os.environ.get("JUPYTERHUB_USER")
-    hub_auth = getattr(handler.identity_provider, "hub_auth", None)
-    if hub_auth is not None:
-        hub_auth.cache.clear()
+    forget_hub_answers(handler)
     closed = 0
     for socket in _open_sockets(handler.settings):
         user = getattr(socket, "current_user", None)
@@ -147,6 +146,14 @@ def forget_access(handler: web.RequestHandler, owner: str | None = None) -> int:
             closed += 1
     handler.log.info("Cloudhop: access revoked; %d connection(s) of other users closed", closed)
     return closed
+
+
+def forget_hub_answers(handler: web.RequestHandler) -> None:
+    """Forget what the hub answered about users' tokens (JupyterHub caches it for 5
+    minutes), so a change of who may enter counts from the next request."""
+    hub_auth = getattr(handler.identity_provider, "hub_auth", None)
+    if hub_auth is not None:
+        hub_auth.cache.clear()
 
 
 def _open_sockets(settings: dict) -> list:

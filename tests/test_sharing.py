@@ -136,6 +136,17 @@ def test_share_link_lets_a_second_user_run_a_cell_until_the_owner_stops_sharing(
             # zoe's own work goes on
             assert zoe.evaluate(SERVER_STATUS, "/user/zoe/api/contents/shared.ipynb") == 200
 
+            # sharing with a group by name (an unknown name is refused, naming it), and taking it back
+            assert hub.api("POST", "/groups/helpers", json={"users": ["bob"]}).status_code == 201
+            status, reply = zoe.evaluate(SERVER_SEND, ["POST", "/user/zoe/cloudhop/api/shares", {"user": "nobody"}])
+            assert status == 400 and "No such user: nobody" in reply["message"], reply
+            status, reply = zoe.evaluate(SERVER_SEND, ["POST", "/user/zoe/cloudhop/api/shares", {"group": "helpers"}])
+            assert status == 200 and reply["kind"] == "group", reply
+            listed = zoe.evaluate(SERVER_GET, "/user/zoe/cloudhop/api/shares")["shares"]
+            assert [(s["kind"], s["name"]) for s in listed] == [("group", "helpers")], listed
+            status, _ = zoe.evaluate(SERVER_SEND, ["DELETE", "/user/zoe/cloudhop/api/shares?group=helpers", None])
+            assert status == 204 and zoe.evaluate(SERVER_GET, "/user/zoe/cloudhop/api/shares")["shares"] == []
+
             # the revoked link gets a clear page
             bob.goto(link)
             assert GONE in bob.locator("body").inner_text()
@@ -176,3 +187,9 @@ try:
 except urllib.error.HTTPError as err:
     print(err.code, json.loads(err.read())["message"])
 """
+SERVER_SEND = """([method, url, body]) => {
+    const xsrf = (document.cookie.match(/(?:^|; )_xsrf=([^;]*)/) || [])[1] || '';
+    return fetch(url, {method, body: body === null ? undefined : JSON.stringify(body),
+                       headers: {'X-XSRFToken': decodeURIComponent(xsrf), 'Content-Type': 'application/json'}})
+        .then(async r => [r.status, r.status === 204 ? null : await r.json()]);
+}"""
