@@ -46,6 +46,7 @@ HUB_ENDPOINTS = [
     ("GET", "/hub/api/cloudhop/snapshots/{u}", None),
     ("DELETE", "/hub/api/cloudhop/snapshots/{u}/20000101-000000-00000000", None),
     ("GET", "/hub/api/cloudhop/usage/{u}", None),
+    ("POST", "/hub/api/cloudhop/launch-steps/{u}", {"step": "image"}),
 ]
 #: the same for ``{u}``'s server (the server extension, its Ray routes and the dashboard proxy)
 SERVER_ENDPOINTS = [

@@ -46,6 +46,8 @@ CHANGES = [
     ("POST", "/user/{u}/cloudhop/api/activity", {}, 200, False),
     # past authentication and XSRF, a deletion of a snapshot ada does not have finds none
     ("DELETE", "/hub/api/cloudhop/snapshots/{u}/20000101-000000-00000000", None, 404, False),
+    # only the server's own token reports launch steps: ada herself, by cookie, gets the 404 anyone does
+    ("POST", "/hub/api/cloudhop/launch-steps/{u}", {"step": "image"}, 404, False),
 ]
 #: the store's answer to each request sent properly (with a token)
 #: (the one DELETE names a snapshot ada does not have, so hers stays)
