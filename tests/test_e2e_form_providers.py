@@ -25,9 +25,10 @@ def login(hub, user: str) -> requests.Session:
 def test_clouds_without_credentials_are_shown_unavailable_with_the_reason(hub_factory, tmp_path):
     nowhere = tmp_path / "no-credentials"
     hub = hub_factory(
-        'c.CloudhopSpawner.providers = ["local", "aws", "gcp", "oci", "lambda", "azure", "digitalocean"]\n'
+        'c.CloudhopSpawner.providers = ["local", "aws", "gcp", "oci", "lambda", "azure", "digitalocean", "yandex"]\n'
         f'c.LambdaProvider.api_key_file = {str(nowhere / "lambda_keys")!r}\n'
-        f'c.DigitalOceanProvider.token_file = {str(nowhere / "do-token")!r}\n',
+        f'c.DigitalOceanProvider.token_file = {str(nowhere / "do-token")!r}\n'
+        f'c.YandexProvider.service_account_key_file = {str(nowhere / "yandex-key.json")!r}\n',
         env={
             # no credential of any cloud is found, whatever this machine has
             "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": "",
@@ -36,6 +37,7 @@ def test_clouds_without_credentials_are_shown_unavailable_with_the_reason(hub_fa
             "GOOGLE_APPLICATION_CREDENTIALS": str(nowhere / "adc.json"), "NO_GCE_CHECK": "True",
             "CLOUDSDK_CONFIG": str(nowhere / "gcloud"), "OCI_CONFIG_FILE": str(nowhere / "oci-config"),
             "LAMBDA_API_KEY": "", "DIGITALOCEAN_TOKEN": "", "DIGITALOCEAN_ACCESS_TOKEN": "",
+            "YC_IAM_TOKEN": "", "YC_TOKEN": "", "YC_SERVICE_ACCOUNT_KEY_FILE": "",
             "AZURE_SUBSCRIPTION_ID": "",
         },
     )
@@ -44,7 +46,7 @@ def test_clouds_without_credentials_are_shown_unavailable_with_the_reason(hub_fa
     listed = re.search(r'<ul class="ch-unavailable" id="ch-unavailable">(.*?)</ul>', page.text, re.S)
     assert listed, "the form lists the providers it cannot launch on"
     reasons = dict(re.findall(r"<li>\s*([\w ]+?): (.*?)</li>", listed.group(1), re.S))
-    assert set(reasons) == {"AWS", "GCP", "OCI", "Lambda Cloud", "Azure", "DigitalOcean"}, reasons
+    assert set(reasons) == {"AWS", "GCP", "OCI", "Lambda Cloud", "Azure", "DigitalOcean", "Yandex Cloud"}, reasons
     assert all("credentials" in reason for reason in reasons.values()), reasons
     assert re.search(r'<option value="local"(?![^>]*disabled)', page.text), "local stays launchable"
     assert "Traceback" not in hub.log()
