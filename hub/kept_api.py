@@ -80,6 +80,7 @@ class KeptHandler(APIHandler):
         for ref in entry.get("nodes") or []:
             if ref.get("role") == "notebook":
                 await spawner.provider(ref["provider"]).terminate(ref["id"])
+        durable.forget_token_id(user, entry.get("token"))  # the node's server token goes with it
         spawner.kept = [k for k in spawner.kept if k is not entry]
         spawner.orm_spawner.state = spawner.get_state()
         self.db.commit()

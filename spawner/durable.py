@@ -192,10 +192,31 @@ def forget_token(user, token: str) -> None:
         user.db.commit()
 
 
+def token_id(user, token: str | None) -> int | None:
+    """The database id of ``user``'s token ``token`` (not the token: the state may hold
+    it), None when unknown."""
+    from jupyterhub import orm
+
+    row = orm.APIToken.find(user.db, token) if token else None
+    return row.id if row is not None else None
+
+
+def forget_token_id(user, tid) -> None:
+    """Delete ``user``'s token with database id ``tid`` (a kept node's server token, once
+    that node is gone)."""
+    from jupyterhub import orm
+
+    row = user.db.query(orm.APIToken).filter_by(id=tid).first() if isinstance(tid, int) else None
+    if row is not None and row.user_id == user.orm_user.id:
+        user.db.delete(row)
+        user.db.commit()
+
+
 def kept_entry(refs: list[dict], reason: str, *, node: dict | None = None, offer: dict | None = None,
-               request: dict | None = None) -> dict:
+               request: dict | None = None, token: int | None = None) -> dict:
     """The state's record of the nodes a stop kept because its snapshot failed: the
-    nodes (``NodeRef`` dicts), why, when, and the notebook node with its offer and
-    request, so the server's next start resumes that node as it was."""
+    nodes (``NodeRef`` dicts), why, when, the notebook node with its offer and request,
+    and the database id of the node's server token (kept valid so a retry can still
+    snapshot it; deleted once the node goes)."""
     return {"nodes": list(refs), "reason": reason, "at": time.time(), "node": node, "offer": offer,
-            "request": request}
+            "request": request, "token": token}

@@ -801,7 +801,8 @@ class CloudhopSpawner(Spawner):
                                                 region=node.region).to_dict()]
             self.kept.append(durable.kept_entry(
                 refs, f"snapshot failed: {err}", node=node.to_dict(), offer=self.offer.to_dict() if self.offer else None,
-                request=self.request.to_dict() if self.request else None))
+                request=self.request.to_dict() if self.request else None,
+                token=durable.token_id(self.user, self.api_token) if hasattr(self.user, "db") else None))
             self.log.error("%s: stopped WITHOUT terminating node %s on %s: the snapshot failed: %s. "
                            "Nothing was deleted; retry the snapshot or discard the node: "
                            "cloudhop nodes terminate %s --discard",

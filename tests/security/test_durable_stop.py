@@ -107,6 +107,12 @@ def stopped_state(hub, user, server=""):
     return r.json()["servers"][server]["state"]
 
 
+def server_tokens(hub, user) -> list[str]:
+    """The ids of ``user``'s servers' own tokens (JupyterHub notes them "Server at ...")."""
+    tokens = hub.api("GET", f"/users/{user}/tokens").json()["api_tokens"]
+    return [t["id"] for t in tokens if (t.get("note") or "").startswith("Server at")]
+
+
 def make_session(hub, user, server=""):
     """A file and a notebook session whose kernel holds x and a NumPy array; what it shows."""
     api = user_api(hub, user)
@@ -195,7 +201,9 @@ def test_a_full_quota_keeps_the_node_and_says_why(hub):
     kernel.close()
     node = node_of(hub, "bob")
     hub.kept_pids.append(node["info"]["pid"])
+    [token] = server_tokens(hub, "bob")
     hub.stop_server("bob")
+    assert server_tokens(hub, "bob") == [token], "the kept node's token stays valid for a retry"
 
     assert psutil.pid_exists(node["info"]["pid"]), "the node was not terminated"
     assert os.path.getsize(os.path.join(node["info"]["workspace"], "big5.bin")) == 5 << 20
@@ -226,6 +234,7 @@ def test_a_full_quota_keeps_the_node_and_says_why(hub):
     wait_for("the discarded node is gone", lambda: not psutil.pid_exists(node["info"]["pid"]))
     hub.kept_pids.remove(node["info"]["pid"])
     assert not stopped_state(hub, "bob").get("kept")
+    assert server_tokens(hub, "bob") == [], "the discarded node's token went with it"
     assert hub.api("POST", f"/cloudhop/kept/{node['id']}", json={"action": "discard"}).status_code == 404
 
 
