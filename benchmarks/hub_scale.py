@@ -20,7 +20,9 @@ Reported per side, and Cloudhop's ratio against stock: hub CPU seconds per spawn
 hub process; its services, which stock does not run, on their own line), p50/p95/p99
 latency of the REST calls (all but the start and stop calls, which JupyterHub holds until
 the spawn ends or slow_spawn_timeout passes: their time shows as start -> ready), the
-log-in and form render times, failed spawns, and the peak RSS of the hub and of its proxy. Goals: CPU per spawn <= 1.1x stock, p95 <= stock, zero
+log-in and form render times, failed spawns, and the peak RSS of the hub and of its proxy.
+Then, on the Cloudhop hub, one reaper sweep over ``--sweep-users`` users (goal: < 2 s of
+hub CPU for 1,000). Goals: CPU per spawn <= 1.1x stock, p95 <= stock, zero
 failures.
 
     python benchmarks/hub_scale.py [--users 1000] [--concurrency 50] [--sides stock,cloudhop]
@@ -97,6 +99,8 @@ class Side:
     hub_rss: int = 0
     proxy_rss: int = 0
     wall: float = 0.0
+    #: one reaper sweep over ``sweep_users`` users: hub CPU seconds, pages, wall seconds
+    sweep: dict = field(default_factory=dict)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -249,7 +253,29 @@ class Load:
             await asyncio.gather(*(one(f"u{i:05d}") for i in range(users)))
 
 
-def measure(name: str, tmp: Path, users: int, concurrency: int) -> Side:
+def reaper_sweep(hub: HubProcess, proc: psutil.Process, users: int) -> dict:
+    """Hub CPU of one reaper sweep (Cloudhop's reaper, paging and backing off as the
+    service does, no provider) once the hub has ``users`` users: the load's, and more
+    made in one call. Their servers are stopped by then: a running server's model is
+    larger, so this is a floor for a hub whose users all run one."""
+    from cloudhop.extensions.hubclient import HubClient
+    from cloudhop.hub.reaper import Reaper
+
+    have = {u["name"] for u in hub.api("GET", "/users?limit=100000").json()}
+    more = [f"idle{i:05d}" for i in range(users) if f"idle{i:05d}" not in have][: max(0, users - len(have))]
+    if more:
+        r = hub.api("POST", "/users", json={"usernames": more}, timeout=300)
+        assert r.status_code == 201, r.text
+    client = HubClient(f"{hub.url}/hub/api", hub.token)
+    client.back_off = True
+    cpu0, t0 = cpu(proc), time.perf_counter()
+    report = asyncio.run(Reaper({}, client, "hub-scale").sweep())
+    return {"users": len(have) + len(more), "hub_cpu": cpu(proc) - cpu0, "wall": time.perf_counter() - t0,
+            "pages": report.get("hub", {}).get("pages"), "paused": report.get("hub", {}).get("paused"),
+            "error": report.get("hub_error")}
+
+
+def measure(name: str, tmp: Path, users: int, concurrency: int, sweep_users: int = 0) -> Side:
     side = Side(name)
     if name == "stock":
         data = tmp / "stock-data"
@@ -272,6 +298,8 @@ def measure(name: str, tmp: Path, users: int, concurrency: int) -> Side:
         sampler.done.set()
         sampler.join()
         side.hub_rss, side.proxy_rss = sampler.hub_rss, sampler.proxy_rss
+        if sweep_users:
+            side.sweep = reaper_sweep(hub, proc, sweep_users)
     finally:
         hub.stop()
     return side
@@ -306,6 +334,10 @@ def report(sides: dict[str, Side], users: int, concurrency: int) -> None:
             line += f"   {values[names.index('cloudhop')] / values[names.index('stock')]:.2f}x"
         print(line)
     for s in sides.values():
+        if s.sweep:
+            w = s.sweep
+            print(f"{s.name} reaper sweep over {w['users']} users: hub CPU {w['hub_cpu']:.2f}s, "
+                  f"{w['pages']} pages, {w['wall']:.2f}s wall, {w['paused']:.2f}s backing off, error {w['error']}")
         for f in s.failures[:10]:
             print(f"  {s.name} failure: {f}")
 
@@ -315,11 +347,14 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--sides", default="stock,cloudhop", help="which hubs, in order (stock,cloudhop)")
+    ap.add_argument("--sweep-users", type=int, default=1000,
+                    help="after the load, one reaper sweep on the Cloudhop hub with this many users (0: none)")
     args = ap.parse_args()
     sides: dict[str, Side] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sides.split(","):
-            sides[name] = measure(name, Path(tmp), args.users, args.concurrency)
+            sides[name] = measure(name, Path(tmp), args.users, args.concurrency,
+                                  sweep_users=args.sweep_users if name == "cloudhop" else 0)
             print(f"{name}: {sides[name].spawns} spawns in {sides[name].wall:.1f}s", flush=True)
     report(sides, args.users, args.concurrency)
 
