@@ -476,3 +476,9 @@ class CloudProvider(Provider):
 
     def _blocking_check(self) -> str | None:
         return None
+
+    def _reason(self, err: BaseException) -> str:
+        """What a failed availability check says: the mapped error's message (it names
+        the refused credential, never its value), else the error's type."""
+        mapped = self._classify(err)
+        return mapped.message if isinstance(mapped, ProviderError) else f"{self.display_name}: {type(err).__name__}"

@@ -298,8 +298,7 @@ class DigitalOceanProvider(CloudProvider):
         try:
             self.client().account.get()
         except Exception as err:  # noqa: BLE001 - a reason, never a crash
-            mapped = self._classify(err)
-            return mapped.message if isinstance(mapped, ProviderError) else f"DigitalOcean: {type(err).__name__}"
+            return self._reason(err)
         return None
 
     async def check_catalog(self, offers):

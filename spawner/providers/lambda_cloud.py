@@ -351,8 +351,7 @@ class LambdaProvider(CloudProvider):
         try:
             self._read_capacity()
         except Exception as err:  # noqa: BLE001 - a reason, never a crash
-            mapped = self._classify(err)
-            return mapped.message if isinstance(mapped, ProviderError) else f"Lambda Cloud: {type(err).__name__}"
+            return self._reason(err)
         if not self.ssh_key_name:
             return "Lambda Cloud needs an SSH key name: set c.LambdaProvider.ssh_key_name"
         return None

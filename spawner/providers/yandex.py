@@ -199,7 +199,8 @@ class YandexAPI:
                 if not path:
                     raise CredentialsError(NO_CREDENTIALS)
                 try:
-                    key = json.loads(open(path, encoding="utf-8").read())
+                    with open(path, encoding="utf-8") as f:
+                        key = json.load(f)
                     body = {"jwt": service_account_jwt(key, HOSTS["iam"] + IAM_PATH)}
                 except (OSError, ValueError, KeyError, TypeError) as err:
                     raise CredentialsError(f"the Yandex Cloud service account key file is not an authorized "
@@ -517,8 +518,7 @@ class YandexProvider(CloudProvider):
             self.api().call("GET", "compute", "/compute/v1/instances",
                             params={"folderId": self.folder(), "pageSize": 1})
         except Exception as err:  # noqa: BLE001 - a reason, never a crash
-            mapped = self._classify(err)
-            return mapped.message if isinstance(mapped, ProviderError) else f"Yandex Cloud: {type(err).__name__}"
+            return self._reason(err)
         return None
 
     async def check_catalog(self, offers):

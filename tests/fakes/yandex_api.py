@@ -228,9 +228,8 @@ class FakeYandex(JSONDouble):
             n = next(_ids)
             inst_id = f"fhm{n:017d}"
             if answer == "capacity" or self.no_capacity:
-                op = self._operation("Create instance", {"instanceId": inst_id},
-                                     (8, f"Not enough resources in zone {body['zoneId']} for the requested "
-                                         f"platform {body.get('platformId')}"))
+                why = f"Not enough resources in zone {body['zoneId']} for platform {body.get('platformId')}"
+                op = self._operation("Create instance", {"instanceId": inst_id}, (8, why))
                 return 200, op
             nic = body["networkInterfaceSpecs"][0]
             address = {"address": f"198.51.100.{n % 250 + 1}"}
