@@ -13,7 +13,7 @@ import traitlets
 
 from cloudhop.hub.cli import main
 from cloudhop.spawner.providers.base import (
-    RUNNING, TAG_USER, TERMINATED, CapacityError, CredentialsError, QuotaError, TransientError,
+    RUNNING, STOPPING, TAG_USER, TERMINATED, CapacityError, CredentialsError, QuotaError, TransientError,
 )
 from cloudhop.spawner.providers.yandex import YandexProvider, parse_type
 from cloudhop.spawner.ray import CLUSTER_TAG, WORKER_ROLE
@@ -102,6 +102,16 @@ async def test_terminate_is_idempotent(provider, api):
     await provider.terminate(node.id)
     assert api.live() == [] and (await provider.status(node.id)).state == TERMINATED
     await provider.terminate(node.id)
+
+
+async def test_a_preempted_vm_reads_as_going_away_and_is_deleted(provider, api):
+    """Yandex stops a preempted VM (its disk stays and costs): the server reads gone, and
+    the terminate the hub's stop makes deletes it."""
+    node = await provider.launch(spec_for(t4(), spot=True))
+    api.instances[node.id.split("/")[1]]["status"] = "STOPPED"
+    assert (await provider.status(node.id)).state == STOPPING
+    await provider.terminate(node.id)
+    assert api.instances == {}
 
 
 async def test_a_zone_without_resources_moves_on_then_capacity_quota(provider, api):
