@@ -9,8 +9,8 @@
     POST {server}/cloudhop/api/restore             {"snapshot": id}: restore it into this server now
     POST {server}/cloudhop/api/snapshots           snapshot this server into its own line (hibernate.py)
     GET  {server}/cloudhop/api/info                where this server runs (provider, region, GPU), its price and spend
-    GET  {server}/cloudhop/api/gpus                live use of this server's GPUs (NVML), or why there are none
     GET|POST {server}/cloudhop/api/activity        the cull the hub plans; POST: keep running (activity.py)
+    GET  {server}/cloudhop/api/gpus                live use of this server's GPUs (NVML), or why there are none
     GET  {server}/cloudhop/api/offers              offers this user may move to (policy-filtered, from the hub),
                                                    a move's targets cheapest first, and what a move leaves out
     GET|POST|DELETE {server}/cloudhop/api/shares   this server's shares and share links (sharing.py)
@@ -66,7 +66,7 @@ def _load_jupyter_server_extension(serverapp):
         (url_path_join(base, "shares"), SharesHandler, {"hub": hub}),
     ])
     ray_api.load(serverapp)  # Ray status, resize and dashboard routes (docs/ray.md)
+    activity.load(serverapp, hub)  # activity reports and the cull warning (activity.py)
     offer_examples(serverapp)  # the example notebooks, once per new workspace (examples.py)
     start_agent(serverapp, hibernator, hub)  # on a spot node: the interruption notice (preempt/)
     serverapp.log.info("Cloudhop server extension loaded")
-    activity.load(serverapp, hub)  # activity reports and the cull warning (activity.py)

@@ -34,15 +34,16 @@ def cloudhop_routes() -> list[tuple]:
     from . import tokens_api
     from .offers_api import handlers as offers_handlers
     from .ray_api import handlers as ray_handlers
+    from .snapshots_api import handlers as snapshot_handlers  # snapshot lines, class snapshots
     from .rescue_api import handlers as rescue_handlers  # spot rescues
     from .sharing import handlers as sharing_handlers
-    from .snapshots_api import handlers as snapshot_handlers  # snapshot lines, class snapshots
+    from .culling_api import handlers as activity_handlers  # servers' activity reports
     from .usage_api import handlers as usage_handlers  # spend and budgets
     from .kept_api import handlers as kept_handlers  # nodes stops kept (docs/durability.md)
     from .launch_steps_api import handlers as launch_step_handlers  # cloud nodes' bootstrap steps
 
-    return [*offers_handlers(), *tokens_api.handlers(), *ray_handlers(), *rescue_handlers(), *sharing_handlers(), *snapshot_handlers(),
-            *usage_handlers(), *kept_handlers(),
+    return [*offers_handlers(), *tokens_api.handlers(), *ray_handlers(), *rescue_handlers(), *sharing_handlers(),
+            *activity_handlers(), *snapshot_handlers(), *usage_handlers(), *kept_handlers(),
             *launch_step_handlers()]
 
 
@@ -63,6 +64,9 @@ class CloudhopHub(JupyterHub):
 
     def init_handlers(self):
         super().init_handlers()
+        from . import metrics
+
+        metrics.install(self)  # Cloudhop's families on /hub/metrics
         operators = [tuple(h) for h in self.extra_handlers]
         ours = [h for h in cloudhop_routes() if h not in operators]
         # first: JupyterHub's own API ends in a catch-all 404 for /hub/api/; a page of
