@@ -171,6 +171,6 @@ def test_a_group_without_budget_left_for_an_hour_is_refused(hub):
     assert r.status_code == 403, (r.status_code, r.text)
     assert r.json()["message"] == (
         "budget: one hour at $0.10/h is more than the $0.05 left of group 'tight''s "
-        "$0.15 budget this day; pick a cheaper offer"
+        "$0.15 budget this day (budget); pick a cheaper offer"
     )
     assert hub.server_model("tim") is None
