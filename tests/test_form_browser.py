@@ -238,7 +238,7 @@ def test_the_form_says_why_errors_read_plainly_progress_shows_and_home_says_wher
             assert aws.is_disabled() and "credentials" in aws.inner_text()
             assert "AWS: " in page.inner_text("#ch-unavailable")
             assert " ".join(page.inner_text("#ch-not-enabled").split()) == (
-                "GCP, OCI and Kubernetes are not enabled on this hub; an admin adds them with "
+                "GCP, OCI, Lambda Cloud, Azure, DigitalOcean, Yandex Cloud and Kubernetes are not enabled on this hub; an admin adds them with "
                 "c.CloudhopSpawner.providers.")
             assert page.is_disabled("#ch-zone")
             assert page.inner_text("#ch-zone-why") == "pick a machine in the table to choose its zone"
