@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: what the quick start's one install must make importable
 MODULES = ["blake3", "pyfastcdc", "dill", "ray", "jupyter_server_proxy", "boto3",
            "google.cloud.compute_v1", "oci", "azure.mgmt.compute", "azure.mgmt.network", "azure.identity",
-           "pydo", "kubespawner", "yaml", "cloudhop.extensions.server"]
+           "pydo", "cryptography", "kubespawner", "yaml", "cloudhop.extensions.server"]
 
 
 # -- what the package declares ---------------------------------------------------------------
@@ -44,7 +44,7 @@ def test_the_default_hubs_needs_are_plain_dependencies_and_the_old_extras_add_no
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     needs = {"pyfastcdc", "blake3", "dill", "ray", "jupyter-server-proxy", "boto3",
              "google-cloud-compute", "oci", "jupyterhub-kubespawner", "pyyaml",
-             "azure-mgmt-compute", "azure-mgmt-network", "azure-identity", "pydo"}
+             "azure-mgmt-compute", "azure-mgmt-network", "azure-identity", "pydo", "cryptography"}
     assert needs <= {_name(r) for r in project["dependencies"]}
     assert any(r.startswith("ray[default]") for r in project["dependencies"])  # the dashboard
     extras = project["optional-dependencies"]
