@@ -261,12 +261,12 @@ def reaper_sweep(hub: HubProcess, proc: psutil.Process, users: int) -> dict:
     from cloudhop.extensions.hubclient import HubClient
     from cloudhop.hub.reaper import Reaper
 
-    have = {u["name"] for u in hub.api("GET", "/users?limit=100000").json()}
+    client = HubClient(f"{hub.url}/hub/api", hub.token)
+    have = {u["name"] for u in asyncio.run(client.users())}  # page by page: the hub caps a page
     more = [f"idle{i:05d}" for i in range(users) if f"idle{i:05d}" not in have][: max(0, users - len(have))]
     if more:
         r = hub.api("POST", "/users", json={"usernames": more}, timeout=300)
         assert r.status_code == 201, r.text
-    client = HubClient(f"{hub.url}/hub/api", hub.token)
     client.back_off = True
     cpu0, t0 = cpu(proc), time.perf_counter()
     report = asyncio.run(Reaper({}, client, "hub-scale").sweep())
