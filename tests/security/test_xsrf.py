@@ -46,6 +46,10 @@ CHANGES = [
     ("POST", "/user/{u}/cloudhop/api/activity", {}, 200, False),
     # past authentication and XSRF, a deletion of a snapshot ada does not have finds none
     ("DELETE", "/hub/api/cloudhop/snapshots/{u}/20000101-000000-00000000", None, 404, False),
+    # a share link of ada's server, then every share of it revoked (shares are not in the
+    # state compared here: test_sharing.py checks who gets in)
+    ("POST", "/user/{u}/cloudhop/api/shares", {"code": True}, 200, False),
+    ("DELETE", "/user/{u}/cloudhop/api/shares", None, 204, False),
     # only the server's own token reports launch steps: ada herself, by cookie, gets the 404 anyone does
     ("POST", "/hub/api/cloudhop/launch-steps/{u}", {"step": "image"}, 404, False),
 ]
