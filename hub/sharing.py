@@ -13,6 +13,9 @@ the hub with the server's own token. For that:
 
 A user a server is shared with gets JupyterHub's default share, ``access:servers`` on that
 server: they use it as its owner does, and their code runs as the owner (docs/teaching.md).
+A server shared with a group reaches its members through :mod:`.group_shares` (JupyterHub
+itself counts group shares for users, not for their tokens, which is how a server knows
+its visitors).
 
 An expired or revoked link answers with :data:`GONE` (:class:`AcceptShareHandler`),
 instead of JupyterHub's bare "Share not found or expired" or "Invalid share code".
@@ -70,5 +73,10 @@ class AcceptShareHandler(_JupyterHubAcceptShare):
 
 
 def handlers() -> list[tuple]:
-    """The hub's routes (unprefixed): the accept page, before JupyterHub's own."""
+    """The hub's routes (unprefixed): the accept page, before JupyterHub's own. Called
+    as the hub starts, it also makes shares with a group reach its members' tokens
+    (:mod:`.group_shares`)."""
+    from .group_shares import install
+
+    install()
     return [(r"/accept-share", AcceptShareHandler)]
