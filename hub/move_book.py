@@ -169,6 +169,17 @@ class MoveBook:
     def unsettled(self) -> list[dict]:
         return [m for m in self.moves.values() if not m.get("settled")]
 
+    def unaccepted_target(self, user: str, server: str) -> dict | None:
+        """The unsettled move whose new server is ``user``'s ``server`` and which is not
+        ``done``, None when there is none. Such a server is a copy the move has not handed
+        over: whatever stops it, the move fails (or has failed) and the reconciler removes
+        it, so its stop keeps nothing (no snapshot). Only the hub writes these records,
+        and only for a target name no server of the user had (:mod:`.tokens_api`)."""
+        for m in self.unsettled():
+            if m["user"] == user and m["target"] == server and m["phase"] != "done":
+                return m
+        return None
+
     def advance(self, m: dict, phase: str, error: str | None = None) -> bool:
         """Move ``m`` to ``phase`` (with ``error`` when it failed). Returns whether it
         changed; raises :class:`MoveConflict` for a phase it cannot take (see the rules

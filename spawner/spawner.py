@@ -770,6 +770,14 @@ class CloudhopSpawner(Spawner):
             return self.api_token, False
         return durable.call_token(self.user, self.name or ""), True
 
+    def _unaccepted_move(self) -> dict | None:
+        """The hub's record of the move whose new server this is, while the move has not
+        handed it over (:meth:`.MoveBook.unaccepted_target`); None for every other server."""
+        from cloudhop.hub.move_book import book_of
+
+        book = book_of(getattr(self, "config", None))
+        return book.unaccepted_target(self.user.name, self.name or "") if book is not None else None
+
     async def _hibernate(self) -> bool:
         """Snapshot the running server before its nodes go; True when they may go. A
         server that never finished starting (or whose node is already snapshotted:
@@ -783,6 +791,11 @@ class CloudhopSpawner(Spawner):
             # the hub stops a server that never answered its first check (JupyterHub's
             # http_timeout): nobody can have worked on it, so there is nothing to keep
             self.log.info("%s: never answered; stopped without a snapshot", self._log_name)
+            return True
+        move = self._unaccepted_move()
+        if move is not None:
+            self.log.info("%s: the new server of move %s (%s), not handed over: stopped without a snapshot",
+                          self._log_name, move["id"], move["phase"])
             return True
         started = time.time()
         self.hibernating = started

@@ -224,3 +224,65 @@ async def test_a_server_that_never_answered_is_stopped_without_a_snapshot():
     s._waiting_for_response = True  # as JupyterHub's _wait_up leaves it when it gives up
     await s.stop()
     assert cloud.live() == set() and s.kept == []
+
+
+# -- a move's new server, stopped before the move handed it over, keeps nothing ---------------
+
+async def _stop_unreachable(server: str, book_file, records) -> tuple[list, set]:
+    """Stop ``ada``'s server ``server`` whose node does not answer a snapshot call, with
+    the hub's move book holding ``records`` ``(user, source, target, phase, settled)``;
+    returns its kept entries (a snapshot was tried) and the nodes left running."""
+    from types import SimpleNamespace
+
+    from instant_cloud import InstantCloud
+    from test_state import new_spawner
+    from traitlets.config import Config
+
+    from cloudhop.hub.move_book import book_at
+
+    book = book_at(book_file)
+    for user, source, target, phase, settled in records:
+        m = book.open(user, source, target, expires_at=4e9)
+        if phase != "snapshotting":
+            book.advance(m, phase, "failed on purpose" if phase == "failed" else None)
+        if settled:
+            book.settle(m)
+    config = Config()
+    config.CloudhopMoves.record_file = str(book_file)
+    cloud = InstantCloud()
+    s = new_spawner(cloud)
+    s.config = config
+    s.user_options = {"provider": "auto", "gpu": "none"}
+    await s.start()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens: a snapshot call fails, the node is kept
+    s.node = dataclasses.replace(s.node, ip="127.0.0.1", port=port)
+    s.environment = {durable.STORE_URL_ENV: "http://127.0.0.1:9/services/cloudhop-store/"}
+    orm_server = object()  # the hub's row of the server, as JupyterHub's Spawner.server checks it
+    s.orm_spawner = SimpleNamespace(name=server, display_name=server, server=None)
+    s.orm_spawner.server = orm_server
+    s.api_token, s.server = "server-token", SimpleNamespace(base_url=f"/user/ada/{server}/", orm_server=orm_server)
+    await s.stop()
+    return s.kept, cloud.live()
+
+
+@pytest.mark.parametrize("phase", ["restoring", "failed", "awaiting-accept"])
+async def test_a_moves_new_server_stops_without_a_snapshot(tmp_path, phase):
+    """A failed move removes its new server (the source's rollback, the reconciler): that
+    stop snapshots nothing (no junk snapshot, no delay), as the hub's record of the move says."""
+    kept, live = await _stop_unreachable("site-b-1", tmp_path / "moves.json",
+                                         [("ada", "", "site-b-1", phase, False)])
+    assert kept == [] and live == set(), "no snapshot was tried: the node is terminated"
+
+
+@pytest.mark.parametrize("record", [
+    None,                                      # no move at all
+    ("ada", "", "site-b-1", "done", False),    # a finished move: the new server is the user's now
+    ("ada", "", "site-b-1", "failed", True),   # settled long ago: the name was reused since
+    ("bob", "", "site-b-1", "restoring", False),  # another user's move to the same name
+    ("ada", "site-b-1", "x", "restoring", False),  # the server is a move's source
+])
+async def test_no_other_server_skips_its_snapshot(tmp_path, record):
+    kept, live = await _stop_unreachable("site-b-1", tmp_path / "moves.json", [record] if record else [])
+    assert len(kept) == 1 and len(live) == 1, "the snapshot was tried (and failed): the node is kept"
