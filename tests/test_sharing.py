@@ -44,6 +44,14 @@ def login(browser, hub, name, password):
     return page
 
 
+def _open(page, url: str) -> None:
+    """Open ``url`` of a shared server, confirming JupyterHub's authorize page if it asks."""
+    page.goto(url)
+    if "/hub/api/oauth2/authorize" in page.url:
+        page.locator("button[type=submit]", has_text="Authorize").click()
+        page.wait_for_url(re.compile(r".*/user/zoe/.*"), timeout=60_000)
+
+
 def _run_first_cell(page, expect: str):
     cell = page.locator(".jp-Notebook .jp-Cell").first
     cell.locator(".cm-content").wait_for(timeout=60_000)
@@ -64,6 +72,7 @@ def test_share_link_lets_a_second_user_run_a_cell_until_the_owner_stops_sharing(
     hub = hub_factory(extra_config=HUB_CONFIG)
     password = (hub.data_dir / "user_password").read_text().strip()
     hub.ensure_user("bob")
+    hub.ensure_user("eve")
     hub.spawn("zoe", {"provider": "local", "region": "here", "gpu": "none"})
     r = hub.server_api("PUT", "zoe", "api/contents/shared.ipynb", json={"type": "notebook", "content": NOTEBOOK})
     assert r.status_code in (200, 201), r.text
@@ -144,8 +153,15 @@ def test_share_link_lets_a_second_user_run_a_cell_until_the_owner_stops_sharing(
             assert status == 200 and reply["kind"] == "group", reply
             listed = zoe.evaluate(SERVER_GET, "/user/zoe/cloudhop/api/shares")["shares"]
             assert [(s["kind"], s["name"]) for s in listed] == [("group", "helpers")], listed
+            # bob, a member, opens the server and runs a cell; eve, who is not, is refused
+            _open(bob, f"{hub.url}/user/zoe/lab/tree/shared.ipynb")
+            _run_first_cell(bob, "x is 42")
+            eve = login(browser, hub, "eve", password)
+            refused = eve.goto(f"{hub.url}/user/zoe/api/contents/shared.ipynb")
+            assert refused.status in (401, 403) and "x = 6 * 7" not in eve.content(), (refused.status, eve.url)
             status, _ = zoe.evaluate(SERVER_SEND, ["DELETE", "/user/zoe/cloudhop/api/shares?group=helpers", None])
             assert status == 204 and zoe.evaluate(SERVER_GET, "/user/zoe/cloudhop/api/shares")["shares"] == []
+            assert bob.evaluate(SERVER_STATUS, "/user/zoe/api/contents/shared.ipynb") in (0, 302, 401, 403)
 
             # the revoked link gets a clear page
             bob.goto(link)

@@ -7,9 +7,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from jupyterhub import orm, scopes
-
 from cloudhop.hub.group_shares import install
+from jupyterhub import orm, scopes
 
 ACCESS = "access:servers!server=zoe/"
 
