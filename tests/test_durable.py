@@ -286,3 +286,35 @@ async def test_a_moves_new_server_stops_without_a_snapshot(tmp_path, phase):
 async def test_no_other_server_skips_its_snapshot(tmp_path, record):
     kept, live = await _stop_unreachable("site-b-1", tmp_path / "moves.json", [record] if record else [])
     assert len(kept) == 1 and len(live) == 1, "the snapshot was tried (and failed): the node is kept"
+
+
+def test_a_restore_leaves_a_running_kernels_history_database_writable(store, tmp_path):
+    """On a local node HOME is the workspace, so IPython's history database lives in it,
+    opened by every kernel. A restore renaming a copy over the open database made the
+    kernel's next write fail ("attempt to write a readonly database"): the database is not
+    in a snapshot (each kernel keeps its own), and the open one keeps working."""
+    import sqlite3
+
+    def history(ws, line):
+        path = ws / ".ipython" / "profile_default" / "history.sqlite"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path)  # as IPython's HistoryManager opens it
+        db.execute("CREATE TABLE IF NOT EXISTS history (session, line, source)")
+        db.execute("INSERT INTO history VALUES (1, 1, ?)", (line,))
+        db.commit()
+        return db
+
+    ws, out = tmp_path / "ws", tmp_path / "out"
+    old_kernel = history(ws, "x = 1")
+    (ws / "a.txt").write_text("mine\n")
+    client = StoreClient(store.url, "alice", "tok")
+    sid, manifest, stats = take_snapshot(ws, client)
+    assert [f.path for f in manifest.files if "history" in f.path] == []
+    assert ".ipython/profile_default/history.sqlite" in [s.path for s in stats.skipped]
+    old_kernel.close()
+    new_kernel = history(out, "y = 2")  # the restored server's kernel is up before (or while) the files come
+    restore_snapshot(Manifest.loads(client.get_manifest(sid)), client, workspace_dest(str(out)))
+    assert (out / "a.txt").read_text() == "mine\n"
+    new_kernel.execute("INSERT INTO history VALUES (1, 2, 'print(x)')")
+    new_kernel.commit()
+    new_kernel.close()

@@ -39,6 +39,10 @@ CACHE_PATTERNS = (
     # the running server's own runtime files (its connection files and cookie secret, its
     # kernels' connection files): each server writes its own at start
     ".local/share/jupyter/runtime",
+    # IPython's command history (HOME is the workspace on a local node): a kernel opens it
+    # as it starts, and a restored copy renamed over the open database leaves that kernel's
+    # SQLite unable to write ("attempt to write a readonly database"); each kernel makes its own
+    ".ipython/profile_*/history.sqlite*",
 )
 #: the default of ``c.CloudhopMigration.exclude``
 DEFAULT_PATTERNS = CACHE_PATTERNS
