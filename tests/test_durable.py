@@ -318,3 +318,40 @@ def test_a_restore_leaves_a_running_kernels_history_database_writable(store, tmp
     new_kernel.execute("INSERT INTO history VALUES (1, 2, 'print(x)')")
     new_kernel.commit()
     new_kernel.close()
+
+
+# -- a stopped node's kernels do not outlive it ------------------------------------------------
+
+KERNEL_PARENT = ("import subprocess, sys\n"
+                 "k = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"  # as jupyter_client starts a kernel
+                 "open('kernel.pid', 'w').write(str(k.pid))\n"
+                 "sys.exit(0) if sys.argv[1] == 'dies' else subprocess.call(['sleep', '300'])\n")
+
+
+@pytest.mark.parametrize("server", ["runs", "dies"])
+async def test_terminate_stops_the_kernels_in_sessions_of_their_own(provider, server):
+    """Kernels run in sessions of their own; a terminate stops them with the node, also when
+    the server process has already exited (its kernels then belong to init)."""
+    import sys
+    import time
+
+    import psutil
+
+    offer = next(o for o in provider.offers() if o.region == "kept")
+    spec = dataclasses.replace(_spec(offer, f"srv-{server}"), cmd=[sys.executable, "-c", KERNEL_PARENT, server])
+    node = await provider.launch(spec)
+    pid_file = os.path.join(node.info["workspace"], "kernel.pid")
+    for _ in range(200):
+        if os.path.exists(pid_file) and open(pid_file).read():
+            break
+        time.sleep(0.05)
+    kernel = psutil.Process(int(open(pid_file).read()))
+    assert os.getsid(kernel.pid) == kernel.pid, "the kernel leads its own session"
+    if server == "dies":
+        provider._procs[node.id].wait(10)  # the server has exited: init holds the kernel
+    await provider.terminate(node.id)
+    try:
+        kernel.wait(10)
+    except psutil.TimeoutExpired:
+        kernel.kill()
+        pytest.fail("the kernel outlived its node")

@@ -99,6 +99,8 @@ class IsolationError(ProviderError):
 
 #: the file in the state folder naming the one hub user a hub that is not root serves
 ONLY_USER_FILE = "only-user"  # not *.json: those are node records
+#: the environment variable holding the node's id in every process it starts (kernels too)
+NODE_ENV = "CLOUDHOP_NODE_ID"
 
 
 class LocalProvider(Provider):
@@ -484,6 +486,9 @@ class LocalProvider(Provider):
             **{k: str(v) for k, v in spec.env.items()},
             "CUDA_VISIBLE_DEVICES": ",".join(g.uuid for g in gpus),
             "CLOUDHOP_GPUS": json.dumps([g.model for g in gpus]),
+            # inherited by the server's kernels, which run in sessions of their own
+            # (jupyter_client starts each in a new one): terminate finds them by it
+            NODE_ENV: node_id,
         }
         if shared_by > 1:
             env["CLOUDHOP_GPU_SHARED_BY"] = str(shared_by)
@@ -595,11 +600,22 @@ class LocalProvider(Provider):
                 root_alive = False
         for p in psutil.process_iter():
             try:
-                if os.getsid(p.pid) == pid and (root_alive or self._left_behind(p, rec)):
+                if p.pid in procs:
+                    continue
+                if (os.getsid(p.pid) == pid and (root_alive or self._left_behind(p, rec))) or self._kernel_of(p, rec):
                     procs[p.pid] = p
             except (ProcessLookupError, PermissionError, psutil.Error):
                 continue
         stop_processes(procs.values(), self.stop_timeout)
+
+    @staticmethod
+    def _kernel_of(p: psutil.Process, rec: dict) -> bool:
+        """Whether ``p`` is a process the node started in a session of its own (a kernel,
+        whose server may have exited and left it to init): started after the node, with
+        the node's id in its environment."""
+        if p.pid == rec["pid"] or p.create_time() < rec["created"] - 1.0:
+            return False
+        return p.environ().get(NODE_ENV) == rec["id"]
 
     @staticmethod
     def _left_behind(p: psutil.Process, rec: dict) -> bool:
