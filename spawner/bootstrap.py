@@ -123,6 +123,22 @@ def _indent(text: str, n: int) -> str:
     return "\n".join(pad + line if line else line for line in text.splitlines())
 
 
+#: the notebook node's start script sends each finished step to the hub's launch timeline
+#: (docs/launch-time.md) with the server's own token; a hub that cannot be reached never
+#: stops the start. A Ray worker holds no hub token, so its steps are only logged.
+_STEP_REPORTER = """\
+envvar() { sed -n "/^$1=/{s/^$1=//p;q;}" /etc/cloudhop/env 2>/dev/null || true; }
+step() {
+  log "step done: $1"
+  local url
+  url=$(envvar CLOUDHOP_LAUNCH_STEPS_URL)
+  [ -n "$url" ] && command -v curl >/dev/null 2>&1 || return 0
+  curl -fsS -m 5 -X POST -H "Authorization: token $(envvar JUPYTERHUB_API_TOKEN)" \\
+    -H "Content-Type: application/json" -d "{\\"step\\": \\"$1\\"}" "$url" >/dev/null 2>&1 || true
+}"""
+_STEP_LOGGER = 'step() { log "step done: $1"; }'
+
+
 def render_user_data(spec, *, image: str, hub_connect_url: str | None = None) -> str:
     """Cloud-init (``#cloud-config``) text that starts ``spec``'s server on a VM.
 
@@ -143,4 +159,5 @@ def render_user_data(spec, *, image: str, hub_connect_url: str | None = None) ->
         port=int(spec.port),
         role=spec.role,
         request_id=shlex.quote(spec.request_id),
+        step_function=_indent(_STEP_REPORTER if "CLOUDHOP_LAUNCH_STEPS_URL" in env else _STEP_LOGGER, 6),
     )

@@ -23,15 +23,23 @@ SERIAL_GROUPS = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
     """With ``--dist loadgroup`` (the suite's default, see pyproject.toml) every test file
     runs whole on one worker, so a module's hub fixture starts once; the files named in
-    :data:`SERIAL_GROUPS` share a worker with the others of their group."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            path = item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group(SERIAL_GROUPS.get(Path(path).name, path)))
+    :data:`SERIAL_GROUPS` share a worker with the others of their group. (A scheduler of
+    our own: pytest-xdist 3.8 groups by ``xdist_group`` marks through a node-id field that
+    pytest 9 no longer reads.)"""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::")[0]
+            return SERIAL_GROUPS.get(Path(path).name, path)
+
+    return FileGroups(config, log)
 
 
 @pytest.fixture

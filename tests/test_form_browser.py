@@ -279,7 +279,7 @@ def test_the_form_says_why_errors_read_plainly_progress_shows_and_home_says_wher
             # Home: where the server runs
             page.goto(f"{hub.url}/hub/home")
             where = page.inner_text("tr[data-server-name=cpu1] .cloudhop-where-col")
-            assert " ".join(where.split()) == "local · local · no GPU · $0.00/h"
+            assert " ".join(where.split()) == "local · local · no GPU · $0.00/h · spent $0.00"
             page.screenshot(path=str(SHOTS / "home.png"), full_page=True)
             assert errors == []
         finally:

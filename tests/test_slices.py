@@ -4,6 +4,7 @@ only its slice, and group policy allowing slices by name."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import psutil
@@ -73,13 +74,24 @@ def test_slices_are_offered_with_their_memory_and_share(provider):
     assert gpu_label("T4") == "T4"
 
 
+def exec_environ(pid: int) -> dict:
+    """The environment a launched server runs with, read once its process has exec'd (a
+    child read before that still shows its parent's, or an empty one)."""
+    for _ in range(200):
+        env = psutil.Process(pid).environ()
+        if "CLOUDHOP_NODE_ID" in env:  # set by the local provider for every node
+            return env
+        time.sleep(0.05)
+    return psutil.Process(pid).environ()
+
+
 async def test_fourteen_mig_and_eight_shared_servers_each_see_only_their_slice(provider):
     nodes = []
     for i in range(14):
         nodes.append(await provider.launch(spec(offer(provider, MIG), f"mig-{i}", f"student{i}")))
     for i in range(8):
         nodes.append(await provider.launch(spec(offer(provider, SHARED), f"share-{i}", f"student{14 + i}")))
-    seen = [psutil.Process(n.info["pid"]).environ() for n in nodes]
+    seen = [exec_environ(n.info["pid"]) for n in nodes]
     devices = [env["CUDA_VISIBLE_DEVICES"] for env in seen]
     assert all("," not in d for d in devices), "each server sees one device"
 
