@@ -15,10 +15,8 @@ regions (a stopped server's workspace is deleted, as a cloud VM's disk is).
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _common import bench_parser, run_in_scratch  # noqa: E402
 from migration import BIG_PROJECT, PROBE, MiB, _project, timed  # noqa: E402 - the same project as a move's
 
 REGIONS = ('c.LocalProvider.regions = {"site-a": {"gpus": "none", "ephemeral": True}, '
@@ -121,16 +120,9 @@ def bench(args, tmp: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, data="the hubs' data")
     parser.add_argument("--mib", type=int, default=64, help="MiB of files and of kernel state (default: 64)")
-    parser.add_argument("--tmp", help="a folder for the hubs' data (default: a new temporary one)")
-    args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="cloudhop-durability-", dir=args.tmp))
-    try:
-        bench(args, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return run_in_scratch(parser.parse_args(), "durability", bench)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ same dill call). Without Kishu, or when it fails, the benchmark says why and goe
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import pickle
@@ -34,7 +33,6 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +40,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the store harness and the hub fixture
+sys.path.insert(0, str(HERE))
+from _common import bench_parser, scratch_folder  # noqa: E402
 
 MiB = 1 << 20
 
@@ -454,7 +454,7 @@ def bench_end_to_end(args, tmp: Path) -> None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__, data="the benchmark's files")
     p.add_argument("--state-mib", type=int, default=256, metavar="MIB",
                    help="MiB of NumPy arrays in the kernel state, beside a mixed namespace (default %(default)s)")
     p.add_argument("--workspace-mib", type=int, default=256, metavar="MIB",
@@ -468,12 +468,9 @@ def main() -> int:
                    help="runs per kernel-state contender; the best counts (default %(default)s)")
     p.add_argument("--only", choices=["state", "workspace", "e2e"], action="append", metavar="PART",
                    help="run only this part: state, workspace or e2e; repeat to run several (default: all)")
-    p.add_argument("--tmp", default=None, metavar="DIR",
-                   help="make the benchmark's temporary folder inside DIR (default: the system's temporary folder)")
     args = p.parse_args()
     parts = args.only or ["state", "workspace", "e2e"]
-    tmp = Path(tempfile.mkdtemp(prefix="cloudhop-bench-", dir=args.tmp))
-    try:
+    with scratch_folder("bench", args.tmp) as tmp:
         print(f"cloudhop migration benchmark: {os.cpu_count()} CPUs, numpy {np.__version__}, files in {tmp}")
         if "state" in parts:
             bench_kernel_state(args, tmp)
@@ -481,8 +478,6 @@ def main() -> int:
             bench_workspace(args, tmp)
         if "e2e" in parts:
             bench_end_to_end(args, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

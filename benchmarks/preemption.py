@@ -14,15 +14,13 @@ the server running again with its variables, and the snapshot's size. Goal for
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _common import bench_parser, run_in_scratch  # noqa: E402
 from durability import REGIONS, probe  # noqa: E402 - the same two ephemeral regions and probe
 from migration import BIG_PROJECT, MiB  # noqa: E402 - the same project as a move's
 
@@ -89,16 +87,9 @@ def bench(args, tmp: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__, data="the hub's data")
     parser.add_argument("--mib", type=int, default=64, help="MiB of files and of kernel state (default: 64)")
-    parser.add_argument("--tmp", help="a folder for the hub's data (default: a new temporary one)")
-    args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="cloudhop-preemption-", dir=args.tmp))
-    try:
-        bench(args, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return run_in_scratch(parser.parse_args(), "preemption", bench)
 
 
 if __name__ == "__main__":
