@@ -87,3 +87,21 @@ def test_the_old_public_ip_setting_still_reaches_the_launch_request():
     spec = spec_for(cheapest("aws", "us-east-1", "T4", 1))
     params = provider.run_instances_params(spec, provider.node_tags(spec), "#cloud-config")
     assert params["NetworkInterfaces"][0]["AssociatePublicIpAddress"] is False
+
+
+def test_every_cloud_checks_its_api_endpoint_with_the_one_check_naming_its_own_setting():
+    """``api_endpoint`` is checked once, on CloudProvider; each cloud's error still names
+    that cloud's setting (and an old name, the old name), and a good URL is kept."""
+    from cloudhop.spawner.providers import PROVIDERS, provider_class
+    from cloudhop.spawner.providers.cloud import CloudProvider
+
+    clouds = [provider_class(name) for name in PROVIDERS]
+    clouds = [cls for cls in clouds if issubclass(cls, CloudProvider)]
+    assert {"aws", "gcp", "oci", "azure", "lambda", "digitalocean", "yandex"} <= {c.name for c in clouds}
+    for cls in clouds:
+        assert cls._valid_endpoint is CloudProvider._valid_endpoint, cls  # no cloud has its own
+        with pytest.raises(TraitError, match=rf"^c\.{cls.__name__}\.api_endpoint must be an http"):
+            cls(api_endpoint="localhost:5000")
+        assert cls(api_endpoint="http://127.0.0.1:5000").api_endpoint == "http://127.0.0.1:5000"
+    with pytest.raises(TraitError, match=r"^c\.OCIProvider\.service_endpoint must be an http"):
+        OCIProvider(service_endpoint="ftp://example.org")

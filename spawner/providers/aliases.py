@@ -15,8 +15,11 @@ What a :class:`Renamed` trait promises:
 * reading ``obj.old`` reads ``obj.new``: the two never disagree;
 * a bad value is refused with the error the new setting gives, naming the old one (as
   the operator wrote it): the new trait's type check runs under the old name, and so
-  do the class's ``@validate`` handlers, which must list the old name beside the new
-  (``@validate("api_endpoint", "endpoint_url")``).
+  do the class's ``@validate`` handlers of the new name (a handler listing the old name
+  itself, ``@validate("disk_gb", "boot_volume_gb")``, is the one run instead). So a
+  handler a base class declares for the new name, such as
+  :class:`~.cloud.CloudProvider`'s ``api_endpoint`` check, covers every subclass's old
+  name without the base knowing it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import copy
 import weakref
 
 from traitlets import TraitType
+from traitlets.utils.bunch import Bunch
 
 __all__ = ["Renamed"]
 
@@ -59,11 +63,19 @@ class Renamed(TraitType):
         check = self._as_new(obj)
         if not (value is None and check.allow_none) and hasattr(check, "validate"):
             value = check.validate(obj, value)
-        # the @validate handlers of the old name run now, even while traitlets holds
-        # cross-validation (in __init__ and config loading): the error must name it
-        value = self._cross_validate(obj, value)
+        # the @validate handlers run now, even while traitlets holds cross-validation
+        # (in __init__ and config loading): the error must name the old name
+        value = self._validate_as_new(obj, check, value)
         if obj not in self._warned:  # traitlets sets a constructor's arguments twice
             self._warned.add(obj)
             owner = self.this_class.__name__
             obj.log.warning("c.%s.%s is deprecated: use c.%s.%s", owner, self.name, owner, self.new)
         setattr(obj, self.new, value)
+
+    def _validate_as_new(self, obj, check: TraitType, value):
+        """Run the ``@validate`` handler of the old name, or else that of the new name,
+        with a proposal whose trait is ``check`` (the new trait under the old name)."""
+        handler = obj._trait_validators.get(self.name) or obj._trait_validators.get(self.new)
+        if handler is None:
+            return value
+        return handler(obj, Bunch({"trait": check, "value": value, "owner": obj}))

@@ -24,7 +24,6 @@ import time
 
 from traitlets import Integer, List, TraitError, Unicode, validate
 
-from ..validate import check_url
 from .base import (
     FAILED,
     PENDING,
@@ -171,10 +170,6 @@ class AWSProvider(CloudProvider):
                                  if isinstance(value, list) else
                                  f"c.AWSProvider.{name} must be an EC2 id ('{prefix}...') or empty, not {value!r}")
         return value
-
-    @validate("api_endpoint", "endpoint_url")
-    def _valid_endpoint(self, proposal):
-        return check_url(proposal)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -37,7 +37,7 @@ from types import SimpleNamespace
 
 from traitlets import Bool, Float, Integer, TraitError, Unicode, validate
 
-from ..validate import check_number, check_url
+from ..validate import check_number
 from .base import (
     FAILED,
     PENDING,
@@ -173,10 +173,6 @@ class AzureProvider(CloudProvider):
     @validate("poll_seconds")
     def _valid_poll(self, proposal):
         return check_number(proposal, minimum=0)
-
-    @validate("api_endpoint")
-    def _valid_endpoint(self, proposal):
-        return check_url(proposal)
 
     @validate("subnet_id")
     def _valid_subnet(self, proposal):

@@ -31,9 +31,8 @@ import os
 import re
 from types import SimpleNamespace
 
-from traitlets import Unicode, validate
+from traitlets import Unicode
 
-from ..validate import check_url
 from .base import (
     FAILED,
     PENDING,
@@ -150,10 +149,6 @@ class DigitalOceanProvider(CloudProvider):
     ssh_key_ids = Unicode(
         "", help="Comma-separated SSH key ids or fingerprints to add (Cloudhop itself never logs in)."
     ).tag(config=True)
-
-    @validate("api_endpoint")
-    def _valid_endpoint(self, proposal):
-        return check_url(proposal)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -40,9 +40,8 @@ import os
 import threading
 import time
 
-from traitlets import Float, Unicode, validate
+from traitlets import Float, Unicode
 
-from ..validate import check_url
 from .base import (
     FAILED,
     PENDING,
@@ -204,10 +203,6 @@ class LambdaProvider(CloudProvider):
         60.0, help="Seconds the capacity read from ``instance-types`` is shown before it is "
         "read again."
     ).tag(config=True)
-
-    @validate("api_endpoint")
-    def _valid_endpoint(self, proposal):
-        return check_url(proposal)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

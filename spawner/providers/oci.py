@@ -46,7 +46,7 @@ from .base import (
 from .ray_firewall import (
     CLUSTER_TAG, PORTS, RayRule, RuleInUse, RuleStore, cluster_of, rule_name,
 )
-from ..validate import check_number, check_url
+from ..validate import check_number
 from .aliases import Renamed
 from .cloud import TAG_PORT, CloudProvider, Retry, split_id
 
@@ -157,10 +157,6 @@ class OCIProvider(CloudProvider):
         if value and not value.startswith(prefix):
             raise TraitError(f"c.OCIProvider.{name} must be an OCID ('{prefix}...') or empty, not {value!r}")
         return value
-
-    @validate("api_endpoint", "service_endpoint")
-    def _valid_endpoint(self, proposal):
-        return check_url(proposal)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -49,7 +49,7 @@ import uuid
 
 from traitlets import Dict, Float, Integer, Unicode, validate
 
-from ..validate import check_number, check_url
+from ..validate import check_number
 from .base import (
     FAILED,
     PENDING,
@@ -299,10 +299,6 @@ class YandexProvider(CloudProvider):
     operation_timeout = Float(600.0, help="Seconds a create waits for its operation.").tag(config=True)
 
     poll_seconds = Float(2.0, help="Seconds between reads of a running operation.").tag(config=True)
-
-    @validate("api_endpoint")
-    def _valid_endpoint(self, proposal):
-        return check_url(proposal)
 
     @validate("disk_gb")
     def _valid_disk(self, proposal):
