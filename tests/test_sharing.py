@@ -102,6 +102,10 @@ def test_share_link_lets_a_second_user_run_a_cell_until_the_owner_stops_sharing(
             assert "/hub/accept-share?code=" in link, link
             assert "Expires" in share.locator(".ch-share-expiry").inner_text()
             share.locator(".ch-share-code").wait_for(timeout=30_000)  # listed, revocable
+            # an open link is access: the summary says so, not "shared with no one"
+            summary = share.locator(".ch-share-summary")
+            assert summary.inner_text() == ("Shared with no one by name yet; 1 share link is open: "
+                                            "whoever has one can join until it expires or you revoke it.")
             share.screenshot(path=str(SCREENSHOTS / "lab-share.png"))
 
             # bob opens the link, accepts, and runs a cell in zoe's notebook
@@ -131,10 +135,14 @@ def test_share_link_lets_a_second_user_run_a_cell_until_the_owner_stops_sharing(
 
             # zoe stops sharing: bob's next request is refused, his kernel connection too
             zoe.locator("#cloudhop-sidebar .ch-share-person", has_text="bob").wait_for(timeout=30_000)
+            assert summary.inner_text().startswith("Shared with 1 user; 1 share link is open"), summary.inner_text()
+            share.screenshot(path=str(SCREENSHOTS / "lab-share-accepted.png"))
             zoe.locator("#cloudhop-sidebar .ch-share-stop").click()
             zoe.wait_for_function(
                 "() => document.querySelector('#cloudhop-sidebar .ch-share')?.textContent.includes('Shared with no one')",
                 timeout=30_000)
+            assert summary.inner_text() == "Shared with no one, and no share link is open."
+            assert share.locator(".ch-share-person, .ch-share-code").count() == 0
             assert bob.evaluate(SERVER_STATUS, "/user/zoe/api/contents/shared.ipynb") in (0, 302, 401, 403)
             assert bob.evaluate(WS_OPENS, channels) == "refused"
             bob.wait_for_function("() => window.chHeld === 'closed'", timeout=30_000)  # the open one was closed
@@ -153,6 +161,8 @@ def test_share_link_lets_a_second_user_run_a_cell_until_the_owner_stops_sharing(
             assert status == 200 and reply["kind"] == "group", reply
             listed = zoe.evaluate(SERVER_GET, "/user/zoe/cloudhop/api/shares")["shares"]
             assert [(s["kind"], s["name"]) for s in listed] == [("group", "helpers")], listed
+            share.locator(".ch-share-person", has_text="group helpers").wait_for(timeout=30_000)  # next refresh
+            assert summary.inner_text() == "Shared with 1 group; no share link is open."
             # bob, a member, opens the server and runs a cell; eve, who is not, is refused
             _open(bob, f"{hub.url}/user/zoe/lab/tree/shared.ipynb")
             _run_first_cell(bob, "x is 42")

@@ -15,6 +15,31 @@ function when(iso: string | null): string {
   return iso ? new Date(iso).toLocaleString() : 'never';
 }
 
+function count(n: number, one: string, many: string): string {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+/**
+ * One line on who has access now: the users and groups the server is shared with and
+ * the share links still open (a link lets in whoever has it, so an open link is never
+ * "shared with no one").
+ */
+export function shareSummary(shares: IShares): string {
+  const users = shares.shares.filter(s => s.kind !== 'group').length;
+  const groups = shares.shares.length - users;
+  const links = shares.codes.length;
+  const whom = [users ? count(users, 'user', 'users') : '', groups ? count(groups, 'group', 'groups') : '']
+    .filter(Boolean)
+    .join(' and ');
+  const open = links
+    ? `${count(links, 'share link is', 'share links are')} open: whoever has one can join until it expires or you revoke it.`
+    : 'no share link is open.';
+  if (whom) {
+    return `Shared with ${whom}; ${open}`;
+  }
+  return links ? `Shared with no one by name yet; ${open}` : 'Shared with no one, and no share link is open.';
+}
+
 export class ShareSection {
   readonly node = h('section', { class: 'ch-section ch-share' });
 
@@ -58,7 +83,8 @@ export class ShareSection {
     });
     fill(
       this._list,
-      people.length ? h('ul', { class: 'ch-share-people' }, people) : h('p', { class: 'ch-note' }, 'Shared with no one.'),
+      h('p', { class: 'ch-note ch-share-summary' }, shareSummary(shares)),
+      people.length ? h('ul', { class: 'ch-share-people' }, people) : null,
       links.length ? h('ul', { class: 'ch-share-codes' }, links) : null
     );
   }
