@@ -15,11 +15,22 @@ shares grant, intersected with what the token may hold, exactly as JupyterHub do
 shares made with the user by name. Where JupyterHub already counts group shares, the
 wrapper adds nothing. Membership is read at each request: a user added to or removed
 from the group, or a group share revoked, counts from the hub's next answer.
+
+JupyterHub logs its "discarding scopes [...]" warning inside the call the wrapper wraps,
+before the wrapper gives those scopes back; every visit of a group member would log one.
+While it calls JupyterHub for a token the group shares add scopes to, the wrapper drops
+that warning (of the calling thread) when every scope it names is one the wrapper gives
+back (:class:`RestoredDiscards`). A discard of anything else is logged as before.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import functools
+import logging
+import re
+import threading
 
 import sqlalchemy as sa
 from jupyterhub import orm
@@ -28,6 +39,12 @@ from jupyterhub import scopes as hub_scopes
 #: the modules that call ``get_scopes_for`` for tokens by name (``scopes`` itself, the
 #: request handlers; ``apihandlers.base`` imported it into its namespace for token models)
 _CALLERS = ("jupyterhub.scopes", "jupyterhub.apihandlers.base")
+
+#: the logger JupyterHub's scope resolution warns on (``tornado.log.app_log``)
+_HUB_SCOPES_LOG = logging.getLogger("tornado.application")
+#: its line: ``discarding scopes [{...}], not present ...`` (the set may print as ``frozenset({...})``)
+_DISCARDING = re.compile(r"^discarding scopes \[(?:frozenset\((\{.*\})\)|(\{.*\}))\], not present in roles of owner ",
+                         re.S)
 
 
 def group_share_scopes(user: orm.User) -> frozenset[str]:
@@ -60,14 +77,60 @@ def token_group_share_scopes(token: orm.APIToken) -> frozenset[str]:
         frozenset(held), granted, db=sa.inspect(token).session))
 
 
+def discarded_scopes(message: str) -> frozenset[str] | None:
+    """The scopes a JupyterHub "discarding scopes [{...}], not present in roles of owner
+    ..." line names; None for any other line (or one that does not read as a set of
+    scope strings)."""
+    match = _DISCARDING.match(message)
+    if not match:
+        return None
+    try:
+        scopes = ast.literal_eval(match.group(1) or match.group(2))
+    except (ValueError, SyntaxError):
+        return None
+    if not isinstance(scopes, (set, frozenset)) or not all(isinstance(s, str) for s in scopes):
+        return None
+    return frozenset(scopes)
+
+
+class RestoredDiscards(logging.Filter):
+    """Drops JupyterHub's "discarding scopes" warning logged by this thread when every
+    scope it names is in ``restored`` (what group shares give the token back)."""
+
+    def __init__(self, restored: frozenset[str]):
+        super().__init__()
+        self.restored = restored
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread != self.thread:
+            return True
+        discarded = discarded_scopes(record.getMessage())
+        return discarded is None or not discarded <= self.restored
+
+
+@contextlib.contextmanager
+def _quiet_restored(restored: frozenset[str]):
+    quiet = RestoredDiscards(restored)
+    _HUB_SCOPES_LOG.addFilter(quiet)
+    try:
+        yield
+    finally:
+        _HUB_SCOPES_LOG.removeFilter(quiet)
+
+
 def _with_group_shares(get_scopes_for):
     @functools.wraps(get_scopes_for)
     def wrapped(orm_object):
-        found = get_scopes_for(orm_object)
-        if isinstance(orm_object, orm.APIToken):
-            extra = token_group_share_scopes(orm_object)
-            if extra - found:
-                return frozenset(found) | extra
+        if not isinstance(orm_object, orm.APIToken):
+            return get_scopes_for(orm_object)
+        extra = token_group_share_scopes(orm_object)
+        if not extra:
+            return get_scopes_for(orm_object)
+        with _quiet_restored(extra):
+            found = get_scopes_for(orm_object)
+        if extra - found:
+            return frozenset(found) | extra
         return found
 
     wrapped.cloudhop_group_shares = True

@@ -1,7 +1,8 @@
 """A normal session of a real ``cloudhop up`` leaves a clean log and a clean exit: a
-server spawned and stopped, the services' health checks, then SIGTERM. No warning, error
-or 404 beyond the short list below, and the hub, its proxy and every service it started
-are gone within 10 s of the signal."""
+server spawned, visited by a member of a group it is shared with, and stopped, the
+services' health checks, then SIGTERM. No warning, error or 404 beyond the short list
+below, and the hub, its proxy and every service it started are gone within 10 s of the
+signal."""
 
 from __future__ import annotations
 
@@ -88,6 +89,7 @@ def test_a_spawn_and_a_shutdown_leave_a_clean_log(hub_factory, tmp_path):
     assert r.status_code == 201, r.text
     model = hub.spawn("alice", {"provider": "local", "gpu": "none"})
     assert model["ready"]
+    _a_group_member_visits(hub, "alice")
     hub.stop_server("alice")
     time.sleep(5)  # a few health checks of the services
 
@@ -110,6 +112,28 @@ def test_a_spawn_and_a_shutdown_leave_a_clean_log(hub_factory, tmp_path):
     assert "unhandled user_options" not in log
     assert "deprecated" not in log.lower()
     assert severe_lines(log) == [], "\n".join(severe_lines(log))
+
+
+def _a_group_member_visits(hub, owner: str) -> None:
+    """``owner``'s server shared with a group, and a member (bob) using it with a token of
+    his for it: JupyterHub resolves that token's scopes on each visit, where it used to
+    warn "discarding scopes" for the access Cloudhop's group shares give back."""
+    import requests
+
+    assert hub.api("POST", "/users/bob").status_code == 201  # (no look-up first: its 404 would be logged)
+    assert hub.api("POST", "/groups/helpers", json={"users": ["bob"]}).status_code == 201
+    r = hub.api("POST", f"/users/{owner}/tokens", json={"note": "sharing"})
+    assert r.status_code == 201, r.text
+    r = hub.api("POST", f"/shares/{owner}/", token=r.json()["token"], json={"group": "helpers"})  # as the owner
+    assert r.status_code == 200, r.text
+    r = hub.api("POST", "/users/bob/tokens", json={"scopes": [f"access:servers!server={owner}/"]})
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+    for _ in range(2):  # the server asks the hub once, then caches; the hub asked again below
+        r = requests.get(f"{hub.url}/user/{owner}/api/status", headers={"Authorization": f"token {token}"},
+                         timeout=30)
+        assert r.status_code == 200, (r.status_code, r.text[:300])
+    assert hub.api("GET", "/user", token=token).json()["name"] == "bob"
 
 
 # -- the parts, without a hub -----------------------------------------------------------

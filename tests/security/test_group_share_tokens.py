@@ -102,3 +102,50 @@ def test_installing_twice_wraps_once():
     from jupyterhub.apihandlers import base
 
     assert base.get_scopes_for is first, "the token model the hub's API shows uses it too"
+
+
+def _discards(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("discarding scopes")]
+
+
+def test_a_group_members_token_logs_no_discard_but_a_real_discard_is_still_logged(db, caplog):
+    """JupyterHub warns "discarding scopes" for the access the wrapper gives back to a
+    group member's token: that warning is dropped, and only that one."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="tornado.application")
+    _share_with_group(db)
+    assert ACCESS in scopes.get_scopes_for(_server_token(db, "bob"))
+    assert _discards(caplog) == [], "the access the group share gives back is not reported as discarded"
+
+    # eve is in no group zoe shared with: her token for zoe's server loses that access,
+    # and JupyterHub's warning for it stands
+    assert ACCESS not in scopes.get_scopes_for(_server_token(db, "eve"))
+    lost = _discards(caplog)
+    assert len(lost) == 1 and ACCESS in lost[0] and "User(eve " in lost[0], lost
+
+    # bob's token that also holds a scope no share gives (reading eve's name): that discard
+    # is logged, even while the group share's access is given back
+    client = db.query(orm.OAuthClient).filter_by(identifier="jupyterhub-user-zoe").one()
+    wide = orm.APIToken.find(db, orm.APIToken.new(user=_user(db, "bob"), scopes=["read:users:name!user"],
+                                                  oauth_client=client))
+    wide.scopes = ["read:users:name!user", "read:users:name!user=eve"]  # as if a role that granted it was taken away
+    db.commit()
+    caplog.clear()
+    assert ACCESS in scopes.get_scopes_for(wide)
+    lost = _discards(caplog)
+    assert len(lost) == 1 and "read:users:name!user=eve" in lost[0], lost
+    from cloudhop.hub.group_shares import _HUB_SCOPES_LOG
+
+    assert _HUB_SCOPES_LOG.filters == [], "the filter lives only for the call"
+
+
+def test_discarded_scopes_reads_only_jupyterhubs_line():
+    from cloudhop.hub.group_shares import discarded_scopes
+
+    line = "discarding scopes [{'access:servers!server=zoe/', 'read:users:name!user=zoe'}], not present in roles of owner <User(bob 0/1 running)>"
+    assert discarded_scopes(line) == {"access:servers!server=zoe/", "read:users:name!user=zoe"}
+    assert discarded_scopes(line.replace("[{", "[frozenset({").replace("}]", "})]")) == discarded_scopes(line)
+    assert discarded_scopes("discarding scopes [{1, 2}], not present in roles of owner x") is None
+    assert discarded_scopes("discarding scopes [{__import__('os')}], not present in roles of owner x") is None
+    assert discarded_scopes("User bob is slow to start") is None
