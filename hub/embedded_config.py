@@ -41,6 +41,9 @@ c.JupyterHub.cleanup_servers = False
 c.JupyterHub.allow_named_servers = True
 c.JupyterHub.spawner_class = "cloudhop"
 c.Spawner.default_url = "/lab"
+# JupyterLab asks no user about "Jupyter news" and fetches no news or update feed: a
+# server may have no internet, and the hub's admin, not each user, picks the version
+c.Spawner.args = ["--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
 c.Spawner.start_timeout = 900  # cloud GPU VMs can take minutes to boot
 c.Spawner.http_timeout = 300
 c.CloudhopSpawner.providers = ["local"]

@@ -3,6 +3,9 @@ a kernel through the proxy, a hub restart that keeps the server, and a clean sto
 
 from __future__ import annotations
 
+import json
+import re
+
 import psutil
 import pytest
 
@@ -51,6 +54,14 @@ def test_spawn_kernel_restart_and_stop(hub):
     assert SECRET not in env and "AWS_SECRET_ACCESS_KEY" not in env and "CLOUDHOP_TEST_SECRET" not in env
     kernel_id = k.kernel_id
     k.close()
+
+    # JupyterLab asks nobody about "Jupyter news" and fetches no news or update feed
+    page = hub.server_api("GET", "alice", "lab")
+    assert page.status_code == 200, page.text
+    config = json.loads(re.search(r'id="jupyter-config-data"[^>]*>(.*?)</script>', page.text, re.S).group(1))
+    assert config["news"] == {"disabled": True}, config.get("news")
+    news = hub.server_api("GET", "alice", "lab/api/news").json()
+    assert news["news"] == [], news
 
     # the hub goes away and comes back: the server and its kernel's variables survive
     hub.stop()
