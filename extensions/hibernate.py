@@ -2,7 +2,7 @@
 
 ::
 
-    POST {server}/cloudhop/api/snapshots   {"reason": "stop", "kernels": true}
+    POST {server}/cloudhop/api/snapshots   {"reason": "stop" | "cull", "kernels": true}
          -> 200 {"id", "bytes", "bytes_sent", "files", "kernels", "skipped", "seconds"}
     POST {server}/cloudhop/api/snapshots   {"name": "week3", "share": "group:students" | "all",
                                             "replace": false, "kernels": true}
@@ -47,8 +47,10 @@ from .migrate import hold
 from .snapshot.client import StoreClient, StoreError
 
 log = logging.getLogger("cloudhop.hibernate")
-#: what may ask for a snapshot, and so name its reason
-REASONS = ("stop", "preempt", "manual")
+#: what may ask for a snapshot, and so name its reason: a hub stop ("stop", or "cull" when
+#: the culling policy's limit for the server had passed: the culler's stop), a spot
+#: notice, the user
+REASONS = ("stop", "cull", "preempt", "manual")
 KINDS = ("hibernate", "preempt", "class", "migration")
 
 

@@ -3,7 +3,8 @@
 A stop (the Home page, REST ``DELETE``, the idle culler, a budget: every one is a hub
 stop, so every one comes here through :meth:`CloudhopSpawner.stop`) first asks the
 running server to snapshot itself - ``POST {server}/cloudhop/api/snapshots`` with
-``{"reason": "stop", "kernels": <hibernate_kernels>}``, answered by
+``{"reason": "stop", "kernels": <hibernate_kernels>}`` (``"cull"`` for a server whose
+culling limit has passed), answered by
 :mod:`cloudhop.extensions.hibernate` - and terminates the node only once that snapshot
 is stored. When it fails (store down, quota full, node unreachable, timeout) the node
 is *kept*: the server is marked stopped, its nodes are listed under ``kept`` in its
@@ -88,14 +89,15 @@ async def _call(method: str, url: str, token: str, *, body: dict | None = None,
     return json.loads(reply.body or b"{}")
 
 
-async def hibernate(server_url: str, token: str, *, kernels: bool, timeout: float) -> dict:
+async def hibernate(server_url: str, token: str, *, kernels: bool, timeout: float, reason: str = "stop") -> dict:
     """Ask the server at ``server_url`` (its base URL, ending in ``/``) to snapshot its
     workspace (and with ``kernels`` its kernels' state) into the store under its own
-    line. Returns the server's answer (``id``, ``bytes``, ``files``, ``kernels``,
+    line; ``reason`` goes into the snapshot's ``meta`` ("stop", or "cull" for a server the
+    culling policy stops). Returns the server's answer (``id``, ``bytes``, ``files``, ``kernels``,
     ``skipped``, ``seconds``); raises :class:`HibernateError` saying why it failed."""
     try:
         reply = await _call("POST", server_url + SNAPSHOT_PATH, token,
-                            body={"reason": "stop", "kernels": kernels}, timeout=timeout)
+                            body={"reason": reason, "kernels": kernels}, timeout=timeout)
     except HTTPClientError as err:
         if err.code == 599:
             raise HibernateError(f"the server did not answer within {timeout:.0f} s "

@@ -778,6 +778,27 @@ class CloudhopSpawner(Spawner):
         book = book_of(getattr(self, "config", None))
         return book.unaccepted_target(self.user.name, self.name or "") if book is not None else None
 
+    def _stop_reason(self) -> str:
+        """The snapshot's reason for this stop: ``"cull"`` when the hub culls idle servers
+        and this one's limit under the culling policy (:mod:`cloudhop.hub.culling`: its
+        groups' ``idle_minutes`` for its GPU, ``max_hours``) has passed, as it has when
+        jupyterhub-idle-culler stops it (a hub stop does not say who asked for it, so a
+        stop by hand after that moment reads "cull" too); ``"stop"`` otherwise."""
+        from cloudhop.hub.culling import CullSettings
+        from cloudhop.hub.culling_api import server_gpu_of
+
+        config = getattr(self, "config", None)
+        started = getattr(getattr(self, "orm_spawner", None), "started", None)
+        if config is None or started is None:
+            return "stop"
+        settings = CullSettings.from_config(config)  # the hub checked it at its start
+        if not settings.enabled:
+            return "stop"
+        decision = settings.decide(groups=[g.name for g in getattr(self.user, "groups", None) or []],
+                                   gpu=server_gpu_of(self), started=started,
+                                   last_activity=self.orm_spawner.last_activity)
+        return "cull" if decision.action == "cull" else "stop"
+
     async def _hibernate(self) -> bool:
         """Snapshot the running server before its nodes go; True when they may go. A
         server that never finished starting (or whose node is already snapshotted:
@@ -797,16 +818,18 @@ class CloudhopSpawner(Spawner):
             self.log.info("%s: the new server of move %s (%s), not handed over: stopped without a snapshot",
                           self._log_name, move["id"], move["phase"])
             return True
+        reason = self._stop_reason()  # before the snapshot: its kernels' work counts as activity
         started = time.time()
         self.hibernating = started
         self._save_state()  # a hub killed from here on restarts with the node kept, never terminated
         url = f"http://{node.ip}:{node.port or self.port}{self.server.base_url}"
-        self.log.info("%s: stopping: snapshotting the workspace%s first", self._log_name,
+        self.log.info("%s: stopping%s: snapshotting the workspace%s first", self._log_name,
+                      " (culled: its culling limit has passed)" if reason == "cull" else "",
                       " and kernels" if self.hibernate_kernels else "")
         token, minted = self._call_token()
         try:
             reply = await durable.hibernate(url, token, kernels=self.hibernate_kernels,
-                                            timeout=self.hibernate_timeout)
+                                            timeout=self.hibernate_timeout, reason=reason)
         except durable.HibernateError as err:
             if minted:
                 durable.forget_token(self.user, token)

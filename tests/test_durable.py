@@ -355,3 +355,69 @@ async def test_terminate_stops_the_kernels_in_sessions_of_their_own(provider, se
     except psutil.TimeoutExpired:
         kernel.kill()
         pytest.fail("the kernel outlived its node")
+
+
+# -- a cull's snapshot says so ------------------------------------------------------------------
+
+def test_a_stop_past_the_culling_limit_snapshots_with_the_reason_cull():
+    """The reason a stop's snapshot carries: ``cull`` when the hub culls and the server's
+    limit under the policy (its groups' rule for its GPU, else the default) has passed."""
+    import datetime
+    from types import SimpleNamespace
+
+    from instant_cloud import InstantCloud
+    from test_state import new_spawner
+    from traitlets.config import Config
+
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)  # as JupyterHub's rows hold it
+    config = Config()
+    config.CloudhopCuller.enabled = True  # what add_idle_culler sets: a culler runs
+    config.CloudhopCuller.idle_minutes = 30
+    config.Policy.groups = {"long": {"idle_minutes": 120}}
+    s = new_spawner(InstantCloud())
+    s.config = config
+    s.user_options = {"gpu": "none"}
+    s.orm_spawner = SimpleNamespace(server=None, started=now - datetime.timedelta(hours=3),
+                                    last_activity=now - datetime.timedelta(minutes=45))
+    assert s._stop_reason() == "cull", "idle 45 minutes under a 30-minute limit"
+    s.user.groups = [SimpleNamespace(name="long")]
+    assert s._stop_reason() == "stop", "a group whose limit is 2 hours"
+    s.user.groups = []
+    s.orm_spawner.last_activity = now - datetime.timedelta(minutes=5)
+    assert s._stop_reason() == "stop", "used 5 minutes ago"
+    s.orm_spawner.last_activity = now - datetime.timedelta(minutes=45)
+    config.CloudhopCuller.enabled = False
+    s.config = config
+    assert s._stop_reason() == "stop", "no culler runs on this hub"
+    s.orm_spawner = None
+    assert s._stop_reason() == "stop", "a server that never started"
+
+
+async def test_the_stops_snapshot_call_names_its_reason():
+    """``durable.hibernate`` sends the reason it is given; the server's endpoint takes
+    ``cull`` as one of its reasons."""
+    from tornado import httpserver, web
+
+    from cloudhop.extensions.hibernate import REASONS
+
+    assert "cull" in REASONS and "stop" in REASONS
+    seen = []
+
+    class Snap(web.RequestHandler):
+        def post(self):
+            seen.append((self.request.headers["Authorization"], json.loads(self.request.body)))
+            self.write({"id": "s1"})
+
+    server = httpserver.HTTPServer(web.Application([(r"/user/ada/cloudhop/api/snapshots", Snap)]))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server.listen(port, "127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{port}/user/ada/"
+        assert (await durable.hibernate(url, "tok", kernels=True, timeout=5, reason="cull"))["id"] == "s1"
+        assert (await durable.hibernate(url, "tok", kernels=False, timeout=5))["id"] == "s1"
+    finally:
+        server.stop()
+    assert seen == [("token tok", {"reason": "cull", "kernels": True}),
+                    ("token tok", {"reason": "stop", "kernels": False})]

@@ -130,6 +130,22 @@ def make_session(hub, user, server=""):
     return shown
 
 
+def assert_restored(hub, user, shown: str, old_workspace: str) -> None:
+    """``user``'s server, started again in a new workspace, has back what
+    :func:`make_session` made: the file, the notebook's session, and its kernel showing
+    ``shown``."""
+    api = user_api(hub, user)
+    assert node_of(hub, user)["info"]["workspace"] != old_workspace
+    assert api("GET", "api/contents/data/results.csv").json()["content"] == "a,b\n1,2\n"
+    sessions = api("GET", "api/sessions").json()
+    assert [s["path"] for s in sessions] == ["analysis.ipynb"]
+    kernel = hub.kernel(user, kernel_id=sessions[0]["kernel"]["id"])
+    try:
+        assert kernel.execute(SHOW) == shown
+    finally:
+        kernel.close()
+
+
 def snapshots(hub, user) -> list[dict]:
     backend = LocalBackend(str(hub.data_dir / "snapshots"))
     out = []
@@ -164,18 +180,12 @@ def test_stop_and_start_in_another_region_bring_back_files_session_and_variables
     assert [k["path"] for k in snap["meta"]["kernels"]] == ["analysis.ipynb"]
 
     hub.spawn("ada", {"provider": "local", "region": "site-b"})
-    api = user_api(hub, "ada")
-    assert node_of(hub, "ada")["info"]["workspace"] != workspace
-    assert api("GET", "api/contents/data/results.csv").json()["content"] == "a,b\n1,2\n"
-    sessions = api("GET", "api/sessions").json()
-    assert [s["path"] for s in sessions] == ["analysis.ipynb"]
-    kernel = hub.kernel("ada", kernel_id=sessions[0]["kernel"]["id"])
-    assert kernel.execute(SHOW) == shown
-    kernel.close()
+    assert_restored(hub, "ada", shown, workspace)
     assert "Restoring" in hub.log() and "from your last session" in hub.log()
 
     hub.stop_server("ada")
     hub.spawn("ada", dict(SITE, restore="none"))
+    api = user_api(hub, "ada")
     assert api("GET", "api/contents/data/results.csv").status_code == 404, "restore none starts empty"
     assert api("GET", "api/sessions").json() == []
     hub.stop_server("ada")
