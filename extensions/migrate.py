@@ -55,6 +55,7 @@ from traitlets import Float, List, Unicode, default, validate
 from traitlets.config import Configurable
 
 from cloudhop.spawner.schema import MOVE_OPTIONS, OPTIONS, OptionError, check_shape
+from cloudhop.spawner.server_settings import apply as apply_hub_settings
 from cloudhop.spawner.validate import SettingError, check_number, require_url, setting_name
 
 from .capture import KERNEL_PREFIX, capture, checkpoint_kernels, kernel_skipped, source_meta
@@ -188,7 +189,9 @@ class CloudhopMigration(Configurable):
     """Settings of moves from and into this server (``c.CloudhopMigration.*``): the one
     settings object the :class:`Migrator` and the :class:`Restorer` read. A bad value is
     refused when the server loads its config, as a ``TraitError`` naming the setting
-    (the checks of :mod:`cloudhop.spawner.validate`)."""
+    (the checks of :mod:`cloudhop.spawner.validate`). The hub's config may set them too:
+    the hub passes its section on to every server (:mod:`cloudhop.spawner.server_settings`),
+    and this server's own config wins."""
 
     store_url = Unicode(
         help="URL of the hub's snapshot store service. Default: $CLOUDHOP_STORE_URL, set by the "
@@ -218,6 +221,11 @@ class CloudhopMigration(Configurable):
     #: seconds between looks at the store while a target without a reachable API restores
     #: (no ``proxy_url``; not a setting)
     poll_interval = 1.0
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # the section as the hub's config sets it, under this server's own config
+        apply_hub_settings(self, os.environ)
 
     @default("store_url")
     def _store_url_default(self):

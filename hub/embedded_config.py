@@ -164,6 +164,12 @@ if int(os.environ.get("CLOUDHOP_CULL_IDLE") or 0) > 0:
 elif CullSettings.from_config(c).any_limit:
     add_idle_culler(c)
 
+# the servers' own settings (c.CloudhopMigration.*: moves and hibernation) written in the
+# hub's config: checked here by name, then passed on to every server
+from cloudhop.spawner.server_settings import forward as forward_server_settings  # noqa: E402
+
+forward_server_settings(c)
+
 # the store's config function (shared with a plain `jupyterhub -f`) lists Cloudhop's hub
 # APIs in c.JupyterHub.extra_handlers; CloudhopHub registers them instead, so that
 # deprecated setting holds only the operator's own routes

@@ -15,9 +15,11 @@ from test_migration_e2e import REGIONS, UserAPI
 
 LIMIT = 1 << 20
 BIG = 2 << 20
-# the servers' own settings (c.CloudhopMigration.* is read by each server, not the hub)
+# the servers' own settings, written in the hub's config: the hub passes them on to each
+# server (the big file below is left out only if they reach it)
 CONFIG = REGIONS + f"""
-c.Spawner.args = ["--CloudhopMigration.max_file_bytes={LIMIT}", "--CloudhopMigration.stop_delay=0"]
+c.CloudhopMigration.max_file_bytes = {LIMIT}
+c.CloudhopMigration.stop_delay = 0
 """
 SOURCE = inspect.getsource(make_project) + inspect.getsource(look_at) + "import json, os\n"
 
