@@ -430,9 +430,6 @@ class AWSProvider(CloudProvider):
         return self._default_groups[region]
 
     # -- catalog -------------------------------------------------------------------------
-    async def check_catalog(self, offers):
-        return await self._call(self._blocking_check_catalog, list(offers))
-
     def _region_disabled(self, region: str, err) -> bool:
         """True when ``err`` (from ``region``) means the account has not enabled the
         region. ``OptInRequired`` says so; ``AuthFailure`` is also what EC2 answers in an

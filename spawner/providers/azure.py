@@ -53,7 +53,7 @@ from .base import (
     ProviderError,
     QuotaError,
 )
-from .cloud import TAG_PORT, CloudProvider, Retry, epoch_of, split_id
+from .cloud import CloudProvider, Retry, epoch_of, split_id
 from .ray_firewall import CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, RuleInUse, RuleStore, cluster_of, rule_name
 
 INSTALL_HINT = "the Azure provider needs azure-mgmt-compute, azure-mgmt-network and azure-identity"
@@ -169,10 +169,6 @@ class AzureProvider(CloudProvider):
     @validate("disk_gb")
     def _valid_disk(self, proposal):
         return check_number(proposal, minimum=30, integer=True, unit="GB")
-
-    @validate("poll_seconds")
-    def _valid_poll(self, proposal):
-        return check_number(proposal, minimum=0)
 
     @validate("subnet_id")
     def _valid_subnet(self, proposal):
@@ -337,27 +333,21 @@ class AzureProvider(CloudProvider):
         private = public = None
         if state == RUNNING:
             private, public = self._addresses(vm)
-        ip = public if self.connect_ip == "public" else private
-        port = str(tags.get(TAG_PORT, ""))
-        location = vm.get("location", "")
-        return Node(
-            id=f"{location}/{vm['name']}",
-            provider=self.name,
-            region=location,
+        return self.vm_node(
+            where=vm.get("location", ""),
+            native_id=vm["name"],
             state=state,
-            ip=(ip or None) if state == RUNNING else None,
-            port=int(port) if port.isdigit() else None,
             tags=tags,
+            private=private,
+            public=public,
             info={
                 "instance_type": (props.get("hardwareProfile") or {}).get("vmSize"),
                 "zone": (vm.get("zones") or [None])[0],
                 "spot": props.get("priority") == "Spot",
-                "private_ip": private,
-                "public_ip": public,
                 "launched_at": epoch_of(props.get("timeCreated")),
             },
-            detail={PENDING: "Azure is creating the VM",
-                    RUNNING: "the VM is up; the server starts from cloud-init"}.get(state, props.get("provisioningState", "")),
+            creating="Azure is creating the VM",
+            status=props.get("provisioningState", ""),
         )
 
     def _vms(self) -> list:
@@ -432,9 +422,6 @@ class AzureProvider(CloudProvider):
                 return mapped.message if isinstance(mapped, ProviderError) else \
                     f"no usable Azure credentials ({type(err).__name__})"
         return None
-
-    async def check_catalog(self, offers):
-        return await self._call(self._blocking_check_catalog, list(offers))
 
     def _blocking_check_catalog(self, offers):
         """The VM sizes each location offers this subscription, from Resource SKUs,

@@ -24,6 +24,7 @@ from .ray_firewall import RayRule, RayRules, RuleStore, cluster_of
 from ..validate import check_number, check_url
 from .base import (
     PENDING,
+    RUNNING,
     STOPPING,
     TAG_HUB,
     TAG_REQUEST,
@@ -41,10 +42,13 @@ from .base import (
 
 #: extra tag every cloud node carries: the port its server listens on
 TAG_PORT = "cloudhop-port"
+#: what the progress page says of a running VM until its server answers
+VM_UP = "the VM is up; the server starts from cloud-init"
 
 
 #: trait name -> check_number rule, for CloudProvider's numeric settings and those its
-#: subclasses share (``api_attempts`` of AWS and OCI, ``operation_timeout`` of GCP)
+#: subclasses share (``api_attempts`` of AWS and OCI, ``operation_timeout`` of GCP and
+#: Yandex, ``poll_seconds`` of Azure and Yandex)
 NUMBER_RULES = {
     "status_cache_seconds": {"minimum": 0},
     "launch_attempts": {"minimum": 1, "integer": True, "unit": "attempts"},
@@ -54,6 +58,7 @@ NUMBER_RULES = {
     "available_cache_seconds": {"minimum": 0},
     "api_attempts": {"minimum": 1, "integer": True, "unit": "attempts"},
     "operation_timeout": {"minimum": 0, "strict": True},
+    "poll_seconds": {"minimum": 0},
 }
 
 
@@ -235,6 +240,11 @@ class CloudProvider(Provider):
         None when it is already gone."""
         raise NotImplementedError
 
+    def _blocking_check_catalog(self, offers: list) -> list[tuple]:
+        """:meth:`~.base.Provider.check_catalog` for this cloud, blocking (run by
+        :meth:`check_catalog` off the loop)."""
+        raise NotImplementedError(f"the {self.name} provider cannot check the catalog")
+
     def _where(self, spec: LaunchSpec) -> str:
         """The region/zone a spec launches in (the first part of its node id)."""
         return spec.offer.region
@@ -256,6 +266,32 @@ class CloudProvider(Provider):
         return sorted({o.region for o in self.offers()})
 
     # -- shared behaviour ------------------------------------------------------------------
+    async def check_catalog(self, offers):
+        return await self._call(self._blocking_check_catalog, list(offers))
+
+    def vm_node(self, *, where: str, native_id: str, state: str, tags: dict, private: str | None,
+                public: str | None, info: dict, creating: str, status: str, running: str = VM_UP,
+                region: str | None = None, default_port=None) -> Node:
+        """A VM as a :class:`~.base.Node`, as every cloud describes one: id
+        ``"<where>/<native_id>"`` (``where`` its region or zone; ``region`` when that
+        differs), the address the hub connects to (``connect_ip``) once it runs, the server
+        port from its :data:`TAG_PORT` tag (else ``default_port``), both addresses in
+        ``info``, and for the progress page ``creating`` while pending, ``running`` while
+        up, else the cloud's own ``status`` word."""
+        ip = public if self.connect_ip == "public" else private
+        port = str(tags.get(TAG_PORT, "" if default_port is None else default_port))
+        return Node(
+            id=f"{where}/{native_id}",
+            provider=self.name,
+            region=region or where,
+            state=state,
+            ip=(ip or None) if state == RUNNING else None,
+            port=int(port) if port.isdigit() else None,
+            tags=tags,
+            info={**info, "private_ip": private or None, "public_ip": public or None},
+            detail={PENDING: creating, RUNNING: running}.get(state, status),
+        )
+
     def offers(self):
         """Catalog rows for this cloud (no network call)."""
         from cloudhop.spawner.catalog import catalog_offers

@@ -225,21 +225,17 @@ class DigitalOceanProvider(CloudProvider):
         v4 = (d.get("networks") or {}).get("v4") or []
         private = next((n["ip_address"] for n in v4 if n.get("type") == "private"), None)
         public = next((n["ip_address"] for n in v4 if n.get("type") == "public"), None)
-        ip = public if self.connect_ip == "public" else private
-        port = str(tags.get(TAG_PORT, ""))
-        region = (d.get("region") or {}).get("slug", "")
-        return Node(
-            id=f"{region}/{d['id']}",
-            provider=self.name,
-            region=region,
+        return self.vm_node(
+            where=(d.get("region") or {}).get("slug", ""),
+            native_id=d["id"],
             state=state,
-            ip=(ip or None) if state == RUNNING else None,
-            port=int(port) if port.isdigit() else None,
             tags=tags,
-            info={"instance_type": d.get("size_slug"), "spot": False, "private_ip": private,
-                  "public_ip": public, "launched_at": epoch_of(d.get("created_at"))},
-            detail={PENDING: "DigitalOcean is creating the droplet",
-                    RUNNING: "the droplet is up; the server starts from cloud-init"}.get(state, d.get("status", "")),
+            private=private,
+            public=public,
+            info={"instance_type": d.get("size_slug"), "spot": False, "launched_at": epoch_of(d.get("created_at"))},
+            creating="DigitalOcean is creating the droplet",
+            running="the droplet is up; the server starts from cloud-init",
+            status=d.get("status", ""),
         )
 
     def _droplets(self, tags: dict) -> list[dict]:
@@ -295,9 +291,6 @@ class DigitalOceanProvider(CloudProvider):
         except Exception as err:  # noqa: BLE001 - a reason, never a crash
             return self._reason(err)
         return None
-
-    async def check_catalog(self, offers):
-        return await self._call(self._blocking_check_catalog, list(offers))
 
     def _blocking_check_catalog(self, offers):
         """The sizes the account may create, in the regions each is offered (``/v2/sizes``)."""

@@ -49,7 +49,7 @@ from .base import (
 from .ray_firewall import CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, RuleStore, cluster_of, rule_name
 from ..validate import check_number
 from .aliases import Renamed
-from .cloud import TAG_PORT, CloudProvider, Retry, split_id
+from .cloud import CloudProvider, Retry, split_id
 
 INSTALL_HINT = "the GCP provider needs google-cloud-compute: pip install 'cloudhop[gcp]'"
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
@@ -384,26 +384,22 @@ class GCPProvider(CloudProvider):
         nic = inst.network_interfaces[0] if inst.network_interfaces else None
         private = nic.network_i_p if nic else None
         public = nic.access_configs[0].nat_i_p if nic and nic.access_configs else None
-        ip = public if self.connect_ip == "public" else private
-        port = str(tags.get(TAG_PORT, ""))
-        return Node(
-            id=f"{zone}/{inst.name}",
-            provider=self.name,
+        return self.vm_node(
+            where=zone,
+            native_id=inst.name,
             region=zone_region(zone),
             state=state,
-            ip=(ip or None) if state == RUNNING else None,
-            port=int(port) if port.isdigit() else None,
             tags=tags,
+            private=private,
+            public=public,
             info={
                 "instance_type": inst.machine_type.rsplit("/", 1)[-1],
                 "zone": zone,
                 "spot": inst.scheduling.provisioning_model == "SPOT" if inst.scheduling else False,
-                "private_ip": private or None,
-                "public_ip": public or None,
                 "launched_at": _timestamp(inst.creation_timestamp),
             },
-            detail={PENDING: "Compute Engine is creating the VM",
-                    RUNNING: "the VM is up; the server starts from cloud-init"}.get(state, inst.status),
+            creating="Compute Engine is creating the VM",
+            status=inst.status,
         )
 
     @staticmethod
@@ -538,9 +534,6 @@ class GCPProvider(CloudProvider):
         except CredentialsError as err:
             return err.message
         return None
-
-    async def check_catalog(self, offers):
-        return await self._call(self._blocking_check_catalog, list(offers))
 
     def _blocking_check_catalog(self, offers):
         """Which catalog types each zone offers, from two aggregated list calls."""

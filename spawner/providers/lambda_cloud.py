@@ -60,7 +60,7 @@ from .base import (
     ProviderError,
     QuotaError,
 )
-from .cloud import TAG_PORT, CloudProvider, Retry, epoch_of, split_id
+from .cloud import CloudProvider, Retry, epoch_of, split_id
 from .ray_firewall import CLUSTER_TAG, DESCRIPTION, PORTS, RayRule, RuleInUse, RuleStore, cluster_of, rule_name
 
 DEFAULT_ENDPOINT = "https://cloud.lambda.ai/api/v1"
@@ -246,25 +246,18 @@ class LambdaProvider(CloudProvider):
             tags = dict(self._tags.get(name, {}))
         region = (inst.get("region") or {}).get("name", "")
         private, public = inst.get("private_ip"), inst.get("ip")
-        ip = public if self.connect_ip == "public" else private
-        port = str(tags.get(TAG_PORT, self.node_port))
-        return Node(
-            id=f"{region}/{inst['id']}",
-            provider=self.name,
-            region=region,
+        return self.vm_node(
+            where=region,
+            native_id=inst["id"],
             state=state,
-            ip=(ip or None) if state == RUNNING else None,
-            port=int(port) if port.isdigit() else None,
             tags=tags,
-            info={
-                "instance_type": (inst.get("instance_type") or {}).get("name"),
-                "name": name,
-                "spot": False,
-                "private_ip": private,
-                "public_ip": public,
-            },
-            detail={PENDING: "Lambda Cloud is booting the instance",
-                    RUNNING: "the instance is up; the server starts from cloud-init"}.get(state, inst.get("status", "")),
+            private=private,
+            public=public,
+            default_port=self.node_port,
+            info={"instance_type": (inst.get("instance_type") or {}).get("name"), "name": name, "spot": False},
+            creating="Lambda Cloud is booting the instance",
+            running="the instance is up; the server starts from cloud-init",
+            status=inst.get("status", ""),
         )
 
     def _instances(self) -> list[dict]:
@@ -386,9 +379,6 @@ class LambdaProvider(CloudProvider):
             out.append(dataclasses.replace(o, available=None if free else 0,
                                            note=o.note if free else "Lambda has none free now"))
         return out
-
-    async def check_catalog(self, offers):
-        return await self._call(self._blocking_check_catalog, list(offers))
 
     def _blocking_check_catalog(self, offers):
         """The instance types the account can launch: every type ``instance-types`` lists,

@@ -48,7 +48,7 @@ from .ray_firewall import (
 )
 from ..validate import check_number
 from .aliases import Renamed
-from .cloud import TAG_PORT, CloudProvider, Retry, split_id
+from .cloud import CloudProvider, Retry, split_id
 
 INSTALL_HINT = "the OCI provider needs the oci SDK: pip install 'cloudhop[oci]'"
 
@@ -326,26 +326,21 @@ class OCIProvider(CloudProvider):
         private = public = None
         if state == RUNNING:
             private, public = self._addresses(region, inst.id)
-        ip = public if self.connect_ip == "public" else private
-        port = str(tags.get(TAG_PORT, ""))
-        return Node(
-            id=f"{region}/{inst.id}",
-            provider=self.name,
-            region=region,
+        return self.vm_node(
+            where=region,
+            native_id=inst.id,
             state=state,
-            ip=ip if state == RUNNING else None,
-            port=int(port) if port.isdigit() else None,
             tags=tags,
+            private=private,
+            public=public,
             info={
                 "instance_type": inst.shape,
                 "zone": catalog_ad(inst.availability_domain or ""),
                 "spot": inst.preemptible_instance_config is not None,
-                "private_ip": private,
-                "public_ip": public,
                 "launched_at": inst.time_created.timestamp() if inst.time_created else None,
             },
-            detail={PENDING: "OCI is provisioning the instance",
-                    RUNNING: "the VM is up; the server starts from cloud-init"}.get(state, inst.lifecycle_state),
+            creating="OCI is provisioning the instance",
+            status=inst.lifecycle_state,
         )
 
     def _instances(self, region: str) -> list:
@@ -426,9 +421,6 @@ class OCIProvider(CloudProvider):
         if not self.subnet_id:
             return "OCI needs a subnet: set c.OCIProvider.subnet_id"
         return None
-
-    async def check_catalog(self, offers):
-        return await self._call(self._blocking_check_catalog, list(offers))
 
     def _blocking_check_catalog(self, offers):
         """Which shapes each availability domain offers (ListShapes per AD)."""

@@ -304,10 +304,6 @@ class YandexProvider(CloudProvider):
     def _valid_disk(self, proposal):
         return check_number(proposal, minimum=1, integer=True, unit="GB")
 
-    @validate("poll_seconds")
-    def _valid_poll(self, proposal):
-        return check_number(proposal, minimum=0)
-
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._api: YandexAPI | None = None
@@ -414,22 +410,20 @@ class YandexProvider(CloudProvider):
         address = nics[0].get("primaryV4Address") or {}
         private = address.get("address")
         public = (address.get("oneToOneNat") or {}).get("address")
-        ip = public if self.connect_ip == "public" else private
-        port = str(tags.get(TAG_PORT, ""))
         zone = inst.get("zoneId", "")
-        return Node(
-            id=f"{zone}/{inst['id']}",
-            provider=self.name,
+        return self.vm_node(
+            where=zone,
+            native_id=inst["id"],
             region=zone_region(zone),
             state=state,
-            ip=(ip or None) if state == RUNNING else None,
-            port=int(port) if port.isdigit() else None,
             tags=tags,
+            private=private,
+            public=public,
             info={"instance_type": inst.get("platformId"), "zone": zone, "name": inst.get("name"),
                   "spot": bool((inst.get("schedulingPolicy") or {}).get("preemptible")),
-                  "private_ip": private, "public_ip": public, "launched_at": epoch_of(inst.get("createdAt"))},
-            detail={PENDING: "Yandex Cloud is creating the VM",
-                    RUNNING: "the VM is up; the server starts from cloud-init"}.get(state, inst.get("status", "")),
+                  "launched_at": epoch_of(inst.get("createdAt"))},
+            creating="Yandex Cloud is creating the VM",
+            status=inst.get("status", ""),
         )
 
     def _instances(self) -> list[dict]:
@@ -516,9 +510,6 @@ class YandexProvider(CloudProvider):
         except Exception as err:  # noqa: BLE001 - a reason, never a crash
             return self._reason(err)
         return None
-
-    async def check_catalog(self, offers):
-        return await self._call(self._blocking_check_catalog, list(offers))
 
     def _blocking_check_catalog(self, offers):
         """The offers in zones that are up (``/compute/v1/zones``); Yandex Cloud lists no
