@@ -25,6 +25,7 @@ from .hubclient import HubError
 from .migrate import Busy, Migrator, NotAccepted, OptionError, Restorer
 from .notebook import offer_choices
 from .price import PriceLookup
+from .unsaved import MAX_PATHS, UnsavedBook
 
 
 class CloudhopHandler(APIHandler):
@@ -222,3 +223,30 @@ class OffersHandler(MigrationAPIHandler):
         settings = self.migrator.settings
         left_out = {"patterns": list(settings.exclude), "max_file_bytes": int(settings.max_file_bytes)}
         self.finish(json.dumps({"offers": offers, "targets": targets, "left_out": left_out}))
+
+
+class UnsavedHandler(CloudhopHandler):
+    """``POST cloudhop/api/unsaved``: a page's documents with unsaved changes (:mod:`.unsaved`)."""
+
+    _track_activity = False  # a report is not the user's action (their typing was)
+
+    def initialize(self, pages: UnsavedBook):
+        self.pages = pages
+
+    @web.authenticated
+    @authorized
+    async def post(self):
+        body = self.json_object('{"client": "page id", "paths": ["analysis.ipynb"]}')
+        client, paths = body.get("client"), body.get("paths")
+        if not isinstance(client, str) or not 0 < len(client) <= 64:
+            raise web.HTTPError(400, "client: must be a page's id, 1 to 64 characters")
+        if not isinstance(paths, list) or not all(isinstance(p, str) and 0 < len(p) <= 4096 for p in paths):
+            raise web.HTTPError(400, "paths: must be a list of the page's unsaved documents' paths")
+        if len(paths) > MAX_PATHS:
+            raise web.HTTPError(400, f"paths: at most {MAX_PATHS}")
+        owner = getattr(self.current_user, "username", "") or ""
+        try:
+            self.pages.report(f"{owner}/{client}", paths)
+        except ValueError as err:
+            raise web.HTTPError(429, str(err)) from None
+        self.finish(json.dumps({"unsaved": len(paths)}))

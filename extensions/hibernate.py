@@ -41,6 +41,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from .capture import capture, checkpoint_kernels, kernel_skipped, source_meta
+from .unsaved import save_open_documents
 from .handlers import CloudhopHandler
 from .hubclient import HubError
 from .migrate import hold
@@ -101,9 +102,11 @@ class Hibernator:
             workdir = tempfile.mkdtemp(prefix="cloudhop-hibernate-")
             store = StoreClient(self.settings.store_url, self.hub.user, self.hub.token)
             try:
+                # what the user's pages have not saved yet, saved first (or listed as left out)
+                unsaved = await save_open_documents(self.app, self.settings.save_timeout)
                 found = await checkpoint_kernels(self.app, workdir, self.settings.kernel_timeout) if kernels else []
                 left_out = await asyncio.to_thread(self._left_out)
-                skipped = left_out + kernel_skipped(found)
+                skipped = unsaved + left_out + kernel_skipped(found)
                 meta = {**(extra_meta or {}), "kind": kind, "server": self.hub.server_name, "source": source_meta(),
                         "reason": reason, "skipped": skipped}
                 sid, manifest, stats = await capture(self.app, store, found, excludes=self.settings.excludes,

@@ -68,6 +68,7 @@ from .snapshot.manifest import check_path
 from .snapshot.protocol import KernelReport, RestoreReport
 from .snapshot.snapshot import workspace_dest
 from .target import Target, TargetError, default_proxy_url
+from .unsaved import save_open_documents
 
 log = logging.getLogger("cloudhop.migrate")
 STATES = ("snapshotting", "launching", "restoring", "verifying", "awaiting-accept", "done", "failed")
@@ -206,6 +207,9 @@ class CloudhopMigration(Configurable):
     restore_timeout = Float(1800, help="Seconds to wait for the target to restore files and kernels.").tag(config=True)
     kernel_timeout = Float(600, help="Seconds one kernel may take to checkpoint or restore "
                            "(including waiting for a cell that is running).").tag(config=True)
+    save_timeout = Float(10, help="Seconds a snapshot (a stop, a spot rescue, a move) waits for JupyterLab "
+                         "pages with unsaved documents to save them; a document still unsaved is listed in the "
+                         "snapshot's skipped. 0: pages are not asked.").tag(config=True)
     stop_delay = Float(10, help="Seconds the source keeps running after a migration is done, "
                        "until a client has read the final state.").tag(config=True)
     token_lifetime = Float(3 * 3600, help="Seconds a move's token lives, 1 or more (the hub allows at "
@@ -256,7 +260,7 @@ class CloudhopMigration(Configurable):
     def _check_token_lifetime(self, proposal):
         return check_number(proposal, minimum=1)
 
-    @validate("stop_delay")
+    @validate("stop_delay", "save_timeout")
     def _check_stop_delay(self, proposal):
         return check_number(proposal, minimum=0, must="a number of seconds, 0 or more")
 
@@ -498,6 +502,8 @@ class Migrator:
 
     async def _checkpoint(self, m: Migration, workdir: str) -> list[dict]:
         """Checkpoint each session's kernel into ``workdir`` (:func:`.capture.checkpoint_kernels`)."""
+        # what the user's pages have not saved yet, saved first (or listed as left out)
+        m.skipped += await save_open_documents(self.app, self.settings.save_timeout)
         kernels = await checkpoint_kernels(self.app, workdir, self.settings.kernel_timeout)
         for k in kernels:
             m.variables[k["path"]] = k["variables"]

@@ -26,7 +26,7 @@ import os
 
 from jupyter_server.utils import url_path_join
 
-from . import activity, ray_api
+from . import activity, ray_api, unsaved
 from .examples import offer_examples
 from .handlers import AcceptHandler
 from .handlers import GPUsHandler, InfoHandler, MigrationHandler, MigrationsHandler, OffersHandler, RestoreHandler
@@ -67,6 +67,7 @@ def _load_jupyter_server_extension(serverapp):
     ])
     ray_api.load(serverapp)  # Ray status, resize and dashboard routes (docs/ray.md)
     activity.load(serverapp, hub)  # activity reports and the cull warning (activity.py)
+    unsaved.load(serverapp)  # pages' unsaved documents, saved before a snapshot (unsaved.py)
     offer_examples(serverapp)  # the example notebooks, once per new workspace (examples.py)
     start_agent(serverapp, hibernator, hub)  # on a spot node: the interruption notice (preempt/)
     serverapp.log.info("Cloudhop server extension loaded")

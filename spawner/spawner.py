@@ -827,6 +827,7 @@ class CloudhopSpawner(Spawner):
                       " (culled: its culling limit has passed)" if reason == "cull" else "",
                       " and kernels" if self.hibernate_kernels else "")
         token, minted = self._call_token()
+        route = await self._reopen_route()
         try:
             reply = await durable.hibernate(url, token, kernels=self.hibernate_kernels,
                                             timeout=self.hibernate_timeout, reason=reason)
@@ -849,6 +850,8 @@ class CloudhopSpawner(Spawner):
             # a retry can still snapshot that node through its own server
             self.will_resume = True
             return False
+        finally:
+            await self._close_route(route)
         if minted:
             durable.forget_token(self.user, token)
         self.hibernated_snapshot, self.hibernating = reply["id"], None
@@ -857,6 +860,33 @@ class CloudhopSpawner(Spawner):
                       len(reply.get("kernels") or []), time.time() - started)
         self._save_state()
         return True
+
+    async def _reopen_route(self) -> str | None:
+        """Put this server's route back on the proxy for the time of its snapshot; the
+        route spec, or None. JupyterHub takes the route off before it calls stop(), but
+        the snapshot first has the server's JupyterLab pages save what they have not
+        saved yet (extensions/unsaved.py), and their saves come through the proxy."""
+        proxy = (getattr(self.user, "settings", None) or {}).get("proxy")
+        if proxy is None or self.server is None:
+            return None
+        spec = self.proxy_spec
+        try:
+            await proxy.add_route(spec, self.server.host, {"user": self.user.name, "server_name": self.name})
+        except Exception as err:  # the pages cannot save; the snapshot goes on without that
+            self.log.warning("%s: the route for its pages to save before the snapshot: %s", self._log_name, err)
+            return None
+        return spec
+
+    async def _close_route(self, spec: str | None) -> None:
+        """Take the route :meth:`_reopen_route` put back off again (the server is going)."""
+        if spec is None:
+            return
+        proxy = self.user.settings["proxy"]
+        try:
+            await proxy.delete_route(spec)
+        except Exception as err:  # JupyterHub's route check removes it at the latest
+            self.log.warning("%s: could not take its route off the proxy after the snapshot: %s",
+                             self._log_name, err)
 
     # -- state ------------------------------------------------------------------
 

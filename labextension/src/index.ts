@@ -11,6 +11,7 @@ import { startCullWarnings } from './cullwarning';
 import { InfoModel } from './model';
 import { CloudhopSidebar } from './sidebar';
 import { CloudhopStatus } from './status';
+import { startUnsavedReports } from './unsaved';
 
 const CATEGORY = 'Cloudhop';
 const SHOW = 'cloudhop:show-sidebar';
@@ -67,6 +68,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     }
     model.start();
     startCullWarnings(); // the warning before a cull, with "Keep running"
+    // unsaved documents are saved before a stop, a spot rescue or a move takes a snapshot
+    startUnsavedReports(app);
   }
 };
 
