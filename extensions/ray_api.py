@@ -25,12 +25,19 @@ Routes under the server's base URL:
 All of it is active only when the server runs beside a Ray head (the head launcher
 sets ``CLOUDHOP_RAY_DASHBOARD_PORT``). :func:`load` registers the routes; it is
 idempotent, so the server extension and the head launcher's config may both call it.
+
+The head launcher starts the server beside a head that is still starting, so the
+server's own start-up overlaps the head's; :func:`load` then holds the server (before
+it listens) until the launcher says the head is up (:func:`wait_for_head`), so the hub
+sees the server ready only when ``ray.init()`` in a first cell works.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
+import time
 from urllib.parse import unquote
 
 from jupyter_server.auth.decorator import authorized
@@ -40,6 +47,7 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from cloudhop.spawner.ray.auth import auth_headers
+from cloudhop.spawner.ray.commands import ENV_HEAD_UP_FD
 
 from .handlers import CloudhopHandler
 from .hubclient import HubClient, HubError
@@ -195,12 +203,45 @@ def _dashboard_handlers(base_url: str, port: int) -> list:
     return out
 
 
+#: seconds the server waits for the head launcher's word at most (the launcher gives it
+#: by ``HEAD_WAIT``, 30 s after the head's start, even without a head)
+HEAD_UP_TIMEOUT = 40.0
+
+
+def wait_for_head(log, env=os.environ, timeout: float = HEAD_UP_TIMEOUT) -> float | None:
+    """Block until the head launcher says its head is up: a byte on, or the closing of,
+    the pipe whose end ``env[CLOUDHOP_RAY_HEAD_UP_FD]`` names (the launcher closes it
+    when it exits, too). The variable is taken out of ``env``, so kernels and terminals
+    never see it. Returns the seconds waited, or None for a server started without the
+    pipe (nothing to wait for)."""
+    value = env.pop(ENV_HEAD_UP_FD, None)
+    if not value or not value.isdigit():
+        return None
+    fd, began = int(value), time.monotonic()
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            log.warning("cloudhop: no word from the Ray head launcher in %.0f s; answering without it", timeout)
+    except (OSError, ValueError) as err:  # not an open descriptor: nothing to wait for
+        log.warning("cloudhop: cannot wait for the Ray head (%s): %s", value, err)
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    waited = time.monotonic() - began
+    log.info("cloudhop: the Ray head is up (waited %.2f s); the server answers now", waited)
+    return waited
+
+
 def load(serverapp) -> None:
-    """Add the Ray routes to ``serverapp`` (once)."""
+    """Add the Ray routes to ``serverapp`` (once), after waiting for the head beside the
+    server to be up (:func:`wait_for_head`): extensions load before the server listens."""
     web_app = serverapp.web_app
     if web_app.settings.get("cloudhop_ray_loaded"):
         return
     web_app.settings["cloudhop_ray_loaded"] = True
+    wait_for_head(serverapp.log)
     base = web_app.settings["base_url"]
     routes = [
         (url_path_join(base, "cloudhop/ray"), RayStatusHandler),

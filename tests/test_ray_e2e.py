@@ -20,6 +20,7 @@ import requests
 from nbclient import NotebookClient
 
 from cloudhop.spawner.ray.commands import LOCAL_ONLY_ENV
+from cloudhop.spawner.ray.node import read_phases
 from cloudhop.spawner.ray.ports import claim_block
 
 pytestmark = pytest.mark.e2e
@@ -94,6 +95,15 @@ def test_ray_cluster_lifecycle(hub_factory):
     address = state["ray"]["address"]
     head_base = state["ray"]["port_base"]
     worker_id = next(n["id"] for n in state["nodes"] if n["role"] == "ray-worker")
+    # the notebook server started beside its head, not after it, yet answered only once
+    # the head was up: the hub's first "ready" already finds the head alive
+    first = ray_status(hub)
+    assert any(n["head"] and n["state"] == "ALIVE" for n in first["nodes"]), first
+    notebook_id = next(n["id"] for n in state["nodes"] if n["role"] == "notebook")
+    phases = read_phases(Path(node_record(hub, notebook_id)["log"]).read_text(errors="replace"))
+    assert phases["server_process"][0] < phases["ray_up"][0], phases
+    worker_phases = read_phases(Path(node_record(hub, worker_id)["log"]).read_text(errors="replace"))
+    assert worker_phases["ray_start"][0] <= worker_phases["head_seen"][0], worker_phases
 
     status = wait_for(lambda: (s := ray_status(hub))["alive"] == 2 and s, 240, "2 alive Ray nodes", hub=hub)
     assert status["address"] == address

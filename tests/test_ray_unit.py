@@ -7,6 +7,9 @@ import json
 import os
 import shlex
 import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -112,6 +115,9 @@ def test_a_local_head_and_worker_listen_on_loopback_only_and_a_vm_node_on_rays_c
     # starts through the wrapper that keeps it
     assert ray_cli("/py", loopback=True) == ["/py", "-m", "cloudhop.spawner.ray.loopback"]
     assert ray_cli("/py") == ["/py", "-m", "ray.scripts.scripts"]
+    # a worker's `ray start` waits for its head in its own process (one Ray import)
+    assert ray_cli("/py", loopback=True, after_head="127.0.0.1:24064", head_timeout=60) == [
+        "/py", "-m", "cloudhop.spawner.ray.join", "--head=127.0.0.1:24064", "--timeout=60", "--loopback", "--"]
     assert "--loopback" in worker_spec(offer=CPU_LOCAL, address="127.0.0.1:24064", request_id="r",
                                        tags=TAGS, python="/py").cmd
     assert "--loopback" not in worker_spec(offer=A10G, address="10.0.0.5:6379", request_id="r",
@@ -241,3 +247,76 @@ def test_panel_renders_nodes_workers_and_escapes_what_it_shows():
     assert "GPU 1/2" in page and "process exited with code -9" in page
     assert "/user/ada%20b/gpu/ray-dashboard/" in page
     assert "<down>" not in page and "&lt;down&gt;" in page
+
+
+# -- a node's start: what it imports, how it waits, what it logs ------------------------
+
+
+@pytest.mark.parametrize("launcher", ["worker", "head"])
+def test_a_node_launcher_imports_neither_ray_nor_the_hub(launcher):
+    """A launcher's own start is cheap: Ray is imported once, by ``ray start`` (for a
+    worker through :mod:`.join`), and nothing of the hub, JupyterHub or traitlets."""
+    code = (f"import sys, cloudhop.spawner.ray.{launcher}; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} "
+            "& {'ray', 'jupyterhub', 'traitlets', 'tornado', 'jupyter_server', 'sqlalchemy'}), "
+            "sorted(m for m in sys.modules if m.startswith('cloudhop.hub') "
+            "or m in ('cloudhop.spawner.spawner', 'cloudhop.spawner.providers.base')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["[]", "[]"], out
+
+
+def test_join_gives_up_on_a_head_that_never_answers_with_its_own_code(tmp_path):
+    from cloudhop.spawner.ray.join import HEAD_NEVER_ANSWERED
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.run([sys.executable, "-m", "cloudhop.spawner.ray.join", f"--head=127.0.0.1:{port}",
+                        "--timeout=1", "--", "start", f"--address=127.0.0.1:{port}"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == HEAD_NEVER_ANSWERED, p.stderr
+    assert f"the head at 127.0.0.1:{port} never answered in 1 s" in p.stderr
+    assert "head_seen" not in p.stderr
+
+
+def test_phase_lines_read_back_in_order(capsys):
+    from cloudhop.spawner.ray.node import phase, read_phases
+
+    phase("launcher")
+    phase("ray_start")
+    phase("ray_start")  # a restarted `ray start`
+    logged = capsys.readouterr().err
+    phases = read_phases("Ray says hello\n" + logged)
+    assert list(phases) == ["launcher", "ray_start"]
+    assert len(phases["ray_start"]) == 2 and phases["launcher"][0] <= phases["ray_start"][0] <= phases["ray_start"][1]
+    assert abs(phases["launcher"][0] - time.time()) < 60
+
+
+def test_the_server_waits_for_its_heads_word_and_hides_the_pipe_from_kernels():
+    import logging
+    import threading
+
+    from cloudhop.extensions.ray_api import wait_for_head
+    from cloudhop.spawner.ray.commands import ENV_HEAD_UP_FD
+
+    log = logging.getLogger("test")
+    assert wait_for_head(log, env={}) is None  # a server without a head launcher answers at once
+    read, write = os.pipe()
+    env = {ENV_HEAD_UP_FD: str(read), "OTHER": "1"}
+    says_up = threading.Timer(0.5, lambda: (os.write(write, b"1"), os.close(write)))
+    says_up.start()
+    waited = wait_for_head(log, env=env, timeout=30)
+    says_up.join()
+    assert 0.4 < waited < 30 and env == {"OTHER": "1"}
+    with pytest.raises(OSError):
+        os.fstat(read)  # closed: nothing the server starts inherits it
+    # a launcher that dies closes its end: the server answers then, without waiting out the timeout
+    read, write = os.pipe()
+    os.close(write)
+    assert wait_for_head(log, env={ENV_HEAD_UP_FD: str(read)}, timeout=30) < 5
+    # no word at all: the server answers after the timeout
+    read, write = os.pipe()
+    try:
+        assert 0.2 <= wait_for_head(log, env={ENV_HEAD_UP_FD: str(read)}, timeout=0.2) < 5
+    finally:
+        os.close(write)

@@ -27,11 +27,18 @@ command happens to be the worker launcher, and every node of one cluster carries
 """
 
 WORKER_ROLE = "ray-worker"
-from ..providers.base import TAG_RAY_CLUSTER
-
-#: tag on every node of one server's Ray cluster (the notebook node that runs the head,
-#: and each worker); its value names the cluster (the notebook's launch request id)
-CLUSTER_TAG = TAG_RAY_CLUSTER
 #: custom Ray resource every Cloudhop worker carries (1 per node), so tasks can be
 #: pinned to workers with ``resources={"cloudhop_worker": 0.01}``
 WORKER_RESOURCE = "cloudhop_worker"
+
+
+def __getattr__(name):
+    # ``CLUSTER_TAG``: the tag on every node of one server's Ray cluster (the notebook node
+    # that runs the head, and each worker); its value names the cluster (the notebook's
+    # launch request id). Read lazily, so a node's launcher (head, worker), which imports
+    # this package, never imports the providers' base (traitlets) or the hub.
+    if name == "CLUSTER_TAG":
+        from ..providers.base import TAG_RAY_CLUSTER
+
+        return TAG_RAY_CLUSTER
+    raise AttributeError(name)

@@ -2,24 +2,33 @@
 :class:`LaunchSpec`, and the notebook command wrapped by the head launcher.
 
 No process is started here and nothing is read from the environment, so tests read
-the results back (as KubeSpawner's ``make_pod``).
+the results back (as KubeSpawner's ``make_pod``). The node launchers import this module:
+what only the hub needs (offers, the providers' :class:`LaunchSpec`) is imported where it
+is used, so a launcher's start imports neither traitlets nor the hub.
 """
 
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from ..offers import NO_GPU, Offer
-from ..providers.base import TAG_ROLE, LaunchSpec
 from . import WORKER_RESOURCE, WORKER_ROLE
 from .auth import node_env
 from .ports import VM_BASE, PortBlock
+
+if TYPE_CHECKING:
+    from ..offers import Offer
+    from ..providers.base import LaunchSpec
 
 HEAD_RESOURCE = "cloudhop_head"
 #: env names the notebook gets from the head launcher (documented in docs/ray.md)
 ENV_ADDRESS = "RAY_ADDRESS"
 ENV_DASHBOARD_PORT = "CLOUDHOP_RAY_DASHBOARD_PORT"
 ENV_HEAD = "CLOUDHOP_RAY_HEAD"
+#: the notebook server's end of the head launcher's pipe (a file descriptor number): the
+#: launcher writes to it, or closes it, once the head is up, and the server answers HTTP
+#: only then (:func:`cloudhop.extensions.ray_api.wait_for_head`)
+ENV_HEAD_UP_FD = "CLOUDHOP_RAY_HEAD_UP_FD"
 #: the address of every Ray node of a cluster on this machine (the local provider)
 LOOPBACK = "127.0.0.1"
 #: Ray's switch that makes loopback the node's address in Ray's own resolution, so the
@@ -36,6 +45,8 @@ def gpu_resource(gpu: str) -> str:
 
 def worker_resources(offer: Offer) -> dict:
     """Custom resources a worker on ``offer`` advertises (its GPUs by model)."""
+    from ..offers import NO_GPU
+
     res = {WORKER_RESOURCE: 1}
     if offer.gpu != NO_GPU and offer.gpu_count:
         res[gpu_resource(offer.gpu)] = offer.gpu_count
@@ -55,9 +66,15 @@ def token_path_for(temp_dir: str) -> str:
     return temp_dir.rstrip("/") + ".token"
 
 
-def ray_cli(python: str, *, loopback: bool = False) -> list[str]:
+def ray_cli(python: str, *, loopback: bool = False, after_head: str | None = None,
+            head_timeout: float = 600.0) -> list[str]:
     """The ``ray`` CLI through an interpreter, so no PATH lookup is involved; for a node
-    reachable from this machine only (``loopback``), through :mod:`.loopback`."""
+    reachable from this machine only (``loopback``), through :mod:`.loopback`. With
+    ``after_head`` (a worker: its head's GCS address), through :mod:`.join`, which runs
+    the CLI once that head has registered (giving up after ``head_timeout`` s)."""
+    if after_head:
+        return [python, "-m", "cloudhop.spawner.ray.join", f"--head={after_head}",
+                f"--timeout={float(head_timeout):g}", *(["--loopback"] if loopback else []), "--"]
     return [python, "-m", "cloudhop.spawner.ray.loopback" if loopback else "ray.scripts.scripts"]
 
 
@@ -164,6 +181,8 @@ def worker_spec(*, offer: Offer, address: str, request_id: str, tags: dict, pyth
     (:func:`.auth.node_env`, which the worker launcher moves into a private file) and
     nothing else: no hub token, no credential (a worker runs user code but never talks
     to the hub)."""
+    from ..providers.base import TAG_ROLE, LaunchSpec
+
     ports = "auto" if offer.provider == "local" else str(VM_BASE)
     env = {
         ENV_HEAD: address,

@@ -61,6 +61,30 @@ def log(msg: str) -> None:
     print(f"[cloudhop-ray {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+#: a phase line in a node's log (:func:`phase`): ``phase <name> at <Unix time>``
+PHASE_LINE = re.compile(r"\bphase ([a-z_]+) at (\d+\.\d+)")
+
+
+def phase(name: str) -> None:
+    """Log that this node reached phase ``name`` of its start, with the wall-clock time
+    to the millisecond (:data:`PHASE_LINE`): ``launcher`` (the launcher runs),
+    ``ray_start`` (``ray start`` begun), ``head_seen`` (a worker saw its head
+    registered, :mod:`.join`), ``ray_up`` (``ray start`` says the node is up),
+    ``server_process`` (the head launcher started the notebook server). The node's log
+    is the record: benchmarks/ray_attach.py reads these lines for its per-phase
+    timeline (docs/ray.md, "Speed"). One line each, no polling: it costs nothing."""
+    log(f"phase {name} at {time.time():.3f}")
+
+
+def read_phases(text: str) -> dict[str, list[float]]:
+    """The :func:`phase` lines of a node's log: phase -> its times, in order (a
+    restarted ``ray start`` logs ``ray_start`` again)."""
+    out: dict[str, list[float]] = {}
+    for m in PHASE_LINE.finditer(text):
+        out.setdefault(m.group(1), []).append(float(m.group(2)))
+    return out
+
+
 def wait_for_port(address: str, timeout: float) -> bool:
     """True once ``host:port`` accepts a TCP connection, False after ``timeout`` s."""
     host, _, port = address.rpartition(":")
@@ -110,17 +134,20 @@ STARTED_LINE = b"Ray runtime started."
 
 class RayNode:
     """One ``ray start --block`` process and everything it starts; ``started`` is set
-    once Ray reports the node up."""
+    once Ray reports the node up. With ``after_head`` (a worker), the process first
+    waits for that head to register (:mod:`.join`)."""
 
     def __init__(self, args: list[str], temp_dir: str, python: str = sys.executable, *,
-                 loopback: bool = False):
-        self.argv = ray_cli(python, loopback=loopback) + list(args)
+                 loopback: bool = False, after_head: str | None = None, head_timeout: float = 600.0):
+        self.args = list(args)
+        self.argv = ray_cli(python, loopback=loopback, after_head=after_head, head_timeout=head_timeout) + self.args
         self.temp_dir = temp_dir
         self.proc: subprocess.Popen | None = None
         self.started = threading.Event()
 
     def start(self, env: dict | None = None) -> None:
-        log("starting: " + " ".join(self.argv[2:]))
+        log("starting: ray " + " ".join(self.args))
+        phase("ray_start")
         self.started = threading.Event()
         # same session as the launcher: a provider that kills the node's session (local)
         # or container (VM) takes the Ray processes with it even if this launcher dies
@@ -135,7 +162,8 @@ class RayNode:
         for raw in proc.stdout:
             sys.stderr.buffer.write(raw)
             sys.stderr.flush()
-            if STARTED_LINE in raw:
+            if STARTED_LINE in raw and not started.is_set():
+                phase("ray_up")
                 started.set()
 
     def poll(self) -> int | None:

@@ -3,10 +3,14 @@
 A worker node's command. It claims a port block (``--ports=auto``, on a machine shared
 with other Ray nodes) or uses the fixed block (``--ports=6379``, a VM), moves the
 cluster's token from its environment into a private file (:func:`.auth.take_token`),
-waits for the head's GCS to accept connections and register (the notebook node and its
-workers boot together), runs ``ray start --address=HEAD --block`` with the GPU count
-and resources it was given (``--loopback``, the local provider: every port on
-loopback), and exits when Ray does. SIGTERM stops this Ray node only.
+and runs ``ray start --address=HEAD --block`` with the GPU count and resources it was
+given (``--loopback``, the local provider: every port on loopback) through
+:mod:`.join`, which starts Ray's CLI once the head's GCS has registered (the notebook
+node and its workers boot together). It exits when Ray does. SIGTERM stops this Ray
+node only.
+
+The launcher itself never imports Ray (or anything of the hub): :mod:`.join`'s process
+is the only one here that does, and it then is ``ray start``.
 """
 
 from __future__ import annotations
@@ -19,10 +23,8 @@ import time
 
 from .auth import take_token
 from .commands import temp_dir_for, token_path_for, worker_start_args
-from .node import (
-    HeadWatch, PrivateRootError, RayNode, Signals, log, private_root, remove_file, sweep_stale_temp_dirs,
-    wait_for_port,
-)
+from .join import HEAD_NEVER_ANSWERED
+from .node import PrivateRootError, RayNode, Signals, log, phase, private_root, remove_file, sweep_stale_temp_dirs
 from .ports import BLOCK_SIZE, PortBlock, PortsBusy, candidate_bases, claim_block, claim_free_block
 
 
@@ -43,6 +45,7 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
+    phase("launcher")
     args = parse_args(argv)
     signals = Signals()
     try:
@@ -69,30 +72,21 @@ def main(argv=None) -> int:
     temp_dir = temp_dir_for(block.base, root)
     # before any Ray client here (the head watch): it sends the token from the file
     token_file = take_token(os.environ, token_path_for(temp_dir))
-    log(f"waiting for the head at {args.address}")
-    deadline = time.monotonic() + args.head_timeout
-    # short waits, so SIGTERM is noticed at once
-    head = HeadWatch(args.address)
-    while not (wait_for_port(args.address, 1) and head.registered(2)):
-        if signals.received or time.monotonic() > deadline:
-            log("the head never answered" if not signals.received else "stopped before the head answered")
-            if token_file:
-                remove_file(token_file)
-            lock.release()
-            return 4 if not signals.received else 0
-        time.sleep(1)
-    log("the head is up; joining")
+    log(f"joining the head at {args.address} once it has registered")
     node = RayNode(
         worker_start_args(args.address, block, temp_dir=temp_dir, num_gpus=args.num_gpus,
                           num_cpus=args.num_cpus, resources=json.loads(args.resources),
                           loopback=args.loopback),
-        temp_dir=temp_dir, loopback=args.loopback,
+        temp_dir=temp_dir, loopback=args.loopback, after_head=args.address, head_timeout=args.head_timeout,
     )
     node.start()
     code, restarts = 0, 0
     try:
         while signals.received is None:
             code = node.poll()
+            if code == HEAD_NEVER_ANSWERED and not node.started.is_set():
+                log("the head never answered; not starting Ray")
+                break
             if code is not None:
                 # `ray start` gives up after 30 s when the machine is overloaded; a retry
                 # usually joins. Past the allowance, the worker is reported dead.
