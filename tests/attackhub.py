@@ -65,6 +65,7 @@ SERVER_ENDPOINTS = [
     ("GET", "/user/{u}/cloudhop/api/shares", None),
     ("POST", "/user/{u}/cloudhop/api/shares", {"code": True}),
     ("DELETE", "/user/{u}/cloudhop/api/shares", None),
+    ("POST", "/user/{u}/cloudhop/api/unsaved", {"client": "page-1", "paths": []}),
     ("GET", "/user/{u}/ray-dashboard/", None),
     ("GET", "/user/{u}/ray-dashboard/api/jobs/", None),
     ("POST", "/user/{u}/ray-dashboard/api/jobs/", {"entrypoint": "id"}),

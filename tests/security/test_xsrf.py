@@ -50,6 +50,8 @@ CHANGES = [
     # state compared here: test_sharing.py checks who gets in)
     ("POST", "/user/{u}/cloudhop/api/shares", {"code": True}, 200, False),
     ("DELETE", "/user/{u}/cloudhop/api/shares", None, 204, False),
+    # a page's unsaved documents (none): what a snapshot waits for, nothing else
+    ("POST", "/user/{u}/cloudhop/api/unsaved", {"client": "page-1", "paths": []}, 200, False),
     # only the server's own token reports launch steps: ada herself, by cookie, gets the 404 anyone does
     ("POST", "/hub/api/cloudhop/launch-steps/{u}", {"step": "image"}, 404, False),
 ]
