@@ -33,8 +33,10 @@ import itertools
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
+
+from .json_http import Loopback
 
 BASE = "https://www.googleapis.com/compute/v1"
 _ids = itertools.count(1000)
@@ -47,7 +49,7 @@ OP_ERRORS = {
 }
 
 
-class FakeCompute:
+class FakeCompute(Loopback):
     """State of the fake API: instances, operations, scripted answers, a request log."""
 
     def __init__(self):
@@ -61,38 +63,15 @@ class FakeCompute:
         #: machine and accelerator types per zone, for the catalog check
         self.machine_types: dict[str, list[str]] = {}
         self.accelerator_types: dict[str, list[str]] = {}
-        self.server: ThreadingHTTPServer | None = None
 
     # -- test controls ------------------------------------------------------------------
-    def script(self, call: str, *answers) -> None:
-        with self.lock:
-            self.scripts.setdefault(call, []).extend(answers)
+    def answering(self):
+        return _Handler
 
     def count(self, method: str, pattern: str) -> int:
         return sum(1 for m, p in self.requests if m == method and re.search(pattern, p))
 
-    def start(self) -> str:
-        fake = self
-
-        class Handler(_Handler):
-            state = fake
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
-
     # -- behaviour ----------------------------------------------------------------------
-    def _next(self, call):
-        with self.lock:
-            queue = self.scripts.get(call) or []
-            return queue.pop(0) if queue else None
-
     def _operation(self, project, zone, kind, target, error=None) -> dict:
         """A zone's operation (``zone`` None: a global one)."""
         name = f"operation-{next(_ids)}"
@@ -137,7 +116,7 @@ class FakeCompute:
         return view
 
     def insert(self, project, zone, body, query):
-        answer = self._next("insert")
+        answer = self.next_answer("insert")
         if isinstance(answer, int):
             return answer, _error(answer, {429: "rateLimitExceeded", 503: "backendError"}.get(answer, "internalError"))
         req = (query.get("requestId") or [None])[0]
@@ -180,7 +159,7 @@ class FakeCompute:
         return 200, view
 
     def delete(self, project, zone, name):
-        answer = self._next("delete")
+        answer = self.next_answer("delete")
         if isinstance(answer, int):
             return answer, _error(answer, "backendError")
         with self.lock:
@@ -197,7 +176,7 @@ class FakeCompute:
         return 200, {"kind": "compute#instanceList", "items": _filter(views, query)}
 
     def aggregated(self, project, query):
-        answer = self._next("aggregated")
+        answer = self.next_answer("aggregated")
         if isinstance(answer, int):
             reason = {429: "rateLimitExceeded", 503: "backendError"}.get(answer, "internalError")
             return answer, _error(answer, reason)
@@ -212,7 +191,7 @@ class FakeCompute:
         return 200, {"kind": "compute#instanceAggregatedList", "items": items}
 
     def firewall_insert(self, project, body):
-        answer = self._next("firewall_insert")
+        answer = self.next_answer("firewall_insert")
         if isinstance(answer, int):
             reason = {403: "forbidden", 429: "rateLimitExceeded", 503: "backendError"}.get(answer, "internalError")
             message = ("Required 'compute.firewalls.create' permission for "
@@ -242,7 +221,7 @@ class FakeCompute:
         return 200, fw
 
     def firewall_list(self, project):
-        answer = self._next("firewall_list")
+        answer = self.next_answer("firewall_list")
         if isinstance(answer, int):
             return answer, _error(answer, "forbidden", "Required 'compute.firewalls.list' permission for "
                                   f"'projects/{project}'")

@@ -1,7 +1,8 @@
-"""The loopback HTTP server under the JSON REST doubles of Lambda Cloud, DigitalOcean
-and Azure (``lambda_api``, ``digitalocean_api``, ``azure_api``): a threaded server on
-127.0.0.1, a route table of ``(method, path regex) -> handler``, the requests it saw
-(method, path, headers, body) and scripted answers per call, so each double holds
+"""The loopback HTTP server under the cloud API doubles: :class:`Loopback`, a threaded
+server on 127.0.0.1 with scripted answers per call (every double, the OCI and Compute
+ones included), and :class:`JSONDouble`, which adds a route table of ``(method, path
+regex) -> handler`` and the requests it saw (method, path, headers, body) for the JSON
+REST doubles of Lambda Cloud, DigitalOcean, Azure and Yandex Cloud, so each double holds
 only its cloud's wire format.
 
 A handler is ``fn(match, query, body, headers) -> (status, body[, headers])``; a body
@@ -18,38 +19,33 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 
-class JSONDouble:
-    """Base of a REST double: subclasses fill :attr:`routes` in ``__init__``."""
+class Loopback:
+    """A double's server and scripted answers. A subclass sets ``self.lock`` and
+    ``self.scripts = {}`` in ``__init__`` and names the request handler class that
+    answers (:meth:`answering`); that class finds the double as its ``state``."""
 
-    def __init__(self):
-        self.lock = threading.RLock()
-        self.routes: list[tuple[str, re.Pattern, object]] = []
-        self.requests: list[dict] = []
-        self.scripts: dict[str, list] = {}
-        self.server: ThreadingHTTPServer | None = None
+    lock: threading.Lock
+    scripts: dict[str, list]
+    server: ThreadingHTTPServer | None = None
 
-    def route(self, method: str, pattern: str, handler) -> None:
-        self.routes.append((method, re.compile(f"^{pattern}$"), handler))
+    def answering(self) -> type[BaseHTTPRequestHandler]:
+        raise NotImplementedError
 
     def script(self, call: str, *answers) -> None:
+        """Queue ``answers`` for the next calls ``call`` (taken by :meth:`next_answer`)."""
         with self.lock:
             self.scripts.setdefault(call, []).extend(answers)
 
     def next_answer(self, call: str):
+        """The next scripted answer for ``call``, or None: behave as the cloud does."""
         with self.lock:
             queue = self.scripts.get(call) or []
             return queue.pop(0) if queue else None
 
-    def count(self, method: str, pattern: str) -> int:
-        return sum(1 for r in self.requests if r["method"] == method and re.search(pattern, r["path"]))
-
     def start(self) -> str:
-        double = self
-
-        class Handler(_Handler):
-            state = double
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        """Serve on a free port of 127.0.0.1; returns the base URL."""
+        handler = type("Handler", (self.answering(),), {"state": self})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -58,6 +54,25 @@ class JSONDouble:
         if self.server:
             self.server.shutdown()
             self.server.server_close()
+
+
+class JSONDouble(Loopback):
+    """Base of a REST double: subclasses fill :attr:`routes` in ``__init__``."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.routes: list[tuple[str, re.Pattern, object]] = []
+        self.requests: list[dict] = []
+        self.scripts: dict[str, list] = {}
+
+    def answering(self):
+        return _Handler
+
+    def route(self, method: str, pattern: str, handler) -> None:
+        self.routes.append((method, re.compile(f"^{pattern}$"), handler))
+
+    def count(self, method: str, pattern: str) -> int:
+        return sum(1 for r in self.requests if r["method"] == method and re.search(pattern, r["path"]))
 
     def authorize(self, headers: dict):
         """None when the request may go on, else the ``(status, body)`` to answer."""

@@ -38,8 +38,10 @@ import itertools
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
+
+from .json_http import Loopback
 
 _ids = itertools.count(1)
 AD_PREFIX = "Uocm"
@@ -55,7 +57,7 @@ SCRIPTED = {
 }
 
 
-class FakeOCI:
+class FakeOCI(Loopback):
     def __init__(self, region="eu-amsterdam-1", ads=("AD-1",)):
         self.region = region
         self.lock = threading.Lock()
@@ -75,37 +77,14 @@ class FakeOCI:
         ]
         #: shapes per availability domain, for the catalog check
         self.shapes: dict[str, list[str]] = {}
-        self.server: ThreadingHTTPServer | None = None
 
-    def script(self, call: str, *answers) -> None:
-        with self.lock:
-            self.scripts.setdefault(call, []).extend(answers)
+    def answering(self):
+        return _Handler
 
     def count(self, method: str, pattern: str) -> int:
         return sum(1 for m, p in self.requests if m == method and re.search(pattern, p))
 
-    def start(self) -> str:
-        fake = self
-
-        class Handler(_Handler):
-            state = fake
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
-
     # -- behaviour ----------------------------------------------------------------------
-    def _next(self, call):
-        with self.lock:
-            queue = self.scripts.get(call) or []
-            return queue.pop(0) if queue else None
-
     def _advance(self, inst_id):
         inst = self.instances.get(inst_id)
         if inst is None:
@@ -118,7 +97,7 @@ class FakeOCI:
         return view
 
     def launch(self, body, headers):
-        answer = self._next("launch")
+        answer = self.next_answer("launch")
         if answer is not None:
             status, code, message = SCRIPTED[answer]
             return status, {"code": code, "message": message}
@@ -175,7 +154,7 @@ class FakeOCI:
         return 204, None
 
     def list(self, query):
-        answer = self._next("list")
+        answer = self.next_answer("list")
         if answer is not None:
             status, code, message = SCRIPTED[answer]
             return status, {"code": code, "message": message}
@@ -239,7 +218,7 @@ class FakeOCI:
         return 200, views[start:start + PAGE], ({"opc-next-page": nxt} if nxt else {})
 
     def nsg_delete(self, nsg_id):
-        answer = self._next("delete_nsg")
+        answer = self.next_answer("delete_nsg")
         with self.lock:
             if nsg_id not in self.nsgs:
                 return 404, {"code": "NotAuthorizedOrNotFound",
