@@ -1,8 +1,10 @@
-"""Shared pieces of the cloud provider tests: small catalog-shaped offers, launch specs
-and a fake hub environment, so each test reads as the user's request."""
+"""Shared pieces of the cloud provider tests: small catalog-shaped offers, launch specs,
+a fake hub environment and waiting for what a cloud double does, so each test reads as
+the user's request."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from cloudhop.spawner.offers import Offer, matching
@@ -61,3 +63,16 @@ def spec_for(offer: Offer, *, user="alice", server="", request_id=None, spot=Fal
         port=port,
         spot=spot,
     )
+
+
+def wait_for(check, timeout: float = 60, what: str = "condition", hub=None, *, interval: float = 0.5):
+    """``check()``'s first true value, asked every ``interval`` seconds; TimeoutError
+    naming ``what`` (with ``hub``'s log when given) when none comes within ``timeout``
+    seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"no {what} in {timeout}s" + (f":\n{hub.log()}" if hub is not None else ""))

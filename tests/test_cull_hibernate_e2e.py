@@ -17,7 +17,8 @@ import re
 import psutil
 import pytest
 from security.test_durable_stop import assert_restored, make_session, node_of
-from test_culling_e2e import wait_for
+
+from tests.cloudkit import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -21,6 +21,8 @@ from hubfixture import HubProcess
 from prometheus_client.parser import text_string_to_metric_families
 from test_lab_extension import ARGS, CHROMIUM, SCREENSHOTS, _chromium_or_skip
 
+from tests.cloudkit import wait_for
+
 pytestmark = pytest.mark.e2e
 TESTS = str(Path(__file__).parent)
 GPUS = [{"name": "Tesla T4", "memory_gib": 15, "uuid": "GPU-fake-0000", "utilization": 85},
@@ -45,16 +47,6 @@ def activity(hub, user: str, token: str, method: str = "GET") -> dict:
                          headers={"Authorization": f"token {token}"}, timeout=30)
     assert r.status_code == 200, r.text
     return r.json()
-
-
-def wait_for(check, timeout: float, what: str, hub):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"{what} did not happen in {timeout:.0f} s:\n{hub.log()}")
 
 
 CONFIG = f"""

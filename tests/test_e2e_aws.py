@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import signal
-import time
 
 import boto3
 import psutil
@@ -14,6 +13,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from hubfixture import free_port
+from tests.cloudkit import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -58,16 +58,6 @@ def ec2(moto_url):
 
 def instances(moto_url) -> list[dict]:
     return [i for r in ec2(moto_url).describe_instances()["Reservations"] for i in r["Instances"]]
-
-
-def wait_for(check, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise TimeoutError(f"no {what} in {timeout}s")
 
 
 def live(moto_url):

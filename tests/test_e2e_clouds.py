@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -14,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cloudhop.spawner.catalog import catalog_offers
 from cloudhop.spawner.offers import matching
+from tests.cloudkit import wait_for
 from tests.fakes.gcp_compute import FakeCompute
 from tests.fakes.oci_api import FakeOCI
 
@@ -23,16 +23,6 @@ pytestmark = pytest.mark.e2e
 def cheapest_in_catalog(provider, region, gpu, count):
     found = matching(catalog_offers(provider), provider=provider, region=region, gpu=gpu, gpu_count=count)
     return min(found, key=lambda o: o.price_hour)
-
-
-def wait_for(check, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise TimeoutError(f"no {what} in {timeout}s")
 
 
 def gcp_setup(tmp_path):

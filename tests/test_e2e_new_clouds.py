@@ -7,12 +7,12 @@ server deletes it. One hub for every scenario (the suite's time is short)."""
 from __future__ import annotations
 
 import base64
-import time
 from pathlib import Path
 
 import pytest
 
 from cloudhop.spawner.catalog import catalog_offers
+from tests.cloudkit import wait_for
 from tests.fakes.azure_api import FakeAzure
 from tests.fakes.digitalocean_api import FakeDigitalOcean
 from tests.fakes.lambda_api import FakeLambda
@@ -29,16 +29,6 @@ YC_TOKEN = "e2e-yc-iam-token-secret"
 SECRETS = (LAMBDA_KEY, DO_TOKEN, YC_TOKEN)
 H100x1 = {"provider": "auto", "gpu": "H100", "gpu_count": 1}
 A100_80x1 = {"provider": "auto", "gpu": "A100-80GB", "gpu_count": 1}
-
-
-def wait_for(check, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise TimeoutError(f"no {what} in {timeout}s")
 
 
 def offers_of(provider, gpu="H100"):

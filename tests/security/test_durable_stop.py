@@ -32,6 +32,8 @@ import pytest
 from hubfixture import HubProcess
 from test_e2e_form_providers import login
 
+from tests.cloudkit import wait_for
+
 from cloudhop.hub.store_backends import LocalBackend
 
 pytestmark = pytest.mark.e2e
@@ -70,23 +72,13 @@ def hub(tmp_path_factory, holds):
     for user in hub.api("GET", "/users").json():
         for name in user.get("servers", {}):
             hub.api("DELETE", f"/users/{user['name']}/servers/{name}")
-    wait_for("every server stopped", lambda: not any(u.get("servers") for u in hub.api("GET", "/users").json()))
+    wait_for(lambda: not any(u.get("servers") for u in hub.api("GET", "/users").json()), 90, "every server stopped")
     hub.stop()
     for pid in kept:
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-def wait_for(what, check, timeout=90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise TimeoutError(what)
 
 
 def user_api(hub, user):
@@ -226,9 +218,10 @@ def test_a_full_quota_keeps_the_node_and_says_why(hub):
     assert "its node was kept" in home and "snapshot quota full (used" in home
     # the reaper's sweeps (every second, 5 s of grace) leave the kept node alone
     report = hub.data_dir / "reaper-report.json"
-    wait_for("the node is past the reaper's grace", lambda: time.time() - psutil.Process(node["info"]["pid"]).create_time() > 6)
+    wait_for(lambda: time.time() - psutil.Process(node["info"]["pid"]).create_time() > 6, 90,
+             "the node is past the reaper's grace")
     swept = time.time()
-    wait_for("a reaper sweep after that", lambda: report.exists() and report.stat().st_mtime > swept + 1)
+    wait_for(lambda: report.exists() and report.stat().st_mtime > swept + 1, 90, "a reaper sweep after that")
     assert psutil.pid_exists(node["info"]["pid"])
 
     # an admin decides: the CLI lists the kept node, then discards it
@@ -241,7 +234,7 @@ def test_a_full_quota_keeps_the_node_and_says_why(hub):
     gone = subprocess.run([*cli, "terminate", node["id"], "--discard", "--url", hub.url], env=env,
                           capture_output=True, text=True, timeout=120)
     assert gone.returncode == 0 and "terminated without a snapshot" in gone.stdout, gone
-    wait_for("the discarded node is gone", lambda: not psutil.pid_exists(node["info"]["pid"]))
+    wait_for(lambda: not psutil.pid_exists(node["info"]["pid"]), 90, "the discarded node is gone")
     hub.kept_pids.remove(node["info"]["pid"])
     assert not stopped_state(hub, "bob").get("kept")
     assert server_tokens(hub, "bob") == [], "the discarded node's token went with it"
@@ -265,7 +258,7 @@ def test_a_corrupt_chunk_fails_the_start_naming_the_file_and_writes_nothing(hub)
 
     r = hub.api("POST", "/users/dan/server", json={"provider": "local", "region": "site-c"})
     assert r.status_code in (201, 202, 500), r.text
-    wait_for("the start failed", lambda: hub.server_model("dan") is None)
+    wait_for(lambda: hub.server_model("dan") is None, 90, "the start failed")
     assert re.search(r"Restoring your last session failed: data/b\.bin: could not be restored", hub.log())
     after = {str(p.relative_to(workspace)) for p in workspace.rglob("*")}
     # the server's own start-up files aside, nothing of the snapshot was written
@@ -285,14 +278,14 @@ def test_a_hub_killed_mid_snapshot_never_terminates_the_node(hub, holds):
     (holds / "hibernate").touch()
     try:
         assert hub.api("DELETE", "/users/eve/server").status_code in (202, 204)
-        wait_for("the stop's snapshot began", lambda: "eve: stopping: snapshotting" in hub.log())
+        wait_for(lambda: "eve: stopping: snapshotting" in hub.log(), 90, "the stop's snapshot began")
         time.sleep(1)
         hub.kill()
     finally:
         (holds / "hibernate").unlink()
     assert psutil.pid_exists(node["info"]["pid"])
     hub.start()
-    wait_for("eve's server runs again", lambda: (hub.server_model("eve") or {}).get("ready"))
+    wait_for(lambda: (hub.server_model("eve") or {}).get("ready"), 90, "eve's server runs again")
     assert psutil.pid_exists(node["info"]["pid"])
     assert api("GET", "api/contents/keep.txt").json()["content"] == "keep\n"
     hub.stop_server("eve")
@@ -308,7 +301,7 @@ def test_a_store_that_is_down_keeps_the_node(hub):
              if "cloudhop.hub.snapshot_store" in " ".join(p.cmdline())]
     assert len(store) == 1
     store[0].kill()
-    wait_for("the store is gone", lambda: not store[0].is_running() or store[0].status() == psutil.STATUS_ZOMBIE)
+    wait_for(lambda: not store[0].is_running() or store[0].status() == psutil.STATUS_ZOMBIE, 90, "the store is gone")
     hub.stop_server("fay")
     assert psutil.pid_exists(node["info"]["pid"])
     [kept] = stopped_state(hub, "fay")["kept"]
