@@ -71,7 +71,9 @@ def test_list_extend_and_prepend(tmp_path, monkeypatch):
     """)
     assert names(c.JupyterHub.services)[:3] == ["first", "a", "b"]
     assert CLOUDHOP_SERVICES <= set(names(c.JupyterHub.services))
-    assert c.Spawner.args == ["--ServerApp.terminals_enabled=False", EXTENSION_ARG]
+    # the embedded defaults' own arguments (no Jupyter news in JupyterLab) stay, then the operator's
+    assert c.Spawner.args == ["--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                              "--ServerApp.terminals_enabled=False", EXTENSION_ARG]
     assert "read:users:name" in c.Spawner.server_token_scopes
     assert "access:services!service=cloudhop-store" in c.Spawner.server_token_scopes
 
