@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import statistics
 import sys
@@ -279,8 +280,10 @@ def measure(name: str, tmp: Path, users: int, concurrency: int, sweep_users: int
     side = Side(name)
     if name == "stock":
         data = tmp / "stock-data"
+        # JupyterHub starts configurable-http-proxy from PATH: the one installed beside this Python
+        path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)])
         hub = StockHub(tmp, STOCK_CONFIG.format(home=str(tmp / "homes" / "{username}"), data=data),
-                       name="stock", data_dir=data)
+                       name="stock", data_dir=data, env={"PATH": path})
     else:
         hub = HubProcess(tmp, CLOUDHOP_CONFIG, name="cloudhop")
     hub.start(timeout=120)

@@ -11,6 +11,7 @@ class snapshot (:func:`class_copy`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -132,11 +133,13 @@ async def start_choices(config, user: str, server: str, groups: list[str]) -> di
     link = StoreLink.from_config(config)
     if link is None:
         return {"line": [], "classes": [], "error": None}
-    try:
-        line = await link.snapshots(user, server)
-        records = await link.classes()
-    except StoreUnavailable as err:
-        return {"line": [], "classes": [], "error": str(err)}
+    # the two calls go out together: the form waits for the slower one, not for both in turn
+    line, records = await asyncio.gather(link.snapshots(user, server), link.classes(), return_exceptions=True)
+    for answer in (line, records):
+        if isinstance(answer, StoreUnavailable):
+            return {"line": [], "classes": [], "error": str(answer)}
+        if isinstance(answer, BaseException):
+            raise answer
     out = []
     for i, summary in enumerate(line):
         label = choice_label(summary)

@@ -38,6 +38,7 @@ everything, so it serves one hub user (the first to spawn) unless the operator s
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import re
@@ -101,6 +102,9 @@ class IsolationError(ProviderError):
 ONLY_USER_FILE = "only-user"  # not *.json: those are node records
 #: the environment variable holding the node's id in every process it starts (kernels too)
 NODE_ENV = "CLOUDHOP_NODE_ID"
+#: how long (ns) after its last change a record file's parse is kept (:meth:`LocalProvider._records`):
+#: well above a file system's timestamp tick
+SETTLED_NS = 100_000_000
 
 
 class LocalProvider(Provider):
@@ -226,7 +230,12 @@ class LocalProvider(Provider):
         self._gpus: list[GPU] | None = None
         self._no_gpus_why: str | None = None
         self._procs: dict[str, subprocess.Popen] = {}
+        #: record file name -> (its inode, size, times; the record read from it) (:meth:`_records`)
+        self._parsed: dict[str, tuple[tuple, dict]] = {}
+        #: held from a GPU allocation until its node's record is written (:meth:`launch`)
         self._lock = asyncio.Lock()
+        #: request id -> [the lock its launches take one after the other, how many hold or await it]
+        self._request_locks: dict[str, list] = {}
         if self.isolation == "none":
             self.log.warning(
                 "local: c.LocalProvider.isolation is \"none\": every user's server runs as the hub's "
@@ -323,7 +332,8 @@ class LocalProvider(Provider):
     def offers(self) -> list[Offer]:
         mem = round(psutil.virtual_memory().total / 2**30, 1)
         cpus = os.cpu_count() or 1
-        used = self._allocated()
+        # what the running nodes hold counts only where there are GPUs to offer
+        used = self._allocated() if any(self.region_gpus(name) for name in self.regions) else Counter()
         out = []
         for name in self.regions:
             share = self.region(name).share_gpus
@@ -368,15 +378,44 @@ class LocalProvider(Provider):
         return Path(self.state_dir) / f"{node_id}.json"
 
     def _records(self) -> list[dict]:
+        """Every node record in :attr:`state_dir`, as the folder holds them now.
+
+        The folder is listed on every call, so a record another process added or removed
+        (the reaper, a restarted hub) counts at once; only the parsing is kept. A record
+        is written once, to a new file renamed into place (:meth:`_start`), and never
+        changed, so a file whose name, inode, size and change time are those of the last
+        read holds the same record (the change time, which no one can set back, covers a
+        write in place too). A file changed less than :data:`SETTLED_NS` before the read is
+        read again next time: a change within the file system's clock tick would leave its
+        times as they were. Each caller gets its own copy."""
+        folder = self.state_dir
+        settled = time.time_ns() - SETTLED_NS
+        try:
+            with os.scandir(folder) as listing:
+                entries = [e for e in listing if e.name.endswith(".json")]
+        except (FileNotFoundError, NotADirectoryError):
+            self._parsed = {}
+            return []
+        parsed: dict[str, tuple[tuple, dict]] = {}
         out = []
-        folder = Path(self.state_dir)
-        if not folder.is_dir():
-            return out
-        for path in folder.glob("*.json"):
+        for entry in entries:
             try:
-                out.append(json.loads(path.read_text()))
+                st = entry.stat(follow_symlinks=False)
+                key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                known = self._parsed.get(entry.name)
+                if known is not None and known[0] == key:
+                    rec = known[1]
+                else:
+                    with open(entry.path, encoding="utf-8") as f:
+                        rec = json.load(f)
+                    if not isinstance(rec, dict):
+                        continue
             except (OSError, ValueError):
                 continue
+            if st.st_ctime_ns < settled and st.st_mtime_ns < settled:
+                parsed[entry.name] = (key, rec)
+            out.append(copy.deepcopy(rec))
+        self._parsed = parsed  # only what the folder holds now: a removed record is forgotten
         return out
 
     def _alive(self, rec: dict) -> bool:
@@ -385,13 +424,14 @@ class LocalProvider(Provider):
             return False
         try:
             p = psutil.Process(rec["pid"])
-            return abs(p.create_time() - rec["created"]) < 1.0 and p.status() != psutil.STATUS_ZOMBIE
+            with p.oneshot():  # one read of the process's stat for both
+                return abs(p.create_time() - rec["created"]) < 1.0 and p.status() != psutil.STATUS_ZOMBIE
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return False
 
     def _allocated(self) -> Counter:
         """How many running nodes hold each GPU UUID (more than one only when shared)."""
-        return Counter(u for rec in self._records() if self._alive(rec) for u in rec.get("gpus", []))
+        return Counter(u for rec in self._records() if rec.get("gpus") and self._alive(rec) for u in rec["gpus"])
 
     def _node(self, rec: dict, state: str | None = None, detail: str = "") -> Node:
         state = state or (RUNNING if self._alive(rec) else TERMINATED)
@@ -411,15 +451,34 @@ class LocalProvider(Provider):
     # -- the contract -----------------------------------------------------------
 
     async def launch(self, spec: LaunchSpec) -> Node:
-        async with self._lock:  # allocation and start are one step per provider
-            for rec in self._records():
-                if rec.get("tags", {}).get(TAG_REQUEST) == spec.request_id:
-                    if self._alive(rec):
-                        return self._node(rec)
-                    self._record_path(rec["id"]).unlink(missing_ok=True)
-            gpus = self._allocate(spec.offer)
-            rec = await asyncio.to_thread(self._start, spec, gpus)
+        # one launch of a request at a time: a retry finds the node the first one made
+        held = self._request_locks.setdefault(spec.request_id, [asyncio.Lock(), 0])
+        held[1] += 1  # launches holding or awaiting it: the lock is dropped after the last
+        try:
+            async with held[0]:
+                for rec in self._records():
+                    if rec.get("tags", {}).get(TAG_REQUEST) == spec.request_id:
+                        if self._alive(rec):
+                            return self._node(rec)
+                        self._record_path(rec["id"]).unlink(missing_ok=True)
+                if self._allocates(spec.offer):
+                    async with self._lock:  # GPUs: allocation and start are one step per provider
+                        gpus = self._allocate(spec.offer)
+                        rec = await asyncio.to_thread(self._start, spec, gpus)
+                else:  # holds nothing another launch could be given: starts beside the others
+                    self._allocate(spec.offer)  # an unknown region is still refused
+                    rec = await asyncio.to_thread(self._start, spec, [])
+        finally:
+            held[1] -= 1
+            if not held[1]:
+                del self._request_locks[spec.request_id]
         return self._node(rec, detail=f"process {rec['pid']} started")
+
+    @staticmethod
+    def _allocates(offer: Offer) -> bool:
+        """Whether a launch of ``offer`` is given GPUs (:meth:`_allocate`), which the
+        provider's lock hands out one launch at a time."""
+        return not (offer.gpu == NO_GPU or offer.gpu_count == 0)
 
     def _allocate(self, offer: Offer) -> list[GPU]:
         if offer.region not in self.regions:
@@ -581,48 +640,63 @@ class LocalProvider(Provider):
         self.log.info("local: deleted the workspace of %s (region %s is ephemeral)", rec.get("id"), rec.get("region"))
 
     def _kill_tree(self, rec: dict) -> None:
-        """SIGTERM the node's whole session and descendants, then SIGKILL stragglers.
+        """SIGTERM the node's whole session and descendants, then SIGKILL stragglers
+        (:meth:`_node_processes` says which)."""
+        stop_processes(self._node_processes(rec), self.stop_timeout)
+
+    def _node_processes(self, rec: dict) -> list[psutil.Process]:
+        """The node's processes: its server and the server's descendants, what runs in its
+        session, and the kernels it started in sessions of their own.
 
         The session outlives its leader: when the server process is gone, what is left in
         its session (kernels, terminals) still goes, but only processes started after the
         node and living in its workspace, so a recycled pid is never taken for the node's.
+
+        One pass over the machine's processes (their parent and start time from one read
+        of each ``stat``): the descendants come from the parent links of that pass, and a
+        process started before the node is neither read further nor taken. Each stop
+        costs one scan, whatever the number of nodes the hub has run.
         """
-        pid = rec["pid"]
+        pid, created = rec["pid"], rec["created"]
         root_alive = self._alive(rec)
+        children: dict[int, list[psutil.Process]] = {}
+        later: list[psutil.Process] = []  # started after the node (less a second): may be its
+        root = None
+        for p in psutil.process_iter(["ppid", "create_time"]):
+            info = p.info
+            if p.pid == pid:
+                root = p
+                continue
+            if info.get("ppid") is not None:
+                children.setdefault(info["ppid"], []).append(p)
+            started = info.get("create_time")
+            if started is not None and started >= created - 1.0:
+                later.append(p)
         procs: dict[int, psutil.Process] = {}
-        if root_alive:
-            try:
-                root = psutil.Process(pid)
-                procs[pid] = root
-                for child in root.children(recursive=True):
-                    procs[child.pid] = child
-            except psutil.NoSuchProcess:
-                root_alive = False
-        for p in psutil.process_iter():
+        if root_alive and root is not None:
+            procs[pid] = root
+            todo = [pid]
+            while todo:
+                for child in children.get(todo.pop(), ()):
+                    if child.pid not in procs:
+                        procs[child.pid] = child
+                        todo.append(child.pid)
+        for p in later:
             try:
                 if p.pid in procs:
                     continue
-                if (os.getsid(p.pid) == pid and (root_alive or self._left_behind(p, rec))) or self._kernel_of(p, rec):
+                in_session = os.getsid(p.pid) == pid
+                if in_session and root_alive:
+                    procs[p.pid] = p
+                    continue
+                env = p.environ()
+                # a kernel in a session of its own carries the node's id; what is left in
+                # the session of a server that exited lives in the node's workspace
+                if env.get(NODE_ENV) == rec["id"] or (in_session and env.get("HOME") == rec.get("workspace")):
                     procs[p.pid] = p
             except (ProcessLookupError, PermissionError, psutil.Error):
                 continue
-        stop_processes(procs.values(), self.stop_timeout)
-
-    @staticmethod
-    def _kernel_of(p: psutil.Process, rec: dict) -> bool:
-        """Whether ``p`` is a process the node started in a session of its own (a kernel,
-        whose server may have exited and left it to init): started after the node, with
-        the node's id in its environment."""
-        if p.pid == rec["pid"] or p.create_time() < rec["created"] - 1.0:
-            return False
-        return p.environ().get(NODE_ENV) == rec["id"]
-
-    @staticmethod
-    def _left_behind(p: psutil.Process, rec: dict) -> bool:
-        """Whether ``p``, in the session of a node whose server has exited, is the node's."""
-        if p.pid == rec["pid"] or p.create_time() < rec["created"] - 1.0:
-            return False
-        return p.environ().get("HOME") == rec.get("workspace")
+        return list(procs.values())
 
     async def list_nodes(self, tags: dict) -> list[Node]:
         out = []
