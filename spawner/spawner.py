@@ -555,7 +555,9 @@ class CloudhopSpawner(Spawner):
         if self.restore_id:
             await self._wait_restored(url)
         self.serving = True
-        self._save_state()
+        # JupyterHub commits the state as soon as start returns, with nothing awaited
+        # between: one commit, not two (the state set here goes with any commit before it)
+        self._save_state(commit=False)
         self._progress(f"Node {node.id} is up at {node.ip}:{node.port}; waiting for Jupyter to answer", 80)
         launch_timeline.watch_first_answer(self, url + self.server.base_url if self.server else url,
                                            self.http_timeout)
@@ -621,9 +623,11 @@ class CloudhopSpawner(Spawner):
         Home page; None when there is nothing to say (:func:`.spend.budget_notice`)."""
         return spend.budget_notice(self)
 
-    def _save_state(self) -> None:
+    def _save_state(self, commit: bool = True) -> None:
         """Write state to the hub's database now, so a hub killed mid-start still knows
-        which nodes this server owns; its nodes' spend intervals follow (:mod:`.spend`)."""
+        which nodes this server owns; its nodes' spend intervals follow (:mod:`.spend`).
+        ``commit=False`` sets the row's state for the hub's next commit (where JupyterHub
+        commits it right after)."""
         spend.record(self)
         orm = getattr(self, "orm_spawner", None)
         try:  # the session the hub loaded this server's row with (Spawner.db is deprecated)
@@ -634,7 +638,8 @@ class CloudhopSpawner(Spawner):
             return
         try:
             orm.state = self.get_state()
-            db.commit()
+            if commit:
+                db.commit()
         except Exception as err:  # never fail a spawn over bookkeeping
             self.log.warning("Could not save state of %s early: %s", self._log_name, err)
 
