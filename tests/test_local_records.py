@@ -189,3 +189,19 @@ def _env(q) -> dict:
         return q.environ()
     except psutil.Error:
         return {}
+
+
+def test_the_process_scan_reads_what_psutil_reads():
+    from cloudhop.spawner.providers import local_procs
+
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        table = {p.pid: p for p in local_procs.scan()}
+        for pid in (os.getpid(), child.pid):
+            p, ps = table[pid], psutil.Process(pid)
+            assert (p.ppid, p.sid) == (ps.ppid(), os.getsid(pid))
+            assert abs(p.started - ps.create_time()) < 0.05, "start times compare with a node record's"
+        assert table[child.pid].sid == child.pid and table[child.pid].ppid == os.getpid()
+    finally:
+        child.kill()
+        child.wait()

@@ -60,7 +60,7 @@ from ..hubid import kept_secret
 from ..offers import NO_GPU, SHARED_SUFFIX, Offer
 from ..procs import stop_processes
 from ..validate import check_number, require_number
-from . import workspaces
+from . import local_procs, workspaces
 from .accounts import Account, check_template, ensure_account, system_username
 from .base import (
     FAILED, RUNNING, TAG_REQUEST, TAG_ROLE, TAG_SERVER, TAG_USER, TERMINATED,
@@ -652,51 +652,51 @@ class LocalProvider(Provider):
         its session (kernels, terminals) still goes, but only processes started after the
         node and living in its workspace, so a recycled pid is never taken for the node's.
 
-        One pass over the machine's processes (their parent and start time from one read
-        of each ``stat``): the descendants come from the parent links of that pass, and a
-        process started before the node is neither read further nor taken. Each stop
-        costs one scan, whatever the number of nodes the hub has run.
+        One pass over the machine's processes (:func:`.local_procs.scan`: parent, session
+        and start time of each): descendants come from its parent links, and only a
+        process started after the node (less a second) that is neither has its
+        environment read. Each stop costs one scan, whatever the number of nodes the hub
+        has run.
         """
         pid, created = rec["pid"], rec["created"]
         root_alive = self._alive(rec)
-        children: dict[int, list[psutil.Process]] = {}
-        later: list[psutil.Process] = []  # started after the node (less a second): may be its
-        root = None
-        for p in psutil.process_iter(["ppid", "create_time"]):
-            info = p.info
-            if p.pid == pid:
-                root = p
-                continue
-            if info.get("ppid") is not None:
-                children.setdefault(info["ppid"], []).append(p)
-            started = info.get("create_time")
-            if started is not None and started >= created - 1.0:
-                later.append(p)
-        procs: dict[int, psutil.Process] = {}
-        if root_alive and root is not None:
-            procs[pid] = root
+        table = local_procs.scan()
+        children: dict[int, list[local_procs.Proc]] = {}
+        for p in table:
+            children.setdefault(p.ppid, []).append(p)
+        chosen: dict[int, local_procs.Proc | None] = {}
+        if root_alive:
+            chosen[pid] = None  # checked by _alive
             todo = [pid]
             while todo:
                 for child in children.get(todo.pop(), ()):
-                    if child.pid not in procs:
-                        procs[child.pid] = child
+                    if child.pid not in chosen:
+                        chosen[child.pid] = child
                         todo.append(child.pid)
-        for p in later:
-            try:
-                if p.pid in procs:
-                    continue
-                in_session = os.getsid(p.pid) == pid
-                if in_session and root_alive:
-                    procs[p.pid] = p
-                    continue
-                env = p.environ()
-                # a kernel in a session of its own carries the node's id; what is left in
-                # the session of a server that exited lives in the node's workspace
-                if env.get(NODE_ENV) == rec["id"] or (in_session and env.get("HOME") == rec.get("workspace")):
-                    procs[p.pid] = p
-            except (ProcessLookupError, PermissionError, psutil.Error):
+        for p in table:
+            if p.pid in chosen or p.pid == pid or p.started < created - 1.0:
                 continue
-        return list(procs.values())
+            if p.sid == pid and root_alive:
+                chosen[p.pid] = p
+                continue
+            try:
+                env = psutil.Process(p.pid).environ()
+            except (psutil.Error, OSError):
+                continue
+            # a kernel in a session of its own carries the node's id; what is left in the
+            # session of a server that exited lives in the node's workspace
+            if env.get(NODE_ENV) == rec["id"] or (p.sid == pid and env.get("HOME") == rec.get("workspace")):
+                chosen[p.pid] = p
+        out = []
+        for found, p in chosen.items():
+            try:
+                proc = psutil.Process(found)
+                # the process the scan saw, not one that took its pid since
+                if p is None or abs(proc.create_time() - p.started) < 0.1:
+                    out.append(proc)
+            except psutil.Error:
+                continue
+        return out
 
     async def list_nodes(self, tags: dict) -> list[Node]:
         out = []
