@@ -16,6 +16,10 @@ service's route is removed fails with ``'NoneType' object has no attribute 'prot
 a route check deletes the services' routes as stale, with a warning each). Here those
 checks stop first and the services are stopped all at once with short grace periods
 (:data:`SERVICE_STOP_SECONDS`), so the hub and its services are gone within seconds.
+
+Database. A SQLite database is put in write-ahead-log mode before JupyterHub opens it
+(:mod:`.hub_db`): JupyterHub commits on the hub's loop, and such a commit holds it for
+a fraction of what a rollback-journal commit does.
 """
 
 from __future__ import annotations
@@ -61,6 +65,12 @@ class CloudhopHub(JupyterHub):
     """JupyterHub with Cloudhop's hub APIs and a bounded shutdown (see the module)."""
 
     _stopping = False
+
+    def init_db(self):
+        from .hub_db import use_wal
+
+        use_wal(self.db_url, self.log)  # commits that block the hub's loop for less (hub_db.py)
+        super().init_db()
 
     def init_handlers(self):
         super().init_handlers()
