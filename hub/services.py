@@ -148,6 +148,10 @@ def add_idle_culler(c, *, timeout: int | None = None, every: int | None = None) 
     settings = dataclasses.replace(settings, enabled=True)
     every = every or settings.check_every()
     c.CloudhopCuller.enabled = True
+    if timeout is not None:
+        # the hub's own view of the limit (the servers' cull warnings, a stop's "cull"
+        # reason: hub/culling_api.py, the spawner) is the culler's, not the config's
+        c.CloudhopCuller.idle_minutes = timeout / 60
     env = setting(c, "Spawner", "environment", {})
     env.setdefault(REPORT_ENV, str(min(settings.report_seconds, every)))
     env.setdefault(GPU_BUSY_ENV, f"{settings.gpu_busy_percent:g}")

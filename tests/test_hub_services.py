@@ -25,6 +25,20 @@ def test_culler_config_keeps_the_operators_services():
     assert len(c.JupyterHub.services) == 2, "adding again replaces, never duplicates"
 
 
+def test_cull_idle_is_the_hubs_limit_too():
+    """`cloudhop up --cull-idle N`: the hub's cull warnings and a stop's reason use the
+    same default limit as the culler service (not the config's, nor none)."""
+    from cloudhop.hub.culling import CullSettings
+
+    c = Config()
+    c.CloudhopCuller.idle_minutes = 120
+    add_idle_culler(c, timeout=600)
+    assert CullSettings.from_config(c).idle_minutes == 10
+    c = Config()
+    add_idle_culler(c)  # no --cull-idle: the config's own limit stays
+    assert CullSettings.from_config(c).idle_minutes is None
+
+
 @pytest.mark.parametrize("bad", [0, -1, "60", 1.5, True])
 def test_culler_timeout_must_be_positive_seconds(bad):
     with pytest.raises(ValueError, match="timeout"):
