@@ -17,9 +17,9 @@ a route check deletes the services' routes as stale, with a warning each). Here 
 checks stop first and the services are stopped all at once with short grace periods
 (:data:`SERVICE_STOP_SECONDS`), so the hub and its services are gone within seconds.
 
-Database. A SQLite database is put in write-ahead-log mode before JupyterHub opens it
-(:mod:`.hub_db`): JupyterHub commits on the hub's loop, and such a commit holds it for
-a fraction of what a rollback-journal commit does.
+Database. A SQLite database is put in write-ahead-log mode before JupyterHub opens it,
+its connections synced at checkpoints (:mod:`.hub_db`): JupyterHub commits on the hub's
+loop, and such a commit holds it for a fraction of what a rollback-journal commit does.
 """
 
 from __future__ import annotations
@@ -67,9 +67,11 @@ class CloudhopHub(JupyterHub):
     _stopping = False
 
     def init_db(self):
-        from .hub_db import use_wal
+        from .hub_db import sync_at_checkpoints, use_wal
 
-        use_wal(self.db_url, self.log)  # commits that block the hub's loop for less (hub_db.py)
+        # commits that hold the hub's loop for a fraction of the time (hub_db.py)
+        if use_wal(self.db_url, self.log):
+            sync_at_checkpoints(self.db_url)
         super().init_db()
 
     def init_handlers(self):

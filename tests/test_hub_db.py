@@ -59,3 +59,25 @@ def test_cloudhop_up_runs_its_database_in_wal_mode(tmp_path):
         assert hub.api("GET", "/users/ada").json()["name"] == "ada"
     finally:
         hub.stop()
+
+
+def test_the_hubs_connections_sync_at_checkpoints_and_no_others(tmp_path):
+    import sqlalchemy as sa
+
+    from cloudhop.hub.hub_db import sync_at_checkpoints
+
+    hub_file, other = tmp_path / "jupyterhub.sqlite", tmp_path / "other.sqlite"
+    assert use_wal(f"sqlite:///{hub_file}") and use_wal(f"sqlite:///{other}")
+    assert sync_at_checkpoints(f"sqlite:///{hub_file}")
+    for path, level in ((hub_file, 1), (other, 2)):  # NORMAL for the hub's, FULL (the default) for another
+        engine = sa.create_engine(f"sqlite:///{path}")
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == level, path
+        engine.dispose()
+    journal = tmp_path / "journal.sqlite"  # a file not in WAL mode keeps FULL, even if named
+    sqlite3.connect(journal).close()
+    assert sync_at_checkpoints(f"sqlite:///{journal}")
+    engine = sa.create_engine(f"sqlite:///{journal}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+    engine.dispose()
