@@ -7,7 +7,9 @@ one is measured):
   static options form;
 - cloudhop: ``cloudhop up`` with the local provider (``{"provider": "local", "gpu":
   "none"}``; isolation "none", like stock's spawner, and no snapshot on stop, so the
-  hub's own path is measured, not the store's).
+  hub's own path is measured, not the store's). Its SQLite database runs in
+  write-ahead-log mode (``hub/hub_db.py``), stock's in JupyterHub's default journal mode:
+  each side as it ships.
 
 Both run the same single-user server, ``benchmarks/tinyserver.py`` (``c.Spawner.cmd``),
 which answers JupyterHub's readiness check and nothing else, so the hub is measured, not
