@@ -180,6 +180,20 @@ class MoveBook:
                 return m
         return None
 
+    def replaced_source(self, user: str, server: str, now: float | None = None) -> str | None:
+        """The source server that ``user``'s ``server`` is starting to replace: the
+        source of the move whose target it is, while that move is in flight
+        (:data:`IN_FLIGHT`, the target starts in ``launching``) and has not expired.
+        None for any other server, and for a move that failed (replaced by a newer
+        move, say): only the one live move of a source lets its target start beside it
+        at a policy's ``max_servers`` (:func:`cloudhop.spawner.limits.usage_of`)."""
+        now = self.clock() if now is None else now
+        for m in self.unsettled():
+            if (m["user"] == user and m["target"] == server and m["phase"] in IN_FLIGHT
+                    and not (isinstance(m.get("expires_at"), (int, float)) and now > m["expires_at"])):
+                return m["source"]
+        return None
+
     def advance(self, m: dict, phase: str, error: str | None = None) -> bool:
         """Move ``m`` to ``phase`` (with ``error`` when it failed). Returns whether it
         changed; raises :class:`MoveConflict` for a phase it cannot take (see the rules

@@ -19,7 +19,9 @@ the store. In detail, by the record's phase:
   the record is settled.
 * ``awaiting-accept`` (verified; both run until the user accepts what was left out):
   the target stopped -> the move fails (and the above removes it); the source stopped ->
-  settled, the target runs on. Nothing is stopped while both run.
+  settled, the target runs on; the move's token expired (``expires_at``) with both
+  running -> the move fails and its target is removed: a move's target starts beside its
+  source uncounted by ``max_servers``, so two servers run for the move's life only.
 * ``done``: the source stopped -> settled. Still running ``finish_after`` seconds after
   this reconciler first saw ``done``: stopped if the target runs; if the target does not
   run, the source is kept and the record settled.
@@ -120,6 +122,11 @@ def decide(move: dict, source: dict | None, target: dict | None, *, now: float,
             return Action("fail", "the new server stopped before the user accepted what the move left out")
         if src in ("absent", "stopped"):
             return Action("settle", "the source stopped before the user accepted; the new server runs on")
+        if isinstance(move.get("expires_at"), (int, float)) and now > move["expires_at"]:
+            # both run only for the move's life: its target started beside its source
+            # uncounted by max_servers (cloudhop.spawner.limits.usage_of)
+            return Action("fail", "the move expired before the user accepted what it left out; "
+                                  "the new server is removed, the source runs on")
         return Action("wait")
     if phase == "done":
         if src in ("absent", "stopped"):

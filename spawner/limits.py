@@ -46,15 +46,24 @@ def request_gpus(request) -> int:
     return request.gpu_count + (ray.workers * ray.gpu_count if ray else 0)
 
 
-def usage_of(user, exclude=None) -> Usage:
+def usage_of(user, exclude=None, replacing=None) -> Usage:
     """What ``user``'s servers hold together, but ``exclude`` (the spawner being
     checked). Only spawners that report a usage count (JupyterHub's ``user.spawners``:
-    every server the hub has loaded, which includes each running or pending one)."""
+    every server the hub has loaded, which includes each running or pending one).
+
+    ``replacing`` is the spawner of a server that the checked one replaces (a move's
+    source, while its move is in flight): it does not count as a server (``max_servers``),
+    since one of the two stops when the move ends, but its GPUs and price do, since both
+    run (and cost) meanwhile. The move's end is bounded: the move reconciler ends a move
+    that has not finished by its expiry (:mod:`cloudhop.hub.move_reconciler`)."""
     total = NOTHING
     for spawner in list((getattr(user, "spawners", None) or {}).values()):
         usage = getattr(spawner, "usage", None)
         if spawner is not exclude and callable(usage):
-            total = total + usage()
+            held = usage()
+            if spawner is replacing and held.servers:
+                held = Usage(held.servers - 1, held.gpus, held.price_hour)
+            total = total + held
     return total
 
 

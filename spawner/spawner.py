@@ -364,9 +364,11 @@ class CloudhopSpawner(Spawner):
     def check_new_server(self, request: LaunchRequest, offers: list[Offer]) -> None:
         """Raise the :class:`PolicyError` a new server for ``request`` would get beside
         every server the user runs now, this one included (the hub's option check for a
-        move, whose target runs beside its source). ``offers``: every provider's offers."""
+        move, whose target runs beside its source), this one's GPUs and price counted but
+        not this server itself for ``max_servers``: the target replaces it
+        (:func:`.limits.usage_of`). ``offers``: every provider's offers."""
         allowed = self.policy.filter_offers(offers, self.user_groups())
-        self.check_limits(request, self.plan(request, allowed), allowed, usage_of(self.user))
+        self.check_limits(request, self.plan(request, allowed), allowed, usage_of(self.user, replacing=self))
 
     def usage(self) -> Usage:
         """What this server holds for the rules that count all of a user's servers
@@ -532,7 +534,8 @@ class CloudhopSpawner(Spawner):
         async with user_lock(self.user):
             try:
                 self.ledger.check_writable()  # a server whose spend cannot be counted never starts
-                prices = self.check_limits(request, ranked, offers, usage_of(self.user, exclude=self))
+                others = usage_of(self.user, exclude=self, replacing=self._replaced_source())
+                prices = self.check_limits(request, ranked, offers, others)
             except PolicyError as err:
                 raise Refused(str(err), reason="budget" if err.rule == "budget" else "policy",
                               status_code=err.status_code) from None
@@ -774,6 +777,17 @@ class CloudhopSpawner(Spawner):
         if self.api_token:
             return self.api_token, False
         return durable.call_token(self.user, self.name or ""), True
+
+    def _replaced_source(self):
+        """The spawner of the server this one is starting to replace, while this is the
+        target of its live move (:meth:`.MoveBook.replaced_source`); None otherwise."""
+        from cloudhop.hub.move_book import book_of
+
+        book = book_of(getattr(self, "config", None))
+        source = book.replaced_source(self.user.name, self.name or "") if book is not None else None
+        if source is None or source == (self.name or ""):
+            return None
+        return (getattr(self.user, "spawners", None) or {}).get(source)
 
     def _unaccepted_move(self) -> dict | None:
         """The hub's record of the move whose new server this is, while the move has not

@@ -125,6 +125,29 @@ def test_move_a_running_project_to_another_region(hub_factory):
 
 
 @pytest.mark.e2e
+def test_a_user_allowed_one_server_can_move_it_and_still_runs_one(hub_factory):
+    """``max_servers: 1``: the move's target starts beside its source (it replaces it),
+    the move is done, the source goes, and a second server is still refused."""
+    hub = hub_factory(REGIONS + 'c.Policy.groups = {"default": {"max_servers": 1}}\n')
+    alice = UserAPI(hub, "alice")
+    shown = start_project(hub, alice)
+    r = alice("POST", "cloudhop/api/migrations", json={"provider": "local", "region": "site-b", "gpu": "none"})
+    assert r.status_code == 202, r.text
+    m = wait_migration(alice, r.json()["id"])
+    assert m["state"] == "done", (m, hub.log())
+    sessions = alice("GET", "api/sessions", server=m["target_server"]).json()
+    kernel = hub.kernel("alice", server=m["target_server"], kernel_id=sessions[0]["kernel"]["id"])
+    assert kernel.execute(SHOW) == shown
+    kernel.close()
+    deadline = time.monotonic() + 60
+    while hub.server_model("alice", "") is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert hub.server_model("alice", "") is None
+    r = hub.api("POST", "/users/alice/servers/extra", json={"provider": "local", "region": "site-a", "gpu": "none"})
+    assert r.status_code == 403 and "(max_servers)" in r.json()["message"], r.text
+
+
+@pytest.mark.e2e
 def test_a_target_that_fails_to_start_leaves_the_source_running_and_unchanged(hub_factory):
     hub = hub_factory(FAILING_TARGET)
     alice = UserAPI(hub, "alice")

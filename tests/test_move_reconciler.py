@@ -241,6 +241,35 @@ def test_a_verified_move_awaiting_accept_is_left_to_the_user_while_both_run(sour
     assert decide(move("awaiting-accept"), source, target, now=1000, done_since=None, finish_after=60).kind == kind
 
 
+def test_a_move_awaiting_accept_past_its_expiry_ends_with_one_server():
+    """Attack: a move's target starts beside its source uncounted by max_servers; a user
+    who never accepts must not keep both past the move's life. The move fails and its
+    target is removed (the source, never touched, runs on)."""
+    expired = move("awaiting-accept", expires_at=999)
+    action = decide(expired, RUNNING, RUNNING, now=1000, done_since=None, finish_after=60)
+    assert action.kind == "fail" and "expired" in action.text
+    assert decide({**expired, "phase": "failed"}, RUNNING, RUNNING, now=1000, done_since=None,
+                  finish_after=60).kind == "remove-target"
+
+
+def test_only_a_live_move_in_flight_names_the_source_its_target_replaces(tmp_path):
+    clock = Clock(1000.0)
+    b = book(tmp_path, clock)
+    m = b.open("ada", "", "site-b-1", expires_at=2000.0)
+    assert b.replaced_source("ada", "site-b-1") == ""
+    assert b.replaced_source("ada", "other") is None and b.replaced_source("eve", "site-b-1") is None
+    b.advance(m, "launching")
+    assert b.replaced_source("ada", "site-b-1") == ""
+    clock.now = 2001.0  # expired
+    assert b.replaced_source("ada", "site-b-1") is None
+    clock.now = 1500.0
+    b.advance(m, "awaiting-accept")  # verified: the target started already
+    assert b.replaced_source("ada", "site-b-1") is None
+    failed = b.open("ada", "", "site-b-2", expires_at=2000.0)
+    b.advance(failed, "failed", "a new move of this server replaced it")
+    assert b.replaced_source("ada", "site-b-2") is None
+
+
 @pytest.mark.parametrize("source, target, since, kind", [
     (STOPPED, RUNNING, 0, "settle"), (None, RUNNING, 0, "settle"),
     (RUNNING, RUNNING, 990, "wait"),          # the source still has time to stop itself

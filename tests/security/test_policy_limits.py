@@ -6,10 +6,12 @@ node was launched for it. What the policy promises is in docs/security.md ("Poli
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 import pytest
 from jupyterhub.spawner import SpawnException
+from traitlets import Unicode
 from traitlets.config import Config
 
 from cloudhop.spawner import CloudhopSpawner
@@ -42,11 +44,28 @@ def new_user(name: str = "mallory", groups=()) -> SimpleNamespace:
                            groups=[SimpleNamespace(name=g) for g in groups], spawners={})
 
 
-def new_spawner(user, cloud, policy: dict | None, server: str = "", options: dict | None = None) -> CloudhopSpawner:
+class NamedSpawner(CloudhopSpawner):
+    """A spawner that knows its server's name without the hub's database row (JupyterHub
+    reads ``name`` from it): a move's records name its source and target."""
+
+    server_name = Unicode("")
+
+    @property
+    def name(self):
+        return self.server_name
+
+
+def new_spawner(user, cloud, policy: dict | None, server: str = "", options: dict | None = None,
+                moves=None) -> CloudhopSpawner:
     c = Config()
     if policy is not None:
         c.Policy.groups = policy
-    s = CloudhopSpawner(user=user, providers=[NAME], node_poll_interval=0.01, config=c)
+    if moves is not None:  # the hub's move records (c.CloudhopMoves.record_file)
+        c.CloudhopMoves.record_file = str(moves)
+    cls = CloudhopSpawner if moves is None else NamedSpawner
+    s = cls(user=user, providers=[NAME], node_poll_interval=0.01, config=c)
+    if moves is not None:
+        s.server_name = server
     s.provider = lambda name: cloud
     s.get_env = lambda: {"JUPYTERHUB_API_URL": "http://hub.example.org/hub/api"}
     s.user_options = dict(options or ONE_T4)
@@ -205,6 +224,56 @@ async def test_a_moves_check_counts_the_server_it_leaves():
     assert (err.value.field, err.value.rule) == ("gpu_count", "max_gpus")
 
 
+async def test_at_max_servers_1_a_moves_target_starts_beside_its_source_and_nothing_else_does(tmp_path):
+    """A move starts its target beside its source: at ``max_servers: 1`` the target of
+    the source's live move is not counted against the source, any other server is."""
+    from cloudhop.hub.move_book import book_at
+
+    cloud, user, policy = GpuCloud(), new_user(), {"default": {"max_servers": 1}}
+    records = tmp_path / "moves.json"
+    source = new_spawner(user, cloud, policy, options=CPU_ONLY, moves=records)
+    await source.start()
+    request = await source.parse_request()
+    source.check_new_server(request, await source.all_offers())  # the move's option check passes
+    move = book_at(records).open(user.name, "", "moved", expires_at=time.time() + 600)
+    book_at(records).advance(move, "launching")
+    # a server that is no move's target is refused, as before
+    await refused(new_spawner(user, cloud, policy, server="other", options=CPU_ONLY, moves=records))
+    target = new_spawner(user, cloud, policy, server="moved", options=CPU_ONLY, moves=records)
+    await target.start()
+    assert len(cloud.live()) == 2
+    # with the source and its target running, nothing else starts
+    err = await refused(new_spawner(user, cloud, policy, server="third", options=CPU_ONLY, moves=records))
+    assert "you run 2 server(s) already" in err.message
+    await target.stop()
+    await source.stop()
+
+
+@pytest.mark.parametrize("how", ["expired", "replaced", "verified"])
+async def test_a_target_started_outside_its_moves_life_counts_against_max_servers(tmp_path, how):
+    """Attack: a user at ``max_servers: 1`` opens a move and tries to start its target
+    after the move expired, after a second move of the source replaced it (one move at a
+    time: the first is failed), or (re)started after it passed ``launching``; each is a
+    second server and refused."""
+    from cloudhop.hub.move_book import book_at
+
+    cloud, user, policy = GpuCloud(), new_user(), {"default": {"max_servers": 1}}
+    records = tmp_path / "moves.json"
+    source = new_spawner(user, cloud, policy, options=CPU_ONLY, moves=records)
+    await source.start()
+    book = book_at(records)
+    move = book.open(user.name, "", "moved", expires_at=time.time() + (-1 if how == "expired" else 600))
+    if how == "replaced":
+        book.advance(move, "failed", "a new move of this server (to 'moved-2') replaced it")
+        book.open(user.name, "", "moved-2", expires_at=time.time() + 600)
+    if how == "verified":
+        book.advance(move, "awaiting-accept")
+    err = await refused(new_spawner(user, cloud, policy, server="moved", options=CPU_ONLY, moves=records))
+    assert "(max_servers)" in err.message
+    assert len(cloud.live()) == 1
+    await source.stop()
+
+
 @pytest.mark.parametrize("policy,options", [
     ({"students": {"max_gpus": 1}}, ONE_T4),
     ({"students": {"max_servers": 1}}, CPU_ONLY),
@@ -245,9 +314,9 @@ def test_the_hubs_rest_api_answers_403_naming_the_rule(tmp_path):
         assert r.status_code == 403, r.text
         assert "(max_servers)" in r.json()["message"]
         assert hub.server_model("eve", "second") is None
-        # a move's option check says so before any snapshot is taken
+        # a move's target replaces its source: the move's option check passes at max_servers 1
         r = hub.api("POST", "/cloudhop/offers/eve/check", json={"provider": "local", "gpu": "none"})
-        assert r.status_code == 403 and "(max_servers)" in r.json()["message"], r.text
+        assert r.status_code == 200, r.text
         hub.stop_server("eve")
     finally:
         hub.stop()
