@@ -8,7 +8,10 @@ renders the same text, so tests read it back. The VM it describes
    runtime is configured (installing Docker and NVIDIA's container toolkit from the
    distribution's and NVIDIA's package repositories when the image lacks them; the
    script only fills in what is missing and logs what it did to the console),
-3. runs the single-user image with ``--gpus all`` (GPU offers only), the environment
+3. for a node of a Ray cluster, confines Ray's ports with the node's own packet filter
+   (:func:`ray_guard`: the private address and loopback only; the dashboard and client
+   server loopback only), since Ray binds its gRPC servers to every interface,
+4. runs the single-user image with ``--gpus all`` (GPU offers only), the environment
    file and ``spec.cmd``, listening on ``spec.port``.
 
 What it carries: the ``JUPYTERHUB_*``/``CLOUDHOP_*``/``RAY_*`` variables from
@@ -139,6 +142,64 @@ step() {
 _STEP_LOGGER = 'step() { log "step done: $1"; }'
 
 
+def _ray_ports() -> dict:
+    """The Ray ports of a VM node (the fixed block, :mod:`.ray.ports`): the whole range,
+    and those that must answer on loopback only (the head's dashboard and client server,
+    which the notebook's proxy and kernels reach on the node itself)."""
+    from .ray.ports import LAYOUT, VM_BASE, VM_PORT_RANGE
+
+    return {"range": f"{VM_PORT_RANGE[0]}:{VM_PORT_RANGE[1]}",
+            "loopback": ",".join(str(VM_BASE + LAYOUT[n]) for n in ("dashboard_port", "ray_client_server_port"))}
+
+
+#: the Ray node's host firewall, set before its container starts. Ray binds its gRPC
+#: servers (GCS, raylet, object manager, workers) to every interface of a VM, so the
+#: node's own packet filter makes its Ray ports answer only where they must: on the
+#: node's private addresses (head<->worker traffic; the cloud's per-cluster rule admits
+#: only the cluster's nodes there) and on loopback; the dashboard and the client server on
+#: loopback only. Traffic to the public address, a container bridge or over IPv6 is
+#: dropped. Without iptables the node does not start Ray (fail closed).
+_RAY_GUARD = """\
+ray_guard() {
+  local chain=CLOUDHOP-RAY addr dev
+  if ! command -v iptables >/dev/null 2>&1; then
+    log "iptables is missing: Ray's ports cannot be confined to the private network; not starting"
+    exit 1
+  fi
+  iptables -N $$chain 2>/dev/null || iptables -F $$chain
+  iptables -A $$chain -i lo -j ACCEPT
+  iptables -A $$chain -p tcp -m multiport --dports ${loopback} -j DROP
+  while read -r dev addr; do
+    case "$$dev" in docker*|br-*|veth*|cni*|virbr*) continue;; esac
+    addr=$${addr%%/*}
+    case "$$addr" in
+      10.*|192.168.*|172.1[6-9].*|172.2[0-9].*|172.3[01].*|100.6[4-9].*|100.[7-9][0-9].*|100.1[01][0-9].*|100.12[0-7].*)
+        iptables -A $$chain -d "$$addr" -j ACCEPT
+        log "Ray's ports answer on $$addr ($$dev)";;
+    esac
+  done < <(ip -o -4 addr show scope global | awk '{print $$2, $$4}')
+  iptables -A $$chain -j DROP
+  iptables -C INPUT -p tcp --dport ${range} -j $$chain 2>/dev/null \\
+    || iptables -I INPUT 1 -p tcp --dport ${range} -j $$chain
+  if command -v ip6tables >/dev/null 2>&1; then
+    ip6tables -C INPUT -p tcp --dport ${range} ! -i lo -j DROP 2>/dev/null \\
+      || ip6tables -I INPUT 1 -p tcp --dport ${range} ! -i lo -j DROP
+  fi
+  step ray-firewall
+}
+ray_guard"""
+
+
+def ray_guard(spec) -> str:
+    """The start script's lines that confine a Ray node's ports (:data:`_RAY_GUARD`);
+    empty for a node that runs no Ray (no cluster tag)."""
+    from .providers.base import TAG_RAY_CLUSTER
+
+    if not (getattr(spec, "tags", None) or {}).get(TAG_RAY_CLUSTER):
+        return ""
+    return Template(_RAY_GUARD).substitute(_ray_ports())
+
+
 def render_user_data(spec, *, image: str, hub_connect_url: str | None = None) -> str:
     """Cloud-init (``#cloud-config``) text that starts ``spec``'s server on a VM.
 
@@ -160,4 +221,5 @@ def render_user_data(spec, *, image: str, hub_connect_url: str | None = None) ->
         role=spec.role,
         request_id=shlex.quote(spec.request_id),
         step_function=_indent(_STEP_REPORTER if "CLOUDHOP_LAUNCH_STEPS_URL" in env else _STEP_LOGGER, 6),
+        ray_guard=_indent(ray_guard(spec), 6),
     )

@@ -7,6 +7,7 @@ import shlex
 import shutil
 import subprocess
 
+import pytest
 import yaml
 
 from cloudhop.spawner.bootstrap import container_command, render_user_data
@@ -136,17 +137,17 @@ STUBS = {
 }
 
 
-def run_start_script(tmp_path, *, package_manager):
-    spec = spec_for(cheapest("gcp", "us-central1", "L4", 1))
+def run_start_script(tmp_path, *, package_manager, spec=None, stubs_too=None):
+    spec = spec or spec_for(cheapest("gcp", "us-central1", "L4", 1))
     _, files = parsed(render_user_data(spec, image=IMAGE))
     script = tmp_path / "start.sh"
     script.write_text(files["/etc/cloudhop/start.sh"]["content"])
     stubs, state = tmp_path / "bin", tmp_path / "state"
     stubs.mkdir()
     state.mkdir()
-    for tool in ("grep", "sed", "cat", "cp", "touch", "basename"):
+    for tool in ("grep", "sed", "cat", "cp", "touch", "basename", "awk"):
         (stubs / tool).symlink_to(shutil.which(tool))
-    for name, body in STUBS.items():
+    for name, body in {**STUBS, **(stubs_too or {})}.items():
         if name in ("apt-get", "dnf", "yum") and name not in package_manager:
             continue
         (stubs / name).write_text(body)
@@ -174,3 +175,130 @@ def test_start_script_stops_when_the_toolkit_cannot_be_installed(tmp_path):
     assert proc.returncode == 1
     assert "could not be installed" in proc.stdout
     assert not any(c.startswith("docker run ") for c in calls), "no server without GPUs exposed"
+
+
+# -- a Ray node's own firewall: Ray binds its gRPC servers to every interface of a VM --
+
+#: the VM's addresses as ``ip -o -4 addr show scope global`` prints them: a private one,
+#: a public one and Docker's bridge
+IP_ADDR = """\
+2: eth0    inet 10.0.1.5/24 brd 10.0.1.255 scope global dynamic eth0\\       valid_lft 3000sec
+3: eth1    inet 203.0.113.7/20 brd 203.0.127.255 scope global eth1\\       valid_lft forever
+4: docker0    inet 172.17.0.1/16 brd 172.17.255.255 scope global docker0\\       valid_lft forever
+"""
+FIREWALL_STUBS = {
+    # no rule exists yet: -C (check) fails, so the script inserts it
+    "iptables": STUB + '[ "$1" = -C ] && exit 1\nexit 0\n',
+    "ip6tables": STUB + '[ "$1" = -C ] && exit 1\nexit 0\n',
+    "ip": STUB.replace('>> "$CALLS"', '>/dev/null') + "cat <<'ADDRS'\n" + IP_ADDR + "ADDRS\n",
+}
+
+
+class Netfilter:
+    """Reads back the iptables commands the script ran and says what a TCP packet to
+    ``(interface, address, port)`` meets: the first matching rule's verdict, following
+    jumps; ``"policy"`` when no rule of INPUT matches (the host's own default)."""
+
+    def __init__(self, calls, tool="iptables"):
+        self.chains: dict[str, list[dict]] = {"INPUT": []}
+        for call in calls:
+            words = shlex.split(call)
+            if words[0] != tool:
+                continue
+            op, chain, rest = words[1], words[2], words[3:]
+            if op == "-N" or op == "-F":
+                self.chains[chain] = []
+            elif op in ("-A", "-I"):
+                at = None
+                if op == "-I" and rest and rest[0].isdigit():
+                    at, rest = int(rest[0]) - 1, rest[1:]
+                rule = self.parse(rest)
+                rules = self.chains.setdefault(chain, [])
+                rules.insert(at, rule) if at is not None else rules.append(rule)
+
+    @staticmethod
+    def parse(words):
+        rule, negate, i = {}, False, 0
+        while i < len(words):
+            w = words[i]
+            if w == "!":
+                negate = True
+            elif w in ("-i", "-d", "-p", "-j", "--dport", "--dports", "-m"):
+                rule[w] = (words[i + 1], negate)
+                negate, i = False, i + 1
+            i += 1
+        return rule
+
+    def verdict(self, iface, addr, port, chain="INPUT"):
+        for rule in self.chains.get(chain, []):
+            if self.matches(rule, iface, addr, port):
+                target = rule["-j"][0]
+                if target in self.chains:
+                    got = self.verdict(iface, addr, port, target)
+                    if got != "return":
+                        return got
+                    continue
+                return target
+        return "policy" if chain == "INPUT" else "return"
+
+    @staticmethod
+    def matches(rule, iface, addr, port):
+        def test(key, ok):
+            if key not in rule:
+                return True
+            value, negate = rule[key]
+            return ok(value) != negate
+
+        def in_ports(spec):
+            if ":" in spec:
+                low, high = spec.split(":")
+                return int(low) <= port <= int(high)
+            return str(port) in spec.split(",")
+
+        return (test("-i", lambda v: v == iface) and test("-d", lambda v: v == addr)
+                and test("--dport", in_ports) and test("--dports", in_ports))
+
+
+def ray_node_spec(role="notebook"):
+    spec = spec_for(cheapest("aws", "us-east-1", "T4", 1), role=role)
+    return dataclasses.replace(spec, tags={**spec.tags, "cloudhop-ray-cluster": "spawn1-aws"})
+
+
+@pytest.mark.parametrize("role", ["notebook", "ray-worker"])
+def test_a_ray_nodes_ports_answer_on_its_private_address_and_loopback_only(tmp_path, role):
+    """Attack: reach a Ray node's GCS, raylet, worker, dashboard and client ports through
+    its public address, a container bridge, IPv6, or (dashboard, client) its private one."""
+    proc, calls = run_start_script(tmp_path, package_manager=("apt-get",), spec=ray_node_spec(role),
+                                   stubs_too=FIREWALL_STUBS)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    firewall = [i for i, c in enumerate(calls) if c.startswith("iptables ")]
+    run = next(i for i, c in enumerate(calls) if c.startswith("docker run "))
+    assert firewall and max(firewall) < run, "the firewall is up before Ray starts"
+    net = Netfilter(calls)
+    gcs, raylet, dashboard, client, worker = 6379, 6380, 6382, 6383, 6400
+    for port in (gcs, raylet, worker, 6506):  # head<->worker traffic over the private network
+        assert net.verdict("eth0", "10.0.1.5", port) == "ACCEPT", port
+    for port in (gcs, raylet, dashboard, client, worker):
+        assert net.verdict("eth1", "203.0.113.7", port) == "DROP", port  # the public address
+        assert net.verdict("docker0", "172.17.0.1", port) == "DROP", port
+        assert net.verdict("lo", "127.0.0.1", port) == "ACCEPT", port
+    for port in (dashboard, client):  # loopback only: the notebook's proxy and kernels
+        assert net.verdict("eth0", "10.0.1.5", port) == "DROP", port
+    assert net.verdict("eth1", "203.0.113.7", 8888) == "policy", "the server's port is not Ray's business"
+    v6 = Netfilter(calls, tool="ip6tables")
+    assert v6.verdict("eth0", "2001:db8::5", gcs) == "DROP" and v6.verdict("lo", "::1", gcs) == "policy"
+    assert "Ray's ports answer on 10.0.1.5 (eth0)" in proc.stdout
+
+
+def test_a_ray_node_without_iptables_does_not_start_ray(tmp_path):
+    stubs = {k: v for k, v in FIREWALL_STUBS.items() if k != "iptables"}
+    proc, calls = run_start_script(tmp_path, package_manager=("apt-get",), spec=ray_node_spec(), stubs_too=stubs)
+    assert proc.returncode == 1
+    assert "iptables is missing" in proc.stdout
+    assert not any(c.startswith("docker run ") for c in calls)
+
+
+def test_a_node_without_ray_gets_no_ray_firewall(tmp_path):
+    proc, calls = run_start_script(tmp_path, package_manager=("apt-get",), stubs_too=FIREWALL_STUBS)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not any(c.startswith(("iptables", "ip6tables")) for c in calls)
