@@ -14,7 +14,9 @@ Routes under the server's base URL:
   a page elsewhere could make the user's browser submit a Ray job (run code as the
   owner): here a request other than GET, HEAD or OPTIONS needs a token
   (``Authorization``) or the server's XSRF token, like the server's own API. The
-  dashboard's pages only read, so the UI is unaffected.
+  dashboard's pages only read, so the UI is unaffected. A request (GET included: the
+  dashboard's profilers act on GET) that the browser says another site made is refused
+  (:mod:`.cross_site`); the dashboard's own pages fetch same-origin.
 
   The dashboard wants the cluster's Ray token (:mod:`cloudhop.spawner.ray.auth`). The
   proxy puts it in ``Authorization`` in place of whatever the caller sent there (a
@@ -25,19 +27,12 @@ Routes under the server's base URL:
 All of it is active only when the server runs beside a Ray head (the head launcher
 sets ``CLOUDHOP_RAY_DASHBOARD_PORT``). :func:`load` registers the routes; it is
 idempotent, so the server extension and the head launcher's config may both call it.
-
-The head launcher starts the server beside a head that is still starting, so the
-server's own start-up overlaps the head's; :func:`load` then holds the server (before
-it listens) until the launcher says the head is up (:func:`wait_for_head`), so the hub
-sees the server ready only when ``ray.init()`` in a first cell works.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import select
-import time
 from urllib.parse import unquote
 
 from jupyter_server.auth.decorator import authorized
@@ -47,8 +42,8 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from cloudhop.spawner.ray.auth import auth_headers
-from cloudhop.spawner.ray.commands import ENV_HEAD_UP_FD
 
+from .cross_site import cross_site_refusal
 from .handlers import CloudhopHandler
 from .hubclient import HubClient, HubError
 
@@ -154,6 +149,21 @@ class XsrfCheckedProxy:
         return JupyterHandler.check_xsrf_cookie(self)
 
 
+class CrossSiteGuard:
+    """Mixed in front of jupyter-server-proxy's handler: refuses (403, before the request
+    is authenticated or proxied) what a page on another site made the user's browser
+    send to the dashboard, GETs included (:mod:`.cross_site`)."""
+
+    async def prepare(self, *args, **kwargs):
+        prefix = "/" + DASHBOARD_NAME
+        path = self.request.path
+        proxied = path[path.find(prefix) + len(prefix):] if prefix in path else path
+        why = cross_site_refusal(self.request.headers, self.request.host, dashboard_path(proxied))
+        if why is not None:
+            raise web.HTTPError(403, why)
+        return await super().prepare(*args, **kwargs)
+
+
 def dashboard_path(proxied: str) -> str:
     """The path Ray's dashboard sees for the proxied path ``proxied`` (what follows
     ``ray-dashboard/``), decoded and with empty segments dropped, as Ray's router reads
@@ -198,50 +208,17 @@ def _dashboard_handlers(base_url: str, port: int) -> list:
     out = []
     for pattern, handler, *kwargs in make_handlers(base_url, [server]):
         if issubclass(handler, ProxyHandler):
-            handler = type("RayDashboardProxy", (XsrfCheckedProxy, RayTokenProxy, handler), {})
+            handler = type("RayDashboardProxy", (CrossSiteGuard, XsrfCheckedProxy, RayTokenProxy, handler), {})
         out.append((pattern, handler, *kwargs))
     return out
 
 
-#: seconds the server waits for the head launcher's word at most (the launcher gives it
-#: by ``HEAD_WAIT``, 30 s after the head's start, even without a head)
-HEAD_UP_TIMEOUT = 40.0
-
-
-def wait_for_head(log, env=os.environ, timeout: float = HEAD_UP_TIMEOUT) -> float | None:
-    """Block until the head launcher says its head is up: a byte on, or the closing of,
-    the pipe whose end ``env[CLOUDHOP_RAY_HEAD_UP_FD]`` names (the launcher closes it
-    when it exits, too). The variable is taken out of ``env``, so kernels and terminals
-    never see it. Returns the seconds waited, or None for a server started without the
-    pipe (nothing to wait for)."""
-    value = env.pop(ENV_HEAD_UP_FD, None)
-    if not value or not value.isdigit():
-        return None
-    fd, began = int(value), time.monotonic()
-    try:
-        ready, _, _ = select.select([fd], [], [], timeout)
-        if not ready:
-            log.warning("cloudhop: no word from the Ray head launcher in %.0f s; answering without it", timeout)
-    except (OSError, ValueError) as err:  # not an open descriptor: nothing to wait for
-        log.warning("cloudhop: cannot wait for the Ray head (%s): %s", value, err)
-    finally:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    waited = time.monotonic() - began
-    log.info("cloudhop: the Ray head is up (waited %.2f s); the server answers now", waited)
-    return waited
-
-
 def load(serverapp) -> None:
-    """Add the Ray routes to ``serverapp`` (once), after waiting for the head beside the
-    server to be up (:func:`wait_for_head`): extensions load before the server listens."""
+    """Add the Ray routes to ``serverapp`` (once)."""
     web_app = serverapp.web_app
     if web_app.settings.get("cloudhop_ray_loaded"):
         return
     web_app.settings["cloudhop_ray_loaded"] = True
-    wait_for_head(serverapp.log)
     base = web_app.settings["base_url"]
     routes = [
         (url_path_join(base, "cloudhop/ray"), RayStatusHandler),

@@ -291,32 +291,3 @@ def test_phase_lines_read_back_in_order(capsys):
     assert len(phases["ray_start"]) == 2 and phases["launcher"][0] <= phases["ray_start"][0] <= phases["ray_start"][1]
     assert abs(phases["launcher"][0] - time.time()) < 60
 
-
-def test_the_server_waits_for_its_heads_word_and_hides_the_pipe_from_kernels():
-    import logging
-    import threading
-
-    from cloudhop.extensions.ray_api import wait_for_head
-    from cloudhop.spawner.ray.commands import ENV_HEAD_UP_FD
-
-    log = logging.getLogger("test")
-    assert wait_for_head(log, env={}) is None  # a server without a head launcher answers at once
-    read, write = os.pipe()
-    env = {ENV_HEAD_UP_FD: str(read), "OTHER": "1"}
-    says_up = threading.Timer(0.5, lambda: (os.write(write, b"1"), os.close(write)))
-    says_up.start()
-    waited = wait_for_head(log, env=env, timeout=30)
-    says_up.join()
-    assert 0.4 < waited < 30 and env == {"OTHER": "1"}
-    with pytest.raises(OSError):
-        os.fstat(read)  # closed: nothing the server starts inherits it
-    # a launcher that dies closes its end: the server answers then, without waiting out the timeout
-    read, write = os.pipe()
-    os.close(write)
-    assert wait_for_head(log, env={ENV_HEAD_UP_FD: str(read)}, timeout=30) < 5
-    # no word at all: the server answers after the timeout
-    read, write = os.pipe()
-    try:
-        assert 0.2 <= wait_for_head(log, env={ENV_HEAD_UP_FD: str(read)}, timeout=0.2) < 5
-    finally:
-        os.close(write)

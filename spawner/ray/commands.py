@@ -25,10 +25,6 @@ HEAD_RESOURCE = "cloudhop_head"
 ENV_ADDRESS = "RAY_ADDRESS"
 ENV_DASHBOARD_PORT = "CLOUDHOP_RAY_DASHBOARD_PORT"
 ENV_HEAD = "CLOUDHOP_RAY_HEAD"
-#: the notebook server's end of the head launcher's pipe (a file descriptor number): the
-#: launcher writes to it, or closes it, once the head is up, and the server answers HTTP
-#: only then (:func:`cloudhop.extensions.ray_api.wait_for_head`)
-ENV_HEAD_UP_FD = "CLOUDHOP_RAY_HEAD_UP_FD"
 #: the address of every Ray node of a cluster on this machine (the local provider)
 LOOPBACK = "127.0.0.1"
 #: Ray's switch that makes loopback the node's address in Ray's own resolution, so the

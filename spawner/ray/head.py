@@ -16,16 +16,14 @@ loopback (``--loopback``, the local provider: every port on loopback), and runs 
 * ``CLOUDHOP_RAY_DASHBOARD_PORT`` - for the server extension's dashboard proxy;
 * ``CLOUDHOP_RAY_HEAD`` - the GCS address.
 
-The notebook server starts at once, beside the head, so its own start-up (imports,
-extensions) overlaps the head's instead of coming after it; but it answers HTTP only
-once the head is up (at most :data:`HEAD_WAIT` seconds after the head's start, so a
-slow head never holds the server past the hub's HTTP timeout). The launcher tells it
-through a pipe the server inherits (:data:`.commands.ENV_HEAD_UP_FD`): the server
-extension's Ray part waits for it before the server listens
-(:func:`cloudhop.extensions.ray_api.wait_for_head`). So when the hub sees the server
-ready, ``ray.init()`` in a first cell works. When the notebook exits, or the launcher
-gets SIGTERM (server stop), the head is stopped - only this head - and the launcher
-exits with the notebook's code.
+The notebook starts once the head has registered (at most :data:`HEAD_WAIT` seconds
+later, so a slow head never holds the server past the hub's HTTP timeout): when the
+server is ready, ``ray.init()`` in a first cell works, and the notebook's start-up does
+not compete with the head's for the CPU. (Starting the notebook beside the head instead,
+held back from answering until the head was up, was measured on 2 busy cores: the
+head's ``ray start`` took 1.45x as long; docs/ray.md, "Speed".) When the notebook exits, or
+the launcher gets SIGTERM (server stop), the head is stopped - only this head - and
+the launcher exits with the notebook's code.
 """
 
 from __future__ import annotations
@@ -41,8 +39,7 @@ import time
 
 from .auth import take_token
 from .commands import (
-    ENV_ADDRESS, ENV_DASHBOARD_PORT, ENV_HEAD, ENV_HEAD_UP_FD, LOCAL_ONLY_ENV, head_start_args, temp_dir_for,
-    token_path_for,
+    ENV_ADDRESS, ENV_DASHBOARD_PORT, ENV_HEAD, LOCAL_ONLY_ENV, head_start_args, temp_dir_for, token_path_for,
 )
 from .node import PrivateRootError, RayNode, Signals, log, phase, private_root, remove_file, sweep_stale_temp_dirs
 from .ports import PortBlock, PortsBusy, claim_block
@@ -50,8 +47,8 @@ from .ports import PortBlock, PortsBusy, claim_block
 
 #: times the head is started again after it exits with an error
 HEAD_RESTARTS = 2
-#: seconds the notebook server waits for the head before answering without it (well
-#: under the hub's http_timeout, which counts from the node's start)
+#: seconds the notebook waits for the head before starting without it (well under the
+#: hub's http_timeout, which counts from the node's start)
 HEAD_WAIT = 30.0
 
 
@@ -106,27 +103,19 @@ def main(argv=None) -> int:
     env[ENV_DASHBOARD_PORT] = str(block.dashboard_port)
     env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
         p for p in (enable_ray_extension(temp_dir + "-jupyter"), env.get("JUPYTER_CONFIG_PATH")) if p)
-    wait_until = time.monotonic() + HEAD_WAIT
-    # the server starts now and listens once told (a byte, or the pipe closing) that
-    # the head is up: ray.init() in a first cell works
-    head_up_read, head_up = os.pipe()
-    env[ENV_HEAD_UP_FD] = str(head_up_read)
     notebook: subprocess.Popen | None = None
+    wait_until = time.monotonic() + HEAD_WAIT
     code = None
     head_reported, restarts = False, 0
     try:
-        log("starting the notebook server; it answers once the Ray head is up")
-        try:
-            notebook = subprocess.Popen(args.cmd, env=env, pass_fds=(head_up_read,))
-        finally:
-            os.close(head_up_read)
-        phase("server_process")
         while signals.received is None:
-            if head_up is not None and (head_reported or head.started.is_set() or time.monotonic() > wait_until):
-                log("the notebook server may answer" + (" (the Ray head is up)" if head.started.is_set()
-                                                        else " (without the Ray head)"))
-                head_up = _release(head_up)
-            code = notebook.poll()
+            if notebook is None and (head_reported or head.started.is_set()
+                                     or time.monotonic() > wait_until):
+                # the server is ready only with its head: ray.init() in a first cell works
+                log("starting the notebook server" + ("" if head_reported else " (the Ray head is up)"))
+                notebook = subprocess.Popen(args.cmd, env=env)
+                phase("server_process")
+            code = notebook.poll() if notebook else None
             if code is not None:
                 break
             if not head_reported and head.poll() is not None:
@@ -141,13 +130,8 @@ def main(argv=None) -> int:
                 # keep the notebook: the user's work matters more than the cluster
                 log(f"the Ray head exited with code {head.poll()}; the notebook keeps running")
                 head_reported = True
-            if head_up is not None:
-                head.started.wait(0.2)  # the server answers the moment the head is up
-            else:
-                time.sleep(0.2)
+            time.sleep(0.2)
     finally:
-        if head_up is not None:
-            head_up = _release(head_up)
         if code is None and notebook is not None:
             notebook.send_signal(signal.SIGTERM)
         head.stop()
@@ -164,17 +148,6 @@ def main(argv=None) -> int:
     if signals.received or not code:
         return 0
     return 128 - code if code < 0 else code
-
-
-def _release(head_up: int) -> None:
-    """Tell the notebook server it may answer: one byte, then the pipe's end. Returns
-    None, the launcher's "told already"."""
-    try:
-        os.write(head_up, b"1")
-    except OSError:  # the server is gone already
-        pass
-    os.close(head_up)
-    return None
 
 
 if __name__ == "__main__":
