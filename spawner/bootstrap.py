@@ -161,7 +161,7 @@ def _ray_ports() -> dict:
 #: dropped. Without iptables the node does not start Ray (fail closed).
 _RAY_GUARD = """\
 ray_guard() {
-  local chain=CLOUDHOP-RAY addr dev
+  local chain=CLOUDHOP-RAY addr dev accepted=" "
   if ! command -v iptables >/dev/null 2>&1; then
     log "iptables is missing: Ray's ports cannot be confined to the private network; not starting"
     exit 1
@@ -175,9 +175,20 @@ ray_guard() {
     case "$$addr" in
       10.*|192.168.*|172.1[6-9].*|172.2[0-9].*|172.3[01].*|100.6[4-9].*|100.[7-9][0-9].*|100.1[01][0-9].*|100.12[0-7].*)
         iptables -A $$chain -d "$$addr" -j ACCEPT
+        accepted="$$accepted$$addr "
         log "Ray's ports answer on $$addr ($$dev)";;
     esac
   done < <(ip -o -4 addr show scope global | awk '{print $$2, $$4}')
+  # the address Ray advertises for a head (the one its outgoing traffic leaves by): a
+  # public one on clouds that put it on the interface; the cloud's cluster rule guards it
+  addr=$$(ip -o -4 route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p' || true)
+  case "$$accepted" in
+    *" $$addr "*) ;;
+    *) if [ -n "$$addr" ]; then
+         iptables -A $$chain -d "$$addr" -j ACCEPT
+         log "Ray's node address $$addr is not private: Ray's ports answer there too, behind the cloud's cluster rule"
+       fi;;
+  esac
   iptables -A $$chain -j DROP
   iptables -C INPUT -p tcp --dport ${range} -j $$chain 2>/dev/null \\
     || iptables -I INPUT 1 -p tcp --dport ${range} -j $$chain

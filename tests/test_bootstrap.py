@@ -144,7 +144,7 @@ def run_start_script(tmp_path, *, package_manager, spec=None, stubs_too=None):
     script.write_text(files["/etc/cloudhop/start.sh"]["content"])
     stubs, state = tmp_path / "bin", tmp_path / "state"
     stubs.mkdir()
-    state.mkdir()
+    state.mkdir(exist_ok=True)
     for tool in ("grep", "sed", "cat", "cp", "touch", "basename", "awk"):
         (stubs / tool).symlink_to(shutil.which(tool))
     for name, body in {**STUBS, **(stubs_too or {})}.items():
@@ -190,7 +190,11 @@ FIREWALL_STUBS = {
     # no rule exists yet: -C (check) fails, so the script inserts it
     "iptables": STUB + '[ "$1" = -C ] && exit 1\nexit 0\n',
     "ip6tables": STUB + '[ "$1" = -C ] && exit 1\nexit 0\n',
-    "ip": STUB.replace('>> "$CALLS"', '>/dev/null') + "cat <<'ADDRS'\n" + IP_ADDR + "ADDRS\n",
+    # ``ip route get``: the address outgoing traffic leaves by (the one Ray advertises)
+    "ip": STUB.replace('>> "$CALLS"', '>/dev/null') + (
+        '[ "$3" = route ] && { echo "1.1.1.1 via 10.0.1.1 dev eth0 src $(cat "$STATE/src" 2>/dev/null '
+        '|| echo 10.0.1.5) uid 0"; exit 0; }\n'
+        "cat <<'ADDRS'\n" + IP_ADDR + "ADDRS\n"),
 }
 
 
@@ -302,3 +306,21 @@ def test_a_node_without_ray_gets_no_ray_firewall(tmp_path):
     proc, calls = run_start_script(tmp_path, package_manager=("apt-get",), stubs_too=FIREWALL_STUBS)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not any(c.startswith(("iptables", "ip6tables")) for c in calls)
+
+
+def test_a_node_whose_outgoing_address_is_public_keeps_ray_there_and_nothing_else(tmp_path):
+    """A cloud that puts the public address on the interface (DigitalOcean, say): Ray
+    advertises it, so Ray's ports answer there too (behind the cloud's cluster rule), but
+    the dashboard and client server still only on loopback, and no other address."""
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "src").write_text("203.0.113.7\n")
+    proc, calls = run_start_script(tmp_path, package_manager=("apt-get",), spec=ray_node_spec(),
+                                   stubs_too=FIREWALL_STUBS)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    net = Netfilter(calls)
+    assert net.verdict("eth1", "203.0.113.7", 6379) == "ACCEPT"
+    assert net.verdict("eth0", "10.0.1.5", 6379) == "ACCEPT"
+    for port in (6382, 6383):
+        assert net.verdict("eth1", "203.0.113.7", port) == "DROP"
+    assert net.verdict("docker0", "172.17.0.1", 6379) == "DROP"
+    assert "203.0.113.7 is not private" in proc.stdout
