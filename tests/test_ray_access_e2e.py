@@ -178,6 +178,30 @@ def test_who_may_see_and_resize_a_ray_cluster(hub_factory, dashboard):
     r = call(hub, "POST", "/user/ada/ray-dashboard/api/jobs/", ada, json=job)  # `ray job submit` with a token
     assert r.status_code == 200, r.text
     assert dashboard.posts() == ["/api/jobs/", "/api/jobs/"]
+
+    # a GET that another site makes ada's browser send (an <img>, a link) reaches none of
+    # the dashboard's actions: its profilers attach to ada's processes on GET
+    before = len(dashboard.requests)
+    profile = f"{hub.url}/user/ada/ray-dashboard/worker/cpu_profile?pid=1&ip=127.0.0.1&duration=5"
+    for headers in ({"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
+                    {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"},
+                    {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
+                    {"Referer": "https://elsewhere.example/page"},  # a browser without Sec-Fetch-*
+                    {"Origin": "null"}):
+        r = browser.get(profile, headers=headers, allow_redirects=False, timeout=30)
+        assert r.status_code == 403, (headers, r.status_code, r.text[:200])
+    assert len(dashboard.requests) == before, "no cross-site GET reached Ray"
+    # the dashboard in ada's own browser keeps working: its pages fetch same-origin, and
+    # a link from elsewhere still opens its front page
+    r = browser.get(profile, headers={"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors",
+                                      "Sec-Fetch-Dest": "empty", "Referer": f"{hub.url}/user/ada/ray-dashboard/"},
+                    timeout=30)
+    assert r.status_code == 200, r.text
+    r = browser.get(f"{hub.url}/user/ada/ray-dashboard/", timeout=30,
+                    headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"})
+    assert r.status_code == 200 and "Ray Dashboard" in r.text
+    assert [path for _m, path, _a in dashboard.requests[before:]] == [
+        "/worker/cpu_profile?pid=1&ip=127.0.0.1&duration=5", "/"]
     # every call reached Ray with the cluster's token in place of the caller's credentials
     token = hub.server_model("ada")["state"]["ray"]["token"]
     assert {auth for _method, _path, auth in dashboard.requests} == {f"Bearer {token}"}
