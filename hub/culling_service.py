@@ -42,7 +42,8 @@ class PolicyArbiter:
     async def _read_owners(self) -> None:
         self._read_wall = datetime.datetime.now(UTC)
         owners = {}
-        for user in await self.hub.users():
+        # only users with an active server: the culler hands over ready servers only
+        for user in await self.hub.users(active_only=True):
             groups = list(user.get("groups") or [])
             for server in (user.get("servers") or {}).values():
                 if server.get("url"):

@@ -161,7 +161,10 @@ def add_idle_culler(c, *, timeout: int | None = None, every: int | None = None) 
         "name": "cloudhop-idle-culler",
         "command": [sys.executable, "-m", "cloudhop.hub.culling_service",
                     f"--timeout={int((settings.idle_minutes or 0) * 60) or 3600 * 24 * 365}",
-                    f"--cull-every={every}", "--remove-named-servers=false", "--config="],
+                    f"--cull-every={every}", "--remove-named-servers=false", "--config=",
+                    # the hub's largest page (its default is 50): its per-page count and
+                    # offset scan grow with the users, so fewer pages cost it less
+                    "--api-page-size=200"],
         "environment": {SETTINGS_ENV: settings.to_json()},
         "display": False,
     }

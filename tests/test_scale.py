@@ -6,6 +6,7 @@ measures the same at many users against stock JupyterHub; these hold the counts.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 from types import SimpleNamespace
@@ -102,12 +103,17 @@ class UsersPage(web.RequestHandler):
     """``GET /hub/api/users`` as JupyterHub pages it, over ``count`` users each with a
     running server; records each request's offset and limit."""
 
-    def initialize(self, seen, count):
+    def initialize(self, seen, count, queries=None, slow=None):
         self.seen, self.count = seen, count
+        #: every request's query arguments; ``slow``: seconds the page at an offset takes
+        self.queries, self.slow = queries if queries is not None else [], slow or {}
 
-    def get(self):
+    async def get(self):
         offset, limit = int(self.get_argument("offset")), int(self.get_argument("limit"))
         self.seen.append((offset, limit))
+        self.queries.append({k: self.get_argument(k) for k in self.request.arguments})
+        if offset in self.slow:  # a busy hub: this page takes a while
+            await asyncio.sleep(self.slow[offset])
         end = min(offset + limit, self.count)
         items = [{"name": f"u{i}", "groups": [], "servers": {"": {"url": f"/user/u{i}/", "state": {}}}}
                  for i in range(offset, end)]
@@ -122,6 +128,24 @@ async def thousand_users():
     server = httpserver.HTTPServer(web.Application([(r"/hub/api/users", UsersPage, {"seen": seen, "count": 1000})]))
     server.add_sockets([sock])
     yield f"http://127.0.0.1:{port}/hub/api", seen
+    server.stop()
+
+
+#: the pages (by offset) a slow hub takes SLOW seconds to give; a page the hub gives at once
+#: takes milliseconds, far under the threshold the test sets (SLOW / 2)
+SLOW_OFFSETS, SLOW = (200, 600), 0.4
+
+
+@pytest.fixture
+async def slow_hub():
+    """A thousand users, two of whose five pages the hub is slow to give."""
+    seen: list = []
+    queries: list = []
+    sock, port = bind_unused_port()
+    server = httpserver.HTTPServer(web.Application([(r"/hub/api/users", UsersPage, {
+        "seen": seen, "count": 1000, "queries": queries, "slow": dict.fromkeys(SLOW_OFFSETS, SLOW)})]))
+    server.add_sockets([sock])
+    yield f"http://127.0.0.1:{port}/hub/api", seen, queries
     server.stop()
 
 
@@ -158,6 +182,32 @@ async def test_a_fast_hub_or_an_interactive_reader_is_not_made_to_wait(thousand_
     assert len(await hub.users()) == 1000 and waits == []
 
 
+async def test_a_sweep_waits_after_each_page_a_slow_hub_took_long_to_give(slow_hub, monkeypatch):
+    """A hub that really is slow (the stub takes SLOW seconds over two pages): the reaper
+    waits after those two pages, at least as long as each took, and not after the
+    others; its report says so."""
+    url, seen, _queries = slow_hub
+    monkeypatch.setattr(hubclient, "SLOW_PAGE", SLOW / 2)
+    hub, waits = client(url, back_off=True)
+    sweep = await Reaper({}, hub, "h1").sweep()
+    assert sweep["hub_error"] is None and len(seen) == 5
+    assert len(waits) == len(SLOW_OFFSETS) and all(SLOW <= w <= hubclient.MAX_PAUSE for w in waits), waits
+    assert sweep["hub"]["paused"] == pytest.approx(sum(waits)) and sweep["hub"]["seconds"] >= 2 * SLOW
+
+
+async def test_the_culler_policy_reads_only_users_with_an_active_server_and_backs_off(slow_hub, monkeypatch):
+    """The culler's arbiter places the servers the culler hands it (ready ones) from a
+    listing of the users with an active server only, paged and backing off like the reaper's."""
+    url, seen, queries = slow_hub
+    monkeypatch.setattr(hubclient, "SLOW_PAGE", SLOW / 2)
+    hub, waits = client(url, back_off=True)
+    arbiter = PolicyArbiter(CullSettings(), hub)
+    assert await arbiter.owner({"url": "/user/u999/", "started": None}) == ("u999", [])
+    assert len(seen) == 5 and all(q.get("state") == "active" and "include_stopped_servers" not in q for q in queries)
+    assert len(waits) == len(SLOW_OFFSETS) and all(w >= SLOW for w in waits), waits
+    assert hub.listing["pages"] == 5 and hub.listing["paused"] == pytest.approx(sum(waits))
+
+
 def test_the_reaper_service_backs_off():
     reaper, _interval = build({"hub_id": "h1", "grace": 900, "interval": 60, "providers": []},
                               "http://127.0.0.1:1/hub/api", "tok")
@@ -168,8 +218,9 @@ class CountingHub:
     def __init__(self, users):
         self._users, self.reads = users, 0
 
-    async def users(self):
+    async def users(self, active_only=False):
         self.reads += 1
+        assert active_only, "the culler's policy reads only the users with an active server"
         return self._users
 
 
