@@ -291,3 +291,29 @@ def test_phase_lines_read_back_in_order(capsys):
     assert len(phases["ray_start"]) == 2 and phases["launcher"][0] <= phases["ray_start"][0] <= phases["ray_start"][1]
     assert abs(phases["launcher"][0] - time.time()) < 60
 
+
+
+def test_a_worker_waiting_for_its_head_reaches_a_restarted_head(monkeypatch):
+    """A head whose first `ray start` gave up is started again with a new GCS on the same
+    port; the worker's watch must not keep asking through its client of the old one."""
+    import ray._raylet
+
+    from cloudhop.spawner.ray.node import HeadWatch
+
+    made = []
+
+    class Gcs:
+        def __init__(self, address):
+            self.dead = not made  # the first client is of the head that gave up
+            made.append(self)
+
+        def get_all_node_info(self, timeout, state_filter):
+            if self.dead:
+                raise ConnectionError("the GCS this client knew is gone")
+            return {"head": object()}
+
+    monkeypatch.setattr(ray._raylet, "GcsClient", Gcs)
+    watch = HeadWatch("127.0.0.1:24064")
+    assert not watch.registered(1)
+    assert watch.registered(1) and len(made) == 2
+    assert watch.registered(1) and len(made) == 2  # a working client is kept

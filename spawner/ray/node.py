@@ -124,6 +124,10 @@ class HeadWatch:
             infos = self._client.get_all_node_info(
                 timeout=timeout, state_filter=GcsNodeInfo.GcsNodeState.ALIVE)
         except Exception:  # GCS not answering yet, or an API change: keep waiting
+            # with a new client next time: a head whose first `ray start` gave up (Ray's
+            # startup timeout on a busy machine) is started again with a new GCS on the
+            # same port, which a client of the old one never reaches
+            self._client = None
             return False
         return len(infos) > 0
 
