@@ -51,6 +51,7 @@ import tinyserver  # noqa: E402
 SWEEP_CONFIG = CLOUDHOP_CONFIG + """
 c.CloudhopReaper.interval = 86400
 c.CloudhopCuller.every = 86400
+c.JupyterHub.last_activity_interval = 300  # JupyterHub's default (the test fixture's 5 s reads 1,000 routes)
 c.Spawner.cmd = ["bash", "-c", 'printf "%s\\\\n" "$JUPYTERHUB_SERVICE_URL" > {fifo}; exec -a {marker} sleep 1000000']
 """
 CULL_MINUTES = 1440  # a day: every server is decided about, none is stopped
