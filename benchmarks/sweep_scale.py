@@ -29,7 +29,6 @@ script's ``--fleet`` mode) answers on every server's port with
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
