@@ -55,13 +55,17 @@ def test_spawn_kernel_restart_and_stop(hub):
     kernel_id = k.kernel_id
     k.close()
 
-    # JupyterLab asks nobody about "Jupyter news" and fetches no news or update feed
+    # JupyterLab asks nobody about "Jupyter news" and fetches no news or update feed,
     page = hub.server_api("GET", "alice", "lab")
     assert page.status_code == 200, page.text
     config = json.loads(re.search(r'id="jupyter-config-data"[^>]*>(.*?)</script>', page.text, re.S).group(1))
     assert config["news"] == {"disabled": True}, config.get("news")
     news = hub.server_api("GET", "alice", "lab/api/news").json()
     assert news["news"] == [], news
+    # ... not even the question whether to (the package's lab settings overrides)
+    settings = hub.server_api("GET", "alice", "lab/api/settings/@jupyterlab/apputils-extension:notification").json()
+    defaults = {k: v.get("default") for k, v in settings["schema"]["properties"].items()}
+    assert defaults["fetchNews"] == "false" and defaults["checkForUpdates"] is False, defaults
 
     # the hub goes away and comes back: the server and its kernel's variables survive
     hub.stop()
