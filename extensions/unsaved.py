@@ -80,23 +80,24 @@ class UnsavedBook:
         self._forget_stale()
         return {client: paths for client, (paths, _) in self._pages.items()}
 
+    def paths(self) -> list[str]:
+        """The documents some page has unsaved, each once."""
+        return sorted({p for paths in self.unsaved().values() for p in paths})
+
     async def save(self, ask, timeout: float) -> list[str]:
         """Ask the pages with unsaved documents to save (``ask()``), then wait until none
         is left or ``timeout`` seconds pass; returns the paths still unsaved."""
         if not self.unsaved() or timeout <= 0:
-            return sorted({p for paths in self.unsaved().values() for p in paths})
+            return self.paths()
         ask()
         deadline = self._clock() + timeout
-        while self.unsaved():
-            left = deadline - self._clock()
-            if left <= 0:
-                break
+        while self.unsaved() and (left := deadline - self._clock()) > 0:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
             except asyncio.TimeoutError:
                 pass
-        return sorted({p for paths in self.unsaved().values() for p in paths})
+        return self.paths()
 
 
 def book(serverapp) -> UnsavedBook | None:

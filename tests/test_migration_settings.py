@@ -31,6 +31,8 @@ def test_defaults_and_sensible_values_are_accepted():
     ("kernel_timeout", float("nan"), "a number of seconds above 0"),
     ("kernel_timeout", 0, "a number of seconds above 0"),
     ("stop_delay", -0.5, "a number of seconds, 0 or more"),
+    ("save_timeout", -1, "a number of seconds, 0 or more"),
+    ("save_timeout", float("nan"), "a number of seconds, 0 or more"),
     ("max_file_bytes", 0, "a number of bytes above 0"),
     ("max_file_bytes", -1024, "a number of bytes above 0"),
     ("max_file_bytes", float("inf"), "a number of bytes above 0"),

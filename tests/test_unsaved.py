@@ -89,12 +89,20 @@ def test_what_was_typed_and_not_saved_survives_a_stop_from_the_home_page(hub_fac
     from test_lab_extension import ARGS, CHROMIUM, NOTEBOOK, SCREENSHOTS
     from test_sharing import login
 
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package to run browser tests")
-    sync_api = pytest.importorskip("playwright.sync_api")
     hub = hub_factory(extra_config='c.LocalProvider.regions = {"here": {"gpus": "none"}}\n')
     password = (hub.data_dir / "user_password").read_text().strip()
     hub.spawn("ada", {"provider": "local", "region": "here", "gpu": "none"})
+    # a report the server cannot use is refused, naming the field
+    for body, field in (({"paths": []}, "client"), ({"client": "x" * 65, "paths": []}, "client"),
+                        ({"client": "p", "paths": "a.ipynb"}, "paths"), ({"client": "p", "paths": [""]}, "paths"),
+                        ({"client": "p", "paths": ["a"] * 501}, "paths"), ([1, 2], "client")):
+        r = hub.server_api("POST", "ada", "cloudhop/api/unsaved", json=body)
+        assert r.status_code == 400 and r.json()["message"].startswith(f"{field}:"), (body, r.text)
+    r = hub.server_api("POST", "ada", "cloudhop/api/unsaved", data=b"not json")
+    assert r.status_code == 400 and "JSON" in r.json()["message"], r.text
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package to run browser tests")
+    sync_api = pytest.importorskip("playwright.sync_api")
     r = hub.server_api("PUT", "ada", "api/contents/work.ipynb", json={"type": "notebook", "content": NOTEBOOK})
     assert r.status_code in (200, 201), r.text
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
