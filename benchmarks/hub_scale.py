@@ -36,7 +36,10 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -278,7 +281,19 @@ def reaper_sweep(hub: HubProcess, proc: psutil.Process, users: int) -> dict:
             "error": report.get("hub_error")}
 
 
-def measure(name: str, tmp: Path, users: int, concurrency: int, sweep_users: int = 0) -> Side:
+def profiler(pid: int, out: Path) -> subprocess.Popen | None:
+    """py-spy sampling the hub ``pid`` (whichever of its threads holds the GIL: where its CPU goes) into
+    ``out`` as collapsed stacks, or None where py-spy is not installed."""
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=os.path.dirname(sys.executable))
+    if spy is None:
+        print("--profile: py-spy is not installed (pip install py-spy); not profiling", flush=True)
+        return None
+    return subprocess.Popen([spy, "record", "-p", str(pid), "--gil", "-f", "raw", "-r", "100", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def measure(name: str, tmp: Path, users: int, concurrency: int, sweep_users: int = 0,
+            profile: Path | None = None) -> Side:
     side = Side(name)
     if name == "stock":
         data = tmp / "stock-data"
@@ -291,6 +306,7 @@ def measure(name: str, tmp: Path, users: int, concurrency: int, sweep_users: int
     hub.start(timeout=120)
     try:
         proc = psutil.Process(hub.proc.pid)
+        spy = profiler(proc.pid, profile / f"{name}.txt") if profile else None
         sampler = Sampler(proc)
         sampler.start()
         load = Load(hub, side, OPTIONS[name])
@@ -303,6 +319,9 @@ def measure(name: str, tmp: Path, users: int, concurrency: int, sweep_users: int
         sampler.done.set()
         sampler.join()
         side.hub_rss, side.proxy_rss = sampler.hub_rss, sampler.proxy_rss
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
         if sweep_users:
             side.sweep = reaper_sweep(hub, proc, sweep_users)
     finally:
@@ -354,12 +373,17 @@ def main() -> None:
     ap.add_argument("--sides", default="stock,cloudhop", help="which hubs, in order (stock,cloudhop)")
     ap.add_argument("--sweep-users", type=int, default=1000,
                     help="after the load, one reaper sweep on the Cloudhop hub with this many users (0: none)")
+    ap.add_argument("--profile", type=Path, metavar="DIR",
+                    help="sample each hub under the load with py-spy into DIR/<side>.txt (collapsed stacks)")
     args = ap.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     sides: dict[str, Side] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sides.split(","):
             sides[name] = measure(name, Path(tmp), args.users, args.concurrency,
-                                  sweep_users=args.sweep_users if name == "cloudhop" else 0)
+                                  sweep_users=args.sweep_users if name == "cloudhop" else 0,
+                                  profile=args.profile)
             print(f"{name}: {sides[name].spawns} spawns in {sides[name].wall:.1f}s", flush=True)
     report(sides, args.users, args.concurrency)
 

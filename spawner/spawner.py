@@ -558,9 +558,12 @@ class CloudhopSpawner(Spawner):
         if self.restore_id:
             await self._wait_restored(url)
         self.serving = True
-        # JupyterHub commits the state as soon as start returns, with nothing awaited
-        # between: one commit, not two (the state set here goes with any commit before it)
-        self._save_state(commit=False)
+        # The ledger follows the served nodes (Ray workers included). The state itself
+        # JupyterHub writes to the row and commits once start has returned. Nothing is set
+        # on the row here: the hub's database session is shared by every request, and
+        # JupyterHub resumes from start() a loop iteration later, so a row left dirty now is
+        # rolled back by the first other request to finish, expiring every loaded row.
+        spend.record(self)
         self._progress(f"Node {node.id} is up at {node.ip}:{node.port}; waiting for Jupyter to answer", 80)
         launch_timeline.watch_first_answer(self, url + self.server.base_url if self.server else url,
                                            self.http_timeout)
@@ -626,11 +629,11 @@ class CloudhopSpawner(Spawner):
         Home page; None when there is nothing to say (:func:`.spend.budget_notice`)."""
         return spend.budget_notice(self)
 
-    def _save_state(self, commit: bool = True) -> None:
-        """Write state to the hub's database now, so a hub killed mid-start still knows
-        which nodes this server owns; its nodes' spend intervals follow (:mod:`.spend`).
-        ``commit=False`` sets the row's state for the hub's next commit (where JupyterHub
-        commits it right after)."""
+    def _save_state(self) -> None:
+        """Write state to the hub's database now and commit it, so a hub killed mid-start
+        still knows which nodes this server owns; its nodes' spend intervals follow
+        (:mod:`.spend`). Always committed at once: the hub's session is shared, and a row
+        left dirty is rolled back by the next request that finishes."""
         spend.record(self)
         orm = getattr(self, "orm_spawner", None)
         try:  # the session the hub loaded this server's row with (Spawner.db is deprecated)
@@ -641,8 +644,7 @@ class CloudhopSpawner(Spawner):
             return
         try:
             orm.state = self.get_state()
-            if commit:
-                db.commit()
+            db.commit()
         except Exception as err:  # never fail a spawn over bookkeeping
             self.log.warning("Could not save state of %s early: %s", self._log_name, err)
 
