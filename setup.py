@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 from setuptools import setup
@@ -37,6 +38,10 @@ DEST = "share/jupyter/labextensions/@cloudhop/jupyterlab"
 #: what the build reads: a change to any of these makes the build stale
 SOURCES = ("package.json", "package-lock.json", "tsconfig.json", "src", "style", "scripts")
 SKIP_ENV = "CLOUDHOP_SKIP_LABEXTENSION"
+#: a startup hook installed into site-packages (see cloudhop/lazy_iri.py): it defers an
+#: import that costs every Jupyter, Ray and hub process about a CPU-second
+PTH_NAME = "cloudhop-lazy-iri.pth"
+PTH_LINE = "import cloudhop.lazy_iri; cloudhop.lazy_iri.install()\n"
 
 
 class LabExtensionError(RuntimeError):
@@ -117,7 +122,9 @@ def data_files(lab: Path = LAB, root: Path = ROOT) -> list[tuple[str, list[str]]
 
 class BuildPyWithLabExtension(build_py):
     """``build_py`` that first builds the JupyterLab extension and adds its files to the
-    distribution's data files (the list ``install_data`` installs from)."""
+    distribution's data files (the list ``install_data`` installs from), and writes
+    :data:`PTH_NAME` at the top of the build, which wheels and editable installs put in
+    site-packages."""
 
     def run(self):
         try:
@@ -130,6 +137,20 @@ class BuildPyWithLabExtension(build_py):
             listed = {dest for dest, _ in self.distribution.data_files}
             self.distribution.data_files.extend(d for d in data_files() if d[0] not in listed)
         super().run()
+        os.makedirs(self.build_lib, exist_ok=True)
+        pth = os.path.join(self.build_lib, PTH_NAME)
+        with open(pth, "w") as f:
+            f.write(PTH_LINE)
+        if getattr(self, "editable_mode", False):
+            # an editable wheel holds only its finder and the data files: the hook goes as
+            # a data file into this interpreter's site-packages
+            if self.distribution.data_files is None:
+                self.distribution.data_files = []
+            site = os.path.relpath(sysconfig.get_path("purelib"), sysconfig.get_path("data"))
+            self.distribution.data_files.append((site, [os.path.abspath(pth)]))
+
+    def get_outputs(self, include_bytecode=True):
+        return [*super().get_outputs(include_bytecode), os.path.join(self.build_lib, PTH_NAME)]
 
 
 class DistributionWithEditableData(Distribution):

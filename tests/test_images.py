@@ -169,7 +169,9 @@ def _extensions_in(wheel: zipfile.ZipFile) -> dict[str, bool]:
     data = {n.split(".data/data/", 1)[1] for n in wheel.namelist() if ".data/data/" in n}
     found = {"server extension config": SERVER_CONFIG in data,
              "labextension package.json": f"{LAB_DEST}/package.json" in data,
-             "labextension install.json": f"{LAB_DEST}/install.json" in data}
+             "labextension install.json": f"{LAB_DEST}/install.json" in data,
+             # the startup hook of cloudhop/lazy_iri.py, at the wheel's top: site-packages
+             "lazy import hook": "cloudhop-lazy-iri.pth" in wheel.namelist()}
     if found["labextension package.json"]:
         name = next(n for n in wheel.namelist() if n.endswith(f"/data/{LAB_DEST}/package.json"))
         meta = json.loads(wheel.read(name))
@@ -189,7 +191,7 @@ def test_the_image_build_installs_both_extensions_without_node(image, tmp_path):
     source = _lay_out_image(dockerfile, tmp_path)
     wheel = _wheel_without_node(source, tmp_path / "wheel")
     found = _extensions_in(wheel)
-    assert all(found.values()) and len(found) == 5, found
+    assert all(found.values()) and len(found) == 6, found
 
 
 def test_a_build_that_leaves_out_setup_py_is_caught(tmp_path):
@@ -199,7 +201,7 @@ def test_a_build_that_leaves_out_setup_py_is_caught(tmp_path):
     assert not {"setup.py", "labextension"} & {s for c in stages(dockerfile)[-1].copies for s in c.sources}
     found = _extensions_in(_wheel_without_node(_lay_out_image(dockerfile, tmp_path), tmp_path / "wheel"))
     assert found == {"server extension config": True, "labextension package.json": False,
-                     "labextension install.json": False}
+                     "labextension install.json": False, "lazy import hook": False}
 
 
 def test_the_node_stage_builds_from_the_lock_file():
