@@ -22,7 +22,10 @@ Reported per side, and Cloudhop's ratio against stock: hub CPU seconds per spawn
 hub process; its services, which stock does not run, on their own line), p50/p95/p99
 latency of the REST calls (all but the start and stop calls, which JupyterHub holds until
 the spawn ends or slow_spawn_timeout passes: their time shows as start -> ready), the
-log-in and form render times, failed spawns, and the peak RSS of the hub and of its proxy.
+log-in and form render times, failed spawns, the peak RSS of the hub and of its proxy,
+and how often JupyterHub rolled its shared database session back because a request
+ended while a row was left uncommitted ("Rolling back dirty objects": each expires every
+loaded row, and the reloads were most of the extra CPU Cloudhop once cost per spawn).
 Then, on the Cloudhop hub, one reaper sweep over ``--sweep-users`` users (goal: < 2 s of
 hub CPU for 1,000). Goals: CPU per spawn <= 1.1x stock, p95 <= stock, zero
 failures.
@@ -38,7 +41,6 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -105,6 +107,9 @@ class Side:
     hub_rss: int = 0
     proxy_rss: int = 0
     wall: float = 0.0
+    #: JupyterHub's "Rolling back dirty objects" warnings: a request ended while a row
+    #: another coroutine had set was not committed, and the whole session was rolled back
+    rollbacks: int = 0
     #: one reaper sweep over ``sweep_users`` users: hub CPU seconds, pages, wall seconds
     sweep: dict = field(default_factory=dict)
 
@@ -326,6 +331,7 @@ def measure(name: str, tmp: Path, users: int, concurrency: int, sweep_users: int
             side.sweep = reaper_sweep(hub, proc, sweep_users)
     finally:
         hub.stop()
+        side.rollbacks = hub.log_path.read_text(errors="replace").count("Rolling back dirty objects")
     return side
 
 
@@ -345,6 +351,7 @@ def report(sides: dict[str, Side], users: int, concurrency: int) -> None:
         ("start -> ready p95 s", lambda s: pct(s.spawn, 95), "{:.2f}"),
         ("spawns ready", lambda s: s.spawns, "{}"),
         ("failures", lambda s: len(s.failures), "{}"),
+        ("dirty-session rollbacks", lambda s: s.rollbacks, "{}"),
         ("hub peak RSS MiB", lambda s: s.hub_rss / 2**20, "{:.0f}"),
         ("proxy peak RSS MiB", lambda s: s.proxy_rss / 2**20, "{:.0f}"),
         ("wall s", lambda s: s.wall, "{:.1f}"),

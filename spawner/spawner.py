@@ -35,6 +35,7 @@ from .events import announce
 from .failover import launch_first, launch_id
 from .form_reasons import no_gpu_reasons, provider_choices
 from .limits import Usage, usage_of, user_lock
+from .listening import wait_listening
 from . import spend
 from .ledger import Ledger, LedgerError, ledger_for
 from .offers import Offer
@@ -57,6 +58,9 @@ from .timeline import Timeline
 # One provider instance per (name, config) per hub process: they hold the status caches
 # and SDK clients that every server shares.
 _PROVIDERS: dict[tuple[str, int], Provider] = {}
+
+#: seconds of start_timeout left to JupyterHub when start() stops waiting for the port
+START_MARGIN = 5.0
 
 
 @functools.lru_cache(maxsize=8)
@@ -114,6 +118,16 @@ class CloudhopSpawner(Spawner):
 
     @validate("node_poll_interval")
     def _valid_poll_interval(self, proposal):
+        return check_number(proposal, minimum=0, strict=True)
+
+    listen_poll_interval = Float(
+        0.1, help="""Seconds between probes of a starting server's port. ``start`` returns
+        once the port takes connections, so JupyterHub's readiness check (which backs off up
+        to 5 s between tries) answers at once (spawner/listening.py).""",
+    ).tag(config=True)
+
+    @validate("listen_poll_interval")
+    def _valid_listen_poll(self, proposal):
         return check_number(proposal, minimum=0, strict=True)
 
     hibernate = Bool(
@@ -509,7 +523,7 @@ class CloudhopSpawner(Spawner):
                      seconds=time.monotonic() - began)
 
     async def _start(self):
-        requested = time.time()
+        requested, began = time.time(), time.monotonic()
         self.attempts = []
         self.serving = False
         self.timeline = None
@@ -567,6 +581,11 @@ class CloudhopSpawner(Spawner):
         self._progress(f"Node {node.id} is up at {node.ip}:{node.port}; waiting for Jupyter to answer", 80)
         launch_timeline.watch_first_answer(self, url + self.server.base_url if self.server else url,
                                            self.http_timeout)
+        # JupyterHub's own check backs off to seconds between tries: wait here, finely,
+        # while start_timeout leaves JupyterHub its margin
+        await wait_listening(node.ip, node.port or self.port, every=self.listen_poll_interval,
+                             listen_timeout=self.http_timeout, node=node.id,
+                             give_up_at=began + self.start_timeout - START_MARGIN)
         return url
 
     async def _launch(self, request: LaunchRequest, ranked: list[Offer], offers: list[Offer],

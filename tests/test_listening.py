@@ -1,0 +1,75 @@
+"""The spawner's wait for a starting server's port (spawner/listening.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+from jupyterhub.spawner import SpawnException
+
+from cloudhop.spawner.listening import wait_listening
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_returns_once_a_late_server_listens():
+    port, accepted = free_port(), []
+
+    async def serve_later():
+        await asyncio.sleep(0.4)
+        return await asyncio.start_server(lambda r, w: (accepted.append(True), w.close()), "127.0.0.1", port)
+
+    server_task = asyncio.ensure_future(serve_later())
+    assert await wait_listening("127.0.0.1", port, every=0.05, listen_timeout=30) is True
+    server = await server_task
+    await asyncio.sleep(0.05)
+    assert accepted, "the wait ended on a real connection to the server"
+    server.close()
+    await server.wait_closed()
+
+
+async def test_nothing_listening_past_http_timeout_fails_naming_node_and_port():
+    port = free_port()
+    with pytest.raises(SpawnException) as err:
+        await wait_listening("127.0.0.1", port, every=0.05, listen_timeout=0.3, node="local-abc")
+    assert f"port {port}" in str(err.value) and "local-abc" in str(err.value)
+    assert err.value.reason == "server-timeout"
+
+
+async def test_gives_the_wait_back_to_jupyterhub_before_start_timeout():
+    """Near the spawn's own time limit it stops quietly: JupyterHub's check takes over,
+    so no spawn fails that did not fail before."""
+    port = free_port()
+    t0 = time.monotonic()
+    assert await wait_listening("127.0.0.1", port, every=0.05, listen_timeout=60, give_up_at=t0 + 0.3) is False
+
+
+async def test_a_spawn_returns_only_once_its_server_listens(monkeypatch):
+    """start() of a real spawner, whose node's server listens a moment after the node runs."""
+    from test_scale import CountingCloud, counting_spawner
+
+    port = free_port()
+    cloud = CountingCloud()
+    launch = cloud.launch
+
+    async def launch_on_loopback(spec):
+        node = await launch(spec)
+        cloud.nodes[node.id] = node = type(node)(**{**node.__dict__, "ip": "127.0.0.1", "port": port})
+        return node
+
+    monkeypatch.setattr(cloud, "launch", launch_on_loopback)
+    s, _ = counting_spawner(cloud)
+    s.listen_poll_interval = 0.05
+    started = asyncio.ensure_future(s.start())
+    await asyncio.sleep(0.5)
+    assert not started.done(), "start returned before anything listened on the server's port"
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", port)
+    assert (await asyncio.wait_for(started, 30)) == f"http://127.0.0.1:{port}"
+    server.close()
+    await s.stop()
