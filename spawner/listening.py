@@ -27,6 +27,16 @@ from jupyterhub.spawner import SpawnException
 CONNECT_TIMEOUT = 1.0
 
 
+async def listening(host: str, port: int) -> bool:
+    """Whether ``host:port`` accepts a TCP connection now."""
+    try:
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
 async def wait_listening(host: str, port: int, *, every: float, listen_timeout: float,
                          give_up_at: float | None = None, node: str = "") -> bool:
     """Wait until ``host:port`` accepts a TCP connection; True once it does.
@@ -37,12 +47,7 @@ async def wait_listening(host: str, port: int, *, every: float, listen_timeout: 
     (the spawn's own time limit is near: JupyterHub's check takes over)."""
     deadline = time.monotonic() + listen_timeout
     while True:
-        try:
-            _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
-        except (OSError, asyncio.TimeoutError):
-            pass
-        else:
-            writer.close()
+        if await listening(host, port):
             return True
         now = time.monotonic()
         if give_up_at is not None and now + every >= give_up_at:

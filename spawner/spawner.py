@@ -35,7 +35,7 @@ from .events import announce
 from .failover import launch_first, launch_id
 from .form_reasons import no_gpu_reasons, provider_choices
 from .limits import Usage, usage_of, user_lock
-from .listening import wait_listening
+from .listening import listening, wait_listening
 from . import spend
 from .ledger import Ledger, LedgerError, ledger_for
 from .offers import Offer
@@ -582,10 +582,14 @@ class CloudhopSpawner(Spawner):
         launch_timeline.watch_first_answer(self, url + self.server.base_url if self.server else url,
                                            self.http_timeout)
         # JupyterHub's own check backs off to seconds between tries: wait here, finely,
-        # while start_timeout leaves JupyterHub its margin
-        await wait_listening(node.ip, node.port or self.port, every=self.listen_poll_interval,
-                             listen_timeout=self.http_timeout, node=node.id,
-                             give_up_at=began + self.start_timeout - START_MARGIN)
+        # while start_timeout leaves JupyterHub its margin. A server not listening yet
+        # has its state (serving, the launch timeline) committed first, as JupyterHub
+        # would have as start returned: the hub's view must not wait on the server.
+        port = node.port or self.port
+        if not await listening(node.ip, port):
+            self._save_state()
+            await wait_listening(node.ip, port, every=self.listen_poll_interval, listen_timeout=self.http_timeout,
+                                 node=node.id, give_up_at=began + self.start_timeout - START_MARGIN)
         return url
 
     async def _launch(self, request: LaunchRequest, ranked: list[Offer], offers: list[Offer],

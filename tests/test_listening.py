@@ -64,10 +64,15 @@ async def test_a_spawn_returns_only_once_its_server_listens(monkeypatch):
         return node
 
     monkeypatch.setattr(cloud, "launch", launch_on_loopback)
-    s, _ = counting_spawner(cloud)
+    s, saves = counting_spawner(cloud)
     s.listen_poll_interval = 0.05
     started = asyncio.ensure_future(s.start())
-    await asyncio.sleep(0.5)
+    for _ in range(200):  # until start reaches the wait (the state is written before it)
+        if started.done() or (saves and saves[-1].get("serving") is True):
+            break
+        await asyncio.sleep(0.05)
+    assert saves and saves[-1].get("serving") is True, "the state is written before the wait, not after it"
+    await asyncio.sleep(0.3)
     assert not started.done(), "start returned before anything listened on the server's port"
     server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", port)
     assert (await asyncio.wait_for(started, 30)) == f"http://127.0.0.1:{port}"
