@@ -35,7 +35,7 @@ from .events import announce
 from .failover import launch_first, launch_id
 from .form_reasons import no_gpu_reasons, provider_choices
 from .limits import Usage, usage_of, user_lock
-from .listening import listening, wait_listening
+from .listening import wait_listening
 from . import spend
 from .ledger import Ledger, LedgerError, ledger_for
 from .offers import Offer
@@ -572,24 +572,22 @@ class CloudhopSpawner(Spawner):
         if self.restore_id:
             await self._wait_restored(url)
         self.serving = True
-        # The ledger follows the served nodes (Ray workers included). The state itself
-        # JupyterHub writes to the row and commits once start has returned. Nothing is set
-        # on the row here: the hub's database session is shared by every request, and
-        # JupyterHub resumes from start() a loop iteration later, so a row left dirty now is
-        # rolled back by the first other request to finish, expiring every loaded row.
-        spend.record(self)
+        # The ledger follows the served nodes (Ray workers included); _save_state below
+        # writes and commits the row at once. Never leave the row set and uncommitted: the
+        # hub's database session is shared by every request, and JupyterHub resumes from
+        # start() a loop iteration later, so a row left dirty is rolled back by the first
+        # other request to finish, expiring every loaded row.
         self._progress(f"Node {node.id} is up at {node.ip}:{node.port}; waiting for Jupyter to answer", 80)
         launch_timeline.watch_first_answer(self, url + self.server.base_url if self.server else url,
                                            self.http_timeout)
         # JupyterHub's own check backs off to seconds between tries: wait here, finely,
-        # while start_timeout leaves JupyterHub its margin. A server not listening yet
-        # has its state (serving, the launch timeline) committed first, as JupyterHub
-        # would have as start returned: the hub's view must not wait on the server.
-        port = node.port or self.port
-        if not await listening(node.ip, port):
-            self._save_state()
-            await wait_listening(node.ip, port, every=self.listen_poll_interval, listen_timeout=self.http_timeout,
-                                 node=node.id, give_up_at=began + self.start_timeout - START_MARGIN)
+        # while start_timeout leaves JupyterHub its margin. The state (serving, the launch
+        # timeline) is committed first, as JupyterHub would have as start returned: the
+        # hub's view must not wait on the server (a cloud address may drop connects).
+        self._save_state()
+        await wait_listening(node.ip, node.port or self.port, every=self.listen_poll_interval,
+                             listen_timeout=self.http_timeout, node=node.id,
+                             give_up_at=began + self.start_timeout - START_MARGIN)
         return url
 
     async def _launch(self, request: LaunchRequest, ranked: list[Offer], offers: list[Offer],

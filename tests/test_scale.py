@@ -72,14 +72,14 @@ async def test_a_spawn_asks_the_providers_once():
     await s.stop()
 
 
-async def test_a_spawn_on_its_first_offer_commits_its_state_once():
+async def test_a_spawn_on_its_first_offer_commits_the_node_then_serving():
     cloud = CountingCloud()
     s, saves = counting_spawner(cloud)
     await s.start()
-    assert len(saves) == 1, [sorted(x) for x in saves]
+    assert len(saves) == 2, [sorted(x) for x in saves]
     assert saves[0]["nodes"] and saves[0]["attempts"][0]["state"] == "launched", \
         "the launched node is in the database before the spawn waits for it"
-    assert s.get_state().get("serving") is True, "serving is in the state JupyterHub commits as start returns"
+    assert saves[1].get("serving") is True, "serving is committed before the wait for the server's port"
     await s.stop()
 
 
@@ -113,7 +113,7 @@ async def test_each_failed_attempt_is_still_written_at_once():
     cheapest = s.plan(await s.parse_request(), cloud.offers())[0]
     cloud.full = {cheapest.key}
     await s.start()
-    assert len(saves) == 2, "the failed attempt, the launched node"
+    assert len(saves) == 3, "the failed attempt, the launched node, serving"
     assert not saves[0].get("nodes") and saves[1]["nodes"] and saves[1]["attempts"][0]["state"] == "failed"
     await s.stop()
 
