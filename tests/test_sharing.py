@@ -95,6 +95,8 @@ def test_share_link_lets_a_second_user_run_a_cell_until_the_owner_stops_sharing(
             share = zoe.locator("#cloudhop-sidebar .ch-share")
             share.locator(".ch-share-link").wait_for(timeout=60_000)
             assert "runs as you" in share.inner_text()
+            share.locator(".ch-share-summary").wait_for(timeout=30_000)
+            assert not share.locator(".ch-share-stop").is_visible(), "nothing shared: no red 'stop' button"
             share.locator(".ch-share-hours").fill("2")
             share.locator(".ch-share-link").click()
             share.locator(".ch-share-url").wait_for(timeout=30_000)
@@ -143,6 +145,7 @@ def test_share_link_lets_a_second_user_run_a_cell_until_the_owner_stops_sharing(
                 timeout=30_000)
             assert summary.inner_text() == "Shared with no one, and no share link is open."
             assert share.locator(".ch-share-person, .ch-share-code").count() == 0
+            assert not share.locator(".ch-share-stop").is_visible()
             assert bob.evaluate(SERVER_STATUS, "/user/zoe/api/contents/shared.ipynb") in (0, 302, 401, 403)
             assert bob.evaluate(WS_OPENS, channels) == "refused"
             bob.wait_for_function("() => window.chHeld === 'closed'", timeout=30_000)  # the open one was closed

@@ -49,8 +49,9 @@ export class ShareSection {
     const who = h('input', { type: 'text', class: 'ch-share-name', placeholder: 'user or group:name' });
     const add = h('button', { class: 'jp-mod-styled ch-share-add' }, 'Share');
     add.addEventListener('click', () => void this.act(() => this.shareWith(who.value)));
-    const stop = h('button', { class: 'jp-mod-styled jp-mod-warn ch-share-stop' }, 'Stop sharing');
+    const stop = h('button', { class: 'jp-mod-styled jp-mod-warn ch-share-stop' }, 'Stop sharing with everyone');
     stop.addEventListener('click', () => void this.act(() => api.unshare({})));
+    this._stopRow.append(stop);
     this.node.append(
       h('h3', {}, 'Share this server'),
       h('p', { class: 'ch-note' }, WARNING),
@@ -58,7 +59,7 @@ export class ShareSection {
       this._link,
       h('div', { class: 'ch-share-row' }, who, add),
       this._list,
-      h('div', { class: 'ch-share-row' }, stop),
+      this._stopRow,
       this._message
     );
   }
@@ -69,8 +70,11 @@ export class ShareSection {
       shares = await api.shares();
     } catch (error) {
       fill(this._list, h('p', { class: 'ch-note' }, `Shares unavailable: ${(error as Error).message}`));
+      this._stopRow.hidden = true;
       return;
     }
+    // the red "stop all" only while there is something to stop
+    this._stopRow.hidden = shares.shares.length === 0 && shares.codes.length === 0;
     const people = shares.shares.map((s: IShare) => {
       const remove = h('button', { class: 'jp-mod-styled ch-share-remove' }, 'Remove');
       remove.addEventListener('click', () => void this.act(() => api.unshare({ [s.kind]: s.name })));
@@ -122,4 +126,5 @@ export class ShareSection {
   private _link = h('div');
   private _list = h('div', {}, h('p', { class: 'ch-note' }, 'reading…'));
   private _message = h('div');
+  private _stopRow = h('div', { class: 'ch-share-row ch-share-stop-row', hidden: '' });
 }
