@@ -581,10 +581,12 @@ class CloudhopSpawner(Spawner):
         launch_timeline.watch_first_answer(self, url + self.server.base_url if self.server else url,
                                            self.http_timeout)
         # JupyterHub's own check backs off to seconds between tries: wait here, finely,
-        # while start_timeout leaves JupyterHub its margin. The state (serving, the launch
-        # timeline) is committed first, as JupyterHub would have as start returned: the
-        # hub's view must not wait on the server (a cloud address may drop connects).
-        self._save_state()
+        # while start_timeout leaves JupyterHub its margin. A cloud launch's state (its
+        # timeline, serving) is committed first, as JupyterHub would have as start
+        # returned: the hub's view must not wait on the server (a cloud address may drop
+        # connects). A local server's is committed by JupyterHub once start returns.
+        if self.timeline is not None:
+            self._save_state()
         await wait_listening(node.ip, node.port or self.port, every=self.listen_poll_interval,
                              listen_timeout=self.http_timeout, node=node.id,
                              give_up_at=began + self.start_timeout - START_MARGIN)
