@@ -317,3 +317,46 @@ def test_a_worker_waiting_for_its_head_reaches_a_restarted_head(monkeypatch):
     assert not watch.registered(1)
     assert watch.registered(1) and len(made) == 2
     assert watch.registered(1) and len(made) == 2  # a working client is kept
+
+
+def test_a_worker_asks_the_gcs_only_once_the_heads_raylet_listens(monkeypatch):
+    """The worker's Ray import (for the GCS call) waits for the head's raylet port, the
+    one after its GCS port, so it does not compete with the head's start; a head laid out
+    otherwise is still asked after ``raylet_wait``."""
+    from cloudhop.spawner.ray import join
+    from cloudhop.spawner.ray.ports import LAYOUT
+
+    def pair_of_free_ports():
+        for _ in range(200):
+            with socket.socket() as a:
+                a.bind(("127.0.0.1", 0))
+                port = a.getsockname()[1]
+                try:
+                    with socket.socket() as b:
+                        b.bind(("127.0.0.1", port + 1))
+                        return port
+                except OSError:
+                    continue
+        raise RuntimeError("no two free ports in a row")
+
+    asked = []
+    monkeypatch.setattr(join.HeadWatch, "registered", lambda self, timeout=2: asked.append(time.monotonic()) or True)
+    gcs_port = pair_of_free_ports()
+    assert join.raylet_address(f"127.0.0.1:{gcs_port}") == f"127.0.0.1:{gcs_port + LAYOUT['node_manager_port']}"
+    gcs = socket.create_server(("127.0.0.1", gcs_port))
+    try:
+        # the GCS answers, the raylet does not: no GCS call (no Ray import) yet
+        assert not join.wait_for_head(f"127.0.0.1:{gcs_port}", timeout=1.5, poll=0.05, raylet_wait=60)
+        assert asked == []
+        raylet = socket.create_server(("127.0.0.1", gcs_port + 1))
+        try:
+            assert join.wait_for_head(f"127.0.0.1:{gcs_port}", timeout=10, poll=0.05, raylet_wait=60)
+            assert len(asked) == 1
+        finally:
+            raylet.close()
+        # a head without a raylet at that port is asked once raylet_wait has passed
+        asked.clear()
+        assert join.wait_for_head(f"127.0.0.1:{gcs_port}", timeout=10, poll=0.05, raylet_wait=0.3)
+        assert len(asked) == 1
+    finally:
+        gcs.close()

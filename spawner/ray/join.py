@@ -21,22 +21,44 @@ import sys
 import time
 
 from .node import HeadWatch, log, phase, wait_for_port
+from .ports import LAYOUT
 
 #: exit code when the head never registered within the timeout
 HEAD_NEVER_ANSWERED = 4
 #: seconds between two looks at a head that is not up yet (each a TCP connect, then one
 #: GCS call: cheap for a starting head)
 POLL = 0.5
+#: seconds after the head's GCS answers that a worker waits for its raylet's port before
+#: asking the GCS anyway
+RAYLET_WAIT = 30.0
 
 
-def wait_for_head(address: str, timeout: float, poll: float = POLL) -> bool:
-    """True once the GCS at ``address`` lists an alive node, False after ``timeout`` s."""
+def raylet_address(address: str) -> str:
+    """The head's raylet (node manager) address: the port after its GCS port in the
+    head's port block (:data:`.ports.LAYOUT`)."""
+    host, _, port = address.rpartition(":")
+    return f"{host}:{int(port) + LAYOUT['node_manager_port'] - LAYOUT['port']}"
+
+
+def wait_for_head(address: str, timeout: float, poll: float = POLL, raylet_wait: float = RAYLET_WAIT) -> bool:
+    """True once the GCS at ``address`` lists an alive node, False after ``timeout`` s.
+
+    Ray is imported (for the GCS call, about half a CPU-second) only once the head's
+    raylet port answers too, or ``raylet_wait`` s after its GCS did (a head laid out
+    otherwise): the raylet is among the last things a head starts, so the import no
+    longer competes with the head's own start-up, which matters where the worker shares
+    the head's machine (the local provider)."""
     deadline = time.monotonic() + timeout
     watch = HeadWatch(address)
+    gcs_seen = None
     while True:
         left = deadline - time.monotonic()
-        if wait_for_port(address, max(0.1, min(1.0, left))) and watch.registered(2):
-            return True
+        if gcs_seen is None and wait_for_port(address, max(0.1, min(1.0, left))):
+            gcs_seen = time.monotonic()
+        if gcs_seen is not None:
+            raylet_up = time.monotonic() - gcs_seen >= raylet_wait or wait_for_port(raylet_address(address), 0.1)
+            if raylet_up and watch.registered(2):
+                return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(poll)
