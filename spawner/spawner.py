@@ -572,21 +572,21 @@ class CloudhopSpawner(Spawner):
         if self.restore_id:
             await self._wait_restored(url)
         self.serving = True
-        # The ledger follows the served nodes (Ray workers included); _save_state below
-        # writes and commits the row at once. Never leave the row set and uncommitted: the
-        # hub's database session is shared by every request, and JupyterHub resumes from
-        # start() a loop iteration later, so a row left dirty is rolled back by the first
-        # other request to finish, expiring every loaded row.
         self._progress(f"Node {node.id} is up at {node.ip}:{node.port}; waiting for Jupyter to answer", 80)
         launch_timeline.watch_first_answer(self, url + self.server.base_url if self.server else url,
                                            self.http_timeout)
-        # JupyterHub's own check backs off to seconds between tries: wait here, finely,
-        # while start_timeout leaves JupyterHub its margin. A cloud launch's state (its
-        # timeline, serving) is committed first, as JupyterHub would have as start
-        # returned: the hub's view must not wait on the server (a cloud address may drop
-        # connects). A local server's is committed by JupyterHub once start returns.
+        # The ledger follows the served nodes (Ray workers included). A cloud launch's state
+        # (its timeline, serving) is also committed now, as JupyterHub would have as start
+        # returned: the hub's view must not wait on the server below (a cloud address may
+        # drop connects). A local server's row JupyterHub writes and commits once start
+        # returns; never set it here uncommitted: the hub's database session is shared, and
+        # a dirty row is rolled back by the next request to finish, expiring every row.
         if self.timeline is not None:
-            self._save_state()
+            self._save_state()  # the ledger too
+        else:
+            spend.record(self)
+        # JupyterHub's own check backs off to seconds between tries: wait here, finely,
+        # while start_timeout leaves JupyterHub its margin
         await wait_listening(node.ip, node.port or self.port, every=self.listen_poll_interval,
                              listen_timeout=self.http_timeout, node=node.id,
                              give_up_at=began + self.start_timeout - START_MARGIN)

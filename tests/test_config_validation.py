@@ -73,6 +73,13 @@ def test_spawner_poll_interval_must_be_positive(value):
     assert new_spawner(node_poll_interval=0.01).node_poll_interval == 0.01
 
 
+@pytest.mark.parametrize("value", [0, -0.1, math.nan, math.inf])
+def test_spawner_listen_poll_interval_must_be_positive(value):
+    with pytest.raises(TraitError, match=r"^c\.CloudhopSpawner\.listen_poll_interval must be a number of seconds > 0"):
+        new_spawner(listen_poll_interval=value)
+    assert new_spawner(listen_poll_interval=0.5).listen_poll_interval == 0.5
+
+
 @pytest.mark.parametrize("cls, name, value, must", [
     ("KubernetesProvider", "api_retries", 0, "a whole number of attempts >= 1"),
     ("KubernetesProvider", "node_port", 0, "a port number >= 1"),

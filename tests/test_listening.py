@@ -78,3 +78,24 @@ async def test_a_spawn_returns_only_once_its_server_listens(monkeypatch):
     assert (await asyncio.wait_for(started, 30)) == f"http://127.0.0.1:{port}"
     server.close()
     await s.stop()
+
+
+async def test_a_local_spawn_records_its_spend_once_it_serves(monkeypatch):
+    """A launch without a cloud timeline (the local provider's) leaves its row to
+    JupyterHub's commit, but the spend ledger still follows the served nodes, Ray
+    workers included, before start returns."""
+    from cloudhop.spawner import spawner as spawner_module, spend
+    from test_scale import CountingCloud, counting_spawner
+
+    monkeypatch.setattr(spawner_module, "Timeline", lambda requested: None)  # as a local launch
+    recorded = []
+    record = spend.record
+    monkeypatch.setattr(spend, "record", lambda s: (recorded.append(s.serving), record(s))[1])
+    cloud = CountingCloud()
+    s, saves = counting_spawner(cloud)
+    monkeypatch.setattr(spawner_module, "wait_listening", lambda *a, **k: asyncio.sleep(0, True))
+    await s.start()
+    assert s.timeline is None
+    assert recorded and recorded[-1] is True, recorded
+    assert all(save.get("serving") is not True for save in saves), "no extra row commit for a local launch"
+    await s.stop()
